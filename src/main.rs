@@ -1,0 +1,164 @@
+//! The `nsport` command: parses arguments, calls the library, prints, and maps errors to
+//! exit codes (2 for bad input, 1 for everything else).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use nsport::{HostSpec, Mapping, PublishSpec, Target};
+
+#[derive(Parser)]
+#[command(
+    name = "nsport",
+    version,
+    about = "Publish ports of Linux network namespaces on the host, with nftables over netlink"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish ports: [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]
+    Add(AddArgs),
+    /// Unpublish ports by their host side, or every port of a namespace
+    Rm(RmArgs),
+    /// List what is published
+    Ls {
+        /// Print one JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove everything nsport made
+    Flush,
+}
+
+#[derive(Args)]
+#[group(id = "target", required = true, multiple = false)]
+struct TargetArgs {
+    /// The namespace: a name under /run/netns or a path such as /proc/PID/ns/net
+    #[arg(long, value_name = "NAME|PATH", group = "target")]
+    netns: Option<String>,
+    /// The target address, instead of reading it from a namespace
+    #[arg(long, value_name = "ADDR", group = "target")]
+    to: Option<Ipv4Addr>,
+}
+
+#[derive(Args)]
+struct AddArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// The host-side interface toward the target (default: found by route lookup)
+    #[arg(long, value_name = "IFACE")]
+    via: Option<String>,
+    /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp
+    #[arg(required = true, value_name = "PUBLISH")]
+    publish: Vec<PublishSpec>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+struct RmArgs {
+    /// Unpublish every mapping to this namespace's address
+    #[arg(long, value_name = "NAME|PATH")]
+    netns: Option<String>,
+    /// The host side of what to unpublish: [HOST_ADDR:]HOST_PORT[-END][/PROTO]
+    #[arg(value_name = "PUBLISH")]
+    host: Vec<HostSpec>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help and version go to stdout with success; usage errors exit 2.
+            let _ = error.print();
+            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("nsport: {err:#}");
+            let usage = err
+                .downcast_ref::<nsport::Error>()
+                .is_some_and(nsport::Error::is_usage);
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Add(args) => {
+            let target = match (args.target.netns, args.target.to) {
+                (Some(netns), _) => Target::Netns(netns),
+                (None, Some(addr)) => Target::Addr(addr),
+                (None, None) => unreachable!("clap requires one target"),
+            };
+            nsport::publish(&target, args.via.as_deref(), &args.publish)?;
+        }
+        Command::Rm(args) => match args.netns {
+            Some(netns) => {
+                nsport::unpublish_netns(&netns)?;
+            }
+            None => {
+                nsport::unpublish(&args.host)?;
+            }
+        },
+        Command::Ls { json } => {
+            let mappings = nsport::list()?;
+            let text = if json {
+                serde_json::to_string_pretty(&mappings)? + "\n"
+            } else {
+                table(&mappings)
+            };
+            out.write_all(text.as_bytes())
+                .context("cannot write to stdout")?;
+        }
+        Command::Flush => nsport::flush()?,
+    }
+    Ok(())
+}
+
+/// The human listing: one aligned row per mapping.
+fn table(mappings: &[Mapping]) -> String {
+    let header = ["PROTO", "HOST", "TARGET", "VIA", "NETNS"].map(String::from);
+    let rows: Vec<[String; 5]> = mappings
+        .iter()
+        .map(|m| {
+            let host = match m.host_addr {
+                Some(addr) => format!("{addr}:{}", m.host_port),
+                None => format!("*:{}", m.host_port),
+            };
+            [
+                m.proto.to_string(),
+                host,
+                format!("{}:{}", m.to_addr, m.to_port),
+                m.via.clone(),
+                m.netns.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.len());
+        }
+    }
+    let mut text = String::new();
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        text.push_str(line.join("  ").trim_end());
+        text.push('\n');
+    }
+    text
+}

@@ -1,0 +1,721 @@
+//! nftables over netlink: encoding `crate::ruleset` values with libnftnl, sending them in
+//! one batch with libmnl, and matching every acknowledgement to its sequence number.
+
+use std::ffi::{CStr, CString, c_void};
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::ptr::NonNull;
+use std::time::Duration;
+
+use nftnl::nftnl_sys::{self as sys, libc};
+use nftnl::{Batch, MsgType, NlMsg};
+
+use super::NetlinkError;
+use crate::ruleset::{
+    ChainDef, ChainType, CmpOp, Element, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, TABLE,
+    Verdict,
+};
+
+const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NFT_SET_MAP: u32 = 0x8;
+const NFT_CT_STATUS: u32 = 2;
+const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
+const NFTA_FIB_F_DADDR: u32 = 1 << 1;
+const NFT_NAT_DNAT: u32 = 1;
+const NF_ACCEPT: u32 = 1;
+/// How long to wait for the kernel's answer before calling it lost.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room for one recvmsg of a dump; the kernel fills up to this much per read.
+const RECEIVE_BUFFER: usize = 256 * 1024;
+
+/// One change to `table inet nsport`; a batch of them is applied by the kernel atomically.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Creates the table; `exclusive` fails with EEXIST when it is already there, which is
+    /// how concurrent first publishes agree on who writes the chains and rules.
+    AddTable {
+        exclusive: bool,
+    },
+    DelTable,
+    AddChain(&'a ChainDef),
+    AddSet(&'a SetDef),
+    AddRule(&'a RuleDef),
+    /// Adds an element; an identical element is accepted, one with other data is EEXIST.
+    AddElement(&'a Element),
+    DelElement(&'a Element),
+}
+
+/// An element as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementDump {
+    pub key: Vec<u8>,
+    pub data: Vec<u8>,
+    pub comment: Option<String>,
+}
+
+/// Sends `changes` as one batch and waits for the kernel to answer every message.
+///
+/// On failure the kernel has applied none of it; the error names the index in `changes`
+/// of the first message the kernel refused.
+pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
+    let mut batch = Batch::new();
+    for change in changes {
+        batch.add(&Message(*change), MsgType::Add);
+    }
+    let batch = batch.finalize();
+    let seqs = batch.sequence_numbers();
+    // From Linux 6.10 the batch's begin and end messages are acknowledged too and nftnl
+    // gives them the first and last sequence numbers; before, only the changes are.
+    let frame_acked = seqs.len() == changes.len() + 2;
+    let first_change_seq = seqs.start + u32::from(frame_acked);
+
+    let socket = open()?;
+    socket.send_all(&batch).map_err(NetlinkError::Send)?;
+
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
+    let mut first_error: Option<(u32, i32)> = None;
+    let last_seq = seqs.end - 1;
+    loop {
+        let len = receive(&socket, &mut buffer)?;
+        let mut done = false;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            if reply.kind == NLMSG_ERROR && reply.errno != 0 {
+                let seen = first_error.map_or(u32::MAX, |(seq, _)| seq);
+                if reply.seq < seen {
+                    first_error = Some((reply.seq, reply.errno));
+                }
+            }
+            done |= reply.seq == last_seq;
+        }
+        // Acknowledgements come in order; the last sequence number's is the last one sent.
+        if done {
+            break;
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        Some((seq, errno)) => Err(NetlinkError::Kernel {
+            index: seq
+                .checked_sub(first_change_seq)
+                .map(|i| i as usize)
+                .filter(|i| *i < changes.len()),
+            error: io::Error::from_raw_os_error(errno),
+        }),
+    }
+}
+
+/// Whether `table inet nsport` exists.
+pub fn table_exists() -> Result<bool, NetlinkError> {
+    let table = TableHandle::new();
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
+    let request = buffer.build(|buf| unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETTABLE as u16,
+            FAMILY_INET,
+            libc::NLM_F_ACK as u16,
+            1,
+        );
+        sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
+        nlh
+    });
+    let socket = open()?;
+    socket.send(&request).map_err(NetlinkError::Send)?;
+    let mut found = false;
+    loop {
+        let len = receive(&socket, &mut buffer)?;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            match reply.kind {
+                NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(false),
+                NLMSG_ERROR if reply.errno != 0 => {
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(reply.errno),
+                    });
+                }
+                NLMSG_ERROR => return Ok(found),
+                _ => found = true,
+            }
+        }
+    }
+}
+
+/// Reads every element of one set or map of `table inet nsport`, in one dump.
+/// A missing table or set reads as empty.
+pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
+    let handle = SetHandle::for_elements(set, None);
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
+    let request = buffer.build(|buf| unsafe {
+        let nlh = sys::nftnl_nlmsg_build_hdr(
+            buf,
+            libc::NFT_MSG_GETSETELEM as u16,
+            FAMILY_INET,
+            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
+            1,
+        );
+        sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
+        nlh
+    });
+    let socket = open()?;
+    socket.send(&request).map_err(NetlinkError::Send)?;
+    let mut elements = Vec::new();
+    loop {
+        let len = receive(&socket, &mut buffer)?;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            match reply.kind {
+                NLMSG_DONE => return Ok(elements),
+                NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(Vec::new()),
+                NLMSG_ERROR if reply.errno != 0 => {
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(reply.errno),
+                    });
+                }
+                NLMSG_ERROR => {}
+                _ => parse_elements(reply.message, &mut elements)?,
+            }
+        }
+    }
+}
+
+fn open() -> Result<mnl::Socket, NetlinkError> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
+    // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
+    let fd =
+        unsafe { BorrowedFd::borrow_raw(mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket())) };
+    let timeout = nix::sys::time::TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
+        .map_err(|errno| NetlinkError::Open(errno.into()))?;
+    Ok(socket)
+}
+
+fn receive(socket: &mnl::Socket, buffer: &mut AlignedBuffer) -> Result<usize, NetlinkError> {
+    socket
+        .recv_raw(buffer.bytes_mut())
+        .map_err(NetlinkError::Receive)
+}
+
+/// One netlink message of a reply, with the error code when it is an NLMSG_ERROR.
+struct Reply<'a> {
+    kind: u16,
+    seq: u32,
+    errno: i32,
+    message: &'a [u8],
+}
+
+fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, NetlinkError>> {
+    mnl::NlMessages::new(bytes).map(|message| {
+        let message = message.map_err(NetlinkError::Receive)?;
+        let word = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
+        let kind = u16::from_ne_bytes([message[4], message[5]]);
+        let errno = if kind == NLMSG_ERROR {
+            if message.len() < 20 {
+                return Err(NetlinkError::Receive(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink error message",
+                )));
+            }
+            -(word(16) as i32)
+        } else {
+            0
+        };
+        Ok(Reply {
+            kind,
+            seq: word(8),
+            errno,
+            message,
+        })
+    })
+}
+
+/// A receive buffer aligned for `nlmsghdr`, as libmnl and libnftnl require.
+struct AlignedBuffer(Vec<u64>);
+
+impl AlignedBuffer {
+    fn new(len: usize) -> Self {
+        AlignedBuffer(vec![0; len.div_ceil(8)])
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: any u64 storage is valid as bytes, and the length is in bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 8) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 8) }
+    }
+
+    /// Runs a libnftnl message builder on the buffer and returns the message it wrote.
+    fn build(&mut self, write: impl FnOnce(*mut libc::c_char) -> *mut libc::nlmsghdr) -> Vec<u8> {
+        let nlh = write(self.bytes_mut().as_mut_ptr().cast());
+        // SAFETY: libnftnl returned a header it wrote inside this buffer.
+        let len = unsafe { (*nlh).nlmsg_len } as usize;
+        self.bytes()[..len].to_vec()
+    }
+}
+
+fn parse_elements(message: &[u8], out: &mut Vec<ElementDump>) -> Result<(), NetlinkError> {
+    let set = SetHandle::alloc();
+    // SAFETY: `message` is one whole, aligned netlink message from the kernel.
+    let parsed =
+        unsafe { sys::nftnl_set_elems_nlmsg_parse(message.as_ptr().cast(), set.0.as_ptr()) };
+    if parsed < 0 {
+        return Err(NetlinkError::Receive(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "undecodable set element message",
+        )));
+    }
+    // SAFETY: the iterator and the elements it yields live as long as `set`.
+    unsafe {
+        let iter = sys::nftnl_set_elems_iter_create(set.0.as_ptr());
+        // `iter_next` returns the current element and then advances.
+        let mut elem = sys::nftnl_set_elems_iter_next(iter);
+        while !elem.is_null() {
+            let key = elem_attr(elem, sys::NFTNL_SET_ELEM_KEY as u16);
+            let data = elem_attr(elem, sys::NFTNL_SET_ELEM_DATA as u16);
+            let userdata = elem_attr(elem, sys::NFTNL_SET_ELEM_USERDATA as u16);
+            out.push(ElementDump {
+                key,
+                data,
+                comment: comment_from_userdata(&userdata),
+            });
+            elem = sys::nftnl_set_elems_iter_next(iter);
+        }
+        sys::nftnl_set_elems_iter_destroy(iter);
+    }
+    Ok(())
+}
+
+/// # Safety
+/// `elem` must be a live element.
+unsafe fn elem_attr(elem: *mut sys::nftnl_set_elem, attr: u16) -> Vec<u8> {
+    let mut len = 0u32;
+    // SAFETY: the caller guarantees `elem`; libnftnl returns null or `len` readable bytes.
+    unsafe {
+        let ptr = sys::nftnl_set_elem_get(elem, attr, &mut len);
+        if ptr.is_null() {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(ptr.cast::<u8>(), len as usize).to_vec()
+        }
+    }
+}
+
+/// nftables' comment user data: type 0, length, NUL-terminated text.
+const UDATA_COMMENT: u8 = 0;
+
+fn userdata_comment(comment: &str) -> Vec<u8> {
+    let mut out = vec![UDATA_COMMENT, (comment.len() + 1) as u8];
+    out.extend_from_slice(comment.as_bytes());
+    out.push(0);
+    out
+}
+
+fn comment_from_userdata(mut userdata: &[u8]) -> Option<String> {
+    while userdata.len() >= 2 {
+        let (kind, len) = (userdata[0], userdata[1] as usize);
+        let value = userdata.get(2..2 + len)?;
+        if kind == UDATA_COMMENT {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return String::from_utf8(text.to_vec()).ok();
+        }
+        userdata = &userdata[2 + len..];
+    }
+    None
+}
+
+fn cstring(text: &str) -> CString {
+    CString::new(text).expect("names hold no NUL")
+}
+
+struct TableHandle(NonNull<sys::nftnl_table>);
+
+impl TableHandle {
+    fn new() -> Self {
+        // SAFETY: plain allocation and setters on the object we own.
+        unsafe {
+            let table = NonNull::new(sys::nftnl_table_alloc()).expect("allocation");
+            sys::nftnl_table_set_str(
+                table.as_ptr(),
+                sys::NFTNL_TABLE_NAME as u16,
+                cstring(TABLE).as_ptr(),
+            );
+            sys::nftnl_table_set_u32(
+                table.as_ptr(),
+                sys::NFTNL_TABLE_FAMILY as u16,
+                u32::from(FAMILY_INET),
+            );
+            TableHandle(table)
+        }
+    }
+}
+
+impl Drop for TableHandle {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new`, freed once.
+        unsafe { sys::nftnl_table_free(self.0.as_ptr()) }
+    }
+}
+
+struct SetHandle(NonNull<sys::nftnl_set>);
+
+impl SetHandle {
+    fn alloc() -> Self {
+        // SAFETY: plain allocation.
+        SetHandle(NonNull::new(unsafe { sys::nftnl_set_alloc() }).expect("allocation"))
+    }
+
+    /// A set object naming `set` of our table, as element messages need.
+    fn for_elements(set: &str, id: Option<u32>) -> Self {
+        let handle = Self::alloc();
+        let ptr = handle.0.as_ptr();
+        // SAFETY: setters on the object we own; libnftnl copies the strings.
+        unsafe {
+            sys::nftnl_set_set_str(ptr, sys::NFTNL_SET_TABLE as u16, cstring(TABLE).as_ptr());
+            sys::nftnl_set_set_str(ptr, sys::NFTNL_SET_NAME as u16, cstring(set).as_ptr());
+            sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_INET));
+            if let Some(id) = id {
+                sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_ID as u16, id);
+            }
+        }
+        handle
+    }
+}
+
+impl Drop for SetHandle {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `alloc`, freed once.
+        unsafe { sys::nftnl_set_free(self.0.as_ptr()) }
+    }
+}
+
+/// A `Change` as the message nftnl's batch writes.
+struct Message<'a>(Change<'a>);
+
+unsafe impl NlMsg for Message<'_> {
+    unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
+        let buf = buf.cast::<libc::c_char>();
+        let create = (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
+        // SAFETY: nftnl's batch hands us room for one maximal message; every object built
+        // here is owned by this function and freed before it returns.
+        unsafe {
+            let header = |kind: i32, flags: u16| {
+                sys::nftnl_nlmsg_build_hdr(buf, kind as u16, FAMILY_INET, flags, seq)
+            };
+            match self.0 {
+                Change::AddTable { exclusive } => {
+                    let table = TableHandle::new();
+                    let flags = if exclusive {
+                        create | libc::NLM_F_EXCL as u16
+                    } else {
+                        create
+                    };
+                    let nlh = header(libc::NFT_MSG_NEWTABLE, flags);
+                    sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
+                }
+                Change::DelTable => {
+                    let table = TableHandle::new();
+                    let nlh = header(libc::NFT_MSG_DELTABLE, libc::NLM_F_ACK as u16);
+                    sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
+                }
+                Change::AddChain(chain) => {
+                    let ptr = chain_object(chain);
+                    let nlh = header(libc::NFT_MSG_NEWCHAIN, create);
+                    sys::nftnl_chain_nlmsg_build_payload(nlh, ptr);
+                    sys::nftnl_chain_free(ptr);
+                }
+                Change::AddSet(set) => {
+                    let handle = set_object(set);
+                    let nlh = header(libc::NFT_MSG_NEWSET, create);
+                    sys::nftnl_set_nlmsg_build_payload(nlh, handle.0.as_ptr());
+                }
+                Change::AddRule(rule) => {
+                    let ptr = rule_object(rule);
+                    let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND | libc::NLM_F_ACK) as u16;
+                    let nlh = header(libc::NFT_MSG_NEWRULE, flags);
+                    sys::nftnl_rule_nlmsg_build_payload(nlh, ptr);
+                    sys::nftnl_rule_free(ptr);
+                }
+                Change::AddElement(element) | Change::DelElement(element) => {
+                    let (kind, flags) = match self.0 {
+                        Change::AddElement(_) => (libc::NFT_MSG_NEWSETELEM, create),
+                        _ => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK as u16),
+                    };
+                    let handle = SetHandle::for_elements(element.set, Some(element.set_id()));
+                    sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(element));
+                    let nlh = header(kind, flags);
+                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// Returns an owned chain the caller must free.
+unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
+    // SAFETY: setters on a fresh object; libnftnl copies strings.
+    unsafe {
+        let ptr = sys::nftnl_chain_alloc();
+        sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TABLE as u16, cstring(TABLE).as_ptr());
+        sys::nftnl_chain_set_str(
+            ptr,
+            sys::NFTNL_CHAIN_NAME as u16,
+            cstring(chain.name).as_ptr(),
+        );
+        sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(FAMILY_INET));
+        if let Some((hook, priority, kind)) = chain.base {
+            let hooknum = match hook {
+                Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+                Hook::Output => libc::NF_INET_LOCAL_OUT,
+                Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+            };
+            let kind: &CStr = match kind {
+                ChainType::Filter => c"filter",
+                ChainType::Nat => c"nat",
+            };
+            sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_HOOKNUM as u16, hooknum as u32);
+            sys::nftnl_chain_set_s32(ptr, sys::NFTNL_CHAIN_PRIO as u16, priority);
+            sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TYPE as u16, kind.as_ptr());
+            sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
+        }
+        ptr
+    }
+}
+
+/// # Safety
+/// Plain libnftnl setters on a fresh object.
+unsafe fn set_object(set: &SetDef) -> SetHandle {
+    let handle = SetHandle::for_elements(set.name, Some(set.id));
+    let ptr = handle.0.as_ptr();
+    // SAFETY: setters on the object `handle` owns; libnftnl copies the user data.
+    unsafe {
+        let flags = if set.is_map() { NFT_SET_MAP } else { 0 };
+        sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags);
+        sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_TYPE as u16, set.key_type);
+        sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_LEN as u16, set.key_len);
+        if let Some((data_type, data_len)) = set.data {
+            sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
+            sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DATA_LEN as u16, data_len);
+        }
+        sys::nftnl_set_set_data(
+            ptr,
+            sys::NFTNL_SET_USERDATA as u16,
+            set.userdata.as_ptr().cast(),
+            set.userdata.len() as u32,
+        );
+    }
+    handle
+}
+
+/// # Safety
+/// Returns an element that the set it is added to takes ownership of.
+unsafe fn element_object(element: &Element) -> *mut sys::nftnl_set_elem {
+    let set_bytes = |elem, attr: u32, bytes: &[u8]| {
+        // SAFETY: libnftnl copies `bytes`.
+        unsafe {
+            sys::nftnl_set_elem_set(elem, attr as u16, bytes.as_ptr().cast(), bytes.len() as u32)
+        };
+    };
+    // SAFETY: a fresh element.
+    let elem = unsafe { sys::nftnl_set_elem_alloc() };
+    set_bytes(elem, sys::NFTNL_SET_ELEM_KEY, &element.key);
+    if let Some(data) = &element.data {
+        set_bytes(elem, sys::NFTNL_SET_ELEM_DATA, data);
+    }
+    if let Some(comment) = &element.comment {
+        set_bytes(
+            elem,
+            sys::NFTNL_SET_ELEM_USERDATA,
+            &userdata_comment(comment),
+        );
+    }
+    elem
+}
+
+/// # Safety
+/// Returns an owned rule the caller must free.
+unsafe fn rule_object(rule: &RuleDef) -> *mut sys::nftnl_rule {
+    // SAFETY: setters on a fresh rule, which takes ownership of each expression.
+    unsafe {
+        let ptr = sys::nftnl_rule_alloc();
+        sys::nftnl_rule_set_str(ptr, sys::NFTNL_RULE_TABLE as u16, cstring(TABLE).as_ptr());
+        sys::nftnl_rule_set_str(
+            ptr,
+            sys::NFTNL_RULE_CHAIN as u16,
+            cstring(rule.chain).as_ptr(),
+        );
+        sys::nftnl_rule_set_u32(ptr, sys::NFTNL_RULE_FAMILY as u16, u32::from(FAMILY_INET));
+        for expr in &rule.exprs {
+            sys::nftnl_rule_add_expr(ptr, expr_object(expr));
+        }
+        ptr
+    }
+}
+
+/// Encodes one expression; the nft syntax each produces is beside it.
+///
+/// # Safety
+/// Returns an expression the rule it is added to takes ownership of.
+unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
+    let new = |name: &CStr| {
+        // SAFETY: a fresh expression of a kind libnftnl knows.
+        unsafe { sys::nftnl_expr_alloc(name.as_ptr()) }
+    };
+    let u32_attr = |e, attr: u32, value: u32| {
+        // SAFETY: setter on a live expression.
+        unsafe { sys::nftnl_expr_set_u32(e, attr as u16, value) }
+    };
+    let bytes_attr = |e, attr: u32, value: &[u8]| {
+        // SAFETY: libnftnl copies `value`.
+        unsafe { sys::nftnl_expr_set(e, attr as u16, value.as_ptr().cast(), value.len() as u32) };
+    };
+    match expr {
+        // meta l4proto / iifname / …
+        Expr::Meta { key, dreg } => {
+            let e = new(c"meta");
+            let key = match key {
+                MetaKey::Nfproto => libc::NFT_META_NFPROTO,
+                MetaKey::L4proto => libc::NFT_META_L4PROTO,
+                MetaKey::Iifname => libc::NFT_META_IIFNAME,
+                MetaKey::Oifname => libc::NFT_META_OIFNAME,
+            };
+            u32_attr(e, sys::NFTNL_EXPR_META_KEY, key as u32);
+            u32_attr(e, sys::NFTNL_EXPR_META_DREG, *dreg);
+            e
+        }
+        // ip daddr / th dport: bytes at an offset of a header
+        Expr::Payload {
+            base,
+            offset,
+            len,
+            dreg,
+        } => {
+            let e = new(c"payload");
+            let base = match base {
+                PayloadBase::Network => libc::NFT_PAYLOAD_NETWORK_HEADER,
+                PayloadBase::Transport => libc::NFT_PAYLOAD_TRANSPORT_HEADER,
+            };
+            u32_attr(e, sys::NFTNL_EXPR_PAYLOAD_BASE, base as u32);
+            u32_attr(e, sys::NFTNL_EXPR_PAYLOAD_OFFSET, *offset);
+            u32_attr(e, sys::NFTNL_EXPR_PAYLOAD_LEN, *len);
+            u32_attr(e, sys::NFTNL_EXPR_PAYLOAD_DREG, *dreg);
+            e
+        }
+        // == / != a constant
+        Expr::Cmp { op, sreg, data } => {
+            let e = new(c"cmp");
+            let op = match op {
+                CmpOp::Eq => libc::NFT_CMP_EQ,
+                CmpOp::Neq => libc::NFT_CMP_NEQ,
+            };
+            u32_attr(e, sys::NFTNL_EXPR_CMP_SREG, *sreg);
+            u32_attr(e, sys::NFTNL_EXPR_CMP_OP, op as u32);
+            bytes_attr(e, sys::NFTNL_EXPR_CMP_DATA, data);
+            e
+        }
+        // fib daddr type
+        Expr::FibDaddrType { dreg } => {
+            let e = new(c"fib");
+            u32_attr(e, sys::NFTNL_EXPR_FIB_FLAGS, NFTA_FIB_F_DADDR);
+            u32_attr(e, sys::NFTNL_EXPR_FIB_RESULT, NFT_FIB_RESULT_ADDRTYPE);
+            u32_attr(e, sys::NFTNL_EXPR_FIB_DREG, *dreg);
+            e
+        }
+        // ct status
+        Expr::CtStatus { dreg } => {
+            let e = new(c"ct");
+            u32_attr(e, sys::NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
+            u32_attr(e, sys::NFTNL_EXPR_CT_DREG, *dreg);
+            e
+        }
+        // reg & mask ^ xor, as `ct status dnat` needs
+        Expr::Bitwise { reg, mask, xor } => {
+            let e = new(c"bitwise");
+            u32_attr(e, sys::NFTNL_EXPR_BITWISE_SREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BITWISE_DREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BITWISE_LEN, mask.len() as u32);
+            bytes_attr(e, sys::NFTNL_EXPR_BITWISE_MASK, mask);
+            bytes_attr(e, sys::NFTNL_EXPR_BITWISE_XOR, xor);
+            e
+        }
+        // @set, or `map @map` when it loads the data into dreg
+        Expr::Lookup {
+            set,
+            set_id,
+            sreg,
+            dreg,
+        } => {
+            let e = new(c"lookup");
+            // SAFETY: libnftnl copies the string.
+            unsafe {
+                sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOOKUP_SET as u16, cstring(set).as_ptr())
+            };
+            u32_attr(e, sys::NFTNL_EXPR_LOOKUP_SET_ID, *set_id);
+            u32_attr(e, sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
+            if let Some(dreg) = dreg {
+                u32_attr(e, sys::NFTNL_EXPR_LOOKUP_DREG, *dreg);
+            }
+            e
+        }
+        // dnat ip to <addr> . <port>
+        Expr::DnatIpv4 { reg_addr, reg_port } => {
+            let e = new(c"nat");
+            u32_attr(e, sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
+            u32_attr(e, sys::NFTNL_EXPR_NAT_FAMILY, libc::NFPROTO_IPV4 as u32);
+            u32_attr(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
+            u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
+            e
+        }
+        // masquerade
+        Expr::Masquerade => new(c"masq"),
+        // drop / jump <chain>
+        Expr::Verdict(verdict) => {
+            let e = new(c"immediate");
+            u32_attr(e, sys::NFTNL_EXPR_IMM_DREG, crate::ruleset::REG_VERDICT);
+            match verdict {
+                Verdict::Drop => u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_DROP as u32),
+                Verdict::Jump(chain) => {
+                    u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_JUMP as u32);
+                    // SAFETY: libnftnl copies the string.
+                    unsafe {
+                        sys::nftnl_expr_set_str(
+                            e,
+                            sys::NFTNL_EXPR_IMM_CHAIN as u16,
+                            cstring(chain).as_ptr(),
+                        )
+                    };
+                }
+            }
+            e
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comments_round_trip_through_userdata() {
+        let userdata = userdata_comment("via=br0 netns=ns1");
+        assert_eq!(userdata[..2], [0, 18]);
+        assert_eq!(
+            comment_from_userdata(&userdata).as_deref(),
+            Some("via=br0 netns=ns1")
+        );
+        // A record of another kind before the comment is skipped.
+        let with_flags = [vec![1, 4, 0, 0, 0, 0], userdata].concat();
+        assert_eq!(
+            comment_from_userdata(&with_flags).as_deref(),
+            Some("via=br0 netns=ns1")
+        );
+        assert_eq!(comment_from_userdata(&[0, 9, b'x']), None);
+    }
+}

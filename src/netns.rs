@@ -1,0 +1,128 @@
+//! Network namespaces given by name (`ip netns add`) or by path (`/proc/PID/ns/net`).
+//!
+//! Reading a namespace's address needs a netlink socket inside it. nsport opens that socket
+//! on a short-lived scoped thread that enters the namespace with setns(); the main thread,
+//! and so every other socket nsport opens, stays in the namespace it started in.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+
+use nix::sched::{CloneFlags, setns};
+
+use crate::netlink::{NetlinkError, rtnetlink};
+
+/// Where `ip netns add NAME` mounts its namespaces.
+const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// An opened network namespace.
+#[derive(Debug)]
+pub struct Namespace {
+    /// As the user gave it: a name under /run/netns or a path.
+    pub name: String,
+    pub inode: u64,
+    file: File,
+}
+
+/// Why a namespace could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum NamespaceError {
+    #[error("network namespace {0:?} does not exist")]
+    NotFound(String),
+    #[error("cannot open network namespace {name:?}")]
+    Open {
+        name: String,
+        #[source]
+        error: io::Error,
+    },
+    #[error("cannot enter network namespace {name:?}")]
+    Enter {
+        name: String,
+        #[source]
+        error: io::Error,
+    },
+    #[error("cannot read the addresses of network namespace {name:?}")]
+    Read {
+        name: String,
+        #[source]
+        error: NetlinkError,
+    },
+}
+
+/// The address nsport publishes to, as read inside the namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamespaceTarget {
+    pub addr: Ipv4Addr,
+    /// The index, in the peer namespace, of the veth peer of the interface holding `addr`.
+    pub peer_ifindex: Option<u32>,
+}
+
+impl Namespace {
+    pub fn open(name: &str) -> Result<Namespace, NamespaceError> {
+        let path = if name.contains('/') {
+            PathBuf::from(name)
+        } else if name.is_empty() || name == "." || name == ".." {
+            return Err(NamespaceError::NotFound(name.to_string()));
+        } else {
+            PathBuf::from(NETNS_RUN_DIR).join(name)
+        };
+        let file = File::open(&path).map_err(|error| match error.kind() {
+            io::ErrorKind::NotFound => NamespaceError::NotFound(name.to_string()),
+            _ => NamespaceError::Open {
+                name: name.to_string(),
+                error,
+            },
+        })?;
+        let inode = file
+            .metadata()
+            .map_err(|error| NamespaceError::Open {
+                name: name.to_string(),
+                error,
+            })?
+            .ino();
+        Ok(Namespace {
+            name: name.to_string(),
+            inode,
+            file,
+        })
+    }
+
+    /// Runs `work` on a thread inside this namespace and returns its result.
+    pub fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> Result<T, NamespaceError> {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(&self.file, CloneFlags::CLONE_NEWNET).map_err(|errno| {
+                        NamespaceError::Enter {
+                            name: self.name.clone(),
+                            error: errno.into(),
+                        }
+                    })?;
+                    Ok(work())
+                })
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+
+    /// The first global-scope IPv4 address on a non-loopback interface of the namespace.
+    pub fn target(&self) -> Result<Option<NamespaceTarget>, NamespaceError> {
+        let read = self.run(|| -> Result<_, NetlinkError> {
+            let links = rtnetlink::links()?;
+            let addrs = rtnetlink::ipv4_addresses()?;
+            Ok(addrs.into_iter().find_map(|addr| {
+                let link = links.iter().find(|link| link.index == addr.ifindex)?;
+                (addr.global && !link.is_loopback).then(|| NamespaceTarget {
+                    addr: addr.addr,
+                    peer_ifindex: link.peer,
+                })
+            }))
+        })?;
+        read.map_err(|error| NamespaceError::Read {
+            name: self.name.clone(),
+            error,
+        })
+    }
+}

@@ -1,0 +1,397 @@
+//! Docker's `-p` syntax: `[HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]`.
+//!
+//! Parsing is pure so that every accepted and refused form is checked by table tests, and
+//! so that bad input is refused before anything touches the kernel.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::str::FromStr;
+
+/// A transport protocol nsport can publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    /// The IP protocol number, as `meta l4proto` loads it.
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+        }
+    }
+
+    pub fn from_number(number: u8) -> Option<Proto> {
+        match number {
+            6 => Some(Proto::Tcp),
+            17 => Some(Proto::Udp),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl FromStr for Proto {
+    type Err = SpecError;
+
+    fn from_str(s: &str) -> Result<Self, SpecError> {
+        match s {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            other => Err(SpecError::Protocol(other.to_string())),
+        }
+    }
+}
+
+/// An inclusive range of ports; a single port is a range of one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    pub start: u16,
+    pub end: u16,
+}
+
+impl PortRange {
+    pub fn len(self) -> u32 {
+        u32::from(self.end) - u32::from(self.start) + 1
+    }
+
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    pub fn ports(self) -> impl Iterator<Item = u16> {
+        self.start..=self.end
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.start == self.end {
+            write!(f, "{}", self.start)
+        } else {
+            write!(f, "{}-{}", self.start, self.end)
+        }
+    }
+}
+
+/// Why a port specification was refused. Each message names the offending text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid port {0:?}: expected a number from 1 to 65535")]
+    Port(String),
+    #[error("invalid port range {0:?}: the end is before the start")]
+    ReversedRange(String),
+    #[error("port ranges {host:?} and {ns:?} differ in length ({host_len} and {ns_len} ports)")]
+    MismatchedRanges {
+        host: String,
+        ns: String,
+        host_len: u32,
+        ns_len: u32,
+    },
+    #[error("unknown protocol {0:?}: expected tcp or udp")]
+    Protocol(String),
+    #[error("invalid host address {0:?}: expected an IPv4 address such as 192.0.2.1")]
+    Address(String),
+    #[error("IPv6 host address {0:?} is not supported yet: nsport publishes IPv4 only")]
+    Ipv6(String),
+    #[error(
+        "invalid publish spec {0:?}: expected [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]"
+    )]
+    Shape(String),
+}
+
+/// One `PUBLISH` argument of `nsport add`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishSpec {
+    /// `None` publishes on every local address of the host, 127.0.0.1 included.
+    pub host_addr: Option<Ipv4Addr>,
+    pub host_ports: PortRange,
+    pub ns_ports: PortRange,
+    pub proto: Proto,
+}
+
+impl PublishSpec {
+    /// Pairs each host port with its namespace port.
+    pub fn port_pairs(&self) -> impl Iterator<Item = (u16, u16)> + use<> {
+        self.host_ports.ports().zip(self.ns_ports.ports())
+    }
+}
+
+impl FromStr for PublishSpec {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let (body, proto) = split_proto(text)?;
+        let (host_addr, ports) = split_host_addr(body, text)?;
+        let (host, ns) = match ports.split_once(':') {
+            Some((host, ns)) => (host, ns),
+            // `3000` alone means `3000:3000`, as in Docker.
+            None => (ports, ports),
+        };
+        if host.is_empty() || ns.is_empty() || ns.contains(':') {
+            return Err(SpecError::Shape(text.to_string()));
+        }
+        let host_ports = parse_range(host)?;
+        let ns_ports = parse_range(ns)?;
+        if host_ports.len() != ns_ports.len() {
+            return Err(SpecError::MismatchedRanges {
+                host: host.to_string(),
+                ns: ns.to_string(),
+                host_len: host_ports.len(),
+                ns_len: ns_ports.len(),
+            });
+        }
+        Ok(PublishSpec {
+            host_addr,
+            host_ports,
+            ns_ports,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for PublishSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(addr) = self.host_addr {
+            write!(f, "{addr}:")?;
+        }
+        write!(f, "{}:{}/{}", self.host_ports, self.ns_ports, self.proto)
+    }
+}
+
+/// The host side of a mapping, which is all `nsport rm` needs to name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostSpec {
+    pub host_addr: Option<Ipv4Addr>,
+    pub ports: PortRange,
+    pub proto: Proto,
+}
+
+impl FromStr for HostSpec {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let (body, proto) = split_proto(text)?;
+        let (host_addr, ports) = split_host_addr(body, text)?;
+        if ports.is_empty() || ports.contains(':') {
+            return Err(SpecError::Shape(text.to_string()));
+        }
+        Ok(HostSpec {
+            host_addr,
+            ports: parse_range(ports)?,
+            proto,
+        })
+    }
+}
+
+impl fmt::Display for HostSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(addr) = self.host_addr {
+            write!(f, "{addr}:")?;
+        }
+        write!(f, "{}/{}", self.ports, self.proto)
+    }
+}
+
+fn split_proto(text: &str) -> Result<(&str, Proto), SpecError> {
+    match text.rsplit_once('/') {
+        Some((body, proto)) => Ok((body, proto.parse()?)),
+        None => Ok((text, Proto::Tcp)),
+    }
+}
+
+/// Splits off the host address: the part before the first colon when two colons follow it,
+/// or a bracketed IPv6 address, which nsport refuses for now with a message that says so.
+fn split_host_addr<'a>(
+    body: &'a str,
+    whole: &str,
+) -> Result<(Option<Ipv4Addr>, &'a str), SpecError> {
+    if let Some(rest) = body.strip_prefix('[') {
+        let (addr, _) = rest
+            .split_once(']')
+            .ok_or_else(|| SpecError::Address(body.to_string()))?;
+        return Err(SpecError::Ipv6(addr.to_string()));
+    }
+    let colons = body.matches(':').count();
+    if colons > 2 {
+        // Unbracketed IPv6 such as `::1:80:80` is ambiguous; say what was probably meant.
+        return Err(SpecError::Shape(whole.to_string()));
+    }
+    if colons < 2 {
+        return Ok((None, body));
+    }
+    let (addr, ports) = body.split_once(':').expect("two colons were counted");
+    match addr.parse::<IpAddr>() {
+        Ok(IpAddr::V4(v4)) => Ok((Some(v4), ports)),
+        Ok(IpAddr::V6(_)) => Err(SpecError::Ipv6(addr.to_string())),
+        Err(_) => Err(SpecError::Address(addr.to_string())),
+    }
+}
+
+fn parse_port(text: &str) -> Result<u16, SpecError> {
+    // `u16::from_str` accepts a leading `+`; ports are plain digits.
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(SpecError::Port(text.to_string()));
+    }
+    match text.parse::<u16>() {
+        Ok(0) | Err(_) => Err(SpecError::Port(text.to_string())),
+        Ok(port) => Ok(port),
+    }
+}
+
+fn parse_range(text: &str) -> Result<PortRange, SpecError> {
+    let (start, end) = match text.split_once('-') {
+        Some((start, end)) => (parse_port(start)?, parse_port(end)?),
+        None => {
+            let port = parse_port(text)?;
+            (port, port)
+        }
+    };
+    if end < start {
+        return Err(SpecError::ReversedRange(text.to_string()));
+    }
+    Ok(PortRange { start, end })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn publish(text: &str) -> Result<PublishSpec, SpecError> {
+        text.parse()
+    }
+
+    fn range(start: u16, end: u16) -> PortRange {
+        PortRange { start, end }
+    }
+
+    #[test]
+    fn accepted_publish_forms() {
+        let cases = [
+            (
+                "3000",
+                None,
+                range(3000, 3000),
+                range(3000, 3000),
+                Proto::Tcp,
+            ),
+            (
+                "3000:80",
+                None,
+                range(3000, 3000),
+                range(80, 80),
+                Proto::Tcp,
+            ),
+            (
+                "5353:53/udp",
+                None,
+                range(5353, 5353),
+                range(53, 53),
+                Proto::Udp,
+            ),
+            (
+                "8080:80/tcp",
+                None,
+                range(8080, 8080),
+                range(80, 80),
+                Proto::Tcp,
+            ),
+            (
+                "127.0.0.1:4000:3000",
+                Some(Ipv4Addr::LOCALHOST),
+                range(4000, 4000),
+                range(3000, 3000),
+                Proto::Tcp,
+            ),
+            (
+                "192.0.2.1:20000-20009:30000-30009/udp",
+                Some(Ipv4Addr::new(192, 0, 2, 1)),
+                range(20000, 20009),
+                range(30000, 30009),
+                Proto::Udp,
+            ),
+            (
+                "1-65535",
+                None,
+                range(1, 65535),
+                range(1, 65535),
+                Proto::Tcp,
+            ),
+        ];
+        for (text, host_addr, host_ports, ns_ports, proto) in cases {
+            assert_eq!(
+                publish(text),
+                Ok(PublishSpec {
+                    host_addr,
+                    host_ports,
+                    ns_ports,
+                    proto
+                }),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn refused_publish_forms_name_the_bad_value() {
+        let cases = [
+            ("0", "\"0\""),
+            ("65536:80", "\"65536\""),
+            ("3000:0", "\"0\""),
+            ("3002-3000:80-82", "\"3002-3000\""),
+            ("3000-3002:80-81", "\"3000-3002\""),
+            ("3000/sctp", "\"sctp\""),
+            ("3000/", "\"\""),
+            ("300.0.0.1:80:80", "\"300.0.0.1\""),
+            ("[2001:db8::1]:80:80", "\"2001:db8::1\""),
+            ("::1:80:80", "\"::1:80:80\""),
+            ("a:b:c:d", "\"a:b:c:d\""),
+            ("+80", "\"+80\""),
+            ("", "\"\""),
+            ("80:", "\"80:\""),
+        ];
+        for (text, named) in cases {
+            let err = publish(text).expect_err(text).to_string();
+            assert!(err.contains(named), "{text}: {err} should name {named}");
+        }
+    }
+
+    #[test]
+    fn port_pairs_follow_both_ranges() {
+        let spec = publish("8000-8002:9000-9002").unwrap();
+        let pairs: Vec<_> = spec.port_pairs().collect();
+        assert_eq!(pairs, [(8000, 9000), (8001, 9001), (8002, 9002)]);
+    }
+
+    #[test]
+    fn host_spec_forms() {
+        let spec: HostSpec = "127.0.0.1:4000/udp".parse().unwrap();
+        assert_eq!(spec.host_addr, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(spec.ports, range(4000, 4000));
+        assert_eq!(spec.proto, Proto::Udp);
+        let spec: HostSpec = "3000-3001".parse().unwrap();
+        assert_eq!(
+            (spec.host_addr, spec.ports, spec.proto),
+            (None, range(3000, 3001), Proto::Tcp)
+        );
+        assert!("3000:80".parse::<HostSpec>().is_err());
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for text in ["3000:3000/tcp", "127.0.0.1:4000:3000/tcp", "1-2:3-4/udp"] {
+            assert_eq!(publish(text).unwrap().to_string(), text);
+        }
+    }
+}
