@@ -181,12 +181,26 @@ pub struct HostSpec {
 impl FromStr for HostSpec {
     type Err = SpecError;
 
+    /// Accepts the host side alone (`[HOST_ADDR:]HOST_PORT[-END][/PROTO]`) or a whole
+    /// publish spec, whose namespace side is then ignored.
     fn from_str(text: &str) -> Result<Self, SpecError> {
         let (body, proto) = split_proto(text)?;
-        let (host_addr, ports) = split_host_addr(body, text)?;
-        if ports.is_empty() || ports.contains(':') {
-            return Err(SpecError::Shape(text.to_string()));
+        let host_side_only = match body.split_once(':') {
+            None => true,
+            Some((first, rest)) => !rest.contains(':') && first.parse::<Ipv4Addr>().is_ok(),
+        };
+        if !host_side_only {
+            let spec: PublishSpec = text.parse()?;
+            return Ok(HostSpec {
+                host_addr: spec.host_addr,
+                ports: spec.host_ports,
+                proto: spec.proto,
+            });
         }
+        let (host_addr, ports) = match body.split_once(':') {
+            Some((addr, ports)) => (Some(addr.parse().expect("checked above")), ports),
+            None => (None, body),
+        };
         Ok(HostSpec {
             host_addr,
             ports: parse_range(ports)?,
@@ -385,7 +399,14 @@ mod tests {
             (spec.host_addr, spec.ports, spec.proto),
             (None, range(3000, 3001), Proto::Tcp)
         );
-        assert!("3000:80".parse::<HostSpec>().is_err());
+        // A whole publish spec names its host side.
+        let spec: HostSpec = "127.0.0.1:4000:3000/udp".parse().unwrap();
+        assert_eq!((spec.host_addr, spec.ports), (Some(Ipv4Addr::LOCALHOST), range(4000, 4000)));
+        let spec: HostSpec = "8080:80".parse().unwrap();
+        assert_eq!((spec.host_addr, spec.ports), (None, range(8080, 8080)));
+        for bad in ["0", "70000/tcp", "3000/sctp", "1.2.3:80", "[::1]:80"] {
+            assert!(bad.parse::<HostSpec>().is_err(), "{bad}");
+        }
     }
 
     #[test]
