@@ -401,7 +401,10 @@ mod tests {
         );
         // A whole publish spec names its host side.
         let spec: HostSpec = "127.0.0.1:4000:3000/udp".parse().unwrap();
-        assert_eq!((spec.host_addr, spec.ports), (Some(Ipv4Addr::LOCALHOST), range(4000, 4000)));
+        assert_eq!(
+            (spec.host_addr, spec.ports),
+            (Some(Ipv4Addr::LOCALHOST), range(4000, 4000))
+        );
         let spec: HostSpec = "8080:80".parse().unwrap();
         assert_eq!((spec.host_addr, spec.ports), (None, range(8080, 8080)));
         for bad in ["0", "70000/tcp", "3000/sctp", "1.2.3:80", "[::1]:80"] {

@@ -3,12 +3,15 @@
 
 use std::ffi::{CStr, CString, c_void};
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::io::IoSlice;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::ptr::NonNull;
 use std::time::Duration;
 
 use nftnl::nftnl_sys::{self as sys, libc};
 use nftnl::{Batch, MsgType, NlMsg};
+use nix::sys::socket::{self, MsgFlags, NetlinkAddr, sockopt};
+use nix::sys::time::TimeVal;
 
 use super::NetlinkError;
 use crate::ruleset::{
@@ -29,6 +32,11 @@ const NF_ACCEPT: u32 = 1;
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for one recvmsg of a dump; the kernel fills up to this much per read.
 const RECEIVE_BUFFER: usize = 256 * 1024;
+/// Linux's usual net.core.[rw]mem_default.
+const DEFAULT_SOCKET_BUFFER: usize = 200 * 1024;
+/// Room one acknowledgement takes in a socket buffer, its skb overhead included.
+const ANSWER_BYTES: usize = 1024;
+const MAX_RECEIVE_BUFFER: usize = 32 << 20;
 
 /// One change to `table inet nsport`; a batch of them is applied by the kernel atomically.
 #[derive(Debug, Clone, Copy)]
@@ -70,15 +78,32 @@ pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
     // gives them the first and last sequence numbers; before, only the changes are.
     let frame_acked = seqs.len() == changes.len() + 2;
     let first_change_seq = seqs.start + u32::from(frame_acked);
+    let last_seq = seqs.end - 1;
 
-    let socket = open()?;
-    socket.send_all(&batch).map_err(NetlinkError::Send)?;
+    let pages: Vec<&[u8]> = batch.iter().collect();
+    let socket = open(pages.iter().map(|page| page.len()).sum(), seqs.len())?;
+    send_batch(&socket, &pages)?;
 
+    // The kernel handles a batch inside sendmsg(), so every answer is queued by now: an
+    // error for each refused message, whatever its flags, and on success the end message's
+    // acknowledgement (Linux 6.10 and later). After a refusal the end message is not
+    // answered, and before 6.10 success is silence; either way an empty queue is the end.
     let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
     let mut first_error: Option<(u32, i32)> = None;
-    let last_seq = seqs.end - 1;
     loop {
-        let len = receive(&socket, &mut buffer)?;
+        let wait = frame_acked && first_error.is_none();
+        let len = match receive(&socket, &mut buffer, wait) {
+            Ok(len) => len,
+            Err(NetlinkError::Receive(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                break;
+            }
+            // Answers beyond the receive buffer were dropped; the first refusal, which is
+            // all that is reported, was queued before them.
+            Err(NetlinkError::Receive(error)) if error.raw_os_error() == Some(libc::ENOBUFS) => {
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         let mut done = false;
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
@@ -88,9 +113,8 @@ pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
                     first_error = Some((reply.seq, reply.errno));
                 }
             }
-            done |= reply.seq == last_seq;
+            done |= reply.seq == last_seq && first_error.is_none();
         }
-        // Acknowledgements come in order; the last sequence number's is the last one sent.
         if done {
             break;
         }
@@ -105,6 +129,23 @@ pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
             error: io::Error::from_raw_os_error(errno),
         }),
     }
+}
+
+/// Sends the pages of a batch in one sendmsg(): the kernel treats each send as a whole
+/// batch, so a batch larger than one page must not be split the way sending page by page
+/// (`mnl::Socket::send_all`) would.
+fn send_batch(socket: &mnl::Socket, pages: &[&[u8]]) -> Result<(), NetlinkError> {
+    let iov: Vec<IoSlice> = pages.iter().map(|page| IoSlice::new(page)).collect();
+    let kernel = NetlinkAddr::new(0, 0);
+    let total: usize = pages.iter().map(|page| page.len()).sum();
+    let sent = socket::sendmsg(raw_fd(socket), &iov, &[], MsgFlags::empty(), Some(&kernel))
+        .map_err(|errno| NetlinkError::Send(errno.into()))?;
+    if sent != total {
+        return Err(NetlinkError::Send(io::Error::other(
+            "the batch was sent in part",
+        )));
+    }
+    Ok(())
 }
 
 /// Whether `table inet nsport` exists.
@@ -122,11 +163,11 @@ pub fn table_exists() -> Result<bool, NetlinkError> {
         sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
         nlh
     });
-    let socket = open()?;
+    let socket = open(request.len(), 1)?;
     socket.send(&request).map_err(NetlinkError::Send)?;
     let mut found = false;
     loop {
-        let len = receive(&socket, &mut buffer)?;
+        let len = receive(&socket, &mut buffer, true)?;
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             match reply.kind {
@@ -160,11 +201,11 @@ pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
         sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
         nlh
     });
-    let socket = open()?;
+    let socket = open(request.len(), 1)?;
     socket.send(&request).map_err(NetlinkError::Send)?;
     let mut elements = Vec::new();
     loop {
-        let len = receive(&socket, &mut buffer)?;
+        let len = receive(&socket, &mut buffer, true)?;
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             match reply.kind {
@@ -183,21 +224,45 @@ pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
     }
 }
 
-fn open() -> Result<mnl::Socket, NetlinkError> {
+fn raw_fd(socket: &mnl::Socket) -> RawFd {
+    // SAFETY: reads the descriptor of a live libmnl socket.
+    unsafe { mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket()) }
+}
+
+/// Opens a netfilter socket able to send `send_bytes` at once and to queue `answers`
+/// acknowledgements without dropping any.
+fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
     // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
-    let fd =
-        unsafe { BorrowedFd::borrow_raw(mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket())) };
-    let timeout = nix::sys::time::TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
-    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-        .map_err(|errno| NetlinkError::Open(errno.into()))?;
+    let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(&socket)) };
+    let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
+    let timeout = TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(set_error)?;
+    // Past the default socket buffers (about 200 KiB), large batches would fail with
+    // EMSGSIZE and their acknowledgements with ENOBUFS; root may raise both.
+    if send_bytes > DEFAULT_SOCKET_BUFFER {
+        socket::setsockopt(&fd, sockopt::SndBufForce, &(send_bytes + 4096)).map_err(set_error)?;
+    }
+    let receive_bytes = (answers * ANSWER_BYTES).min(MAX_RECEIVE_BUFFER);
+    if receive_bytes > DEFAULT_SOCKET_BUFFER {
+        socket::setsockopt(&fd, sockopt::RcvBufForce, &receive_bytes).map_err(set_error)?;
+    }
     Ok(socket)
 }
 
-fn receive(socket: &mnl::Socket, buffer: &mut AlignedBuffer) -> Result<usize, NetlinkError> {
-    socket
-        .recv_raw(buffer.bytes_mut())
-        .map_err(NetlinkError::Receive)
+/// Reads what the kernel queued; without `wait`, an empty queue is `WouldBlock`.
+fn receive(
+    socket: &mnl::Socket,
+    buffer: &mut AlignedBuffer,
+    wait: bool,
+) -> Result<usize, NetlinkError> {
+    let flags = if wait {
+        MsgFlags::empty()
+    } else {
+        MsgFlags::MSG_DONTWAIT
+    };
+    socket::recv(raw_fd(socket), buffer.bytes_mut(), flags)
+        .map_err(|errno| NetlinkError::Receive(errno.into()))
 }
 
 /// One netlink message of a reply, with the error code when it is an NLMSG_ERROR.
@@ -401,7 +466,9 @@ struct Message<'a>(Change<'a>);
 unsafe impl NlMsg for Message<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
         let buf = buf.cast::<libc::c_char>();
-        let create = (libc::NLM_F_CREATE | libc::NLM_F_ACK) as u16;
+        // No NLM_F_ACK: the kernel answers a refused message anyway, and acknowledging each
+        // of thousands of elements would cost a socket buffer full of answers.
+        let create = libc::NLM_F_CREATE as u16;
         // SAFETY: nftnl's batch hands us room for one maximal message; every object built
         // here is owned by this function and freed before it returns.
         unsafe {
@@ -421,7 +488,7 @@ unsafe impl NlMsg for Message<'_> {
                 }
                 Change::DelTable => {
                     let table = TableHandle::new();
-                    let nlh = header(libc::NFT_MSG_DELTABLE, libc::NLM_F_ACK as u16);
+                    let nlh = header(libc::NFT_MSG_DELTABLE, 0);
                     sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
                 }
                 Change::AddChain(chain) => {
@@ -437,7 +504,7 @@ unsafe impl NlMsg for Message<'_> {
                 }
                 Change::AddRule(rule) => {
                     let ptr = rule_object(rule);
-                    let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND | libc::NLM_F_ACK) as u16;
+                    let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND) as u16;
                     let nlh = header(libc::NFT_MSG_NEWRULE, flags);
                     sys::nftnl_rule_nlmsg_build_payload(nlh, ptr);
                     sys::nftnl_rule_free(ptr);
@@ -445,7 +512,7 @@ unsafe impl NlMsg for Message<'_> {
                 Change::AddElement(element) | Change::DelElement(element) => {
                     let (kind, flags) = match self.0 {
                         Change::AddElement(_) => (libc::NFT_MSG_NEWSETELEM, create),
-                        _ => (libc::NFT_MSG_DELSETELEM, libc::NLM_F_ACK as u16),
+                        _ => (libc::NFT_MSG_DELSETELEM, 0),
                     };
                     let handle = SetHandle::for_elements(element.set, Some(element.set_id()));
                     sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(element));

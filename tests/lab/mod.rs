@@ -1,0 +1,310 @@
+//! A throwaway network lab in namespaces, for tests that make real traffic.
+//!
+//! ```text
+//!   out (192.0.2.2) ── vo ─┐                         ┌─ v1 ── ns1 (172.18.0.2)
+//!                          host (192.0.2.1, 198.51.100.1) br0 172.18.0.1
+//!   ns3 (10.77.0.2) ── v3 ─┘  10.77.0.1                └─ v2 ── ns2 (172.18.0.3)
+//! ```
+//!
+//! `host` plays the host nsport runs on; nothing touches the real host's namespace. Every
+//! namespace has a unique name and is deleted when the `Lab` is dropped, even on panic.
+//! `out` and `ns2` route 127.0.0.0/8 to the host and accept replies from it, as an attacker
+//! would, so that tests can prove the loopback guard holds.
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::sched::{CloneFlags, setns};
+
+pub const HOST_OUT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+pub const HOST_OUT2: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const HOST_BR: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 1);
+pub const HOST_V3: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const OUT: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+pub const NS1: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
+pub const NS2: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
+pub const NS3: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// How long a probe waits for an answer; a dropped packet costs this much.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
+
+static LABS: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a command and panics with its output if it fails.
+pub fn sh(args: &[&str]) -> Output {
+    let output = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+pub struct Lab {
+    prefix: String,
+    roles: Vec<&'static str>,
+}
+
+pub enum BrNetfilter {
+    On,
+    Off,
+}
+
+impl Lab {
+    /// Builds the whole lab; `br_netfilter` sets the host's bridge-nf-call-iptables.
+    pub fn new(br_netfilter: BrNetfilter) -> Lab {
+        let prefix = format!(
+            "nsp{}x{}",
+            std::process::id(),
+            LABS.fetch_add(1, Ordering::SeqCst)
+        );
+        let lab = Lab {
+            prefix,
+            roles: vec!["host", "ns1", "ns2", "ns3", "out"],
+        };
+        for role in &lab.roles {
+            sh(&["ip", "netns", "add", &lab.ns(role)]);
+        }
+        let host = lab.ns("host");
+        let ip = |role: &str, cmd: &str| {
+            let mut args = vec!["ip", "-n"];
+            let ns = lab.ns(role);
+            args.push(&ns);
+            args.extend(cmd.split_whitespace());
+            sh(&args);
+        };
+        for role in ["host", "ns1", "ns3"] {
+            ip(role, "link set lo up");
+        }
+        ip("host", "link add br0 type bridge");
+        ip("host", "addr add 172.18.0.1/24 dev br0");
+        ip("host", "link set br0 up");
+        for (port, role, addr, gateway) in [
+            ("v1", "ns1", "172.18.0.2/24", "172.18.0.1"),
+            ("v2", "ns2", "172.18.0.3/24", "172.18.0.1"),
+            ("v3", "ns3", "10.77.0.2/30", "10.77.0.1"),
+            ("vo", "out", "192.0.2.2/24", "192.0.2.1"),
+        ] {
+            ip(
+                "host",
+                &format!(
+                    "link add {port} type veth peer name eth0 netns {}",
+                    lab.ns(role)
+                ),
+            );
+            ip(role, &format!("addr add {addr} dev eth0"));
+            ip(role, "link set eth0 up");
+            ip(role, &format!("route add default via {gateway}"));
+            if port.starts_with("v1") || port.starts_with("v2") {
+                ip("host", &format!("link set {port} master br0"));
+            }
+            ip("host", &format!("link set {port} up"));
+        }
+        ip("host", "addr add 10.77.0.1/30 dev v3");
+        ip("host", "addr add 192.0.2.1/24 dev vo");
+        ip("host", "addr add 198.51.100.1/24 dev vo");
+        // The attackers: 127/8 goes to the host, and replies from 127/8 are accepted.
+        for (role, gateway) in [("ns2", "172.18.0.1"), ("out", "192.0.2.1")] {
+            ip(role, &format!("route add 127.0.0.0/8 via {gateway}"));
+            lab.write_sysctl(role, "net/ipv4/conf/all/route_localnet", "1");
+            lab.write_sysctl(role, "net/ipv4/conf/eth0/route_localnet", "1");
+        }
+        let value = match br_netfilter {
+            BrNetfilter::On => "1",
+            BrNetfilter::Off => "0",
+        };
+        lab.write_sysctl("host", "net/bridge/bridge-nf-call-iptables", value);
+        assert_eq!(
+            lab.read_sysctl("host", "net/bridge/bridge-nf-call-iptables"),
+            value
+        );
+        // Nothing is forwarded until nsport turns forwarding on.
+        assert_eq!(lab.read_sysctl("host", "net/ipv4/ip_forward"), "0");
+        lab
+    }
+
+    /// The namespace name of a role.
+    pub fn ns(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// Replaces this lab's unique names with the roles alone, for comparing with files.
+    pub fn normalize(&self, text: &str) -> String {
+        text.replace(&format!("{}-", self.prefix), "")
+    }
+
+    pub fn run_in<T: Send>(&self, role: &str, work: impl FnOnce() -> T + Send) -> T {
+        let file = File::open(format!("/run/netns/{}", self.ns(role))).expect("lab namespace");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    setns(&file, CloneFlags::CLONE_NEWNET).expect("setns");
+                    work()
+                })
+                .join()
+                .expect("no panic in the namespace")
+        })
+    }
+
+    pub fn read_sysctl(&self, role: &str, key: &str) -> String {
+        self.run_in(role, || {
+            std::fs::read_to_string(format!("/proc/sys/{key}"))
+                .unwrap_or_else(|e| panic!("{key}: {e}"))
+                .trim()
+                .to_string()
+        })
+    }
+
+    pub fn write_sysctl(&self, role: &str, key: &str, value: &str) {
+        self.run_in(role, || {
+            std::fs::write(format!("/proc/sys/{key}"), value)
+                .unwrap_or_else(|e| panic!("{key}: {e}"))
+        })
+    }
+
+    /// Runs the nsport binary in the host namespace.
+    pub fn nsport(&self, args: &[&str]) -> Output {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.ns("host")])
+            .arg(env!("CARGO_BIN_EXE_nsport"))
+            .args(args);
+        command.output().expect("run nsport")
+    }
+
+    /// Runs nsport and asserts success; returns stdout.
+    pub fn nsport_ok(&self, args: &[&str]) -> String {
+        let output = self.nsport(args);
+        assert!(
+            output.status.success(),
+            "nsport {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
+    /// Runs the real nft binary in a namespace: an independent reader of what nsport wrote.
+    pub fn nft(&self, role: &str, args: &str) -> String {
+        let mut full = vec!["ip", "netns", "exec"];
+        let ns = self.ns(role);
+        full.push(&ns);
+        full.push("nft");
+        full.extend(args.split_whitespace());
+        String::from_utf8(sh(&full).stdout).unwrap()
+    }
+
+    pub fn ruleset(&self) -> String {
+        self.nft("host", "list ruleset")
+    }
+
+    /// A TCP server in `role` that answers each connection with the address it came from.
+    pub fn serve_tcp(&self, role: &str, bind: Ipv4Addr, port: u16) -> Server {
+        let listener = self.run_in(role, || TcpListener::bind((bind, port)).expect("bind"));
+        listener.set_nonblocking(true).unwrap();
+        Server::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, peer)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.write_all(peer.ip().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    }
+
+    /// A UDP server in `role` that answers each datagram with the address it came from.
+    pub fn serve_udp(&self, role: &str, bind: Ipv4Addr, port: u16) -> Server {
+        let socket = self.run_in(role, || UdpSocket::bind((bind, port)).expect("bind"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        Server::spawn(move |stop| {
+            let mut buf = [0; 64];
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((_, peer)) = socket.recv_from(&mut buf) {
+                    let _ = socket.send_to(peer.ip().to_string().as_bytes(), peer);
+                }
+            }
+        })
+    }
+
+    /// Connects from `role` and returns what the server said (the client address it saw),
+    /// or `None` when nothing answered.
+    pub fn tcp(&self, role: &str, addr: Ipv4Addr, port: u16) -> Option<String> {
+        self.run_in(role, || {
+            let target = SocketAddr::from((addr, port));
+            let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).ok()?;
+            stream.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).ok()?;
+            Some(answer)
+        })
+    }
+
+    /// Sends a datagram from `role` and returns the answer, if any.
+    pub fn udp(&self, role: &str, addr: Ipv4Addr, port: u16) -> Option<String> {
+        self.run_in(role, || {
+            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            socket.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
+            socket.send_to(b"?", (addr, port)).ok()?;
+            let mut buf = [0; 64];
+            let (len, _) = socket.recv_from(&mut buf).ok()?;
+            Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+        })
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for role in &self.roles {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.ns(role)])
+                .output();
+        }
+    }
+}
+
+/// A server thread, stopped and joined on drop.
+pub struct Server {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    fn spawn(serve: impl FnOnce(&AtomicBool) + Send + 'static) -> Server {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || serve(&flag));
+        Server {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn some(addr: Ipv4Addr) -> Option<String> {
+    Some(addr.to_string())
+}
