@@ -73,10 +73,14 @@ struct RmArgs {
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) => {
-            // Help and version go to stdout with success; usage errors exit 2.
+        // Help and version go to stdout with success.
+        Err(error) if !error.use_stderr() => {
             let _ = error.print();
-            return ExitCode::from(if error.use_stderr() { 2 } else { 0 });
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("nsport: {}", one_line(&error.render().to_string()));
+            return ExitCode::from(2);
         }
     };
     match run(cli) {
@@ -89,6 +93,18 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
+}
+
+/// Folds clap's message into one line: the text before its usage hint, without the
+/// `error: ` prefix, its lines joined.
+fn one_line(message: &str) -> String {
+    let message = message.strip_prefix("error: ").unwrap_or(message);
+    let message = message
+        .split("\n\nUsage:")
+        .next()
+        .and_then(|m| m.split("\n\nFor more information").next())
+        .unwrap_or(message);
+    message.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
@@ -161,4 +177,18 @@ fn table(mappings: &[Mapping]) -> String {
         text.push('\n');
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clap_errors_fold_into_one_line() {
+        let message = "error: the following required arguments were not provided:\n  <PUBLISH>...\n\nUsage: nsport add <PUBLISH>...\n\nFor more information, try '--help'.\n";
+        assert_eq!(
+            one_line(message),
+            "the following required arguments were not provided: <PUBLISH>..."
+        );
+    }
 }

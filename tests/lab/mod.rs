@@ -72,7 +72,8 @@ impl Lab {
         );
         let lab = Lab {
             prefix,
-            roles: vec!["host", "ns1", "ns2", "ns3", "out"],
+            // `empty` has no interface but its loopback: a namespace with no address.
+            roles: vec!["host", "ns1", "ns2", "ns3", "out", "empty"],
         };
         for role in &lab.roles {
             sh(&["ip", "netns", "add", &lab.ns(role)]);

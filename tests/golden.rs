@@ -1,0 +1,132 @@
+//! Whole-table comparisons: each scenario is applied in a fresh lab and the real
+//! `nft list table inet nsport` must equal the reference file in `nft/`, so any drift in
+//! what nsport writes, or in how nft decodes it, is seen.
+//!
+//! Set elements are listed in hash order, which varies from run to run; the comparison sorts
+//! them, one per line. `NSPORT_BLESS=1` rewrites the reference files from the lab.
+
+mod lab;
+
+use lab::*;
+use std::path::PathBuf;
+
+/// Puts the elements of every `elements = { … }` block one per line, sorted.
+fn sort_elements(table: &str) -> String {
+    let mut out = String::new();
+    let mut lines = table.lines();
+    while let Some(line) = lines.next() {
+        let Some((indent, first)) = line.split_once("elements = { ") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let mut body = first.to_string();
+        while !body.ends_with(" }") {
+            body.push(' ');
+            body.push_str(lines.next().expect("unterminated elements").trim());
+        }
+        let body = body.strip_suffix(" }").unwrap();
+        let mut elements: Vec<&str> = body.split(", ").map(str::trim).collect();
+        elements.sort();
+        let continuation = format!(",\n{indent}             ");
+        out.push_str(&format!(
+            "{indent}elements = {{ {} }}\n",
+            elements.join(&continuation)
+        ));
+    }
+    out
+}
+
+fn check(scenario: &str, steps: &[&[&str]]) {
+    let lab = Lab::new(BrNetfilter::On);
+    for step in steps {
+        let args: Vec<String> = step
+            .iter()
+            .map(|arg| {
+                arg.replace("{ns1}", &lab.ns("ns1"))
+                    .replace("{ns3}", &lab.ns("ns3"))
+            })
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.nsport_ok(&args);
+    }
+    let table = lab.nft("host", "list table inet nsport");
+    assert!(
+        !table.contains("unknown") && !table.contains("invalid"),
+        "{table}"
+    );
+    let actual = sort_elements(&lab.normalize(&table));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("nft")
+        .join(format!("{scenario}.nft"));
+    if std::env::var_os("NSPORT_BLESS").is_some() {
+        std::fs::write(&path, &actual).unwrap();
+    }
+    let expected =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(
+        actual, expected,
+        "{scenario}: nsport now writes a different table"
+    );
+}
+
+#[test]
+fn bridge_namespace_on_every_path() {
+    check(
+        "bridge",
+        &[&[
+            "add",
+            "--netns",
+            "{ns1}",
+            "3000:3000",
+            "5353:53/udp",
+            "127.0.0.1:4000:3000",
+            "192.0.2.1:4100:3000",
+        ]],
+    );
+}
+
+#[test]
+fn veth_namespace_by_address_and_by_name() {
+    check(
+        "veth",
+        &[
+            &["add", "--to", "10.77.0.2", "8080:80"],
+            &[
+                "add",
+                "--netns",
+                "{ns3}",
+                "8443:443",
+                "9000-9002:9000-9002/udp",
+            ],
+        ],
+    );
+}
+
+#[test]
+fn after_removing_some_mappings() {
+    check(
+        "after-rm",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "3000:3000",
+                "5353:53/udp",
+                "127.0.0.1:4000:3000",
+            ],
+            &["add", "--to", "10.77.0.2", "8080:80"],
+            &["rm", "5353/udp", "127.0.0.1:4000", "8080"],
+        ],
+    );
+}
+
+#[test]
+fn element_sorting_is_stable() {
+    let table = "\t\telements = { b . 2,\n\t\t\t     a . 1 }\n\tchain x {\n";
+    assert_eq!(
+        sort_elements(table),
+        "\t\telements = { a . 1,\n\t\t             b . 2 }\n\tchain x {\n"
+    );
+}
