@@ -114,7 +114,7 @@ impl Namespace {
             let addrs = rtnetlink::ipv4_addresses()?;
             Ok(addrs.into_iter().find_map(|addr| {
                 let link = links.iter().find(|link| link.index == addr.ifindex)?;
-                (addr.global && !link.is_loopback).then(|| NamespaceTarget {
+                (addr.global && !link.is_loopback).then_some(NamespaceTarget {
                     addr: addr.addr,
                     peer_ifindex: link.peer,
                 })

@@ -78,7 +78,6 @@ impl Lab {
         for role in &lab.roles {
             sh(&["ip", "netns", "add", &lab.ns(role)]);
         }
-        let host = lab.ns("host");
         let ip = |role: &str, cmd: &str| {
             let mut args = vec!["ip", "-n"];
             let ns = lab.ns(role);
