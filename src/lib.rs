@@ -6,35 +6,41 @@
 //! it applies or none of it does.
 //!
 //! ```no_run
-//! use nsport::{Target, publish, list};
+//! use nsport::{PublishOptions, Target};
 //!
 //! # fn main() -> Result<(), nsport::Error> {
 //! // Publish port 3000 of namespace `ns1` on every address of the host.
 //! let target = Target::Netns("ns1".into());
-//! publish(&target, None, &["3000:3000".parse().unwrap()])?;
-//! for mapping in list()? {
+//! nsport::publish(&target, &PublishOptions::default(), &["3000:3000".parse()?])?;
+//! for mapping in nsport::list()? {
 //!     println!("{}:{} -> {}:{}", mapping.proto, mapping.host_port, mapping.to_addr, mapping.to_port);
 //! }
 //! # Ok(())
 //! # }
 //! ```
 
+mod firewalls;
+mod host_ports;
 pub mod netlink;
 pub mod netns;
 pub mod ruleset;
+mod settings;
 pub mod spec;
+mod state;
 pub mod sysctl;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::net::Ipv4Addr;
 
-use netlink::nftables::{self, Change};
+use host_ports::HostSockets;
+use netlink::conntrack::{self, Flow};
+use netlink::nftables::{self, Change, ElementDump};
 use netlink::{NetlinkError, rtnetlink};
 use netns::Namespace;
 pub use netns::NamespaceError;
 pub use ruleset::Mapping;
-use ruleset::{Element, SET_ADDR4, SET_ANY4};
+use ruleset::{Element, SET_ADDR4, SET_ANY4, SET_HAIRPIN4, SET_IFACES, SET_TARGETS4};
 pub use spec::{HostSpec, Proto, PublishSpec, SpecError};
 
 /// The longest interface name Linux accepts (IFNAMSIZ less the NUL).
@@ -47,6 +53,30 @@ pub enum Target {
     Netns(String),
     /// An explicit IPv4 address.
     Addr(Ipv4Addr),
+}
+
+/// How to publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The host-side interface toward the target; found by route lookup when `None`.
+    pub via: Option<String>,
+    /// Let hosts that route to the target's address reach its unpublished ports, as
+    /// before nsport turned forwarding on. Off by default.
+    pub allow_direct: bool,
+    /// Publish even when a host socket already holds the port (it stops receiving).
+    pub force: bool,
+}
+
+/// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
+/// it hides.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Listing {
+    #[serde(flatten)]
+    pub mapping: Mapping,
+    /// The namespace the mapping was made for no longer exists (or is another one now).
+    pub stale: bool,
+    /// A host socket on the same port that the mapping hides from its clients.
+    pub shadows: Option<String>,
 }
 
 /// Everything that can go wrong, each with a message that names the value at fault.
@@ -76,18 +106,24 @@ pub enum Error {
     },
     #[error("host port {host} is already published to {existing}")]
     Conflict { host: String, existing: String },
+    #[error(
+        "host port {host} is in use by {owner}; publishing it would cut that socket off (use --force to publish anyway)"
+    )]
+    HostPortInUse { host: String, owner: String },
     #[error("{0} is not published")]
     NotPublished(String),
     #[error("nsport needs root or CAP_NET_ADMIN")]
-    Permission(#[source] NetlinkError),
+    Permission(#[source] io::Error),
     #[error("cannot change nftables")]
     Netlink(#[from] NetlinkError),
-    #[error("cannot write {path}")]
+    #[error("cannot write {name}")]
     Sysctl {
-        path: String,
+        name: String,
         #[source]
         error: io::Error,
     },
+    #[error("cannot keep the record of changed settings (/run/nsport)")]
+    State(#[source] io::Error),
 }
 
 impl Error {
@@ -111,8 +147,18 @@ impl Error {
 /// Turns EPERM from the kernel into the message a user can act on.
 fn kernel(error: NetlinkError) -> Error {
     match error.errno() {
-        Some(libc::EPERM | libc::EACCES) => Error::Permission(error),
+        Some(errno @ (libc::EPERM | libc::EACCES)) => {
+            Error::Permission(io::Error::from_raw_os_error(errno))
+        }
         _ => Error::Netlink(error),
+    }
+}
+
+/// The same for the record of changed settings, which only root may write.
+fn state(error: io::Error) -> Error {
+    match error.kind() {
+        io::ErrorKind::PermissionDenied => Error::Permission(error),
+        _ => Error::State(error),
     }
 }
 
@@ -121,8 +167,8 @@ fn kernel(error: NetlinkError) -> Error {
 struct Resolved {
     addr: Ipv4Addr,
     via: rtnetlink::Link,
-    netns: Option<String>,
-    bridge_port: Option<u32>,
+    netns: Option<(String, u64)>,
+    bridge_port: Option<rtnetlink::Link>,
 }
 
 fn check_ifname(name: &str) -> Result<(), Error> {
@@ -143,7 +189,11 @@ fn resolve(target: &Target, via: Option<&str>) -> Result<Resolved, Error> {
             let found = namespace
                 .target()?
                 .ok_or_else(|| Error::NoAddress(name.clone()))?;
-            (found.addr, Some(name.clone()), found.peer_ifindex)
+            (
+                found.addr,
+                Some((name.clone(), namespace.inode)),
+                found.peer_ifindex,
+            )
         }
     };
     let via = match via {
@@ -167,8 +217,7 @@ fn resolve(target: &Target, via: Option<&str>) -> Result<Resolved, Error> {
     let bridge_port = match peer {
         Some(index) if via.is_bridge => rtnetlink::link_by_index(index)
             .map_err(kernel)?
-            .filter(|port| port.master == Some(via.index))
-            .map(|port| port.index),
+            .filter(|port| port.master == Some(via.index)),
         _ => None,
     };
     Ok(Resolved {
@@ -216,31 +265,10 @@ fn target_label(mapping: &Mapping) -> String {
     label
 }
 
-/// The chains, sets and rules of a new table, created exclusively so that of two
-/// concurrent first publishes exactly one writes them.
-fn table_changes<'a>(
-    chains: &'a [ruleset::ChainDef],
-    sets: &'a [ruleset::SetDef],
-    rules: &'a [ruleset::RuleDef],
-) -> Vec<Change<'a>> {
-    let mut changes = vec![Change::AddTable { exclusive: true }];
-    changes.extend(chains.iter().map(Change::AddChain));
-    changes.extend(sets.iter().map(Change::AddSet));
-    changes.extend(rules.iter().map(Change::AddRule));
-    changes
-}
-
-/// Publishes every port of `specs` to `target`, in one atomic batch, and returns the
-/// mappings made. Re-publishing an identical mapping succeeds and changes nothing.
-pub fn publish(
-    target: &Target,
-    via: Option<&str>,
-    specs: &[PublishSpec],
-) -> Result<Vec<Mapping>, Error> {
-    let resolved = resolve(target, via)?;
-    check_local(specs)?;
-    let mut mappings = Vec::new();
-    let mut seen: HashMap<Vec<u8>, usize> = HashMap::new();
+/// The mappings `specs` ask for, refusing a host port asked for twice with two targets.
+fn plan(resolved: &Resolved, specs: &[PublishSpec]) -> Result<Vec<Mapping>, Error> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
     for spec in specs {
         for (host_port, to_port) in spec.port_pairs() {
             let mapping = Mapping {
@@ -250,57 +278,85 @@ pub fn publish(
                 to_addr: resolved.addr,
                 to_port,
                 via: resolved.via.name.clone(),
-                netns: resolved.netns.clone(),
+                netns: resolved.netns.as_ref().map(|(name, _)| name.clone()),
+                netns_inode: resolved.netns.as_ref().map(|(_, inode)| *inode),
             };
-            let key = [mapping.set().as_bytes(), &mapping.key()].concat();
-            if let Some(&first) = seen.get(&key) {
-                let first: &Mapping = &mappings[first];
-                if first != &mapping {
+            match seen.get(&(mapping.set(), mapping.key())) {
+                Some(&first) if mappings[first] != mapping => {
                     return Err(Error::Duplicate {
                         spec: host_label(&mapping),
-                        first: target_label(first),
+                        first: target_label(&mappings[first]),
                         second: target_label(&mapping),
                     });
                 }
-                continue;
+                Some(_) => {}
+                None => {
+                    seen.insert((mapping.set(), mapping.key()), mappings.len());
+                    mappings.push(mapping);
+                }
             }
-            seen.insert(key, mappings.len());
-            mappings.push(mapping);
         }
+    }
+    Ok(mappings)
+}
+
+/// Adds `elements` in one batch, creating the table with them when it does not exist yet.
+///
+/// The common case, a table already there, costs one round trip. The table is created
+/// exclusively, so that of two first publishes racing, exactly one writes the chains and
+/// rules and the other adds only its elements. Errors carry the index into `elements`.
+fn add_elements(elements: &[Element]) -> Result<(), NetlinkError> {
+    let element_changes: Vec<Change> = elements.iter().map(Change::AddElement).collect();
+    match nftables::commit(&element_changes) {
+        Err(error) if error.errno() == Some(libc::ENOENT) => {}
+        other => return other,
+    }
+    let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+    let mut changes = vec![Change::AddTable { exclusive: true }];
+    changes.extend(chains.iter().map(Change::AddChain));
+    changes.extend(sets.iter().map(Change::AddSet));
+    changes.extend(rules.iter().map(Change::AddRule));
+    let offset = changes.len();
+    changes.extend(element_changes.iter().copied());
+    match nftables::commit(&changes) {
+        Err(NetlinkError::Kernel {
+            index: Some(0),
+            error,
+        }) if error.raw_os_error() == Some(libc::EEXIST) => nftables::commit(&element_changes),
+        Err(NetlinkError::Kernel {
+            index: Some(index),
+            error,
+        }) if index >= offset => Err(NetlinkError::Kernel {
+            index: Some(index - offset),
+            error,
+        }),
+        other => other,
+    }
+}
+
+/// Publishes every port of `specs` to `target`, in one atomic batch, and returns the
+/// mappings made. Re-publishing an identical mapping succeeds and changes nothing; a host
+/// port that leads elsewhere already is a conflict.
+pub fn publish(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<Vec<Mapping>, Error> {
+    settings::check_guard()?;
+    let resolved = resolve(target, options.via.as_deref())?;
+    check_local(specs)?;
+    let mappings = plan(&resolved, specs)?;
+    if !options.force {
+        check_host_ports(&mappings)?;
     }
 
     let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     elements.push(Element::iface(&resolved.via.name));
     elements.push(Element::hairpin(resolved.addr));
-
-    let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
-    let element_changes = elements.iter().map(Change::AddElement);
-    let with_table = !nftables::table_exists().map_err(kernel)?;
-    let result = if with_table {
-        let mut changes = table_changes(&chains, &sets, &rules);
-        let offset = changes.len();
-        changes.extend(element_changes.clone());
-        match nftables::commit(&changes) {
-            // Another nsport created the table first: add only the elements.
-            Err(NetlinkError::Kernel {
-                index: Some(0),
-                error,
-            }) if error.raw_os_error() == Some(libc::EEXIST) => {
-                nftables::commit(&element_changes.collect::<Vec<_>>())
-            }
-            Err(NetlinkError::Kernel {
-                index: Some(i),
-                error,
-            }) if i >= offset => Err(NetlinkError::Kernel {
-                index: Some(i - offset),
-                error,
-            }),
-            other => other,
-        }
-    } else {
-        nftables::commit(&element_changes.collect::<Vec<_>>())
-    };
-    match result {
+    if !options.allow_direct {
+        elements.push(Element::target(resolved.addr));
+    }
+    match add_elements(&elements) {
         Ok(()) => {}
         Err(NetlinkError::Kernel {
             index: Some(index),
@@ -311,40 +367,95 @@ pub fn publish(
         Err(error) => return Err(kernel(error)),
     }
 
-    apply_settings(&resolved, &mappings)?;
+    settings::turn_on(&resolved.via.name, resolved.bridge_port.as_ref(), &mappings)?;
+    // A UDP flow already running to the host port keeps its old path until its conntrack
+    // entry goes; TCP flows there are the host's own connections and are left alone.
+    forget_flows(&mappings, |mapping, flow| {
+        mapping.proto == Proto::Udp && flow.reply_src != Some(mapping.to_addr)
+    })?;
+    warn_about_other_firewalls();
     Ok(mappings)
+}
+
+fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
+    let tcp = mappings.iter().any(|m| m.proto == Proto::Tcp);
+    let udp = mappings.iter().any(|m| m.proto == Proto::Udp);
+    let sockets = HostSockets::read(tcp, udp)?;
+    for mapping in mappings {
+        if let Some(owner) = sockets.shadowed_by(mapping) {
+            return Err(Error::HostPortInUse {
+                host: host_label(mapping),
+                owner,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn warn_about_other_firewalls() {
+    match firewalls::dropping_forward_chains() {
+        Ok(warnings) => warnings.iter().for_each(|warning| log::warn!("{warning}")),
+        Err(error) => log::debug!("cannot read other tables' chains: {error}"),
+    }
 }
 
 /// Names the mapping that already holds the host port `wanted` asked for.
 fn conflict(wanted: &Mapping) -> Error {
-    let existing = list().ok().and_then(|all| {
-        all.into_iter().find(|m| {
-            m.proto == wanted.proto
-                && m.host_addr == wanted.host_addr
-                && m.host_port == wanted.host_port
-        })
-    });
+    let existing = nftables::get_element(wanted.set(), &wanted.key())
+        .ok()
+        .flatten()
+        .and_then(|element| mapping_of(wanted.set(), &element));
     Error::Conflict {
         host: host_label(wanted),
         existing: existing.map_or_else(|| "another target".to_string(), |m| target_label(&m)),
     }
 }
 
-/// The kernel settings a publish needs, written after the table (and its guard) exists.
-fn apply_settings(resolved: &Resolved, mappings: &[Mapping]) -> Result<(), Error> {
-    let sysctl_error = |path: &str| {
-        let path = path.to_string();
-        move |error| Error::Sysctl { path, error }
-    };
-    sysctl::enable_ip_forward().map_err(sysctl_error("net.ipv4.ip_forward"))?;
-    if mappings.iter().any(Mapping::serves_loopback) {
-        let name = &resolved.via.name;
-        sysctl::enable_route_localnet(name).map_err(sysctl_error(&format!(
-            "net.ipv4.conf.{name}.route_localnet"
-        )))?;
+fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
+    Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
+}
+
+/// Deletes the conntrack entries of flows to the host side of `mappings` for which
+/// `doomed` holds, so their next packet takes the current path.
+fn forget_flows(
+    mappings: &[Mapping],
+    doomed: impl Fn(&Mapping, &Flow) -> bool,
+) -> Result<(), Error> {
+    if mappings.is_empty() {
+        return Ok(());
     }
-    if let Some(port) = resolved.bridge_port {
-        rtnetlink::set_hairpin(port, true).map_err(kernel)?;
+    let wildcard = mappings.iter().any(|m| m.host_addr.is_none());
+    let local: BTreeSet<Ipv4Addr> = if wildcard {
+        rtnetlink::ipv4_addresses()
+            .map_err(kernel)?
+            .into_iter()
+            .map(|addr| addr.addr)
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let by_port: HashMap<(u8, u16), Vec<&Mapping>> =
+        mappings.iter().fold(HashMap::new(), |mut index, mapping| {
+            let key = (mapping.proto.number(), mapping.host_port);
+            index.entry(key).or_default().push(mapping);
+            index
+        });
+    let deleted = conntrack::delete_flows(|flow| {
+        by_port
+            .get(&(flow.proto, flow.dport))
+            .into_iter()
+            .flatten()
+            .any(|mapping| {
+                let to_host = match mapping.host_addr {
+                    Some(addr) => flow.dst == addr,
+                    None => local.contains(&flow.dst) || flow.dst.is_loopback(),
+                };
+                to_host && doomed(mapping, flow)
+            })
+    })
+    .map_err(kernel)?;
+    if deleted > 0 {
+        log::info!("deleted {deleted} conntrack entries");
     }
     Ok(())
 }
@@ -354,22 +465,66 @@ pub fn list() -> Result<Vec<Mapping>, Error> {
     let mut mappings = Vec::new();
     for set in [SET_ANY4, SET_ADDR4] {
         for element in nftables::dump_elements(set).map_err(kernel)? {
-            mappings.extend(Mapping::from_element(
-                set,
-                &element.key,
-                &element.data,
-                element.comment.as_deref(),
-            ));
+            mappings.extend(mapping_of(set, &element));
         }
     }
     mappings.sort_by_key(|m| (m.proto, m.host_addr, m.host_port));
     Ok(mappings)
 }
 
-/// Removes exactly `remove` from the table in one batch, with the interface and hairpin
-/// elements that no remaining mapping needs.
+/// Every mapping, with whether its namespace is gone and which host socket it hides.
+pub fn list_status() -> Result<Vec<Listing>, Error> {
+    settings::check_guard()?;
+    let mappings = list()?;
+    let tcp = mappings.iter().any(|m| m.proto == Proto::Tcp);
+    let udp = mappings.iter().any(|m| m.proto == Proto::Udp);
+    let sockets = HostSockets::read(tcp, udp)?;
+    let mut namespaces: HashMap<String, Option<u64>> = HashMap::new();
+    Ok(mappings
+        .into_iter()
+        .map(|mapping| {
+            let stale = match (&mapping.netns, mapping.netns_inode) {
+                (Some(name), inode) => {
+                    let now = namespaces
+                        .entry(name.clone())
+                        .or_insert_with(|| Namespace::open(name).ok().map(|ns| ns.inode));
+                    now.is_none() || inode.is_some_and(|inode| *now != Some(inode))
+                }
+                (None, _) => false,
+            };
+            Listing {
+                shadows: sockets.shadowed_by(&mapping),
+                stale,
+                mapping,
+            }
+        })
+        .collect())
+}
+
+/// The elements of the helper sets that exist, so that removal deletes only those.
+fn existing_helpers() -> Result<HashMap<&'static str, Vec<Vec<u8>>>, Error> {
+    let mut existing = HashMap::new();
+    for set in [SET_IFACES, SET_HAIRPIN4, SET_TARGETS4] {
+        let keys = nftables::dump_elements(set)
+            .map_err(kernel)?
+            .into_iter()
+            .map(|element| element.key)
+            .collect();
+        existing.insert(set, keys);
+    }
+    Ok(existing)
+}
+
+/// Removes exactly `remove` from the table in one batch, with the interface and target
+/// elements that no remaining mapping needs, then puts back the settings no remaining
+/// mapping needs and forgets the removed mappings' flows.
 fn remove(all: &[Mapping], remove: &[&Mapping]) -> Result<(), Error> {
-    let remaining: Vec<&Mapping> = all.iter().filter(|m| !remove.contains(m)).collect();
+    let remaining: Vec<Mapping> = all
+        .iter()
+        .filter(|m| !remove.contains(m))
+        .cloned()
+        .collect();
+    let existing = existing_helpers()?;
     let mut elements: Vec<Element> = remove.iter().map(|m| Element::mapping(m)).collect();
     let gone_ifaces: BTreeSet<&str> = remove.iter().map(|m| m.via.as_str()).collect();
     for iface in gone_ifaces {
@@ -381,15 +536,24 @@ fn remove(all: &[Mapping], remove: &[&Mapping]) -> Result<(), Error> {
     for target in gone_targets {
         if !remaining.iter().any(|m| m.to_addr == target) {
             elements.push(Element::hairpin(target));
+            elements.push(Element::target(target));
         }
     }
+    elements
+        .retain(|element| element.data.is_some() || existing[element.set].contains(&element.key));
     let changes: Vec<Change> = elements.iter().map(Change::DelElement).collect();
-    nftables::commit(&changes).map_err(kernel)
+    nftables::commit(&changes).map_err(kernel)?;
+    settings::put_back_unneeded(&remaining)?;
+    let removed: Vec<Mapping> = remove.iter().map(|m| (*m).clone()).collect();
+    forget_flows(&removed, |mapping, flow| {
+        flow.reply_src == Some(mapping.to_addr)
+    })
 }
 
 /// Unpublishes the host ports of `specs`; all or nothing: when one is not published,
 /// nothing is removed and the error names it.
 pub fn unpublish(specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
+    settings::check_guard()?;
     let all = list()?;
     let mut chosen: Vec<&Mapping> = Vec::new();
     for spec in specs {
@@ -417,25 +581,62 @@ pub fn unpublish(specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
     Ok(chosen.into_iter().cloned().collect())
 }
 
-/// Unpublishes every mapping whose target is the address of namespace `name`.
+/// Unpublishes every mapping whose target is the address of namespace `name`, or, when
+/// the namespace is gone, every mapping made for it by that name.
 pub fn unpublish_netns(name: &str) -> Result<Vec<Mapping>, Error> {
-    let namespace = Namespace::open(name)?;
-    let addr = namespace
-        .target()?
-        .ok_or_else(|| Error::NoAddress(name.to_string()))?
-        .addr;
+    settings::check_guard()?;
     let all = list()?;
-    let chosen: Vec<&Mapping> = all.iter().filter(|m| m.to_addr == addr).collect();
+    let chosen: Vec<&Mapping> = match Namespace::open(name) {
+        Ok(namespace) => {
+            let addr = namespace
+                .target()?
+                .ok_or_else(|| Error::NoAddress(name.to_string()))?
+                .addr;
+            all.iter().filter(|m| m.to_addr == addr).collect()
+        }
+        Err(NamespaceError::NotFound(_)) => {
+            let made_for: Vec<&Mapping> = all
+                .iter()
+                .filter(|m| m.netns.as_deref() == Some(name))
+                .collect();
+            if made_for.is_empty() {
+                return Err(NamespaceError::NotFound(name.to_string()).into());
+            }
+            made_for
+        }
+        Err(error) => return Err(error.into()),
+    };
     if !chosen.is_empty() {
         remove(&all, &chosen)?;
     }
     Ok(chosen.into_iter().cloned().collect())
 }
 
-/// Deletes `table inet nsport`; succeeds when there is none.
-pub fn flush() -> Result<(), Error> {
-    match nftables::commit(&[Change::DelTable]) {
-        Err(error) if error.errno() == Some(libc::ENOENT) => Ok(()),
-        other => other.map_err(kernel),
+/// Unpublishes every mapping whose namespace no longer exists.
+pub fn prune() -> Result<Vec<Mapping>, Error> {
+    let listings = list_status()?;
+    let all: Vec<Mapping> = listings.iter().map(|l| l.mapping.clone()).collect();
+    let stale: Vec<&Mapping> = listings
+        .iter()
+        .filter(|l| l.stale)
+        .map(|l| &l.mapping)
+        .collect();
+    if !stale.is_empty() {
+        remove(&all, &stale)?;
     }
+    Ok(stale.into_iter().cloned().collect())
+}
+
+/// Deletes `table inet nsport` and puts back every setting nsport changed; succeeds when
+/// there is no table.
+pub fn flush() -> Result<(), Error> {
+    let all = list()?;
+    match nftables::commit(&[Change::DelTable]) {
+        Err(error) if error.errno() == Some(libc::ENOENT) => {}
+        other => other.map_err(kernel)?,
+    }
+    settings::put_back_everything()?;
+    forget_flows(&all, |mapping, flow| {
+        flow.reply_src == Some(mapping.to_addr)
+    })
 }

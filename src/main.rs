@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use nsport::{HostSpec, Mapping, PublishSpec, Target};
+use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target};
 
 #[derive(Parser)]
 #[command(
@@ -16,6 +16,9 @@ use nsport::{HostSpec, Mapping, PublishSpec, Target};
     about = "Publish ports of Linux network namespaces on the host, with nftables over netlink"
 )]
 struct Cli {
+    /// Log each sysctl and hairpin change and each kernel exchange to stderr
+    #[arg(short, long, global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -32,8 +35,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Remove everything nsport made
+    /// Remove everything nsport made and put back the settings it changed
     Flush,
+    /// Unpublish the mappings whose namespace no longer exists
+    Prune,
 }
 
 #[derive(Args)]
@@ -54,6 +59,12 @@ struct AddArgs {
     /// The host-side interface toward the target (default: found by route lookup)
     #[arg(long, value_name = "IFACE")]
     via: Option<String>,
+    /// Let hosts that route to the target reach its unpublished ports directly
+    #[arg(long)]
+    allow_direct: bool,
+    /// Publish even if a host socket holds the port (it stops receiving)
+    #[arg(long)]
+    force: bool,
     /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp
     #[arg(required = true, value_name = "PUBLISH")]
     publish: Vec<PublishSpec>,
@@ -83,6 +94,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    log::set_max_level(if cli.verbose {
+        log::LevelFilter::Debug
+    } else {
+        log::LevelFilter::Warn
+    });
+    let _ = log::set_logger(&StderrLogger);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -116,7 +133,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 (None, Some(addr)) => Target::Addr(addr),
                 (None, None) => unreachable!("clap requires one target"),
             };
-            nsport::publish(&target, args.via.as_deref(), &args.publish)?;
+            let options = PublishOptions {
+                via: args.via,
+                allow_direct: args.allow_direct,
+                force: args.force,
+            };
+            nsport::publish(&target, &options, &args.publish)?;
         }
         Command::Rm(args) => match args.netns {
             Some(netns) => {
@@ -127,7 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         },
         Command::Ls { json } => {
-            let mappings = nsport::list()?;
+            let mappings = nsport::list_status()?;
             let text = if json {
                 serde_json::to_string_pretty(&mappings)? + "\n"
             } else {
@@ -137,16 +159,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .context("cannot write to stdout")?;
         }
         Command::Flush => nsport::flush()?,
+        Command::Prune => {
+            for mapping in nsport::prune()? {
+                log::info!("unpublished stale {}", mapping.comment());
+            }
+        }
     }
     Ok(())
 }
 
+/// Warnings always, and with `-v` what nsport changes, as `nsport: ` lines on stderr.
+struct StderrLogger;
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            let level = match record.level() {
+                log::Level::Error | log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            eprintln!("nsport: {level}{}", record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
 /// The human listing: one aligned row per mapping.
-fn table(mappings: &[Mapping]) -> String {
-    let header = ["PROTO", "HOST", "TARGET", "VIA", "NETNS"].map(String::from);
-    let rows: Vec<[String; 5]> = mappings
+fn table(listings: &[Listing]) -> String {
+    let header = ["PROTO", "HOST", "TARGET", "VIA", "NETNS", "STATUS"].map(String::from);
+    let rows: Vec<[String; 6]> = listings
         .iter()
-        .map(|m| {
+        .map(|listing| {
+            let m = &listing.mapping;
+            let status = match (&listing.shadows, listing.stale) {
+                (_, true) => "stale: namespace gone".to_string(),
+                (Some(owner), false) => format!("shadows {owner}"),
+                (None, false) => "ok".to_string(),
+            };
             let host = match m.host_addr {
                 Some(addr) => format!("{addr}:{}", m.host_port),
                 None => format!("*:{}", m.host_port),
@@ -157,6 +211,7 @@ fn table(mappings: &[Mapping]) -> String {
                 format!("{}:{}", m.to_addr, m.to_port),
                 m.via.clone(),
                 m.netns.clone().unwrap_or_else(|| "-".into()),
+                status,
             ]
         })
         .collect();

@@ -10,11 +10,13 @@
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   set hairpin4 { type ipv4_addr . ipv4_addr; }
 //!   set ifaces { type ifname; }
+//!   set targets4 { type ipv4_addr; }
 //!   chain guard { type filter hook prerouting priority raw; ... }
 //!   chain prerouting { type nat hook prerouting priority dstnat; ... }
 //!   chain output { type nat hook output priority -100; ... }
 //!   chain publish { ... }
 //!   chain postrouting { type nat hook postrouting priority srcnat; ... }
+//!   chain forward { type filter hook forward priority filter; ... }
 //! }
 //! ```
 
@@ -29,6 +31,7 @@ pub const SET_ANY4: &str = "any4";
 pub const SET_ADDR4: &str = "addr4";
 pub const SET_HAIRPIN4: &str = "hairpin4";
 pub const SET_IFACES: &str = "ifaces";
+pub const SET_TARGETS4: &str = "targets4";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
 /// `nft --debug=netlink`), numbered as the kernel numbers them.
@@ -62,6 +65,7 @@ mod datatype {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Forward,
     Output,
     Postrouting,
 }
@@ -119,8 +123,15 @@ pub enum CmpOp {
     Neq,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtKey {
+    State,
+    Status,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
+    Accept,
     Drop,
     Jump(&'static str),
 }
@@ -147,7 +158,8 @@ pub enum Expr {
     FibDaddrType {
         dreg: u32,
     },
-    CtStatus {
+    Ct {
+        key: CtKey,
         dreg: u32,
     },
     Bitwise {
@@ -160,6 +172,8 @@ pub enum Expr {
         set_id: u32,
         sreg: u32,
         dreg: Option<u32>,
+        /// `!= @set`: matches when the key is not in the set.
+        invert: bool,
     },
     /// `dnat ip to` the address in `reg_addr` and the port in `reg_port`.
     DnatIpv4 {
@@ -181,6 +195,7 @@ pub struct RuleDef {
 const NFPROTO_IPV4: u8 = 2;
 const RTN_LOCAL: u32 = 2;
 const IPS_DST_NAT: u32 = 0x20;
+const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// Offsets into the IPv4 header and the transport header.
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
@@ -191,6 +206,7 @@ pub const CHAIN_PREROUTING: &str = "prerouting";
 pub const CHAIN_OUTPUT: &str = "output";
 pub const CHAIN_PUBLISH: &str = "publish";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
+pub const CHAIN_FORWARD: &str = "forward";
 
 /// The chains, in the order `nft list` shows them.
 pub fn chains() -> Vec<ChainDef> {
@@ -215,6 +231,10 @@ pub fn chains() -> Vec<ChainDef> {
         ChainDef {
             name: CHAIN_POSTROUTING,
             base: Some((Hook::Postrouting, 100, ChainType::Nat)),
+        },
+        ChainDef {
+            name: CHAIN_FORWARD,
+            base: Some((Hook::Forward, 0, ChainType::Filter)),
         },
     ]
 }
@@ -292,6 +312,15 @@ pub fn sets() -> Vec<SetDef> {
             data: None,
             userdata: set_userdata(1, None, false),
         },
+        // set targets4 { type ipv4_addr; }
+        SetDef {
+            name: SET_TARGETS4,
+            id: 5,
+            key_type: IPADDR,
+            key_len: 4,
+            data: None,
+            userdata: set_userdata(2, None, false),
+        },
     ]
 }
 
@@ -309,6 +338,7 @@ fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
         set_id: set_id(set),
         sreg,
         dreg,
+        invert: false,
     }
 }
 
@@ -345,12 +375,13 @@ fn th_dport(dreg: u32) -> Expr {
     }
 }
 
-fn ct_status_dnat() -> [Expr; 3] {
+/// `ct status dnat`, `ct state established,related`: any of the bits set.
+fn ct_any(key: CtKey, bits: u32) -> [Expr; 3] {
     [
-        Expr::CtStatus { dreg: REG_1 },
+        Expr::Ct { key, dreg: REG_1 },
         Expr::Bitwise {
             reg: REG_1,
-            mask: IPS_DST_NAT.to_ne_bytes().to_vec(),
+            mask: bits.to_ne_bytes().to_vec(),
             xor: vec![0; 4],
         },
         Expr::Cmp {
@@ -359,6 +390,10 @@ fn ct_status_dnat() -> [Expr; 3] {
             data: vec![0; 4],
         },
     ]
+}
+
+fn ct_status_dnat() -> [Expr; 3] {
+    ct_any(CtKey::Status, IPS_DST_NAT)
 }
 
 /// `ip saddr/daddr 127.0.0.0/8`, which nft compiles to a one-byte comparison.
@@ -489,6 +524,49 @@ pub fn rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
+        // Direct access: once forwarding is on, nothing from outside the published
+        // namespaces' interfaces reaches their addresses unless a published port sent it.
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "ct status dnat accept",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                vec![Expr::Verdict(Verdict::Accept)],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "ct state established,related accept",
+            exprs: [
+                ct_any(CtKey::State, CT_STATE_ESTABLISHED_RELATED).to_vec(),
+                vec![Expr::Verdict(Verdict::Accept)],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "iifname != @ifaces ip daddr @targets4 drop",
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Lookup {
+                        set: SET_IFACES,
+                        set_id: set_id(SET_IFACES),
+                        sreg: REG_1,
+                        dreg: None,
+                        invert: true,
+                    },
+                ],
+                is_ipv4().to_vec(),
+                vec![
+                    ipv4_field(IPV4_DADDR, 4, REG_1),
+                    lookup(SET_TARGETS4, REG_1, None),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            ]
+            .concat(),
+        },
     ]
 }
 
@@ -512,6 +590,8 @@ pub struct Mapping {
     pub via: String,
     /// The namespace the target address was read from, when given by `--netns`.
     pub netns: Option<String>,
+    /// That namespace's inode, which tells a deleted and re-created namespace apart.
+    pub netns_inode: Option<u64>,
 }
 
 impl Mapping {
@@ -554,9 +634,14 @@ impl Mapping {
     /// namespace, which the map data does not hold.
     pub fn comment(&self) -> String {
         let mut comment = format!("via={}", self.via);
-        if let Some(netns) = &self.netns {
+        // Names that would not fit nftables' 128-byte comments are left out; the inode
+        // still ties the mapping to its namespace.
+        if let Some(netns) = self.netns.as_ref().filter(|name| name.len() <= 64) {
             comment.push_str(" netns=");
             comment.push_str(netns);
+        }
+        if let Some(inode) = self.netns_inode {
+            comment.push_str(&format!(" ino={inode}"));
         }
         comment
     }
@@ -578,10 +663,12 @@ impl Mapping {
         }
         let mut via = String::new();
         let mut netns = None;
+        let mut netns_inode = None;
         for field in comment.unwrap_or_default().split(' ') {
             match field.split_once('=') {
                 Some(("via", value)) => via = value.to_string(),
                 Some(("netns", value)) => netns = Some(value.to_string()),
+                Some(("ino", value)) => netns_inode = value.parse().ok(),
                 _ => {}
             }
         }
@@ -593,6 +680,7 @@ impl Mapping {
             to_port: u16::from_be_bytes([data[4], data[5]]),
             via,
             netns,
+            netns_inode,
         })
     }
 }
@@ -629,6 +717,16 @@ impl Element {
         }
     }
 
+    /// A target protected from direct access.
+    pub fn target(target: Ipv4Addr) -> Element {
+        Element {
+            set: SET_TARGETS4,
+            key: target.octets().to_vec(),
+            data: None,
+            comment: None,
+        }
+    }
+
     /// `target . target`: the namespace reaching its own published port.
     pub fn hairpin(target: Ipv4Addr) -> Element {
         Element {
@@ -657,6 +755,7 @@ mod tests {
             to_port: 53,
             via: "br0".into(),
             netns: Some("ns1".into()),
+            netns_inode: Some(4026532000),
         }
     }
 

@@ -1,39 +1,59 @@
 //! Kernel settings under /proc/sys/net, of the namespace nsport runs in.
 //!
-//! nsport writes the files directly rather than running `sysctl`, and reports what was
-//! there before so that a caller can say what it changed.
+//! nsport writes the files directly rather than running `sysctl`.
 
 use std::fs;
 use std::io;
 use std::path::PathBuf;
 
-/// A setting that nsport turns on, with the value it found.
+/// One setting, by its /proc/sys path.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Changed {
-    pub path: PathBuf,
-    pub previous: String,
-}
+pub struct Sysctl(PathBuf);
 
-fn ensure(path: PathBuf, value: &str) -> io::Result<Option<Changed>> {
-    let previous = fs::read_to_string(&path)?.trim().to_string();
-    if previous == value {
-        return Ok(None);
+impl Sysctl {
+    /// `net.ipv4.ip_forward`: whether traffic from outside is forwarded to the namespaces.
+    pub fn ip_forward() -> Sysctl {
+        Sysctl(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
     }
-    fs::write(&path, value)?;
-    Ok(Some(Changed { path, previous }))
+
+    /// `net.ipv4.conf.IFACE.route_localnet`: whether DNATed 127.0.0.1 traffic may leave
+    /// through `iface`. Only safe together with the guard chain, which drops 127/8
+    /// arriving from anywhere but `lo`.
+    pub fn route_localnet(iface: &str) -> Sysctl {
+        Sysctl(PathBuf::from(format!(
+            "/proc/sys/net/ipv4/conf/{iface}/route_localnet"
+        )))
+    }
+
+    /// The dotted name, as `sysctl` prints it.
+    pub fn name(&self) -> String {
+        let relative = self.0.strip_prefix("/proc/sys").unwrap_or(&self.0);
+        relative
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .replace('/', ".")
+    }
+
+    pub fn read(&self) -> io::Result<String> {
+        Ok(fs::read_to_string(&self.0)?.trim().to_string())
+    }
+
+    pub fn write(&self, value: &str) -> io::Result<()> {
+        log::info!("sysctl {}={value}", self.name());
+        fs::write(&self.0, value)
+    }
 }
 
-/// `net.ipv4.ip_forward=1`: traffic from outside is forwarded to the namespace.
-pub fn enable_ip_forward() -> io::Result<Option<Changed>> {
-    ensure(PathBuf::from("/proc/sys/net/ipv4/ip_forward"), "1")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// `net.ipv4.conf.IFACE.route_localnet=1`: lets DNATed 127.0.0.1 traffic leave through
-/// `iface`. Only safe together with the guard chain, which drops 127/8 arriving from
-/// anywhere but `lo`.
-pub fn enable_route_localnet(iface: &str) -> io::Result<Option<Changed>> {
-    ensure(
-        PathBuf::from(format!("/proc/sys/net/ipv4/conf/{iface}/route_localnet")),
-        "1",
-    )
+    #[test]
+    fn names_are_dotted() {
+        assert_eq!(Sysctl::ip_forward().name(), "net.ipv4.ip_forward");
+        assert_eq!(
+            Sysctl::route_localnet("br0").name(),
+            "net.ipv4.conf.br0.route_localnet"
+        );
+    }
 }

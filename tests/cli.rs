@@ -46,7 +46,7 @@ fn listing_with_no_table() {
     assert_eq!(lab.nsport_ok(&["ls", "--json"]).trim(), "[]");
     assert_eq!(
         lab.nsport_ok(&["ls"]).trim(),
-        "PROTO  HOST  TARGET  VIA  NETNS"
+        "PROTO  HOST  TARGET  VIA  NETNS  STATUS"
     );
 }
 
@@ -57,20 +57,38 @@ fn listing_shows_every_field() {
     lab.nsport_ok(&["add", "--netns", &ns1, "8080:80", "127.0.0.1:5353:53/udp"]);
     let listing: serde_json::Value =
         serde_json::from_str(&lab.nsport_ok(&["ls", "--json"])).unwrap();
+    let inode = std::fs::metadata(format!("/run/netns/{ns1}")).unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&inode);
     let expected = serde_json::json!([
         {"proto": "tcp", "host_addr": null, "host_port": 8080, "to_addr": "172.18.0.2",
-         "to_port": 80, "via": "br0", "netns": ns1},
+         "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode,
+         "stale": false, "shadows": null},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
-         "to_port": 53, "via": "br0", "netns": ns1},
+         "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode,
+         "stale": false, "shadows": null},
     ]);
     assert_eq!(listing, expected);
-    let human = lab.normalize(&lab.nsport_ok(&["ls"]));
+    let human = lab.nsport_ok(&["ls"]);
+    let rows: Vec<Vec<String>> = human
+        .lines()
+        .map(|line| {
+            lab.normalize(line)
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
     assert_eq!(
-        human,
-        "PROTO  HOST            TARGET         VIA  NETNS\n\
-         tcp    *:8080          172.18.0.2:80  br0  ns1\n\
-         udp    127.0.0.1:5353  172.18.0.2:53  br0  ns1\n"
+        rows,
+        [
+            ["PROTO", "HOST", "TARGET", "VIA", "NETNS", "STATUS"],
+            ["tcp", "*:8080", "172.18.0.2:80", "br0", "ns1", "ok"],
+            ["udp", "127.0.0.1:5353", "172.18.0.2:53", "br0", "ns1", "ok"],
+        ]
     );
+    // The columns are aligned: every row's last column starts where the header's does.
+    let status_at: Vec<usize> = human.lines().map(|line| line.rfind(' ').unwrap()).collect();
+    assert!(status_at.iter().all(|at| *at == status_at[0]), "{human}");
 }
 
 #[test]

@@ -1,12 +1,16 @@
 //! Everything that talks to the kernel over netlink, and the only place with `unsafe`.
 //!
 //! `nftables` writes and reads `table inet nsport` through libnftnl and libmnl;
-//! `rtnetlink` reads addresses, routes and links and sets bridge-port hairpin mode.
+//! `rtnetlink` reads addresses, routes and links and sets bridge-port hairpin mode;
+//! `conntrack` deletes tracked connections; `sock_diag` finds the sockets holding a port.
 
 use std::io;
 
+mod attributes;
+pub mod conntrack;
 pub mod nftables;
 pub mod rtnetlink;
+pub mod sock_diag;
 
 /// A netlink exchange that failed, by the stage at which it failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,4 +40,27 @@ impl NetlinkError {
             | NetlinkError::Kernel { error, .. } => error.raw_os_error(),
         }
     }
+}
+
+/// The cookie of the current network namespace: unlike its inode, never reused while the
+/// system runs, so it names the namespace's saved state safely.
+pub fn netns_cookie() -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64.
+    let result = unsafe {
+        libc::getsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&socket),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if result != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }

@@ -15,15 +15,17 @@ use nix::sys::time::TimeVal;
 
 use super::NetlinkError;
 use crate::ruleset::{
-    ChainDef, ChainType, CmpOp, Element, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, TABLE,
-    Verdict,
+    ChainDef, ChainType, CmpOp, CtKey, Element, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef,
+    TABLE, Verdict,
 };
 
 const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_DONE: u16 = 3;
 const NFT_SET_MAP: u32 = 0x8;
+const NFT_CT_STATE: u32 = 0;
 const NFT_CT_STATUS: u32 = 2;
+const NFT_LOOKUP_F_INV: u32 = 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
 const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const NFT_NAT_DNAT: u32 = 1;
@@ -31,7 +33,7 @@ const NF_ACCEPT: u32 = 1;
 /// How long to wait for the kernel's answer before calling it lost.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Room for one recvmsg of a dump; the kernel fills up to this much per read.
-const RECEIVE_BUFFER: usize = 256 * 1024;
+pub(super) const RECEIVE_BUFFER: usize = 256 * 1024;
 /// Linux's usual net.core.[rw]mem_default.
 const DEFAULT_SOCKET_BUFFER: usize = 200 * 1024;
 /// Room one acknowledgement takes in a socket buffer, its skb overhead included.
@@ -148,29 +150,31 @@ fn send_batch(socket: &mnl::Socket, pages: &[&[u8]]) -> Result<(), NetlinkError>
     Ok(())
 }
 
-/// Whether `table inet nsport` exists.
-pub fn table_exists() -> Result<bool, NetlinkError> {
-    let table = TableHandle::new();
-    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
-    let request = buffer.build(|buf| unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETTABLE as u16,
-            FAMILY_INET,
-            libc::NLM_F_ACK as u16,
-            1,
-        );
-        sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
-        nlh
-    });
+/// A base chain of any table, as read back from the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainDump {
+    pub family: u32,
+    pub table: String,
+    pub name: String,
+    pub hook: u32,
+    pub policy: u32,
+}
+
+/// Sends one request and hands each answer message to `on_message`. Returns false when the
+/// kernel answered ENOENT (no such table, chain, set or element).
+fn exchange(
+    request: &[u8],
+    mut on_message: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<bool, NetlinkError> {
     let socket = open(request.len(), 1)?;
-    socket.send(&request).map_err(NetlinkError::Send)?;
-    let mut found = false;
+    socket.send(request).map_err(NetlinkError::Send)?;
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
     loop {
         let len = receive(&socket, &mut buffer, true)?;
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             match reply.kind {
+                NLMSG_DONE => return Ok(true),
                 NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(false),
                 NLMSG_ERROR if reply.errno != 0 => {
                     return Err(NetlinkError::Kernel {
@@ -178,50 +182,129 @@ pub fn table_exists() -> Result<bool, NetlinkError> {
                         error: io::Error::from_raw_os_error(reply.errno),
                     });
                 }
-                NLMSG_ERROR => return Ok(found),
-                _ => found = true,
+                // The acknowledgement that ends a request that is not a dump.
+                NLMSG_ERROR => return Ok(true),
+                _ => on_message(reply.message)?,
             }
         }
     }
+}
+
+/// Builds a request with libnftnl into an aligned buffer.
+fn build_request(
+    kind: i32,
+    family: u16,
+    dump: bool,
+    payload: impl FnOnce(*mut libc::nlmsghdr),
+) -> Vec<u8> {
+    let flags = if dump {
+        libc::NLM_F_DUMP | libc::NLM_F_ACK
+    } else {
+        libc::NLM_F_ACK
+    };
+    let mut buffer = AlignedBuffer::new(nftnl::nft_nlmsg_maxsize() as usize);
+    buffer.build(|buf| {
+        // SAFETY: the buffer has room for one maximal message.
+        let nlh = unsafe { sys::nftnl_nlmsg_build_hdr(buf, kind as u16, family, flags as u16, 1) };
+        payload(nlh);
+        nlh
+    })
+}
+
+/// Whether `table inet nsport` exists.
+pub fn table_exists() -> Result<bool, NetlinkError> {
+    let table = TableHandle::new();
+    let request = build_request(libc::NFT_MSG_GETTABLE, FAMILY_INET, false, |nlh| {
+        // SAFETY: `table` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr()) }
+    });
+    exchange(&request, |_| Ok(()))
+}
+
+/// Whether chain `name` of `table inet nsport` exists.
+pub fn chain_exists(name: &str) -> Result<bool, NetlinkError> {
+    // SAFETY: an owned chain, freed below.
+    let ptr = unsafe { chain_named(name) };
+    let request = build_request(libc::NFT_MSG_GETCHAIN, FAMILY_INET, false, |nlh| {
+        // SAFETY: `ptr` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, ptr) }
+    });
+    // SAFETY: allocated above, freed once.
+    unsafe { sys::nftnl_chain_free(ptr) };
+    exchange(&request, |_| Ok(()))
+}
+
+/// Every base chain of every table, in one dump.
+pub fn dump_base_chains() -> Result<Vec<ChainDump>, NetlinkError> {
+    let request = build_request(
+        libc::NFT_MSG_GETCHAIN,
+        libc::NFPROTO_UNSPEC as u16,
+        true,
+        |_| {},
+    );
+    let mut chains = Vec::new();
+    exchange(&request, |message| {
+        // SAFETY: a fresh chain parsed from one whole, aligned message, then freed.
+        unsafe {
+            let ptr = sys::nftnl_chain_alloc();
+            let parsed = sys::nftnl_chain_nlmsg_parse(message.as_ptr().cast(), ptr);
+            if parsed >= 0 && sys::nftnl_chain_is_set(ptr, sys::NFTNL_CHAIN_HOOKNUM as u16) {
+                let text = |attr: u32| {
+                    CStr::from_ptr(sys::nftnl_chain_get_str(ptr, attr as u16))
+                        .to_string_lossy()
+                        .into_owned()
+                };
+                chains.push(ChainDump {
+                    family: sys::nftnl_chain_get_u32(ptr, sys::NFTNL_CHAIN_FAMILY as u16),
+                    table: text(sys::NFTNL_CHAIN_TABLE),
+                    name: text(sys::NFTNL_CHAIN_NAME),
+                    hook: sys::nftnl_chain_get_u32(ptr, sys::NFTNL_CHAIN_HOOKNUM as u16),
+                    // A base chain without a policy accepts.
+                    policy: if sys::nftnl_chain_is_set(ptr, sys::NFTNL_CHAIN_POLICY as u16) {
+                        sys::nftnl_chain_get_u32(ptr, sys::NFTNL_CHAIN_POLICY as u16)
+                    } else {
+                        NF_ACCEPT
+                    },
+                });
+            }
+            sys::nftnl_chain_free(ptr);
+        }
+        Ok(())
+    })?;
+    Ok(chains)
 }
 
 /// Reads every element of one set or map of `table inet nsport`, in one dump.
 /// A missing table or set reads as empty.
 pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
     let handle = SetHandle::for_elements(set, None);
-    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
-    let request = buffer.build(|buf| unsafe {
-        let nlh = sys::nftnl_nlmsg_build_hdr(
-            buf,
-            libc::NFT_MSG_GETSETELEM as u16,
-            FAMILY_INET,
-            (libc::NLM_F_DUMP | libc::NLM_F_ACK) as u16,
-            1,
-        );
-        sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
-        nlh
+    let request = build_request(libc::NFT_MSG_GETSETELEM, FAMILY_INET, true, |nlh| {
+        // SAFETY: `handle` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr()) }
     });
-    let socket = open(request.len(), 1)?;
-    socket.send(&request).map_err(NetlinkError::Send)?;
     let mut elements = Vec::new();
-    loop {
-        let len = receive(&socket, &mut buffer, true)?;
-        for reply in replies(&buffer.bytes()[..len]) {
-            let reply = reply?;
-            match reply.kind {
-                NLMSG_DONE => return Ok(elements),
-                NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(Vec::new()),
-                NLMSG_ERROR if reply.errno != 0 => {
-                    return Err(NetlinkError::Kernel {
-                        index: None,
-                        error: io::Error::from_raw_os_error(reply.errno),
-                    });
-                }
-                NLMSG_ERROR => {}
-                _ => parse_elements(reply.message, &mut elements)?,
-            }
-        }
-    }
+    exchange(&request, |message| parse_elements(message, &mut elements))?;
+    Ok(elements)
+}
+
+/// Reads the one element of `set` with this key, if there is one.
+pub fn get_element(set: &str, key: &[u8]) -> Result<Option<ElementDump>, NetlinkError> {
+    let handle = SetHandle::for_elements(set, None);
+    let probe = Element {
+        set: "",
+        key: key.to_vec(),
+        data: None,
+        comment: None,
+    };
+    // SAFETY: the set takes ownership of the element.
+    unsafe { sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(&probe)) };
+    let request = build_request(libc::NFT_MSG_GETSETELEM, FAMILY_INET, false, |nlh| {
+        // SAFETY: `handle` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr()) }
+    });
+    let mut elements = Vec::new();
+    exchange(&request, |message| parse_elements(message, &mut elements))?;
+    Ok(elements.into_iter().next())
 }
 
 fn raw_fd(socket: &mnl::Socket) -> RawFd {
@@ -231,7 +314,7 @@ fn raw_fd(socket: &mnl::Socket) -> RawFd {
 
 /// Opens a netfilter socket able to send `send_bytes` at once and to queue `answers`
 /// acknowledgements without dropping any.
-fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> {
+pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> {
     let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
     // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
     let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(&socket)) };
@@ -251,7 +334,7 @@ fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> 
 }
 
 /// Reads what the kernel queued; without `wait`, an empty queue is `WouldBlock`.
-fn receive(
+pub(super) fn receive(
     socket: &mnl::Socket,
     buffer: &mut AlignedBuffer,
     wait: bool,
@@ -266,14 +349,14 @@ fn receive(
 }
 
 /// One netlink message of a reply, with the error code when it is an NLMSG_ERROR.
-struct Reply<'a> {
-    kind: u16,
-    seq: u32,
-    errno: i32,
-    message: &'a [u8],
+pub(super) struct Reply<'a> {
+    pub(super) kind: u16,
+    pub(super) seq: u32,
+    pub(super) errno: i32,
+    pub(super) message: &'a [u8],
 }
 
-fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, NetlinkError>> {
+pub(super) fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, NetlinkError>> {
     mnl::NlMessages::new(bytes).map(|message| {
         let message = message.map_err(NetlinkError::Receive)?;
         let word = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
@@ -299,14 +382,14 @@ fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, NetlinkError>
 }
 
 /// A receive buffer aligned for `nlmsghdr`, as libmnl and libnftnl require.
-struct AlignedBuffer(Vec<u64>);
+pub(super) struct AlignedBuffer(Vec<u64>);
 
 impl AlignedBuffer {
-    fn new(len: usize) -> Self {
+    pub(super) fn new(len: usize) -> Self {
         AlignedBuffer(vec![0; len.div_ceil(8)])
     }
 
-    fn bytes(&self) -> &[u8] {
+    pub(super) fn bytes(&self) -> &[u8] {
         // SAFETY: any u64 storage is valid as bytes, and the length is in bytes.
         unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 8) }
     }
@@ -525,21 +608,28 @@ unsafe impl NlMsg for Message<'_> {
 }
 
 /// # Safety
-/// Returns an owned chain the caller must free.
-unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
+/// Returns an owned chain of our table the caller must free.
+unsafe fn chain_named(name: &str) -> *mut sys::nftnl_chain {
     // SAFETY: setters on a fresh object; libnftnl copies strings.
     unsafe {
         let ptr = sys::nftnl_chain_alloc();
         sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TABLE as u16, cstring(TABLE).as_ptr());
-        sys::nftnl_chain_set_str(
-            ptr,
-            sys::NFTNL_CHAIN_NAME as u16,
-            cstring(chain.name).as_ptr(),
-        );
+        sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_NAME as u16, cstring(name).as_ptr());
         sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(FAMILY_INET));
+        ptr
+    }
+}
+
+/// # Safety
+/// Returns an owned chain the caller must free.
+unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
+    // SAFETY: setters on a fresh object; libnftnl copies strings.
+    unsafe {
+        let ptr = chain_named(chain.name);
         if let Some((hook, priority, kind)) = chain.base {
             let hooknum = match hook {
                 Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+                Hook::Forward => libc::NF_INET_FORWARD,
                 Hook::Output => libc::NF_INET_LOCAL_OUT,
                 Hook::Postrouting => libc::NF_INET_POST_ROUTING,
             };
@@ -695,10 +785,14 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             u32_attr(e, sys::NFTNL_EXPR_FIB_DREG, *dreg);
             e
         }
-        // ct status
-        Expr::CtStatus { dreg } => {
+        // ct state / ct status
+        Expr::Ct { key, dreg } => {
             let e = new(c"ct");
-            u32_attr(e, sys::NFTNL_EXPR_CT_KEY, NFT_CT_STATUS);
+            let key = match key {
+                CtKey::State => NFT_CT_STATE,
+                CtKey::Status => NFT_CT_STATUS,
+            };
+            u32_attr(e, sys::NFTNL_EXPR_CT_KEY, key);
             u32_attr(e, sys::NFTNL_EXPR_CT_DREG, *dreg);
             e
         }
@@ -718,6 +812,7 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             set_id,
             sreg,
             dreg,
+            invert,
         } => {
             let e = new(c"lookup");
             // SAFETY: libnftnl copies the string.
@@ -728,6 +823,9 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             u32_attr(e, sys::NFTNL_EXPR_LOOKUP_SREG, *sreg);
             if let Some(dreg) = dreg {
                 u32_attr(e, sys::NFTNL_EXPR_LOOKUP_DREG, *dreg);
+            }
+            if *invert {
+                u32_attr(e, sys::NFTNL_EXPR_LOOKUP_FLAGS, NFT_LOOKUP_F_INV);
             }
             e
         }
@@ -747,6 +845,7 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             let e = new(c"immediate");
             u32_attr(e, sys::NFTNL_EXPR_IMM_DREG, crate::ruleset::REG_VERDICT);
             match verdict {
+                Verdict::Accept => u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_ACCEPT as u32),
                 Verdict::Drop => u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_DROP as u32),
                 Verdict::Jump(chain) => {
                     u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_JUMP as u32);

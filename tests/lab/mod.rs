@@ -174,10 +174,16 @@ impl Lab {
         })
     }
 
+    /// Where nsport keeps its record of changed settings for this lab.
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("{}-state", self.prefix))
+    }
+
     /// Runs the nsport binary in the host namespace.
     pub fn nsport(&self, args: &[&str]) -> Output {
         let mut command = Command::new("ip");
         command
+            .env("NSPORT_STATE_DIR", self.state_dir())
             .args(["netns", "exec", &self.ns("host")])
             .arg(env!("CARGO_BIN_EXE_nsport"))
             .args(args);
@@ -270,6 +276,7 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.state_dir());
         for role in &self.roles {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.ns(role)])

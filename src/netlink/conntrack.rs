@@ -1,0 +1,185 @@
+//! ctnetlink: finding and deleting connection-tracking entries.
+//!
+//! NAT is decided on a connection's first packet and kept in its conntrack entry, so a UDP
+//! flow that was running before a port was published keeps going to the host, and one
+//! that ran through a published port keeps reaching the namespace after `rm`. Deleting
+//! exactly the affected entries makes the next packet take the new path.
+
+use std::io;
+use std::net::Ipv4Addr;
+
+use super::NetlinkError;
+use super::attributes::{self, find};
+use super::nftables::{
+    AlignedBuffer, NLMSG_DONE, NLMSG_ERROR, RECEIVE_BUFFER, open, receive, replies,
+};
+
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+const IPCTNL_MSG_CT_GET: u16 = 1;
+const IPCTNL_MSG_CT_DELETE: u16 = 2;
+const CTA_TUPLE_ORIG: u16 = 1;
+const CTA_TUPLE_REPLY: u16 = 2;
+const CTA_IP_V4_SRC: u16 = 1;
+const CTA_ZONE: u16 = 18;
+const CTA_TUPLE_IP: u16 = 1;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_IP_V4_DST: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
+
+/// The original direction of a tracked connection, as far as nsport matches on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flow {
+    pub proto: u8,
+    pub dst: Ipv4Addr,
+    pub dport: u16,
+    /// Who answers: the original destination, or the DNAT target the flow was sent to.
+    pub reply_src: Option<Ipv4Addr>,
+}
+
+/// The nfgenmsg header of a ctnetlink message for IPv4.
+fn ipv4_header() -> Vec<u8> {
+    vec![libc::AF_INET as u8, 0, 0, 0]
+}
+
+fn flow_of(message: &[u8]) -> Option<(Flow, Vec<u8>)> {
+    // Netlink header (16 bytes), then nfgenmsg (4 bytes), then attributes.
+    let attrs = message.get(20..)?;
+    let orig = find(attrs, CTA_TUPLE_ORIG)?;
+    let ip = find(orig.value, CTA_TUPLE_IP)?;
+    let proto = find(orig.value, CTA_TUPLE_PROTO)?;
+    let flow = Flow {
+        proto: find(proto.value, CTA_PROTO_NUM)?.u8()?,
+        dst: find(ip.value, CTA_IP_V4_DST)?.ipv4()?,
+        dport: find(proto.value, CTA_PROTO_DST_PORT)
+            .and_then(|port| port.be16())
+            .unwrap_or(0),
+        reply_src: find(attrs, CTA_TUPLE_REPLY)
+            .and_then(|reply| find(reply.value, CTA_TUPLE_IP))
+            .and_then(|ip| find(ip.value, CTA_IP_V4_SRC))
+            .and_then(|src| src.ipv4()),
+    };
+    // What identifies the entry for deletion: its original tuple and its zone.
+    let mut key = orig.raw.to_vec();
+    if let Some(zone) = find(attrs, CTA_ZONE) {
+        key.extend_from_slice(zone.raw);
+    }
+    Some((flow, key))
+}
+
+/// Deletes every IPv4 conntrack entry whose original direction `matches`; returns how many.
+/// An entry that expires on its own meanwhile is not an error.
+pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkError> {
+    let kind = |message: u16| (NFNL_SUBSYS_CTNETLINK << 8) | message;
+    let dump = attributes::message(
+        kind(IPCTNL_MSG_CT_GET),
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        &ipv4_header(),
+    );
+    let socket = open(dump.len(), 1)?;
+    socket.send(&dump).map_err(NetlinkError::Send)?;
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
+    let mut doomed = Vec::new();
+    'dump: loop {
+        let len = receive(&socket, &mut buffer, true)?;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            match reply.kind {
+                NLMSG_DONE => break 'dump,
+                NLMSG_ERROR if reply.errno != 0 => {
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(reply.errno),
+                    });
+                }
+                NLMSG_ERROR => break 'dump,
+                _ => {
+                    if let Some((flow, key)) = flow_of(reply.message)
+                        && matches(&flow)
+                    {
+                        doomed.push(key);
+                    }
+                }
+            }
+        }
+    }
+    if doomed.is_empty() {
+        return Ok(0);
+    }
+    let mut request = Vec::new();
+    for (seq, key) in doomed.iter().enumerate() {
+        let payload = [ipv4_header(), key.clone()].concat();
+        request.extend(attributes::message(
+            kind(IPCTNL_MSG_CT_DELETE),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq as u32 + 1,
+            &payload,
+        ));
+    }
+    let socket = open(request.len(), doomed.len())?;
+    socket.send(&request).map_err(NetlinkError::Send)?;
+    let mut answered = 0;
+    while answered < doomed.len() {
+        let len = receive(&socket, &mut buffer, true)?;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            if reply.kind != NLMSG_ERROR {
+                continue;
+            }
+            answered += 1;
+            if reply.errno != 0 && reply.errno != libc::ENOENT {
+                return Err(NetlinkError::Kernel {
+                    index: None,
+                    error: io::Error::from_raw_os_error(reply.errno),
+                });
+            }
+        }
+    }
+    Ok(doomed.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::attributes::put;
+
+    #[test]
+    fn reads_the_original_tuple() {
+        let mut ip = Vec::new();
+        put(&mut ip, 1, &[192, 0, 2, 2]);
+        put(&mut ip, CTA_IP_V4_DST, &[192, 0, 2, 1]);
+        let mut proto = Vec::new();
+        put(&mut proto, CTA_PROTO_NUM, &[17]);
+        put(&mut proto, 2, &40000u16.to_be_bytes());
+        put(&mut proto, CTA_PROTO_DST_PORT, &5353u16.to_be_bytes());
+        let mut tuple = Vec::new();
+        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip);
+        put(
+            &mut tuple,
+            CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
+            &proto,
+        );
+        let mut attrs = Vec::new();
+        put(
+            &mut attrs,
+            CTA_TUPLE_ORIG | attributes::NLA_F_NESTED,
+            &tuple,
+        );
+        let message = attributes::message(0x100, 0, 1, &[ipv4_header(), attrs.clone()].concat());
+        let (flow, key) = flow_of(&message).unwrap();
+        assert_eq!(
+            flow,
+            Flow {
+                proto: 17,
+                dst: Ipv4Addr::new(192, 0, 2, 1),
+                dport: 5353,
+                reply_src: None,
+            }
+        );
+        assert_eq!(key, attrs);
+    }
+}

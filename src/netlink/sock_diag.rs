@@ -1,0 +1,99 @@
+//! sock_diag: which local sockets hold a port (what `ss -ltnup` shows), read over netlink.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+
+use super::NetlinkError;
+use super::attributes;
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const TCP_LISTEN: u32 = 10;
+const REQUEST_DUMP: u16 = 1 | 0x300;
+/// `struct inet_diag_msg`: family, state, timer, retrans, the socket id, then counters.
+const DIAG_MSG_LEN: usize = 72;
+
+/// A socket bound to a local port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundSocket {
+    pub addr: IpAddr,
+    pub port: u16,
+    pub inode: u32,
+}
+
+/// `struct inet_diag_req_v2` asking for every socket of one family and protocol in `states`.
+fn request(family: u8, protocol: u8, states: u32) -> Vec<u8> {
+    let mut req = vec![family, protocol, 0, 0];
+    req.extend_from_slice(&states.to_ne_bytes());
+    // The socket id to match: all zero, so every socket.
+    req.resize(56, 0);
+    req
+}
+
+fn parse(message: &[u8]) -> Option<BoundSocket> {
+    let msg = message.get(16..16 + DIAG_MSG_LEN)?;
+    let family = msg[0];
+    let port = u16::from_be_bytes([msg[4], msg[5]]);
+    let src: [u8; 16] = msg[8..24].try_into().ok()?;
+    let addr = if family == libc::AF_INET as u8 {
+        IpAddr::V4(Ipv4Addr::new(src[0], src[1], src[2], src[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(src))
+    };
+    let inode = u32::from_ne_bytes(msg[68..72].try_into().ok()?);
+    Some(BoundSocket { addr, port, inode })
+}
+
+/// Every TCP socket listening, or every UDP socket bound, in both address families.
+pub fn bound_sockets(udp: bool) -> Result<Vec<BoundSocket>, NetlinkError> {
+    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(NetlinkError::Open)?;
+    socket.bind_auto().map_err(NetlinkError::Open)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(NetlinkError::Open)?;
+    let (protocol, states) = if udp {
+        (libc::IPPROTO_UDP as u8, u32::MAX)
+    } else {
+        (libc::IPPROTO_TCP as u8, 1 << TCP_LISTEN)
+    };
+    let mut found = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let message = attributes::message(
+            SOCK_DIAG_BY_FAMILY,
+            REQUEST_DUMP,
+            1,
+            &request(family, protocol, states),
+        );
+        socket.send(&message, 0).map_err(NetlinkError::Send)?;
+        'dump: loop {
+            let (data, _) = socket.recv_from_full().map_err(NetlinkError::Receive)?;
+            let mut offset = 0;
+            while offset + 16 <= data.len() {
+                let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().unwrap()) as usize;
+                let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
+                let message = &data[offset..(offset + len).min(data.len())];
+                match kind {
+                    NLMSG_DONE => break 'dump,
+                    NLMSG_ERROR => {
+                        let errno = message
+                            .get(16..20)
+                            .map_or(0, |e| -i32::from_ne_bytes(e.try_into().unwrap()));
+                        return Err(NetlinkError::Kernel {
+                            index: None,
+                            error: io::Error::from_raw_os_error(errno),
+                        });
+                    }
+                    _ => found.extend(parse(message)),
+                }
+                if len < 16 {
+                    break 'dump;
+                }
+                offset += len.next_multiple_of(4);
+            }
+        }
+    }
+    Ok(found)
+}
