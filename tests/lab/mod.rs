@@ -190,6 +190,27 @@ impl Lab {
         command.output().expect("run nsport")
     }
 
+    /// Starts nsport in the host namespace without waiting for it.
+    pub fn spawn_nsport(&self, args: &[&str]) -> std::process::Child {
+        Command::new("ip")
+            .env("NSPORT_STATE_DIR", self.state_dir())
+            .args(["netns", "exec", &self.ns("host")])
+            .arg(env!("CARGO_BIN_EXE_nsport"))
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start nsport")
+    }
+
+    /// Runs `ip -n NS ARGS…` in a role's namespace.
+    pub fn ip(&self, role: &str, args: &str) {
+        let ns = self.ns(role);
+        let mut full = vec!["ip", "-n", &ns];
+        full.extend(args.split_whitespace());
+        sh(&full);
+    }
+
     /// Runs nsport and asserts success; returns stdout.
     pub fn nsport_ok(&self, args: &[&str]) -> String {
         let output = self.nsport(args);
@@ -259,6 +280,17 @@ impl Lab {
             stream.read_to_string(&mut answer).ok()?;
             Some(answer)
         })
+    }
+
+    /// A UDP socket in `role` on an unspecified port, to keep one flow going.
+    pub fn udp_socket(&self, role: &str) -> UdpSocket {
+        let socket = self.run_in(role, || {
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap()
+        });
+        socket
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        socket
     }
 
     /// Sends a datagram from `role` and returns the answer, if any.
