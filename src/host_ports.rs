@@ -54,8 +54,18 @@ impl HostSockets {
     }
 }
 
-/// Whether a socket bound to `addr` receives IPv4 traffic for the mapping's host address.
+/// Whether a socket bound to `addr` receives traffic for the mapping's host address.
 fn receives(addr: IpAddr, mapping: &Mapping) -> bool {
+    if mapping.is_ipv6() {
+        return match addr {
+            IpAddr::V4(_) => false,
+            // Link-local and loopback traffic is never DNATed, so it still reaches them.
+            IpAddr::V6(v6) if v6.is_loopback() || v6.is_unicast_link_local() => false,
+            IpAddr::V6(v6) => {
+                v6.is_unspecified() || mapping.host_addr.is_none_or(|host| host == IpAddr::V6(v6))
+            }
+        };
+    }
     let v4 = match addr {
         IpAddr::V4(v4) => v4,
         // `::` takes IPv4 too unless IPV6_V6ONLY; a v4-mapped address is IPv4.
@@ -65,7 +75,7 @@ fn receives(addr: IpAddr, mapping: &Mapping) -> bool {
             None => return false,
         },
     };
-    v4.is_unspecified() || mapping.host_addr.is_none_or(|host| host == v4)
+    v4.is_unspecified() || mapping.host_addr.is_none_or(|host| host == IpAddr::V4(v4))
 }
 
 /// The process holding socket `inode`: pid and command name, from /proc.
@@ -97,9 +107,9 @@ mod tests {
     fn mapping(host_addr: Option<Ipv4Addr>) -> Mapping {
         Mapping {
             proto: Proto::Tcp,
-            host_addr,
+            host_addr: host_addr.map(IpAddr::V4),
             host_port: 3000,
-            to_addr: Ipv4Addr::new(172, 18, 0, 2),
+            to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 3000,
             via: "br0".into(),
             netns: None,
@@ -121,5 +131,14 @@ mod tests {
         assert!(!receives(IpAddr::V6(Ipv6Addr::LOCALHOST), &any));
         let mapped = Ipv4Addr::new(192, 0, 2, 1).to_ipv6_mapped();
         assert!(receives(IpAddr::V6(mapped), &one));
+        let six = Mapping {
+            to_addr: "2001:db8:1::2".parse().unwrap(),
+            ..mapping(None)
+        };
+        assert!(receives(IpAddr::V6(Ipv6Addr::UNSPECIFIED), &six));
+        assert!(receives("2001:db8::1".parse().unwrap(), &six));
+        assert!(!receives("fe80::1".parse().unwrap(), &six));
+        assert!(!receives(IpAddr::V6(Ipv6Addr::LOCALHOST), &six));
+        assert!(!receives(v4(0, 0, 0, 0), &six));
     }
 }

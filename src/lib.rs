@@ -31,7 +31,7 @@ pub mod sysctl;
 
 use std::collections::{BTreeSet, HashMap};
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use host_ports::HostSockets;
 use netlink::conntrack::{self, Flow};
@@ -40,8 +40,11 @@ use netlink::{NetlinkError, rtnetlink};
 use netns::Namespace;
 pub use netns::NamespaceError;
 pub use ruleset::Mapping;
-use ruleset::{Element, SET_ADDR4, SET_ANY4, SET_HAIRPIN4, SET_IFACES, SET_TARGETS4};
-pub use spec::{HostSpec, Proto, PublishSpec, SpecError};
+use ruleset::{
+    Element, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES,
+    SET_TARGETS4, SET_TARGETS6,
+};
+pub use spec::{HostSpec, Proto, PublishSpec, SpecError, with_port};
 
 /// The longest interface name Linux accepts (IFNAMSIZ less the NUL).
 const MAX_IFNAME: usize = 15;
@@ -49,10 +52,10 @@ const MAX_IFNAME: usize = 15;
 /// Where published ports lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// A namespace by name under /run/netns, or by path; nsport reads its address.
+    /// A namespace by name under /run/netns, or by path; nsport reads its addresses.
     Netns(String),
-    /// An explicit IPv4 address.
-    Addr(Ipv4Addr),
+    /// An explicit IPv4 or IPv6 address.
+    Addr(IpAddr),
 }
 
 /// How to publish.
@@ -77,6 +80,9 @@ pub struct Listing {
     pub stale: bool,
     /// A host socket on the same port that the mapping hides from its clients.
     pub shadows: Option<String>,
+    /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
+    /// 127.0.0.1 publishes; never [::1], which Linux cannot DNAT.
+    pub loopback: bool,
 }
 
 /// Everything that can go wrong, each with a message that names the value at fault.
@@ -86,18 +92,22 @@ pub enum Error {
     Spec(#[from] SpecError),
     #[error(transparent)]
     Namespace(#[from] NamespaceError),
-    #[error("network namespace {0:?} has no global IPv4 address on a non-loopback interface")]
+    #[error(
+        "network namespace {0:?} has no global IPv4 or IPv6 address on a non-loopback interface"
+    )]
     NoAddress(String),
+    #[error("{spec} asks for an {family} host address, but the target has no {family} address")]
+    FamilyMismatch { spec: String, family: &'static str },
     #[error("interface name {0:?} is longer than {MAX_IFNAME} bytes")]
     IfaceTooLong(String),
     #[error("interface {0:?} does not exist")]
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
-    NoRoute(Ipv4Addr),
+    NoRoute(IpAddr),
     #[error("target {0} is an address of this host, not of a namespace")]
-    TargetIsLocal(Ipv4Addr),
+    TargetIsLocal(IpAddr),
     #[error("host address {0} is not an address of this host")]
-    NotLocal(Ipv4Addr),
+    NotLocal(IpAddr),
     #[error("{spec} is published twice in one command, to {first} and {second}")]
     Duplicate {
         spec: String,
@@ -134,6 +144,7 @@ impl Error {
             Error::Spec(_)
                 | Error::Namespace(NamespaceError::NotFound(_))
                 | Error::NoAddress(_)
+                | Error::FamilyMismatch { .. }
                 | Error::IfaceTooLong(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)
@@ -162,10 +173,10 @@ fn state(error: io::Error) -> Error {
     }
 }
 
-/// The target of a publish, resolved: address, interface toward it, and the bridge port
-/// that needs hairpin mode.
+/// The target of a publish in one address family, resolved: address, interface toward
+/// it, and the bridge port that needs hairpin mode.
 struct Resolved {
-    addr: Ipv4Addr,
+    addr: IpAddr,
     via: rtnetlink::Link,
     netns: Option<(String, u64)>,
     bridge_port: Option<rtnetlink::Link>,
@@ -178,66 +189,85 @@ fn check_ifname(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
-fn resolve(target: &Target, via: Option<&str>) -> Result<Resolved, Error> {
+/// Resolves the target in each address family it has: one address for `--to`, the
+/// namespace's first global IPv4 and IPv6 addresses for `--netns`.
+fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Error> {
     if let Some(name) = via {
         check_ifname(name)?;
     }
-    let (addr, netns, peer) = match target {
-        Target::Addr(addr) => (*addr, None, None),
+    let (targets, netns) = match target {
+        Target::Addr(addr) => (vec![(*addr, None)], None),
         Target::Netns(name) => {
             let namespace = Namespace::open(name)?;
-            let found = namespace
-                .target()?
-                .ok_or_else(|| Error::NoAddress(name.clone()))?;
-            (
-                found.addr,
-                Some((name.clone(), namespace.inode)),
-                found.peer_ifindex,
-            )
+            let found = namespace.targets()?;
+            if found.is_empty() {
+                return Err(Error::NoAddress(name.clone()));
+            }
+            let targets = found
+                .into_iter()
+                .map(|t| (t.addr, t.peer_ifindex))
+                .collect();
+            (targets, Some((name.clone(), namespace.inode)))
         }
     };
-    let via = match via {
-        Some(name) => rtnetlink::link_by_name(name)
-            .map_err(kernel)?
-            .ok_or_else(|| Error::NoSuchIface(name.to_string()))?,
-        None => {
-            let index = rtnetlink::route_output_interface(addr)
+    let given_via = match via {
+        Some(name) => Some(
+            rtnetlink::link_by_name(name)
                 .map_err(kernel)?
-                .ok_or(Error::NoRoute(addr))?;
-            rtnetlink::link_by_index(index)
-                .map_err(kernel)?
-                .ok_or(Error::NoRoute(addr))?
-        }
+                .ok_or_else(|| Error::NoSuchIface(name.to_string()))?,
+        ),
+        None => None,
     };
-    if via.is_loopback {
-        return Err(Error::TargetIsLocal(addr));
-    }
-    // Behind a bridge, the target's own port needs hairpin mode for the namespace to reach
-    // itself when br_netfilter bridges the DNATed packet back. The veth peer is that port.
-    let bridge_port = match peer {
-        Some(index) if via.is_bridge => rtnetlink::link_by_index(index)
-            .map_err(kernel)?
-            .filter(|port| port.master == Some(via.index)),
-        _ => None,
-    };
-    Ok(Resolved {
-        addr,
-        via,
-        netns,
-        bridge_port,
-    })
+    targets
+        .into_iter()
+        .map(|(addr, peer)| {
+            let via = match &given_via {
+                Some(link) => link.clone(),
+                None => {
+                    let index = rtnetlink::route_output_interface(addr)
+                        .map_err(kernel)?
+                        .ok_or(Error::NoRoute(addr))?;
+                    rtnetlink::link_by_index(index)
+                        .map_err(kernel)?
+                        .ok_or(Error::NoRoute(addr))?
+                }
+            };
+            if via.is_loopback {
+                return Err(Error::TargetIsLocal(addr));
+            }
+            // Behind a bridge, the target's own port needs hairpin mode for the namespace
+            // to reach itself when br_netfilter bridges the DNATed packet back. The veth
+            // peer is that port.
+            let bridge_port = match peer {
+                Some(index) if via.is_bridge => rtnetlink::link_by_index(index)
+                    .map_err(kernel)?
+                    .filter(|port| port.master == Some(via.index)),
+                _ => None,
+            };
+            Ok(Resolved {
+                addr,
+                via,
+                netns: netns.clone(),
+                bridge_port,
+            })
+        })
+        .collect()
 }
 
-fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
-    let wanted: BTreeSet<Ipv4Addr> = specs.iter().filter_map(|spec| spec.host_addr).collect();
-    if wanted.is_empty() {
-        return Ok(());
-    }
-    let local: BTreeSet<Ipv4Addr> = rtnetlink::ipv4_addresses()
+fn local_addresses() -> Result<BTreeSet<IpAddr>, Error> {
+    Ok(rtnetlink::addresses()
         .map_err(kernel)?
         .into_iter()
         .map(|addr| addr.addr)
-        .collect();
+        .collect())
+}
+
+fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
+    let wanted: BTreeSet<IpAddr> = specs.iter().filter_map(|spec| spec.host_addr).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let local = local_addresses()?;
     match wanted
         .into_iter()
         .find(|addr| !local.contains(addr) && !addr.is_loopback())
@@ -248,51 +278,70 @@ fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
 }
 
 fn host_label(mapping: &Mapping) -> String {
+    let family = if mapping.is_ipv6() { " (IPv6)" } else { "" };
     match mapping.host_addr {
-        Some(addr) => format!("{addr}:{}/{}", mapping.host_port, mapping.proto),
-        None => format!("{}/{}", mapping.host_port, mapping.proto),
+        Some(addr) => format!("{}/{}", with_port(addr, mapping.host_port), mapping.proto),
+        None => format!("{}/{}{family}", mapping.host_port, mapping.proto),
     }
 }
 
 fn target_label(mapping: &Mapping) -> String {
-    let mut label = format!(
-        "{}:{} via {}",
-        mapping.to_addr, mapping.to_port, mapping.via
-    );
+    let to = with_port(mapping.to_addr, mapping.to_port);
+    let mut label = format!("{to} via {}", mapping.via);
     if let Some(netns) = &mapping.netns {
         label.push_str(&format!(" (netns {netns})"));
     }
     label
 }
 
-/// The mappings `specs` ask for, refusing a host port asked for twice with two targets.
-fn plan(resolved: &Resolved, specs: &[PublishSpec]) -> Result<Vec<Mapping>, Error> {
+/// The mappings `specs` ask for: a host-address spec in its address's family, a wildcard
+/// spec in every family the target has. Refuses a host port asked for twice with two
+/// targets.
+fn plan(resolved: &[Resolved], specs: &[PublishSpec]) -> Result<Vec<Mapping>, Error> {
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
     for spec in specs {
-        for (host_port, to_port) in spec.port_pairs() {
-            let mapping = Mapping {
-                proto: spec.proto,
-                host_addr: spec.host_addr,
-                host_port,
-                to_addr: resolved.addr,
-                to_port,
-                via: resolved.via.name.clone(),
-                netns: resolved.netns.as_ref().map(|(name, _)| name.clone()),
-                netns_inode: resolved.netns.as_ref().map(|(_, inode)| *inode),
-            };
-            match seen.get(&(mapping.set(), mapping.key())) {
-                Some(&first) if mappings[first] != mapping => {
-                    return Err(Error::Duplicate {
-                        spec: host_label(&mapping),
-                        first: target_label(&mappings[first]),
-                        second: target_label(&mapping),
+        let families: Vec<&Resolved> = match spec.host_addr {
+            None => resolved.iter().collect(),
+            Some(addr) => {
+                let same: Vec<&Resolved> = resolved
+                    .iter()
+                    .filter(|r| r.addr.is_ipv6() == addr.is_ipv6())
+                    .collect();
+                if same.is_empty() {
+                    return Err(Error::FamilyMismatch {
+                        spec: spec.to_string(),
+                        family: if addr.is_ipv6() { "IPv6" } else { "IPv4" },
                     });
                 }
-                Some(_) => {}
-                None => {
-                    seen.insert((mapping.set(), mapping.key()), mappings.len());
-                    mappings.push(mapping);
+                same
+            }
+        };
+        for target in families {
+            for (host_port, to_port) in spec.port_pairs() {
+                let mapping = Mapping {
+                    proto: spec.proto,
+                    host_addr: spec.host_addr,
+                    host_port,
+                    to_addr: target.addr,
+                    to_port,
+                    via: target.via.name.clone(),
+                    netns: target.netns.as_ref().map(|(name, _)| name.clone()),
+                    netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
+                };
+                match seen.get(&(mapping.set(), mapping.key())) {
+                    Some(&first) if mappings[first] != mapping => {
+                        return Err(Error::Duplicate {
+                            spec: host_label(&mapping),
+                            first: target_label(&mappings[first]),
+                            second: target_label(&mapping),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((mapping.set(), mapping.key()), mappings.len());
+                        mappings.push(mapping);
+                    }
                 }
             }
         }
@@ -351,10 +400,16 @@ pub fn publish(
     }
 
     let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
-    elements.push(Element::iface(&resolved.via.name));
-    elements.push(Element::hairpin(resolved.addr));
-    if !options.allow_direct {
-        elements.push(Element::target(resolved.addr));
+    // Only the families a mapping uses; an identical element twice is harmless.
+    for target in resolved
+        .iter()
+        .filter(|r| mappings.iter().any(|m| m.to_addr == r.addr))
+    {
+        elements.push(Element::iface(&target.via.name));
+        elements.push(Element::hairpin(target.addr));
+        if !options.allow_direct {
+            elements.push(Element::target(target.addr));
+        }
     }
     match add_elements(&elements) {
         Ok(()) => {}
@@ -367,7 +422,16 @@ pub fn publish(
         Err(error) => return Err(kernel(error)),
     }
 
-    settings::turn_on(&resolved.via.name, resolved.bridge_port.as_ref(), &mappings)?;
+    for target in &resolved {
+        let own: Vec<Mapping> = mappings
+            .iter()
+            .filter(|m| m.to_addr == target.addr)
+            .cloned()
+            .collect();
+        if !own.is_empty() {
+            settings::turn_on(&target.via.name, target.bridge_port.as_ref(), &own)?;
+        }
+    }
     // A UDP flow already running to the host port keeps its old path until its conntrack
     // entry goes; TCP flows there are the host's own connections and are left alone.
     forget_flows(&mappings, |mapping, flow| {
@@ -425,12 +489,8 @@ fn forget_flows(
         return Ok(());
     }
     let wildcard = mappings.iter().any(|m| m.host_addr.is_none());
-    let local: BTreeSet<Ipv4Addr> = if wildcard {
-        rtnetlink::ipv4_addresses()
-            .map_err(kernel)?
-            .into_iter()
-            .map(|addr| addr.addr)
-            .collect()
+    let local = if wildcard {
+        local_addresses()?
     } else {
         BTreeSet::new()
     };
@@ -448,7 +508,10 @@ fn forget_flows(
             .any(|mapping| {
                 let to_host = match mapping.host_addr {
                     Some(addr) => flow.dst == addr,
-                    None => local.contains(&flow.dst) || flow.dst.is_loopback(),
+                    None => {
+                        flow.dst.is_ipv6() == mapping.is_ipv6()
+                            && (local.contains(&flow.dst) || flow.dst.is_loopback())
+                    }
                 };
                 to_host && doomed(mapping, flow)
             })
@@ -463,12 +526,12 @@ fn forget_flows(
 /// Every mapping in `table inet nsport`, sorted by protocol, host address and port.
 pub fn list() -> Result<Vec<Mapping>, Error> {
     let mut mappings = Vec::new();
-    for set in [SET_ANY4, SET_ADDR4] {
+    for set in [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6] {
         for element in nftables::dump_elements(set).map_err(kernel)? {
             mappings.extend(mapping_of(set, &element));
         }
     }
-    mappings.sort_by_key(|m| (m.proto, m.host_addr, m.host_port));
+    mappings.sort_by_key(|m| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
     Ok(mappings)
 }
 
@@ -495,6 +558,7 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
             Listing {
                 shadows: sockets.shadowed_by(&mapping),
                 stale,
+                loopback: mapping.serves_loopback(),
                 mapping,
             }
         })
@@ -504,7 +568,13 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
 /// The elements of the helper sets that exist, so that removal deletes only those.
 fn existing_helpers() -> Result<HashMap<&'static str, Vec<Vec<u8>>>, Error> {
     let mut existing = HashMap::new();
-    for set in [SET_IFACES, SET_HAIRPIN4, SET_TARGETS4] {
+    for set in [
+        SET_IFACES,
+        SET_HAIRPIN4,
+        SET_TARGETS4,
+        SET_HAIRPIN6,
+        SET_TARGETS6,
+    ] {
         let keys = nftables::dump_elements(set)
             .map_err(kernel)?
             .into_iter()
@@ -532,7 +602,7 @@ fn remove(all: &[Mapping], remove: &[&Mapping]) -> Result<(), Error> {
             elements.push(Element::iface(iface));
         }
     }
-    let gone_targets: BTreeSet<Ipv4Addr> = remove.iter().map(|m| m.to_addr).collect();
+    let gone_targets: BTreeSet<IpAddr> = remove.iter().map(|m| m.to_addr).collect();
     for target in gone_targets {
         if !remaining.iter().any(|m| m.to_addr == target) {
             elements.push(Element::hairpin(target));
@@ -588,11 +658,11 @@ pub fn unpublish_netns(name: &str) -> Result<Vec<Mapping>, Error> {
     let all = list()?;
     let chosen: Vec<&Mapping> = match Namespace::open(name) {
         Ok(namespace) => {
-            let addr = namespace
-                .target()?
-                .ok_or_else(|| Error::NoAddress(name.to_string()))?
-                .addr;
-            all.iter().filter(|m| m.to_addr == addr).collect()
+            let addrs: Vec<IpAddr> = namespace.targets()?.iter().map(|t| t.addr).collect();
+            if addrs.is_empty() {
+                return Err(Error::NoAddress(name.to_string()));
+            }
+            all.iter().filter(|m| addrs.contains(&m.to_addr)).collect()
         }
         Err(NamespaceError::NotFound(_)) => {
             let made_for: Vec<&Mapping> = all

@@ -2,12 +2,12 @@
 //! exit codes (2 for bad input, 1 for everything else).
 
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target};
+use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target, with_port};
 
 #[derive(Parser)]
 #[command(
@@ -49,7 +49,7 @@ struct TargetArgs {
     netns: Option<String>,
     /// The target address, instead of reading it from a namespace
     #[arg(long, value_name = "ADDR", group = "target")]
-    to: Option<Ipv4Addr>,
+    to: Option<IpAddr>,
 }
 
 #[derive(Args)]
@@ -202,13 +202,15 @@ fn table(listings: &[Listing]) -> String {
                 (None, false) => "ok".to_string(),
             };
             let host = match m.host_addr {
-                Some(addr) => format!("{addr}:{}", m.host_port),
+                Some(addr) => with_port(addr, m.host_port),
+                // Every address of the mapping's family; IPv6 ones never include [::1].
+                None if m.is_ipv6() => format!("[*]:{}", m.host_port),
                 None => format!("*:{}", m.host_port),
             };
             [
                 m.proto.to_string(),
                 host,
-                format!("{}:{}", m.to_addr, m.to_port),
+                with_port(m.to_addr, m.to_port),
                 m.via.clone(),
                 m.netns.clone().unwrap_or_else(|| "-".into()),
                 status,

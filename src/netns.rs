@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 
@@ -51,10 +51,10 @@ pub enum NamespaceError {
     },
 }
 
-/// The address nsport publishes to, as read inside the namespace.
+/// An address nsport publishes to, as read inside the namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamespaceTarget {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     /// The index, in the peer namespace, of the veth peer of the interface holding `addr`.
     pub peer_ifindex: Option<u32>,
 }
@@ -107,18 +107,24 @@ impl Namespace {
         })
     }
 
-    /// The first global-scope IPv4 address on a non-loopback interface of the namespace.
-    pub fn target(&self) -> Result<Option<NamespaceTarget>, NamespaceError> {
+    /// The first global-scope IPv4 address and the first global-scope IPv6 address on a
+    /// non-loopback interface of the namespace, IPv4 first; none, one or both.
+    pub fn targets(&self) -> Result<Vec<NamespaceTarget>, NamespaceError> {
         let read = self.run(|| -> Result<_, NetlinkError> {
             let links = rtnetlink::links()?;
-            let addrs = rtnetlink::ipv4_addresses()?;
-            Ok(addrs.into_iter().find_map(|addr| {
-                let link = links.iter().find(|link| link.index == addr.ifindex)?;
-                (addr.global && !link.is_loopback).then_some(NamespaceTarget {
-                    addr: addr.addr,
-                    peer_ifindex: link.peer,
+            let addrs = rtnetlink::addresses()?;
+            let first = |ipv6: bool| {
+                addrs.iter().find_map(|addr| {
+                    let link = links.iter().find(|link| link.index == addr.ifindex)?;
+                    (addr.global && !link.is_loopback && addr.addr.is_ipv6() == ipv6).then_some(
+                        NamespaceTarget {
+                            addr: addr.addr,
+                            peer_ifindex: link.peer,
+                        },
+                    )
                 })
-            }))
+            };
+            Ok([first(false), first(true)].into_iter().flatten().collect())
         })?;
         read.map_err(|error| NamespaceError::Read {
             name: self.name.clone(),

@@ -8,6 +8,7 @@
 //! table inet nsport {
 //!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+//!   map any6, addr6, set hairpin6, targets6: the same for IPv6
 //!   set hairpin4 { type ipv4_addr . ipv4_addr; }
 //!   set ifaces { type ifname; }
 //!   set targets4 { type ipv4_addr; }
@@ -20,7 +21,7 @@
 //! }
 //! ```
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::spec::Proto;
 
@@ -32,12 +33,18 @@ pub const SET_ADDR4: &str = "addr4";
 pub const SET_HAIRPIN4: &str = "hairpin4";
 pub const SET_IFACES: &str = "ifaces";
 pub const SET_TARGETS4: &str = "targets4";
+pub const SET_ANY6: &str = "any6";
+pub const SET_ADDR6: &str = "addr6";
+pub const SET_HAIRPIN6: &str = "hairpin6";
+pub const SET_TARGETS6: &str = "targets6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
 /// `nft --debug=netlink`), numbered as the kernel numbers them.
 pub const REG_1: u32 = 1;
+pub const REG_2: u32 = 2;
 pub const REG32_01: u32 = 9;
 pub const REG32_02: u32 = 10;
+pub const REG32_05: u32 = 13;
 pub const REG_VERDICT: u32 = 0;
 
 /// `IFNAMSIZ`: interface names are compared as 16 NUL-padded bytes.
@@ -47,6 +54,7 @@ pub const IFNAME_LEN: usize = 16;
 /// print keys; a concatenation packs them six bits apart.
 mod datatype {
     pub const IPADDR: u32 = 7;
+    pub const IP6ADDR: u32 = 8;
     pub const INET_PROTOCOL: u32 = 12;
     pub const INET_SERVICE: u32 = 13;
     pub const IFNAME: u32 = 41;
@@ -133,6 +141,7 @@ pub enum CtKey {
 pub enum Verdict {
     Accept,
     Drop,
+    Return,
     Jump(&'static str),
 }
 
@@ -175,8 +184,9 @@ pub enum Expr {
         /// `!= @set`: matches when the key is not in the set.
         invert: bool,
     },
-    /// `dnat ip to` the address in `reg_addr` and the port in `reg_port`.
-    DnatIpv4 {
+    /// `dnat ip to` (or `ip6`) the address in `reg_addr` and the port in `reg_port`.
+    Dnat {
+        ipv6: bool,
         reg_addr: u32,
         reg_port: u32,
     },
@@ -193,6 +203,7 @@ pub struct RuleDef {
 }
 
 const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
 const RTN_LOCAL: u32 = 2;
 const IPS_DST_NAT: u32 = 0x20;
 const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
@@ -200,6 +211,8 @@ const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
 const TH_DPORT: u32 = 2;
+const IPV6_SADDR: u32 = 8;
+const IPV6_DADDR: u32 = 24;
 
 pub const CHAIN_GUARD: &str = "guard";
 pub const CHAIN_PREROUTING: &str = "prerouting";
@@ -275,6 +288,7 @@ fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -
 pub fn sets() -> Vec<SetDef> {
     use datatype::*;
     let target = (concat(&[IPADDR, INET_SERVICE]), 8);
+    let target6 = (concat(&[IP6ADDR, INET_SERVICE]), 20);
     vec![
         // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
         SetDef {
@@ -321,6 +335,42 @@ pub fn sets() -> Vec<SetDef> {
             data: None,
             userdata: set_userdata(2, None, false),
         },
+        // map any6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
+        SetDef {
+            name: SET_ANY6,
+            id: 6,
+            key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
+            key_len: 8,
+            data: Some(target6),
+            userdata: set_userdata(0, Some(0), true),
+        },
+        // map addr6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
+        SetDef {
+            name: SET_ADDR6,
+            id: 7,
+            key_type: concat(&[IP6ADDR, INET_PROTOCOL, INET_SERVICE]),
+            key_len: 24,
+            data: Some(target6),
+            userdata: set_userdata(0, Some(0), true),
+        },
+        // set hairpin6 { type ipv6_addr . ipv6_addr; }
+        SetDef {
+            name: SET_HAIRPIN6,
+            id: 8,
+            key_type: concat(&[IP6ADDR, IP6ADDR]),
+            key_len: 32,
+            data: None,
+            userdata: set_userdata(0, None, true),
+        },
+        // set targets6 { type ipv6_addr; }
+        SetDef {
+            name: SET_TARGETS6,
+            id: 9,
+            key_type: IP6ADDR,
+            key_len: 16,
+            data: None,
+            userdata: set_userdata(2, None, false),
+        },
     ]
 }
 
@@ -346,15 +396,58 @@ fn meta(key: MetaKey, dreg: u32) -> Expr {
     Expr::Meta { key, dreg }
 }
 
-fn is_ipv4() -> [Expr; 2] {
+fn is_family(nfproto: u8) -> [Expr; 2] {
     [
         meta(MetaKey::Nfproto, REG_1),
         Expr::Cmp {
             op: CmpOp::Eq,
             sreg: REG_1,
-            data: vec![NFPROTO_IPV4],
+            data: vec![nfproto],
         },
     ]
+}
+
+fn is_ipv4() -> [Expr; 2] {
+    is_family(NFPROTO_IPV4)
+}
+
+fn is_ipv6() -> [Expr; 2] {
+    is_family(NFPROTO_IPV6)
+}
+
+fn ipv6_field(offset: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len: 16,
+        dreg,
+    }
+}
+
+/// `ip6 saddr/daddr fe80::/10 return`, as nft compiles it: mask the whole address.
+fn link_local_return(offset: u32) -> Vec<Expr> {
+    let mut mask = [0u8; 16];
+    mask[..2].copy_from_slice(&[0xff, 0xc0]);
+    let mut prefix = [0u8; 16];
+    prefix[..2].copy_from_slice(&[0xfe, 0x80]);
+    [
+        is_ipv6().to_vec(),
+        vec![
+            ipv6_field(offset, REG_1),
+            Expr::Bitwise {
+                reg: REG_1,
+                mask: mask.to_vec(),
+                xor: vec![0; 16],
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: prefix.to_vec(),
+            },
+            Expr::Verdict(Verdict::Return),
+        ],
+    ]
+    .concat()
 }
 
 fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
@@ -422,9 +515,16 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
 
 /// The rules, in chain order.
 pub fn rules() -> Vec<RuleDef> {
-    let dnat = Expr::DnatIpv4 {
+    let dnat = Expr::Dnat {
+        ipv6: false,
         reg_addr: REG_1,
         reg_port: REG32_01,
+    };
+    // IPv6 addresses fill a whole 16-byte register, so the port follows in register 2.
+    let dnat6 = Expr::Dnat {
+        ipv6: true,
+        reg_addr: REG_1,
+        reg_port: REG_2,
     };
     vec![
         RuleDef {
@@ -455,6 +555,35 @@ pub fn rules() -> Vec<RuleDef> {
             nft: "fib daddr type local jump publish",
             exprs: local_daddr_jump_publish(),
         },
+        // Link-local traffic belongs to its link; [::1] cannot be DNATed at all (Linux has
+        // no route_localnet for IPv6), so it is left to reach the host's own sockets.
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 saddr fe80::/10 return",
+            exprs: link_local_return(IPV6_SADDR),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 daddr fe80::/10 return",
+            exprs: link_local_return(IPV6_DADDR),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 daddr ::1 return",
+            exprs: [
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_DADDR, REG_1),
+                    Expr::Cmp {
+                        op: CmpOp::Eq,
+                        sreg: REG_1,
+                        data: Ipv6Addr::LOCALHOST.octets().to_vec(),
+                    },
+                    Expr::Verdict(Verdict::Return),
+                ],
+            ]
+            .concat(),
+        },
         RuleDef {
             chain: CHAIN_PUBLISH,
             nft: "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
@@ -481,6 +610,31 @@ pub fn rules() -> Vec<RuleDef> {
             ],
         },
         RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
+            exprs: [
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_DADDR, REG_1),
+                    meta(MetaKey::L4proto, REG_2),
+                    th_dport(REG32_05),
+                    lookup(SET_ADDR6, REG_1, Some(REG_1)),
+                    dnat6.clone(),
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "dnat ip6 to meta l4proto . th dport map @any6",
+            exprs: vec![
+                meta(MetaKey::L4proto, REG_1),
+                th_dport(REG32_01),
+                lookup(SET_ANY6, REG_1, Some(REG_1)),
+                dnat6,
+            ],
+        },
+        RuleDef {
             chain: CHAIN_POSTROUTING,
             nft: "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
             exprs: [
@@ -504,6 +658,21 @@ pub fn rules() -> Vec<RuleDef> {
                     ipv4_field(IPV4_SADDR, 4, REG_1),
                     ipv4_field(IPV4_DADDR, 4, REG32_01),
                     lookup(SET_HAIRPIN4, REG_1, None),
+                    Expr::Masquerade,
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_POSTROUTING,
+            nft: "ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_SADDR, REG_1),
+                    ipv6_field(IPV6_DADDR, REG_2),
+                    lookup(SET_HAIRPIN6, REG_1, None),
                     Expr::Masquerade,
                 ],
             ]
@@ -567,6 +736,29 @@ pub fn rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "iifname != @ifaces ip6 daddr @targets6 drop",
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Lookup {
+                        set: SET_IFACES,
+                        set_id: set_id(SET_IFACES),
+                        sreg: REG_1,
+                        dreg: None,
+                        invert: true,
+                    },
+                ],
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_DADDR, REG_1),
+                    lookup(SET_TARGETS6, REG_1, None),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            ]
+            .concat(),
+        },
     ]
 }
 
@@ -577,45 +769,68 @@ pub fn ifname_bytes(name: &str) -> [u8; IFNAME_LEN] {
     out
 }
 
+/// An address's bytes as nftables compares them: network order.
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes).ok()?,
+        ))),
+        _ => None,
+    }
+}
+
 /// One published port: host side, target, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     pub proto: Proto,
-    /// `None` when published on every local address of the host.
-    pub host_addr: Option<Ipv4Addr>,
+    /// `None` when published on every local address of the target's family.
+    pub host_addr: Option<IpAddr>,
     pub host_port: u16,
-    pub to_addr: Ipv4Addr,
+    /// The target; its family is the mapping's family.
+    pub to_addr: IpAddr,
     pub to_port: u16,
     /// The host-side interface toward the target.
     pub via: String,
     /// The namespace the target address was read from, when given by `--netns`.
+    #[serde(default)]
     pub netns: Option<String>,
     /// That namespace's inode, which tells a deleted and re-created namespace apart.
+    #[serde(default)]
     pub netns_inode: Option<u64>,
 }
 
 impl Mapping {
+    pub fn is_ipv6(&self) -> bool {
+        self.to_addr.is_ipv6()
+    }
+
     /// The map the mapping lives in.
     pub fn set(&self) -> &'static str {
-        if self.host_addr.is_some() {
-            SET_ADDR4
-        } else {
-            SET_ANY4
+        match (self.is_ipv6(), self.host_addr.is_some()) {
+            (false, false) => SET_ANY4,
+            (false, true) => SET_ADDR4,
+            (true, false) => SET_ANY6,
+            (true, true) => SET_ADDR6,
         }
     }
 
-    /// Whether the mapping can be reached through the host's 127.0.0.1, which needs
-    /// route_localnet on `via`.
+    /// Whether the mapping can be reached through the host's loopback. Only IPv4 can:
+    /// 127.0.0.1 is DNATed with route_localnet on `via`; [::1] never is.
     pub fn serves_loopback(&self) -> bool {
-        self.host_addr.is_none_or(|addr| addr.is_loopback())
+        !self.is_ipv6() && self.host_addr.is_none_or(|addr| addr.is_loopback())
     }
 
     /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes.
     pub fn key(&self) -> Vec<u8> {
-        let mut key = Vec::with_capacity(12);
-        if let Some(addr) = self.host_addr {
-            key.extend_from_slice(&addr.octets());
-        }
+        let mut key = self.host_addr.map(addr_bytes).unwrap_or_default();
         key.extend_from_slice(&[self.proto.number(), 0, 0, 0]);
         key.extend_from_slice(&self.host_port.to_be_bytes());
         key.extend_from_slice(&[0, 0]);
@@ -624,7 +839,7 @@ impl Mapping {
 
     /// The map data: `ip . port` of the target.
     pub fn data(&self) -> Vec<u8> {
-        let mut data = self.to_addr.octets().to_vec();
+        let mut data = addr_bytes(self.to_addr);
         data.extend_from_slice(&self.to_port.to_be_bytes());
         data.extend_from_slice(&[0, 0]);
         data
@@ -653,12 +868,19 @@ impl Mapping {
         data: &[u8],
         comment: Option<&str>,
     ) -> Option<Mapping> {
-        let (host_addr, rest) = match (set, key.len()) {
-            (SET_ANY4, 8) => (None, key),
-            (SET_ADDR4, 12) => (Some(ipv4(&key[..4])), &key[4..]),
+        let addr_len = match set {
+            SET_ANY4 | SET_ADDR4 => 4,
+            SET_ANY6 | SET_ADDR6 => 16,
             _ => return None,
         };
-        if data.len() != 8 {
+        let (host_addr, rest) = match set {
+            SET_ADDR4 | SET_ADDR6 if key.len() == addr_len + 8 => {
+                (Some(addr_from(&key[..addr_len])?), &key[addr_len..])
+            }
+            SET_ANY4 | SET_ANY6 if key.len() == 8 => (None, key),
+            _ => return None,
+        };
+        if data.len() != addr_len + 4 {
             return None;
         }
         let mut via = String::new();
@@ -676,17 +898,13 @@ impl Mapping {
             proto: Proto::from_number(rest[0])?,
             host_addr,
             host_port: u16::from_be_bytes([rest[4], rest[5]]),
-            to_addr: ipv4(&data[..4]),
-            to_port: u16::from_be_bytes([data[4], data[5]]),
+            to_addr: addr_from(&data[..addr_len])?,
+            to_port: u16::from_be_bytes([data[addr_len], data[addr_len + 1]]),
             via,
             netns,
             netns_inode,
         })
     }
-}
-
-fn ipv4(bytes: &[u8]) -> Ipv4Addr {
-    Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])
 }
 
 /// One element to add to or delete from a set or map.
@@ -718,20 +936,28 @@ impl Element {
     }
 
     /// A target protected from direct access.
-    pub fn target(target: Ipv4Addr) -> Element {
+    pub fn target(target: IpAddr) -> Element {
         Element {
-            set: SET_TARGETS4,
-            key: target.octets().to_vec(),
+            set: if target.is_ipv6() {
+                SET_TARGETS6
+            } else {
+                SET_TARGETS4
+            },
+            key: addr_bytes(target),
             data: None,
             comment: None,
         }
     }
 
     /// `target . target`: the namespace reaching its own published port.
-    pub fn hairpin(target: Ipv4Addr) -> Element {
+    pub fn hairpin(target: IpAddr) -> Element {
         Element {
-            set: SET_HAIRPIN4,
-            key: [target.octets(), target.octets()].concat(),
+            set: if target.is_ipv6() {
+                SET_HAIRPIN6
+            } else {
+                SET_HAIRPIN4
+            },
+            key: [addr_bytes(target), addr_bytes(target)].concat(),
             data: None,
             comment: None,
         }
@@ -749,9 +975,9 @@ mod tests {
     fn mapping(host_addr: Option<Ipv4Addr>) -> Mapping {
         Mapping {
             proto: Proto::Udp,
-            host_addr,
+            host_addr: host_addr.map(IpAddr::V4),
             host_port: 5353,
-            to_addr: Ipv4Addr::new(172, 18, 0, 2),
+            to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 53,
             via: "br0".into(),
             netns: Some("ns1".into()),
@@ -768,9 +994,33 @@ mod tests {
         assert_eq!(one.key(), [127, 0, 0, 1, 17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
     }
 
+    fn mapping6(host_addr: Option<&str>) -> Mapping {
+        Mapping {
+            host_addr: host_addr.map(|a| a.parse().unwrap()),
+            to_addr: "2001:db8:1::2".parse().unwrap(),
+            ..mapping(None)
+        }
+    }
+
+    #[test]
+    fn ipv6_keys_and_data() {
+        let one = mapping6(Some("2001:db8::1"));
+        assert_eq!(one.set(), SET_ADDR6);
+        assert_eq!(one.key().len(), 24);
+        assert_eq!(one.data().len(), 20);
+        assert_eq!(one.data()[16..18], 53u16.to_be_bytes());
+        assert_eq!(mapping6(None).set(), SET_ANY6);
+        assert!(!mapping6(None).serves_loopback());
+    }
+
     #[test]
     fn elements_round_trip_to_mappings() {
-        for original in [mapping(None), mapping(Some(Ipv4Addr::new(192, 0, 2, 1)))] {
+        for original in [
+            mapping(None),
+            mapping(Some(Ipv4Addr::new(192, 0, 2, 1))),
+            mapping6(None),
+            mapping6(Some("2001:db8::1")),
+        ] {
             let element = Element::mapping(&original);
             let back = Mapping::from_element(
                 element.set,

@@ -29,9 +29,17 @@ pub fn turn_on(
     bridge_port: Option<&rtnetlink::Link>,
     mappings: &[Mapping],
 ) -> Result<(), Error> {
-    let forward = Sysctl::ip_forward();
-    if forward.read().map_err(sysctl_error(&forward))? != "1" {
-        forward.write("1").map_err(sysctl_error(&forward))?;
+    let mut forwarding = Vec::new();
+    if mappings.iter().any(|m| !m.is_ipv6()) {
+        forwarding.push(Sysctl::ip_forward());
+    }
+    if mappings.iter().any(Mapping::is_ipv6) {
+        forwarding.push(Sysctl::ipv6_forwarding());
+    }
+    for forward in &forwarding {
+        if forward.read().map_err(sysctl_error(forward))? != "1" {
+            forward.write("1").map_err(sysctl_error(forward))?;
+        }
     }
     let mut record = lock()?;
     if mappings.iter().any(Mapping::serves_loopback) {

@@ -4,11 +4,13 @@
 //! so that bad input is refused before anything touches the kernel.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 /// A transport protocol nsport can publish.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
     Tcp,
@@ -101,10 +103,18 @@ pub enum SpecError {
     },
     #[error("unknown protocol {0:?}: expected tcp or udp")]
     Protocol(String),
-    #[error("invalid host address {0:?}: expected an IPv4 address such as 192.0.2.1")]
+    #[error(
+        "invalid host address {0:?}: expected an IPv4 address such as 192.0.2.1 or a bracketed IPv6 address such as [2001:db8::1]"
+    )]
     Address(String),
-    #[error("IPv6 host address {0:?} is not supported yet: nsport publishes IPv4 only")]
-    Ipv6(String),
+    #[error(
+        "host address [::1] cannot be published: Linux cannot DNAT IPv6 loopback traffic (there is no route_localnet for IPv6); publish on 127.0.0.1 or on another address of the host instead"
+    )]
+    Ipv6Loopback,
+    #[error("host address [{0}] is link-local: link-local addresses are never published")]
+    LinkLocal(Ipv6Addr),
+    #[error("IPv6 host address {0:?} must be in brackets, as in [{0}]:8080:80")]
+    Unbracketed(String),
     #[error(
         "invalid publish spec {0:?}: expected [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]"
     )]
@@ -115,7 +125,7 @@ pub enum SpecError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PublishSpec {
     /// `None` publishes on every local address of the host, 127.0.0.1 included.
-    pub host_addr: Option<Ipv4Addr>,
+    pub host_addr: Option<IpAddr>,
     pub host_ports: PortRange,
     pub ns_ports: PortRange,
     pub proto: Proto,
@@ -161,10 +171,26 @@ impl FromStr for PublishSpec {
     }
 }
 
+/// An address and port as they are written: IPv6 in brackets.
+pub fn with_port(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    }
+}
+
+/// Writes a host address as specs spell it: IPv6 in brackets.
+pub fn write_host_addr(f: &mut impl fmt::Write, addr: IpAddr) -> fmt::Result {
+    match addr {
+        IpAddr::V4(v4) => write!(f, "{v4}:"),
+        IpAddr::V6(v6) => write!(f, "[{v6}]:"),
+    }
+}
+
 impl fmt::Display for PublishSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(addr) = self.host_addr {
-            write!(f, "{addr}:")?;
+            write_host_addr(f, addr)?;
         }
         write!(f, "{}:{}/{}", self.host_ports, self.ns_ports, self.proto)
     }
@@ -173,7 +199,7 @@ impl fmt::Display for PublishSpec {
 /// The host side of a mapping, which is all `nsport rm` needs to name it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSpec {
-    pub host_addr: Option<Ipv4Addr>,
+    pub host_addr: Option<IpAddr>,
     pub ports: PortRange,
     pub proto: Proto,
 }
@@ -185,11 +211,29 @@ impl FromStr for HostSpec {
     /// publish spec, whose namespace side is then ignored.
     fn from_str(text: &str) -> Result<Self, SpecError> {
         let (body, proto) = split_proto(text)?;
-        let host_side_only = match body.split_once(':') {
-            None => true,
-            Some((first, rest)) => !rest.contains(':') && first.parse::<Ipv4Addr>().is_ok(),
+        let (host_addr, ports) = if body.starts_with('[') {
+            let (addr, rest) = split_bracketed(body)?;
+            (Some(addr), rest)
+        } else {
+            match body.split_once(':') {
+                // `ADDR:PORT`: one colon after an IPv4 address.
+                Some((first, rest)) if !rest.contains(':') && first.parse::<Ipv4Addr>().is_ok() => {
+                    (Some(IpAddr::V4(first.parse().expect("checked"))), rest)
+                }
+                None => (None, body),
+                // Otherwise a whole publish spec.
+                Some(_) => {
+                    let spec: PublishSpec = text.parse()?;
+                    return Ok(HostSpec {
+                        host_addr: spec.host_addr,
+                        ports: spec.host_ports,
+                        proto: spec.proto,
+                    });
+                }
+            }
         };
-        if !host_side_only {
+        if ports.contains(':') {
+            // A bracketed address followed by both sides of a publish spec.
             let spec: PublishSpec = text.parse()?;
             return Ok(HostSpec {
                 host_addr: spec.host_addr,
@@ -197,10 +241,6 @@ impl FromStr for HostSpec {
                 proto: spec.proto,
             });
         }
-        let (host_addr, ports) = match body.split_once(':') {
-            Some((addr, ports)) => (Some(addr.parse().expect("checked above")), ports),
-            None => (None, body),
-        };
         Ok(HostSpec {
             host_addr,
             ports: parse_range(ports)?,
@@ -212,7 +252,7 @@ impl FromStr for HostSpec {
 impl fmt::Display for HostSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if let Some(addr) = self.host_addr {
-            write!(f, "{addr}:")?;
+            write_host_addr(f, addr)?;
         }
         write!(f, "{}/{}", self.ports, self.proto)
     }
@@ -225,30 +265,49 @@ fn split_proto(text: &str) -> Result<(&str, Proto), SpecError> {
     }
 }
 
-/// Splits off the host address: the part before the first colon when two colons follow it,
-/// or a bracketed IPv6 address, which nsport refuses for now with a message that says so.
-fn split_host_addr<'a>(
-    body: &'a str,
-    whole: &str,
-) -> Result<(Option<Ipv4Addr>, &'a str), SpecError> {
-    if let Some(rest) = body.strip_prefix('[') {
-        let (addr, _) = rest
-            .split_once(']')
-            .ok_or_else(|| SpecError::Address(body.to_string()))?;
-        return Err(SpecError::Ipv6(addr.to_string()));
+/// Splits a bracketed IPv6 address off the front: `[ADDR]:REST` gives `(ADDR, REST)`.
+fn split_bracketed(body: &str) -> Result<(IpAddr, &str), SpecError> {
+    let rest = body.strip_prefix('[').expect("starts with a bracket");
+    let (addr, rest) = rest
+        .split_once(']')
+        .ok_or_else(|| SpecError::Address(body.to_string()))?;
+    let rest = rest
+        .strip_prefix(':')
+        .ok_or_else(|| SpecError::Shape(body.to_string()))?;
+    let v6: Ipv6Addr = addr
+        .parse()
+        .map_err(|_| SpecError::Address(addr.to_string()))?;
+    if v6.is_loopback() {
+        return Err(SpecError::Ipv6Loopback);
+    }
+    if v6.is_unicast_link_local() {
+        return Err(SpecError::LinkLocal(v6));
+    }
+    Ok((IpAddr::V6(v6), rest))
+}
+
+/// Splits off the host address: a bracketed IPv6 address, or the part before the first
+/// colon when two colons follow it.
+fn split_host_addr<'a>(body: &'a str, whole: &str) -> Result<(Option<IpAddr>, &'a str), SpecError> {
+    if body.starts_with('[') {
+        let (addr, rest) = split_bracketed(body)?;
+        return Ok((Some(addr), rest));
     }
     let colons = body.matches(':').count();
     if colons > 2 {
-        // Unbracketed IPv6 such as `::1:80:80` is ambiguous; say what was probably meant.
-        return Err(SpecError::Shape(whole.to_string()));
+        // Unbracketed IPv6 such as `2001:db8::1:80:80` is ambiguous.
+        let addr = body.rsplitn(3, ':').nth(2).unwrap_or(body);
+        return Err(match addr.parse::<Ipv6Addr>() {
+            Ok(_) => SpecError::Unbracketed(addr.to_string()),
+            Err(_) => SpecError::Shape(whole.to_string()),
+        });
     }
     if colons < 2 {
         return Ok((None, body));
     }
     let (addr, ports) = body.split_once(':').expect("two colons were counted");
-    match addr.parse::<IpAddr>() {
-        Ok(IpAddr::V4(v4)) => Ok((Some(v4), ports)),
-        Ok(IpAddr::V6(_)) => Err(SpecError::Ipv6(addr.to_string())),
+    match addr.parse::<Ipv4Addr>() {
+        Ok(v4) => Ok((Some(IpAddr::V4(v4)), ports)),
         Err(_) => Err(SpecError::Address(addr.to_string())),
     }
 }
@@ -322,15 +381,22 @@ mod tests {
                 Proto::Tcp,
             ),
             (
+                "[2001:db8::1]:8080:80",
+                Some(IpAddr::V6("2001:db8::1".parse().unwrap())),
+                range(8080, 8080),
+                range(80, 80),
+                Proto::Tcp,
+            ),
+            (
                 "127.0.0.1:4000:3000",
-                Some(Ipv4Addr::LOCALHOST),
+                Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
                 range(4000, 4000),
                 range(3000, 3000),
                 Proto::Tcp,
             ),
             (
                 "192.0.2.1:20000-20009:30000-30009/udp",
-                Some(Ipv4Addr::new(192, 0, 2, 1)),
+                Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
                 range(20000, 20009),
                 range(30000, 30009),
                 Proto::Udp,
@@ -368,8 +434,11 @@ mod tests {
             ("3000/sctp", "\"sctp\""),
             ("3000/", "\"\""),
             ("300.0.0.1:80:80", "\"300.0.0.1\""),
-            ("[2001:db8::1]:80:80", "\"2001:db8::1\""),
-            ("::1:80:80", "\"::1:80:80\""),
+            ("[2001:db8::g]:80:80", "\"2001:db8::g\""),
+            ("[::1]:80:80", "[::1]"),
+            ("[fe80::1]:80:80", "[fe80::1]"),
+            ("2001:db8::1:80:80", "[2001:db8::1]"),
+            ("[2001:db8::1]80:80", "\"[2001:db8::1]80:80\""),
             ("a:b:c:d", "\"a:b:c:d\""),
             ("+80", "\"+80\""),
             ("", "\"\""),
@@ -390,8 +459,9 @@ mod tests {
 
     #[test]
     fn host_spec_forms() {
+        let localhost = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
         let spec: HostSpec = "127.0.0.1:4000/udp".parse().unwrap();
-        assert_eq!(spec.host_addr, Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(spec.host_addr, localhost);
         assert_eq!(spec.ports, range(4000, 4000));
         assert_eq!(spec.proto, Proto::Udp);
         let spec: HostSpec = "3000-3001".parse().unwrap();
@@ -403,7 +473,7 @@ mod tests {
         let spec: HostSpec = "127.0.0.1:4000:3000/udp".parse().unwrap();
         assert_eq!(
             (spec.host_addr, spec.ports),
-            (Some(Ipv4Addr::LOCALHOST), range(4000, 4000))
+            (Some(IpAddr::V4(Ipv4Addr::LOCALHOST)), range(4000, 4000))
         );
         let spec: HostSpec = "8080:80".parse().unwrap();
         assert_eq!((spec.host_addr, spec.ports), (None, range(8080, 8080)));
@@ -414,7 +484,12 @@ mod tests {
 
     #[test]
     fn display_round_trips() {
-        for text in ["3000:3000/tcp", "127.0.0.1:4000:3000/tcp", "1-2:3-4/udp"] {
+        for text in [
+            "3000:3000/tcp",
+            "127.0.0.1:4000:3000/tcp",
+            "1-2:3-4/udp",
+            "[2001:db8::1]:8080:80/tcp",
+        ] {
             assert_eq!(publish(text).unwrap().to_string(), text);
         }
     }

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -21,7 +21,7 @@ const DEFAULT_DIR: &str = "/run/nsport";
 /// A bridge port whose hairpin mode nsport turned on for `target`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HairpinChange {
-    pub target: Ipv4Addr,
+    pub target: IpAddr,
     pub was_on: bool,
 }
 

@@ -16,6 +16,11 @@ impl Sysctl {
         Sysctl(PathBuf::from("/proc/sys/net/ipv4/ip_forward"))
     }
 
+    /// `net.ipv6.conf.all.forwarding`: the same for IPv6.
+    pub fn ipv6_forwarding() -> Sysctl {
+        Sysctl(PathBuf::from("/proc/sys/net/ipv6/conf/all/forwarding"))
+    }
+
     /// `net.ipv4.conf.IFACE.route_localnet`: whether DNATed 127.0.0.1 traffic may leave
     /// through `iface`. Only safe together with the guard chain, which drops 127/8
     /// arriving from anywhere but `lo`.

@@ -370,7 +370,7 @@ fn first_publishes_racing_in_one_process_create_one_table() {
     // The library keeps its record of changed settings in the lab's directory.
     // SAFETY: every test of this binary that runs nsport in-process sets the same value.
     unsafe { std::env::set_var("NSPORT_STATE_DIR", lab.state_dir()) };
-    let target = nsport::Target::Addr(NS1);
+    let target = nsport::Target::Addr(NS1.into());
     let options = nsport::PublishOptions::default();
     for round in 0..5u16 {
         let barrier = std::sync::Barrier::new(8);

@@ -2,7 +2,7 @@
 //! makes them panic, everything they accept is a valid mapping, and what they print they
 //! read back the same.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use nsport::{HostSpec, PublishSpec};
 use proptest::prelude::*;
@@ -10,6 +10,19 @@ use proptest::prelude::*;
 /// Strings over the characters the grammar uses, so that most inputs get deep into it.
 fn spec_like() -> impl Strategy<Value = String> {
     proptest::string::string_regex("[0-9:./\\-\\[\\]tcpudsa]{0,40}").unwrap()
+}
+
+/// Any IPv4 address, or any IPv6 address but loopback and link-local, which are refused.
+fn host_addr() -> impl Strategy<Value = IpAddr> {
+    prop_oneof![
+        any::<[u8; 4]>().prop_map(IpAddr::from),
+        any::<[u8; 16]>()
+            .prop_map(Ipv6Addr::from)
+            .prop_filter("published addresses", |v6| {
+                !v6.is_loopback() && !v6.is_unicast_link_local()
+            })
+            .prop_map(IpAddr::V6),
+    ]
 }
 
 fn check_accepted(spec: &PublishSpec) {
@@ -45,7 +58,7 @@ proptest! {
 
     #[test]
     fn well_formed_specs_parse_to_their_parts(
-        addr in proptest::option::of(any::<[u8; 4]>()),
+        addr in proptest::option::of(host_addr()),
         host in 1u16..=65535,
         ns in 1u16..=65535,
         len in 0u16..100,
@@ -53,14 +66,18 @@ proptest! {
     ) {
         let len = len.min(65535 - host).min(65535 - ns);
         let proto = if udp { "udp" } else { "tcp" };
-        let prefix = addr.map(|a| format!("{}:", Ipv4Addr::from(a))).unwrap_or_default();
+        let prefix = match addr {
+            Some(IpAddr::V6(v6)) => format!("[{v6}]:"),
+            Some(v4) => format!("{v4}:"),
+            None => String::new(),
+        };
         let text = if len == 0 {
             format!("{prefix}{host}:{ns}/{proto}")
         } else {
             format!("{prefix}{host}-{}:{ns}-{}/{proto}", host + len, ns + len)
         };
         let spec: PublishSpec = text.parse().unwrap();
-        prop_assert_eq!(spec.host_addr, addr.map(Ipv4Addr::from));
+        prop_assert_eq!(spec.host_addr, addr);
         prop_assert_eq!((spec.host_ports.start, spec.host_ports.end), (host, host + len));
         prop_assert_eq!((spec.ns_ports.start, spec.ns_ports.end), (ns, ns + len));
         prop_assert_eq!(spec.proto.to_string(), proto);

@@ -23,9 +23,14 @@ impl Attribute<'_> {
         Some(u16::from_be_bytes(self.value.get(..2)?.try_into().ok()?))
     }
 
-    pub fn ipv4(&self) -> Option<std::net::Ipv4Addr> {
+    pub fn ipv4(&self) -> Option<std::net::IpAddr> {
         let octets: [u8; 4] = self.value.get(..4)?.try_into().ok()?;
-        Some(octets.into())
+        Some(std::net::Ipv4Addr::from(octets).into())
+    }
+
+    pub fn ipv6(&self) -> Option<std::net::IpAddr> {
+        let octets: [u8; 16] = self.value.get(..16)?.try_into().ok()?;
+        Some(std::net::Ipv6Addr::from(octets).into())
     }
 }
 

@@ -6,7 +6,7 @@
 //! exactly the affected entries makes the next packet take the new path.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use super::NetlinkError;
 use super::attributes::{self, find};
@@ -20,6 +20,8 @@ const IPCTNL_MSG_CT_DELETE: u16 = 2;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_IP_V4_SRC: u16 = 1;
+const CTA_IP_V6_SRC: u16 = 3;
+const CTA_IP_V6_DST: u16 = 4;
 const CTA_ZONE: u16 = 18;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
@@ -34,43 +36,51 @@ const NLM_F_DUMP: u16 = 0x300;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Flow {
     pub proto: u8,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
     pub dport: u16,
     /// Who answers: the original destination, or the DNAT target the flow was sent to.
-    pub reply_src: Option<Ipv4Addr>,
+    pub reply_src: Option<IpAddr>,
 }
 
-/// The nfgenmsg header of a ctnetlink message for IPv4.
-fn ipv4_header() -> Vec<u8> {
-    vec![libc::AF_INET as u8, 0, 0, 0]
+/// The nfgenmsg header of a ctnetlink message for one address family, or all (AF_UNSPEC).
+fn header(family: u8) -> Vec<u8> {
+    vec![family, 0, 0, 0]
 }
 
-fn flow_of(message: &[u8]) -> Option<(Flow, Vec<u8>)> {
+/// The source or destination address of a tuple's IP part, of either family.
+fn tuple_addr(ip: &[u8], v4: u16, v6: u16) -> Option<IpAddr> {
+    find(ip, v4)
+        .and_then(|a| a.ipv4())
+        .or_else(|| find(ip, v6).and_then(|a| a.ipv6()))
+}
+
+/// The flow, its address family, and what identifies its entry for deletion.
+fn flow_of(message: &[u8]) -> Option<(Flow, u8, Vec<u8>)> {
     // Netlink header (16 bytes), then nfgenmsg (4 bytes), then attributes.
+    let family = *message.get(16)?;
     let attrs = message.get(20..)?;
     let orig = find(attrs, CTA_TUPLE_ORIG)?;
     let ip = find(orig.value, CTA_TUPLE_IP)?;
     let proto = find(orig.value, CTA_TUPLE_PROTO)?;
     let flow = Flow {
         proto: find(proto.value, CTA_PROTO_NUM)?.u8()?,
-        dst: find(ip.value, CTA_IP_V4_DST)?.ipv4()?,
+        dst: tuple_addr(ip.value, CTA_IP_V4_DST, CTA_IP_V6_DST)?,
         dport: find(proto.value, CTA_PROTO_DST_PORT)
             .and_then(|port| port.be16())
             .unwrap_or(0),
         reply_src: find(attrs, CTA_TUPLE_REPLY)
             .and_then(|reply| find(reply.value, CTA_TUPLE_IP))
-            .and_then(|ip| find(ip.value, CTA_IP_V4_SRC))
-            .and_then(|src| src.ipv4()),
+            .and_then(|ip| tuple_addr(ip.value, CTA_IP_V4_SRC, CTA_IP_V6_SRC)),
     };
     // What identifies the entry for deletion: its original tuple and its zone.
     let mut key = orig.raw.to_vec();
     if let Some(zone) = find(attrs, CTA_ZONE) {
         key.extend_from_slice(zone.raw);
     }
-    Some((flow, key))
+    Some((flow, family, key))
 }
 
-/// Deletes every IPv4 conntrack entry whose original direction `matches`; returns how many.
+/// Deletes every conntrack entry whose original direction `matches`; returns how many.
 /// An entry that expires on its own meanwhile is not an error.
 pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkError> {
     let kind = |message: u16| (NFNL_SUBSYS_CTNETLINK << 8) | message;
@@ -78,7 +88,7 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
         kind(IPCTNL_MSG_CT_GET),
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
-        &ipv4_header(),
+        &header(libc::AF_UNSPEC as u8),
     );
     let socket = open(dump.len(), 1)?;
     socket.send(&dump).map_err(NetlinkError::Send)?;
@@ -98,10 +108,10 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
                 }
                 NLMSG_ERROR => break 'dump,
                 _ => {
-                    if let Some((flow, key)) = flow_of(reply.message)
+                    if let Some((flow, family, key)) = flow_of(reply.message)
                         && matches(&flow)
                     {
-                        doomed.push(key);
+                        doomed.push((family, key));
                     }
                 }
             }
@@ -111,8 +121,8 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
         return Ok(0);
     }
     let mut request = Vec::new();
-    for (seq, key) in doomed.iter().enumerate() {
-        let payload = [ipv4_header(), key.clone()].concat();
+    for (seq, (family, key)) in doomed.iter().enumerate() {
+        let payload = [header(*family), key.clone()].concat();
         request.extend(attributes::message(
             kind(IPCTNL_MSG_CT_DELETE),
             NLM_F_REQUEST | NLM_F_ACK,
@@ -169,13 +179,15 @@ mod tests {
             CTA_TUPLE_ORIG | attributes::NLA_F_NESTED,
             &tuple,
         );
-        let message = attributes::message(0x100, 0, 1, &[ipv4_header(), attrs.clone()].concat());
-        let (flow, key) = flow_of(&message).unwrap();
+        let inet = libc::AF_INET as u8;
+        let message = attributes::message(0x100, 0, 1, &[header(inet), attrs.clone()].concat());
+        let (flow, family, key) = flow_of(&message).unwrap();
+        assert_eq!(family, inet);
         assert_eq!(
             flow,
             Flow {
                 proto: 17,
-                dst: Ipv4Addr::new(192, 0, 2, 1),
+                dst: IpAddr::from([192, 0, 2, 1]),
                 dport: 5353,
                 reply_src: None,
             }

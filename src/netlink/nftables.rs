@@ -829,11 +829,20 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             }
             e
         }
-        // dnat ip to <addr> . <port>
-        Expr::DnatIpv4 { reg_addr, reg_port } => {
+        // dnat ip to <addr> . <port>, or dnat ip6
+        Expr::Dnat {
+            ipv6,
+            reg_addr,
+            reg_port,
+        } => {
             let e = new(c"nat");
+            let family = if *ipv6 {
+                libc::NFPROTO_IPV6
+            } else {
+                libc::NFPROTO_IPV4
+            };
             u32_attr(e, sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
-            u32_attr(e, sys::NFTNL_EXPR_NAT_FAMILY, libc::NFPROTO_IPV4 as u32);
+            u32_attr(e, sys::NFTNL_EXPR_NAT_FAMILY, family as u32);
             u32_attr(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
             u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
             e
@@ -846,6 +855,9 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             u32_attr(e, sys::NFTNL_EXPR_IMM_DREG, crate::ruleset::REG_VERDICT);
             match verdict {
                 Verdict::Accept => u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_ACCEPT as u32),
+                Verdict::Return => {
+                    u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_RETURN as u32)
+                }
                 Verdict::Drop => u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NF_DROP as u32),
                 Verdict::Jump(chain) => {
                     u32_attr(e, sys::NFTNL_EXPR_IMM_VERDICT, libc::NFT_JUMP as u32);

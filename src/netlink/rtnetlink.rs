@@ -1,6 +1,6 @@
 //! rtnetlink: addresses, routes and links of the namespace the calling thread is in.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use netlink_packet_core::{
     NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
@@ -15,10 +15,10 @@ use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 
 use super::NetlinkError;
 
-/// An IPv4 address of an interface.
+/// An address of an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
-    pub addr: Ipv4Addr,
+    pub addr: IpAddr,
     pub ifindex: u32,
     pub global: bool,
 }
@@ -92,11 +92,12 @@ fn request(
     }
 }
 
-/// Every IPv4 address of the current namespace, in the kernel's order.
-pub fn ipv4_addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
-    let mut message = AddressMessage::default();
-    message.header.family = AddressFamily::Inet;
-    let replies = request(RouteNetlinkMessage::GetAddress(message), NLM_F_DUMP)?;
+/// Every IPv4 and IPv6 address of the current namespace, in the kernel's order.
+pub fn addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
+    let replies = request(
+        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+        NLM_F_DUMP,
+    )?;
     Ok(replies
         .into_iter()
         .filter_map(|reply| match reply {
@@ -104,8 +105,11 @@ pub fn ipv4_addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
             _ => None,
         })
         .filter_map(|message| {
+            // IPv4 names its own address IFA_LOCAL (IFA_ADDRESS is the peer on
+            // point-to-point links); IPv6 has only IFA_ADDRESS.
             let addr = message.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Local(IpAddr::V4(addr)) => Some(*addr),
+                AddressAttribute::Local(addr @ IpAddr::V4(_)) => Some(*addr),
+                AddressAttribute::Address(addr @ IpAddr::V6(_)) => Some(*addr),
                 _ => None,
             })?;
             Some(InterfaceAddress {
@@ -192,13 +196,17 @@ pub fn link_by_name(name: &str) -> Result<Option<Link>, NetlinkError> {
 }
 
 /// The interface the kernel would send a packet to `addr` out of (`ip route get`).
-pub fn route_output_interface(addr: Ipv4Addr) -> Result<Option<u32>, NetlinkError> {
+pub fn route_output_interface(addr: IpAddr) -> Result<Option<u32>, NetlinkError> {
     let mut message = RouteMessage::default();
-    message.header.address_family = AddressFamily::Inet;
-    message.header.destination_prefix_length = 32;
+    let (family, prefix) = match addr {
+        IpAddr::V4(_) => (AddressFamily::Inet, 32),
+        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
+    };
+    message.header.address_family = family;
+    message.header.destination_prefix_length = prefix;
     message
         .attributes
-        .push(RouteAttribute::Destination(RouteAddress::Inet(addr)));
+        .push(RouteAttribute::Destination(RouteAddress::from(addr)));
     let replies = match request(RouteNetlinkMessage::GetRoute(message), 0) {
         Ok(replies) => replies,
         Err(NetlinkError::Kernel { error, .. })
