@@ -628,12 +628,15 @@ pub fn unpublish(specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
     let mut chosen: Vec<&Mapping> = Vec::new();
     for spec in specs {
         for port in spec.ports.ports() {
-            let found = all.iter().find(|m| {
-                m.proto == spec.proto && m.host_addr == spec.host_addr && m.host_port == port
-            });
-            match found {
-                Some(mapping) if !chosen.contains(&mapping) => chosen.push(mapping),
-                Some(_) => {}
+            // A wildcard host side names the mapping of each address family.
+            let mut found = all
+                .iter()
+                .filter(|m| {
+                    m.proto == spec.proto && m.host_addr == spec.host_addr && m.host_port == port
+                })
+                .peekable();
+            match found.peek() {
+                Some(_) => chosen.extend(found.filter(|m| !chosen.contains(m)).collect::<Vec<_>>()),
                 None => {
                     let label = HostSpec {
                         ports: spec::PortRange {

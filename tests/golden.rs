@@ -51,7 +51,10 @@ fn sort_elements(table: &str) -> String {
 }
 
 fn check(scenario: &str, steps: &[&[&str]]) {
-    let lab = Lab::new(BrNetfilter::On);
+    check_in(Lab::new(BrNetfilter::On), scenario, steps);
+}
+
+fn check_in(lab: Lab, scenario: &str, steps: &[&[&str]]) {
     for step in steps {
         let args: Vec<String> = step
             .iter()
@@ -131,6 +134,25 @@ fn after_removing_some_mappings() {
             ],
             &["add", "--to", "10.77.0.2", "8080:80"],
             &["rm", "5353/udp", "127.0.0.1:4000", "8080"],
+        ],
+    );
+}
+
+#[test]
+fn dual_stack_namespace() {
+    check_in(
+        Lab::dual_stack(BrNetfilter::On),
+        "dual-stack",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "8080:80",
+                "5353:53/udp",
+                "[2001:db8::1]:8443:443",
+            ],
+            &["add", "--to", "2001:db8:3::2", "9000:80"],
         ],
     );
 }

@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -32,6 +32,19 @@ pub const NS1: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 2);
 pub const NS2: Ipv4Addr = Ipv4Addr::new(172, 18, 0, 3);
 pub const NS3: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const LOCALHOST: Ipv4Addr = Ipv4Addr::LOCALHOST;
+
+/// The IPv6 addresses of a dual-stack lab (`Lab::dual_stack`).
+pub mod v6 {
+    use std::net::Ipv6Addr;
+    pub const HOST_OUT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+    pub const HOST_OUT2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xff, 0, 0, 0, 0, 1);
+    pub const HOST_BR: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1);
+    pub const HOST_V3: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 1);
+    pub const OUT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    pub const NS1: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 2);
+    pub const NS2: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 3);
+    pub const NS3: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 3, 0, 0, 0, 0, 2);
+}
 
 /// How long a probe waits for an answer; a dropped packet costs this much.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
@@ -63,6 +76,30 @@ pub enum BrNetfilter {
 }
 
 impl Lab {
+    /// The same lab with IPv6 as well: 2001:db8::/64 outside (host ::1, a second host
+    /// address 2001:db8:ff::1), 2001:db8:1::/64 on the bridge, 2001:db8:3::/64 on v3.
+    pub fn dual_stack(br_netfilter: BrNetfilter) -> Lab {
+        let lab = Lab::new(br_netfilter);
+        for (role, iface, addr, gateway) in [
+            ("ns1", "eth0", "2001:db8:1::2/64", "2001:db8:1::1"),
+            ("ns2", "eth0", "2001:db8:1::3/64", "2001:db8:1::1"),
+            ("ns3", "eth0", "2001:db8:3::2/64", "2001:db8:3::1"),
+            ("out", "eth0", "2001:db8::2/64", "2001:db8::1"),
+        ] {
+            lab.ip(role, &format!("addr add {addr} dev {iface} nodad"));
+            lab.ip(role, &format!("-6 route add default via {gateway}"));
+        }
+        for (iface, addr) in [
+            ("br0", "2001:db8:1::1/64"),
+            ("v3", "2001:db8:3::1/64"),
+            ("vo", "2001:db8::1/64"),
+            ("vo", "2001:db8:ff::1/64"),
+        ] {
+            lab.ip("host", &format!("addr add {addr} dev {iface} nodad"));
+        }
+        lab
+    }
+
     /// Builds the whole lab; `br_netfilter` sets the host's bridge-nf-call-iptables.
     pub fn new(br_netfilter: BrNetfilter) -> Lab {
         let prefix = format!(
@@ -77,6 +114,9 @@ impl Lab {
         };
         for role in &lab.roles {
             sh(&["ip", "netns", "add", &lab.ns(role)]);
+            // Link-local addresses are usable at once, without duplicate detection.
+            lab.write_sysctl(role, "net/ipv6/conf/default/accept_dad", "0");
+            lab.write_sysctl(role, "net/ipv6/conf/all/accept_dad", "0");
         }
         let ip = |role: &str, cmd: &str| {
             let mut args = vec!["ip", "-n"];
@@ -237,8 +277,13 @@ impl Lab {
     }
 
     /// A TCP server in `role` that answers each connection with the address it came from.
-    pub fn serve_tcp(&self, role: &str, bind: Ipv4Addr, port: u16) -> Server {
-        let listener = self.run_in(role, || TcpListener::bind((bind, port)).expect("bind"));
+    pub fn serve_tcp(&self, role: &str, bind: impl Into<IpAddr>, port: u16) -> Server {
+        self.serve_tcp_at(role, SocketAddr::from((bind.into(), port)))
+    }
+
+    /// The same on a socket address, which may carry an IPv6 scope.
+    pub fn serve_tcp_at(&self, role: &str, at: SocketAddr) -> Server {
+        let listener = self.run_in(role, || TcpListener::bind(at).expect("bind"));
         listener.set_nonblocking(true).unwrap();
         Server::spawn(move |stop| {
             while !stop.load(Ordering::Relaxed) {
@@ -254,7 +299,8 @@ impl Lab {
     }
 
     /// A UDP server in `role` that answers each datagram with the address it came from.
-    pub fn serve_udp(&self, role: &str, bind: Ipv4Addr, port: u16) -> Server {
+    pub fn serve_udp(&self, role: &str, bind: impl Into<IpAddr>, port: u16) -> Server {
+        let bind = bind.into();
         let socket = self.run_in(role, || UdpSocket::bind((bind, port)).expect("bind"));
         socket
             .set_read_timeout(Some(Duration::from_millis(20)))
@@ -271,7 +317,8 @@ impl Lab {
 
     /// Connects from `role` and returns what the server said (the client address it saw),
     /// or `None` when nothing answered.
-    pub fn tcp(&self, role: &str, addr: Ipv4Addr, port: u16) -> Option<String> {
+    pub fn tcp(&self, role: &str, addr: impl Into<IpAddr>, port: u16) -> Option<String> {
+        let addr = addr.into();
         self.run_in(role, || {
             let target = SocketAddr::from((addr, port));
             let mut stream = TcpStream::connect_timeout(&target, PROBE_TIMEOUT).ok()?;
@@ -294,9 +341,14 @@ impl Lab {
     }
 
     /// Sends a datagram from `role` and returns the answer, if any.
-    pub fn udp(&self, role: &str, addr: Ipv4Addr, port: u16) -> Option<String> {
+    pub fn udp(&self, role: &str, addr: impl Into<IpAddr>, port: u16) -> Option<String> {
+        let addr = addr.into();
         self.run_in(role, || {
-            let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            let any: IpAddr = match addr {
+                IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            let socket = UdpSocket::bind((any, 0)).unwrap();
             socket.set_read_timeout(Some(PROBE_TIMEOUT)).unwrap();
             socket.send_to(b"?", (addr, port)).ok()?;
             let mut buf = [0; 64];
@@ -344,6 +396,9 @@ impl Drop for Server {
     }
 }
 
-pub fn some(addr: Ipv4Addr) -> Option<String> {
-    Some(addr.to_string())
+pub fn some(addr: impl Into<IpAddr>) -> Option<String> {
+    Some(addr.into().to_string())
 }
+
+/// A TCP server on every address of both families, `[::]` without IPV6_V6ONLY.
+pub const ANY: std::net::Ipv6Addr = std::net::Ipv6Addr::UNSPECIFIED;
