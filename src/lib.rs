@@ -83,6 +83,10 @@ pub struct Listing {
     /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
     /// 127.0.0.1 publishes; never [::1], which Linux cannot DNAT.
     pub loopback: bool,
+    /// Packets through the mapping, both directions, since it was published.
+    pub packets: u64,
+    /// Bytes through the mapping, both directions, since it was published.
+    pub bytes: u64,
 }
 
 /// Everything that can go wrong, each with a message that names the value at fault.
@@ -523,29 +527,39 @@ fn forget_flows(
     Ok(())
 }
 
-/// Every mapping in `table inet nsport`, sorted by protocol, host address and port.
+/// Every mapping in `table inet nsport`, sorted by family, protocol, host address and port.
 pub fn list() -> Result<Vec<Mapping>, Error> {
+    Ok(list_counted()?
+        .into_iter()
+        .map(|(mapping, _)| mapping)
+        .collect())
+}
+
+/// Every mapping with its packet and byte counters, in one dump per map.
+fn list_counted() -> Result<Vec<(Mapping, (u64, u64))>, Error> {
     let mut mappings = Vec::new();
     for set in [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6] {
         for element in nftables::dump_elements(set).map_err(kernel)? {
-            mappings.extend(mapping_of(set, &element));
+            if let Some(mapping) = mapping_of(set, &element) {
+                mappings.push((mapping, element.counter.unwrap_or_default()));
+            }
         }
     }
-    mappings.sort_by_key(|m| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
+    mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
     Ok(mappings)
 }
 
 /// Every mapping, with whether its namespace is gone and which host socket it hides.
 pub fn list_status() -> Result<Vec<Listing>, Error> {
     settings::check_guard()?;
-    let mappings = list()?;
-    let tcp = mappings.iter().any(|m| m.proto == Proto::Tcp);
-    let udp = mappings.iter().any(|m| m.proto == Proto::Udp);
+    let mappings = list_counted()?;
+    let tcp = mappings.iter().any(|(m, _)| m.proto == Proto::Tcp);
+    let udp = mappings.iter().any(|(m, _)| m.proto == Proto::Udp);
     let sockets = HostSockets::read(tcp, udp)?;
     let mut namespaces: HashMap<String, Option<u64>> = HashMap::new();
     Ok(mappings
         .into_iter()
-        .map(|mapping| {
+        .map(|(mapping, (packets, bytes))| {
             let stale = match (&mapping.netns, mapping.netns_inode) {
                 (Some(name), inode) => {
                     let now = namespaces
@@ -559,6 +573,8 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
                 shadows: sockets.shadowed_by(&mapping),
                 stale,
                 loopback: mapping.serves_loopback(),
+                packets,
+                bytes,
                 mapping,
             }
         })

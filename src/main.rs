@@ -191,8 +191,11 @@ impl log::Log for StderrLogger {
 
 /// The human listing: one aligned row per mapping.
 fn table(listings: &[Listing]) -> String {
-    let header = ["PROTO", "HOST", "TARGET", "VIA", "NETNS", "STATUS"].map(String::from);
-    let rows: Vec<[String; 6]> = listings
+    let header = [
+        "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
+    ]
+    .map(String::from);
+    let rows: Vec<[String; 8]> = listings
         .iter()
         .map(|listing| {
             let m = &listing.mapping;
@@ -213,6 +216,8 @@ fn table(listings: &[Listing]) -> String {
                 with_port(m.to_addr, m.to_port),
                 m.via.clone(),
                 m.netns.clone().unwrap_or_else(|| "-".into()),
+                listing.packets.to_string(),
+                listing.bytes.to_string(),
                 status,
             ]
         })

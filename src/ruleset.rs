@@ -73,6 +73,7 @@ mod datatype {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Prerouting,
+    Input,
     Forward,
     Output,
     Postrouting,
@@ -102,6 +103,8 @@ pub struct SetDef {
     pub key_len: u32,
     /// `Some((type, len))` for a map.
     pub data: Option<(u32, u32)>,
+    /// Every element gets its own packet and byte counter.
+    pub counter: bool,
     pub userdata: Vec<u8>,
 }
 
@@ -134,6 +137,7 @@ pub enum CmpOp {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CtKey {
     State,
+    Direction,
     Status,
 }
 
@@ -210,6 +214,7 @@ const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// Offsets into the IPv4 header and the transport header.
 const IPV4_SADDR: u32 = 12;
 const IPV4_DADDR: u32 = 16;
+const TH_SPORT: u32 = 0;
 const TH_DPORT: u32 = 2;
 const IPV6_SADDR: u32 = 8;
 const IPV6_DADDR: u32 = 24;
@@ -220,6 +225,8 @@ pub const CHAIN_OUTPUT: &str = "output";
 pub const CHAIN_PUBLISH: &str = "publish";
 pub const CHAIN_POSTROUTING: &str = "postrouting";
 pub const CHAIN_FORWARD: &str = "forward";
+pub const CHAIN_COUNT_REQUEST: &str = "count_request";
+pub const CHAIN_COUNT_REPLY: &str = "count_reply";
 
 /// The chains, in the order `nft list` shows them.
 pub fn chains() -> Vec<ChainDef> {
@@ -248,6 +255,33 @@ pub fn chains() -> Vec<ChainDef> {
         ChainDef {
             name: CHAIN_FORWARD,
             base: Some((Hook::Forward, 0, ChainType::Filter)),
+        },
+        // Per-mapping counters. NAT sees only a connection's first packet (counted by its
+        // map lookup); the rest are counted by the same keys before NAT in the request
+        // direction (priority -150) and after it in the reply direction (priority 110).
+        ChainDef {
+            name: CHAIN_COUNT_REQUEST,
+            base: None,
+        },
+        ChainDef {
+            name: CHAIN_COUNT_REPLY,
+            base: None,
+        },
+        ChainDef {
+            name: "requests_in",
+            base: Some((Hook::Prerouting, -150, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "requests_out",
+            base: Some((Hook::Output, -150, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "replies_in",
+            base: Some((Hook::Input, 110, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "replies_out",
+            base: Some((Hook::Postrouting, 110, ChainType::Filter)),
         },
     ]
 }
@@ -297,6 +331,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
             key_len: 8,
             data: Some(target),
+            counter: true,
             userdata: set_userdata(0, Some(0), true),
         },
         // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
@@ -306,6 +341,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[IPADDR, INET_PROTOCOL, INET_SERVICE]),
             key_len: 12,
             data: Some(target),
+            counter: true,
             userdata: set_userdata(0, Some(0), true),
         },
         // set hairpin4 { type ipv4_addr . ipv4_addr; }
@@ -315,6 +351,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[IPADDR, IPADDR]),
             key_len: 8,
             data: None,
+            counter: false,
             userdata: set_userdata(0, None, true),
         },
         // set ifaces { type ifname; }
@@ -324,6 +361,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: IFNAME,
             key_len: IFNAME_LEN as u32,
             data: None,
+            counter: false,
             userdata: set_userdata(1, None, false),
         },
         // set targets4 { type ipv4_addr; }
@@ -333,6 +371,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: IPADDR,
             key_len: 4,
             data: None,
+            counter: false,
             userdata: set_userdata(2, None, false),
         },
         // map any6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
@@ -342,6 +381,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
             key_len: 8,
             data: Some(target6),
+            counter: true,
             userdata: set_userdata(0, Some(0), true),
         },
         // map addr6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
@@ -351,6 +391,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[IP6ADDR, INET_PROTOCOL, INET_SERVICE]),
             key_len: 24,
             data: Some(target6),
+            counter: true,
             userdata: set_userdata(0, Some(0), true),
         },
         // set hairpin6 { type ipv6_addr . ipv6_addr; }
@@ -360,6 +401,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: concat(&[IP6ADDR, IP6ADDR]),
             key_len: 32,
             data: None,
+            counter: false,
             userdata: set_userdata(0, None, true),
         },
         // set targets6 { type ipv6_addr; }
@@ -369,6 +411,7 @@ pub fn sets() -> Vec<SetDef> {
             key_type: IP6ADDR,
             key_len: 16,
             data: None,
+            counter: false,
             userdata: set_userdata(2, None, false),
         },
     ]
@@ -460,9 +503,13 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
 }
 
 fn th_dport(dreg: u32) -> Expr {
+    th_port(TH_DPORT, dreg)
+}
+
+fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
-        offset: TH_DPORT,
+        offset,
         len: 2,
         dreg,
     }
@@ -513,8 +560,134 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
+/// The rules that count a packet against its mapping's element: by the host side, which
+/// is the destination of a request before NAT and the source of a reply after it.
+fn count_rules(chain: &'static str, texts: [&'static str; 4], request: bool) -> Vec<RuleDef> {
+    let (v4_addr, v6_addr, port) = if request {
+        (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
+    } else {
+        (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
+    };
+    let counted = |set| vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)];
+    let any = |family: [Expr; 2], set| {
+        [
+            family.to_vec(),
+            vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
+            counted(set),
+        ]
+        .concat()
+    };
+    let [addr4, any4, addr6, any6] = texts;
+    vec![
+        RuleDef {
+            chain,
+            nft: addr4,
+            exprs: [
+                is_ipv4().to_vec(),
+                vec![
+                    ipv4_field(v4_addr, 4, REG_1),
+                    meta(MetaKey::L4proto, REG32_01),
+                    th_port(port, REG32_02),
+                ],
+                counted(SET_ADDR4),
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain,
+            nft: any4,
+            exprs: any(is_ipv4(), SET_ANY4),
+        },
+        RuleDef {
+            chain,
+            nft: addr6,
+            exprs: [
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(v6_addr, REG_1),
+                    meta(MetaKey::L4proto, REG_2),
+                    th_port(port, REG32_05),
+                ],
+                counted(SET_ADDR6),
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain,
+            nft: any6,
+            exprs: any(is_ipv6(), SET_ANY6),
+        },
+    ]
+}
+
+/// `ct direction original|reply ct status dnat jump CHAIN`.
+fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'static str) -> RuleDef {
+    RuleDef {
+        chain,
+        nft,
+        exprs: [
+            vec![
+                Expr::Ct {
+                    key: CtKey::Direction,
+                    dreg: REG_1,
+                },
+                Expr::Cmp {
+                    op: CmpOp::Eq,
+                    sreg: REG_1,
+                    data: vec![u8::from(reply)],
+                },
+            ],
+            ct_status_dnat().to_vec(),
+            vec![Expr::Verdict(Verdict::Jump(to))],
+        ]
+        .concat(),
+    }
+}
+
 /// The rules, in chain order.
 pub fn rules() -> Vec<RuleDef> {
+    let mut rules = base_rules();
+    rules.extend(count_rules(
+        CHAIN_COUNT_REQUEST,
+        [
+            "ip daddr . meta l4proto . th dport @addr4 return",
+            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
+            "ip6 daddr . meta l4proto . th dport @addr6 return",
+            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
+        ],
+        true,
+    ));
+    rules.extend(count_rules(
+        CHAIN_COUNT_REPLY,
+        [
+            "ip saddr . meta l4proto . th sport @addr4 return",
+            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
+            "ip6 saddr . meta l4proto . th sport @addr6 return",
+            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
+        ],
+        false,
+    ));
+    let request = "ct direction original ct status dnat jump count_request";
+    let reply = "ct direction reply ct status dnat jump count_reply";
+    rules.push(jump_if_dnat(
+        "requests_in",
+        request,
+        false,
+        CHAIN_COUNT_REQUEST,
+    ));
+    rules.push(jump_if_dnat(
+        "requests_out",
+        request,
+        false,
+        CHAIN_COUNT_REQUEST,
+    ));
+    rules.push(jump_if_dnat("replies_in", reply, true, CHAIN_COUNT_REPLY));
+    rules.push(jump_if_dnat("replies_out", reply, true, CHAIN_COUNT_REPLY));
+    rules
+}
+
+/// The rules that publish, guard and keep namespaces private.
+fn base_rules() -> Vec<RuleDef> {
     let dnat = Expr::Dnat {
         ipv6: false,
         reg_addr: REG_1,

@@ -46,7 +46,7 @@ fn listing_with_no_table() {
     assert_eq!(lab.nsport_ok(&["ls", "--json"]).trim(), "[]");
     assert_eq!(
         lab.nsport_ok(&["ls"]).trim(),
-        "PROTO  HOST  TARGET  VIA  NETNS  STATUS"
+        "PROTO  HOST  TARGET  VIA  NETNS  PACKETS  BYTES  STATUS"
     );
 }
 
@@ -62,10 +62,10 @@ fn listing_shows_every_field() {
     let expected = serde_json::json!([
         {"proto": "tcp", "host_addr": null, "host_port": 8080, "to_addr": "172.18.0.2",
          "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode,
-         "stale": false, "shadows": null, "loopback": true},
+         "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
          "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode,
-         "stale": false, "shadows": null, "loopback": true},
+         "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0},
     ]);
     assert_eq!(listing, expected);
     let human = lab.nsport_ok(&["ls"]);
@@ -81,9 +81,29 @@ fn listing_shows_every_field() {
     assert_eq!(
         rows,
         [
-            ["PROTO", "HOST", "TARGET", "VIA", "NETNS", "STATUS"],
-            ["tcp", "*:8080", "172.18.0.2:80", "br0", "ns1", "ok"],
-            ["udp", "127.0.0.1:5353", "172.18.0.2:53", "br0", "ns1", "ok"],
+            [
+                "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS"
+            ],
+            [
+                "tcp",
+                "*:8080",
+                "172.18.0.2:80",
+                "br0",
+                "ns1",
+                "0",
+                "0",
+                "ok"
+            ],
+            [
+                "udp",
+                "127.0.0.1:5353",
+                "172.18.0.2:53",
+                "br0",
+                "ns1",
+                "0",
+                "0",
+                "ok"
+            ],
         ]
     );
     // The columns are aligned: every row's last column starts where the header's does.

@@ -24,6 +24,7 @@ pub(super) const NLMSG_ERROR: u16 = 2;
 pub(super) const NLMSG_DONE: u16 = 3;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_CT_STATE: u32 = 0;
+const NFT_CT_DIRECTION: u32 = 1;
 const NFT_CT_STATUS: u32 = 2;
 const NFT_LOOKUP_F_INV: u32 = 1;
 const NFT_FIB_RESULT_ADDRTYPE: u32 = 3;
@@ -63,6 +64,8 @@ pub struct ElementDump {
     pub key: Vec<u8>,
     pub data: Vec<u8>,
     pub comment: Option<String>,
+    /// Packets and bytes, for an element of a set that counts.
+    pub counter: Option<(u64, u64)>,
 }
 
 /// Sends `changes` as one batch and waits for the kernel to answer every message.
@@ -432,12 +435,34 @@ fn parse_elements(message: &[u8], out: &mut Vec<ElementDump>) -> Result<(), Netl
                 key,
                 data,
                 comment: comment_from_userdata(&userdata),
+                counter: elem_counter(elem),
             });
             elem = sys::nftnl_set_elems_iter_next(iter);
         }
         sys::nftnl_set_elems_iter_destroy(iter);
     }
     Ok(())
+}
+
+/// The packets and bytes of an element's counter, its only expression.
+///
+/// # Safety
+/// `elem` must be a live element.
+unsafe fn elem_counter(elem: *mut sys::nftnl_set_elem) -> Option<(u64, u64)> {
+    let mut len = 0u32;
+    // SAFETY: the caller guarantees `elem`; with the attribute set, libnftnl returns the
+    // first of the element's expressions, owned by the element.
+    unsafe {
+        let expr = sys::nftnl_set_elem_get(elem, sys::NFTNL_SET_ELEM_EXPR as u16, &mut len);
+        if expr.is_null() {
+            return None;
+        }
+        let expr = expr.cast::<sys::nftnl_expr>();
+        Some((
+            sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_PACKETS as u16),
+            sys::nftnl_expr_get_u64(expr, sys::NFTNL_EXPR_CTR_BYTES as u16),
+        ))
+    }
 }
 
 /// # Safety
@@ -629,6 +654,7 @@ unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
         if let Some((hook, priority, kind)) = chain.base {
             let hooknum = match hook {
                 Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+                Hook::Input => libc::NF_INET_LOCAL_IN,
                 Hook::Forward => libc::NF_INET_FORWARD,
                 Hook::Output => libc::NF_INET_LOCAL_OUT,
                 Hook::Postrouting => libc::NF_INET_POST_ROUTING,
@@ -660,6 +686,10 @@ unsafe fn set_object(set: &SetDef) -> SetHandle {
         if let Some((data_type, data_len)) = set.data {
             sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
             sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_DATA_LEN as u16, data_len);
+        }
+        if set.counter {
+            // The set's own expression, which the kernel gives every element added.
+            sys::nftnl_set_add_expr(ptr, sys::nftnl_expr_alloc(c"counter".as_ptr()));
         }
         sys::nftnl_set_set_data(
             ptr,
@@ -790,6 +820,7 @@ unsafe fn expr_object(expr: &Expr) -> *mut sys::nftnl_expr {
             let e = new(c"ct");
             let key = match key {
                 CtKey::State => NFT_CT_STATE,
+                CtKey::Direction => NFT_CT_DIRECTION,
                 CtKey::Status => NFT_CT_STATUS,
             };
             u32_attr(e, sys::NFTNL_EXPR_CT_KEY, key);

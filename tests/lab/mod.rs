@@ -272,8 +272,10 @@ impl Lab {
         String::from_utf8(sh(&full).stdout).unwrap()
     }
 
+    /// The whole ruleset, with counter values left out: traffic changes them, and a
+    /// comparison of before and after is about what is configured.
     pub fn ruleset(&self) -> String {
-        self.nft("host", "list ruleset")
+        without_counter_values(&self.nft("host", "list ruleset"))
     }
 
     /// A TCP server in `role` that answers each connection with the address it came from.
@@ -394,6 +396,21 @@ impl Drop for Server {
             let _ = thread.join();
         }
     }
+}
+
+/// `counter packets N bytes M` becomes `counter`.
+pub fn without_counter_values(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("counter packets ") {
+        out.push_str(&rest[..at + "counter".len()]);
+        let after = &rest[at + "counter packets ".len()..];
+        let after = after.trim_start_matches(|c: char| c.is_ascii_digit());
+        let after = after.strip_prefix(" bytes ").unwrap_or(after);
+        rest = after.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
 }
 
 pub fn some(addr: impl Into<IpAddr>) -> Option<String> {
