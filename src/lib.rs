@@ -535,8 +535,11 @@ pub fn list() -> Result<Vec<Mapping>, Error> {
         .collect())
 }
 
+/// Packets and bytes.
+type Counter = (u64, u64);
+
 /// Every mapping with its packet and byte counters, in one dump per map.
-fn list_counted() -> Result<Vec<(Mapping, (u64, u64))>, Error> {
+fn list_counted() -> Result<Vec<(Mapping, Counter)>, Error> {
     let mut mappings = Vec::new();
     for set in [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6] {
         for element in nftables::dump_elements(set).map_err(kernel)? {
