@@ -114,6 +114,7 @@ mod tests {
             via: "br0".into(),
             netns: None,
             netns_inode: None,
+            allow_direct: false,
         }
     }
 

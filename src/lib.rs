@@ -19,10 +19,12 @@
 //! # }
 //! ```
 
+pub mod doctor;
 mod firewalls;
 mod host_ports;
 pub mod netlink;
 pub mod netns;
+mod plan;
 pub mod ruleset;
 mod settings;
 pub mod spec;
@@ -39,6 +41,7 @@ use netlink::nftables::{self, Change, ElementDump};
 use netlink::{NetlinkError, rtnetlink};
 use netns::Namespace;
 pub use netns::NamespaceError;
+pub use plan::Plan;
 pub use ruleset::Mapping;
 use ruleset::{
     Element, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES,
@@ -138,6 +141,8 @@ pub enum Error {
     },
     #[error("cannot keep the record of changed settings (/run/nsport)")]
     State(#[source] io::Error),
+    #[error("invalid mappings file: {0}")]
+    File(String),
 }
 
 impl Error {
@@ -155,6 +160,7 @@ impl Error {
                 | Error::NotLocal(_)
                 | Error::Duplicate { .. }
                 | Error::NotPublished(_)
+                | Error::File(_)
         )
     }
 }
@@ -242,12 +248,7 @@ fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Error> {
             // Behind a bridge, the target's own port needs hairpin mode for the namespace
             // to reach itself when br_netfilter bridges the DNATed packet back. The veth
             // peer is that port.
-            let bridge_port = match peer {
-                Some(index) if via.is_bridge => rtnetlink::link_by_index(index)
-                    .map_err(kernel)?
-                    .filter(|port| port.master == Some(via.index)),
-                _ => None,
-            };
+            let bridge_port = bridge_port(peer, &via)?;
             Ok(Resolved {
                 addr,
                 via,
@@ -281,7 +282,7 @@ fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
     }
 }
 
-fn host_label(mapping: &Mapping) -> String {
+pub(crate) fn host_label(mapping: &Mapping) -> String {
     let family = if mapping.is_ipv6() { " (IPv6)" } else { "" };
     match mapping.host_addr {
         Some(addr) => format!("{}/{}", with_port(addr, mapping.host_port), mapping.proto),
@@ -332,6 +333,7 @@ fn plan(resolved: &[Resolved], specs: &[PublishSpec]) -> Result<Vec<Mapping>, Er
                     via: target.via.name.clone(),
                     netns: target.netns.as_ref().map(|(name, _)| name.clone()),
                     netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
+                    allow_direct: false,
                 };
                 match seen.get(&(mapping.set(), mapping.key())) {
                     Some(&first) if mappings[first] != mapping => {
@@ -353,16 +355,33 @@ fn plan(resolved: &[Resolved], specs: &[PublishSpec]) -> Result<Vec<Mapping>, Er
     Ok(mappings)
 }
 
-/// Adds `elements` in one batch, creating the table with them when it does not exist yet.
+/// Deletes `deletes` and adds `adds` in one batch, creating the table first when it does
+/// not exist yet.
 ///
 /// The common case, a table already there, costs one round trip. The table is created
 /// exclusively, so that of two first publishes racing, exactly one writes the chains and
-/// rules and the other adds only its elements. Errors carry the index into `elements`.
-fn add_elements(elements: &[Element]) -> Result<(), NetlinkError> {
-    let element_changes: Vec<Change> = elements.iter().map(Change::AddElement).collect();
+/// rules and the other adds only its elements. A refusal carries the index into `adds`.
+fn commit_elements(deletes: &[Element], adds: &[Element]) -> Result<(), NetlinkError> {
+    let element_changes: Vec<Change> = deletes
+        .iter()
+        .map(Change::DelElement)
+        .chain(adds.iter().map(Change::AddElement))
+        .collect();
+    let in_adds = |error: NetlinkError| match error {
+        NetlinkError::Kernel {
+            index: Some(index),
+            error,
+        } => NetlinkError::Kernel {
+            index: index.checked_sub(deletes.len()),
+            error,
+        },
+        other => other,
+    };
     match nftables::commit(&element_changes) {
-        Err(error) if error.errno() == Some(libc::ENOENT) => {}
-        other => return other,
+        // No table (or an older one without a set): create it, unless there was
+        // something to delete, which then is not there either.
+        Err(error) if error.errno() == Some(libc::ENOENT) && deletes.is_empty() => {}
+        other => return other.map_err(in_adds),
     }
     let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
     let mut changes = vec![Change::AddTable { exclusive: true }];
@@ -375,7 +394,9 @@ fn add_elements(elements: &[Element]) -> Result<(), NetlinkError> {
         Err(NetlinkError::Kernel {
             index: Some(0),
             error,
-        }) if error.raw_os_error() == Some(libc::EEXIST) => nftables::commit(&element_changes),
+        }) if error.raw_os_error() == Some(libc::EEXIST) => {
+            nftables::commit(&element_changes).map_err(in_adds)
+        }
         Err(NetlinkError::Kernel {
             index: Some(index),
             error,
@@ -387,35 +408,69 @@ fn add_elements(elements: &[Element]) -> Result<(), NetlinkError> {
     }
 }
 
+/// The elements `specs` need for `target`: mappings, then interfaces, hairpin and
+/// protected targets, with everything resolved and checked.
+fn prepare_publish(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<(Vec<Resolved>, Vec<Mapping>, Vec<Element>), Error> {
+    let resolved = resolve(target, options.via.as_deref())?;
+    check_local(specs)?;
+    let mut mappings = plan(&resolved, specs)?;
+    for mapping in &mut mappings {
+        mapping.allow_direct = options.allow_direct;
+    }
+    if !options.force {
+        check_host_ports(&mappings)?;
+    }
+    let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
+    elements.extend(helpers_for(&mappings));
+    Ok((resolved, mappings, elements))
+}
+
+/// The helper elements `mappings` need: the interfaces toward their targets, the
+/// targets' hairpin pairs, and the targets protected from direct access. No duplicates.
+fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
+    let mut helpers: Vec<Element> = Vec::new();
+    for mapping in mappings {
+        let mut needed = vec![
+            Element::iface(&mapping.via),
+            Element::hairpin(mapping.to_addr),
+        ];
+        if !mapping.allow_direct {
+            needed.push(Element::target(mapping.to_addr));
+        }
+        for element in needed {
+            if !helpers.iter().any(|h| h.set == element.set && h.key == element.key) {
+                helpers.push(element);
+            }
+        }
+    }
+    helpers
+}
+
 /// Publishes every port of `specs` to `target`, in one atomic batch, and returns the
 /// mappings made. Re-publishing an identical mapping succeeds and changes nothing; a host
 /// port that leads elsewhere already is a conflict.
+///
+/// ```no_run
+/// use nsport::{PublishOptions, Target};
+/// # fn main() -> Result<(), nsport::Error> {
+/// let specs = ["8080:80".parse()?, "127.0.0.1:5353:53/udp".parse()?];
+/// let made = nsport::publish(&Target::Netns("ns1".into()), &PublishOptions::default(), &specs)?;
+/// assert_eq!(made[0].host_port, 8080);
+/// # Ok(())
+/// # }
+/// ```
 pub fn publish(
     target: &Target,
     options: &PublishOptions,
     specs: &[PublishSpec],
 ) -> Result<Vec<Mapping>, Error> {
     settings::check_guard()?;
-    let resolved = resolve(target, options.via.as_deref())?;
-    check_local(specs)?;
-    let mappings = plan(&resolved, specs)?;
-    if !options.force {
-        check_host_ports(&mappings)?;
-    }
-
-    let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
-    // Only the families a mapping uses; an identical element twice is harmless.
-    for target in resolved
-        .iter()
-        .filter(|r| mappings.iter().any(|m| m.to_addr == r.addr))
-    {
-        elements.push(Element::iface(&target.via.name));
-        elements.push(Element::hairpin(target.addr));
-        if !options.allow_direct {
-            elements.push(Element::target(target.addr));
-        }
-    }
-    match add_elements(&elements) {
+    let (resolved, mappings, elements) = prepare_publish(target, options, specs)?;
+    match commit_elements(&[], &elements) {
         Ok(()) => {}
         Err(NetlinkError::Kernel {
             index: Some(index),
@@ -425,7 +480,6 @@ pub fn publish(
         }
         Err(error) => return Err(kernel(error)),
     }
-
     for target in &resolved {
         let own: Vec<Mapping> = mappings
             .iter()
@@ -436,13 +490,32 @@ pub fn publish(
             settings::turn_on(&target.via.name, target.bridge_port.as_ref(), &own)?;
         }
     }
-    // A UDP flow already running to the host port keeps its old path until its conntrack
-    // entry goes; TCP flows there are the host's own connections and are left alone.
-    forget_flows(&mappings, |mapping, flow| {
-        mapping.proto == Proto::Udp && flow.reply_src != Some(mapping.to_addr)
-    })?;
+    forget_new_paths(&mappings)?;
     warn_about_other_firewalls();
     Ok(mappings)
+}
+
+/// What `publish` would change, touching nothing.
+pub fn publish_dry_run(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<Plan, Error> {
+    let (_, mappings, elements) = prepare_publish(target, options, specs)?;
+    Ok(Plan {
+        create_table: !nftables::table_exists().map_err(kernel)?,
+        add: elements,
+        notes: settings::would_turn_on(&mappings),
+        ..Plan::default()
+    })
+}
+
+/// A UDP flow already running to a newly published host port keeps its old path until its
+/// conntrack entry goes; TCP flows there are the host's own connections and are left alone.
+fn forget_new_paths(added: &[Mapping]) -> Result<(), Error> {
+    forget_flows(added, |mapping, flow| {
+        mapping.proto == Proto::Udp && flow.reply_src != Some(mapping.to_addr)
+    })
 }
 
 fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
@@ -559,19 +632,12 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
     let tcp = mappings.iter().any(|(m, _)| m.proto == Proto::Tcp);
     let udp = mappings.iter().any(|(m, _)| m.proto == Proto::Udp);
     let sockets = HostSockets::read(tcp, udp)?;
-    let mut namespaces: HashMap<String, Option<u64>> = HashMap::new();
+    let plain: Vec<Mapping> = mappings.iter().map(|(m, _)| m.clone()).collect();
+    let stale = stale_flags(&plain);
     Ok(mappings
         .into_iter()
-        .map(|(mapping, (packets, bytes))| {
-            let stale = match (&mapping.netns, mapping.netns_inode) {
-                (Some(name), inode) => {
-                    let now = namespaces
-                        .entry(name.clone())
-                        .or_insert_with(|| Namespace::open(name).ok().map(|ns| ns.inode));
-                    now.is_none() || inode.is_some_and(|inode| *now != Some(inode))
-                }
-                (None, _) => false,
-            };
+        .zip(stale)
+        .map(|((mapping, (packets, bytes)), stale)| {
             Listing {
                 shadows: sockets.shadowed_by(&mapping),
                 stale,
@@ -584,9 +650,27 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
         .collect())
 }
 
-/// The elements of the helper sets that exist, so that removal deletes only those.
-fn existing_helpers() -> Result<HashMap<&'static str, Vec<Vec<u8>>>, Error> {
-    let mut existing = HashMap::new();
+/// For each mapping, whether the namespace it was made for is gone (or is another one of
+/// the same name now).
+pub(crate) fn stale_flags(mappings: &[Mapping]) -> Vec<bool> {
+    let mut namespaces: HashMap<&str, Option<u64>> = HashMap::new();
+    mappings
+        .iter()
+        .map(|mapping| match &mapping.netns {
+            Some(name) => {
+                let now = *namespaces
+                    .entry(name)
+                    .or_insert_with(|| Namespace::open(name).ok().map(|ns| ns.inode));
+                now.is_none() || mapping.netns_inode.is_some_and(|inode| now != Some(inode))
+            }
+            None => false,
+        })
+        .collect()
+}
+
+/// The elements of the helper sets that exist.
+fn existing_helpers() -> Result<Vec<Element>, Error> {
+    let mut existing = Vec::new();
     for set in [
         SET_IFACES,
         SET_HAIRPIN4,
@@ -594,102 +678,185 @@ fn existing_helpers() -> Result<HashMap<&'static str, Vec<Vec<u8>>>, Error> {
         SET_HAIRPIN6,
         SET_TARGETS6,
     ] {
-        let keys = nftables::dump_elements(set)
-            .map_err(kernel)?
-            .into_iter()
-            .map(|element| element.key)
-            .collect();
-        existing.insert(set, keys);
+        for element in nftables::dump_elements(set).map_err(kernel)? {
+            existing.extend(Element::helper(set, &element.key));
+        }
     }
     Ok(existing)
 }
 
-/// Removes exactly `remove` from the table in one batch, with the interface and target
-/// elements that no remaining mapping needs, then puts back the settings no remaining
-/// mapping needs and forgets the removed mappings' flows.
-fn remove(all: &[Mapping], remove: &[&Mapping]) -> Result<(), Error> {
-    let remaining: Vec<Mapping> = all
+/// Takes the table from the mappings `current` to exactly `desired` in one batch: removes
+/// what is not desired, adds what is missing, leaves matching mappings (and their
+/// connections) alone, and keeps the helper elements to what `desired` needs. Then turns
+/// on and puts back settings, and forgets the flows whose path changed.
+fn transition(current: &[Mapping], desired: &[Mapping], dry_run: bool) -> Result<Plan, Error> {
+    let removed: Vec<Mapping> = current
         .iter()
-        .filter(|m| !remove.contains(m))
+        .filter(|m| !desired.contains(m))
         .cloned()
         .collect();
+    let added: Vec<Mapping> = desired
+        .iter()
+        .filter(|m| !current.contains(m))
+        .cloned()
+        .collect();
+    let needed = helpers_for(desired);
     let existing = existing_helpers()?;
-    let mut elements: Vec<Element> = remove.iter().map(|m| Element::mapping(m)).collect();
-    let gone_ifaces: BTreeSet<&str> = remove.iter().map(|m| m.via.as_str()).collect();
-    for iface in gone_ifaces {
-        if !remaining.iter().any(|m| m.via == iface) {
-            elements.push(Element::iface(iface));
-        }
+    let same = |a: &Element, b: &Element| a.set == b.set && a.key == b.key;
+    let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+    delete.extend(
+        existing
+            .iter()
+            .filter(|e| !needed.iter().any(|n| same(n, e)))
+            .cloned(),
+    );
+    let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
+    add.extend(
+        needed
+            .iter()
+            .filter(|n| !existing.iter().any(|e| same(n, e)))
+            .cloned(),
+    );
+    let plan = Plan {
+        create_table: !add.is_empty() && !nftables::table_exists().map_err(kernel)?,
+        delete,
+        add,
+        notes: settings::would_turn_on(&added),
+        ..Plan::default()
+    };
+    if dry_run || plan.is_empty() {
+        return Ok(plan);
     }
-    let gone_targets: BTreeSet<IpAddr> = remove.iter().map(|m| m.to_addr).collect();
-    for target in gone_targets {
-        if !remaining.iter().any(|m| m.to_addr == target) {
-            elements.push(Element::hairpin(target));
-            elements.push(Element::target(target));
+    match commit_elements(&plan.delete, &plan.add) {
+        Ok(()) => {}
+        Err(NetlinkError::Kernel {
+            index: Some(index),
+            error,
+        }) if error.raw_os_error() == Some(libc::EEXIST) && index < added.len() => {
+            return Err(conflict(&added[index]));
         }
+        Err(error) => return Err(kernel(error)),
     }
-    elements
-        .retain(|element| element.data.is_some() || existing[element.set].contains(&element.key));
-    let changes: Vec<Change> = elements.iter().map(Change::DelElement).collect();
-    nftables::commit(&changes).map_err(kernel)?;
-    settings::put_back_unneeded(&remaining)?;
-    let removed: Vec<Mapping> = remove.iter().map(|m| (*m).clone()).collect();
-    forget_flows(&removed, |mapping, flow| {
-        flow.reply_src == Some(mapping.to_addr)
-    })
+    for mapping in &added {
+        let via = rtnetlink::link_by_name(&mapping.via).map_err(kernel)?;
+        let port = match &via {
+            Some(via) => bridge_port_of(mapping, via)?,
+            None => None,
+        };
+        settings::turn_on(&mapping.via, port.as_ref(), std::slice::from_ref(mapping))?;
+    }
+    settings::put_back_unneeded(desired)?;
+    forget_flows(&removed, |mapping, flow| flow.reply_src == Some(mapping.to_addr))?;
+    forget_new_paths(&added)?;
+    Ok(plan)
 }
 
-/// Unpublishes the host ports of `specs`; all or nothing: when one is not published,
-/// nothing is removed and the error names it.
-pub fn unpublish(specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
-    settings::check_guard()?;
-    let all = list()?;
-    let mut chosen: Vec<&Mapping> = Vec::new();
+/// The bridge port of a mapping's namespace, found through the namespace it records.
+pub(crate) fn bridge_port_of(mapping: &Mapping, via: &rtnetlink::Link) -> Result<Option<rtnetlink::Link>, Error> {
+    let Some(name) = &mapping.netns else {
+        return Ok(None);
+    };
+    let Ok(namespace) = Namespace::open(name) else {
+        return Ok(None);
+    };
+    if mapping.netns_inode.is_some_and(|inode| inode != namespace.inode) {
+        return Ok(None);
+    }
+    let peer = namespace
+        .targets()?
+        .into_iter()
+        .find(|t| t.addr == mapping.to_addr)
+        .and_then(|t| t.peer_ifindex);
+    bridge_port(peer, via)
+}
+
+/// The bridge port with index `peer`, if it is a port of bridge `via`.
+fn bridge_port(peer: Option<u32>, via: &rtnetlink::Link) -> Result<Option<rtnetlink::Link>, Error> {
+    match peer {
+        Some(index) if via.is_bridge => Ok(rtnetlink::link_by_index(index)
+            .map_err(kernel)?
+            .filter(|port| port.master == Some(via.index))),
+        _ => Ok(None),
+    }
+}
+
+/// The mappings the host sides in `specs` name; all or nothing: when one is not
+/// published, the error names it.
+fn chosen_by_specs(all: &[Mapping], specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
+    let mut chosen: Vec<Mapping> = Vec::new();
     for spec in specs {
         for port in spec.ports.ports() {
             // A wildcard host side names the mapping of each address family.
-            let mut found = all
+            let found: Vec<&Mapping> = all
                 .iter()
                 .filter(|m| {
                     m.proto == spec.proto && m.host_addr == spec.host_addr && m.host_port == port
                 })
-                .peekable();
-            match found.peek() {
-                Some(_) => chosen.extend(found.filter(|m| !chosen.contains(m)).collect::<Vec<_>>()),
-                None => {
-                    let label = HostSpec {
-                        ports: spec::PortRange {
-                            start: port,
-                            end: port,
-                        },
-                        ..*spec
-                    };
-                    return Err(Error::NotPublished(label.to_string()));
+                .collect();
+            if found.is_empty() {
+                let label = HostSpec {
+                    ports: spec::PortRange {
+                        start: port,
+                        end: port,
+                    },
+                    ..*spec
+                };
+                return Err(Error::NotPublished(label.to_string()));
+            }
+            for mapping in found {
+                if !chosen.contains(mapping) {
+                    chosen.push(mapping.clone());
                 }
             }
         }
     }
-    remove(&all, &chosen)?;
-    Ok(chosen.into_iter().cloned().collect())
+    Ok(chosen)
 }
 
-/// Unpublishes every mapping whose target is the address of namespace `name`, or, when
-/// the namespace is gone, every mapping made for it by that name.
-pub fn unpublish_netns(name: &str) -> Result<Vec<Mapping>, Error> {
-    settings::check_guard()?;
+/// Everything but `chosen`.
+fn without(all: &[Mapping], chosen: &[Mapping]) -> Vec<Mapping> {
+    all.iter().filter(|m| !chosen.contains(m)).cloned().collect()
+}
+
+/// Unpublishes the host ports of `specs`, in one batch; all or nothing: when one is not
+/// published, nothing is removed and the error names it. Returns what was removed.
+///
+/// ```no_run
+/// # fn main() -> Result<(), nsport::Error> {
+/// let removed = nsport::unpublish(&["8080".parse()?, "127.0.0.1:5353/udp".parse()?], false)?;
+/// println!("{} mappings removed", removed.delete.len());
+/// # Ok(())
+/// # }
+/// ```
+pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    if !dry_run {
+        settings::check_guard()?;
+    }
     let all = list()?;
-    let chosen: Vec<&Mapping> = match Namespace::open(name) {
+    let chosen = chosen_by_specs(&all, specs)?;
+    transition(&all, &without(&all, &chosen), dry_run)
+}
+
+/// Unpublishes every mapping whose target is an address of namespace `name`, or, when
+/// the namespace is gone, every mapping made for it by that name.
+pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
+    if !dry_run {
+        settings::check_guard()?;
+    }
+    let all = list()?;
+    let chosen: Vec<Mapping> = match Namespace::open(name) {
         Ok(namespace) => {
             let addrs: Vec<IpAddr> = namespace.targets()?.iter().map(|t| t.addr).collect();
             if addrs.is_empty() {
                 return Err(Error::NoAddress(name.to_string()));
             }
-            all.iter().filter(|m| addrs.contains(&m.to_addr)).collect()
+            all.iter().filter(|m| addrs.contains(&m.to_addr)).cloned().collect()
         }
         Err(NamespaceError::NotFound(_)) => {
-            let made_for: Vec<&Mapping> = all
+            let made_for: Vec<Mapping> = all
                 .iter()
                 .filter(|m| m.netns.as_deref() == Some(name))
+                .cloned()
                 .collect();
             if made_for.is_empty() {
                 return Err(NamespaceError::NotFound(name.to_string()).into());
@@ -698,37 +865,120 @@ pub fn unpublish_netns(name: &str) -> Result<Vec<Mapping>, Error> {
         }
         Err(error) => return Err(error.into()),
     };
-    if !chosen.is_empty() {
-        remove(&all, &chosen)?;
-    }
-    Ok(chosen.into_iter().cloned().collect())
+    transition(&all, &without(&all, &chosen), dry_run)
 }
 
 /// Unpublishes every mapping whose namespace no longer exists.
 pub fn prune() -> Result<Vec<Mapping>, Error> {
     let listings = list_status()?;
     let all: Vec<Mapping> = listings.iter().map(|l| l.mapping.clone()).collect();
-    let stale: Vec<&Mapping> = listings
-        .iter()
+    let stale: Vec<Mapping> = listings
+        .into_iter()
         .filter(|l| l.stale)
-        .map(|l| &l.mapping)
+        .map(|l| l.mapping)
         .collect();
     if !stale.is_empty() {
-        remove(&all, &stale)?;
+        transition(&all, &without(&all, &stale), false)?;
     }
-    Ok(stale.into_iter().cloned().collect())
+    Ok(stale)
+}
+
+/// Makes the table hold exactly `desired`, in one batch: the file format is what
+/// `nsport ls --json` prints, so a listing saved earlier is applied back unchanged.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let saved = std::fs::read_to_string("/etc/nsport/mappings.json")?;
+/// let desired = nsport::parse_mappings(&saved)?;
+/// let plan = nsport::apply(&desired, false)?;
+/// println!("{} added, {} removed", plan.add.len(), plan.delete.len());
+/// # Ok(())
+/// # }
+/// ```
+pub fn apply(desired: &[Mapping], dry_run: bool) -> Result<Plan, Error> {
+    check_mappings(desired)?;
+    if !dry_run {
+        settings::check_guard()?;
+    }
+    transition(&list()?, desired, dry_run)
+}
+
+/// Reads mappings in the format of `nsport ls --json`; fields it does not need (counters,
+/// status) are ignored.
+pub fn parse_mappings(text: &str) -> Result<Vec<Mapping>, Error> {
+    serde_json::from_str(text).map_err(|error| Error::File(error.to_string()))
+}
+
+/// Refuses a file that could not have come from nsport.
+fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
+    let mut seen: HashMap<(&'static str, Vec<u8>), &Mapping> = HashMap::new();
+    for mapping in mappings {
+        check_ifname(&mapping.via)?;
+        if mapping.via.is_empty() {
+            return Err(Error::File(format!("{} has no \"via\" interface", host_label(mapping))));
+        }
+        if mapping.host_addr.is_some_and(|addr| addr.is_ipv6() != mapping.is_ipv6()) {
+            return Err(Error::File(format!(
+                "{} mixes IPv4 and IPv6",
+                host_label(mapping)
+            )));
+        }
+        if mapping.host_port == 0 || mapping.to_port == 0 {
+            return Err(Error::File(format!("{} has port 0", host_label(mapping))));
+        }
+        if let Some(first) = seen.insert((mapping.set(), mapping.key()), mapping) {
+            if first != mapping {
+                return Err(Error::Duplicate {
+                    spec: host_label(mapping),
+                    first: target_label(first),
+                    second: target_label(mapping),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The whole table as an `nft -f` script that recreates it, for persisting through
+/// nftables.service.
+pub fn export_nft() -> Result<String, Error> {
+    let mut out = ruleset::table_script();
+    for mapping in list()? {
+        out.push_str(&Element::mapping(&mapping).nft_add());
+        out.push('\n');
+    }
+    for helper in existing_helpers()? {
+        out.push_str(&helper.nft_add());
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Deletes `table inet nsport` and puts back every setting nsport changed; succeeds when
 /// there is no table.
-pub fn flush() -> Result<(), Error> {
+///
+/// ```no_run
+/// # fn main() -> Result<(), nsport::Error> {
+/// nsport::flush(false)?;
+/// assert!(nsport::list()?.is_empty());
+/// # Ok(())
+/// # }
+/// ```
+pub fn flush(dry_run: bool) -> Result<Plan, Error> {
     let all = list()?;
+    let plan = Plan {
+        delete_table: nftables::table_exists().map_err(kernel)?,
+        notes: settings::would_put_back(),
+        ..Plan::default()
+    };
+    if dry_run {
+        return Ok(plan);
+    }
     match nftables::commit(&[Change::DelTable]) {
         Err(error) if error.errno() == Some(libc::ENOENT) => {}
         other => other.map_err(kernel)?,
     }
     settings::put_back_everything()?;
-    forget_flows(&all, |mapping, flow| {
-        flow.reply_src == Some(mapping.to_addr)
-    })
+    forget_flows(&all, |mapping, flow| flow.reply_src == Some(mapping.to_addr))?;
+    Ok(plan)
 }

@@ -1,12 +1,12 @@
 //! The `nsport` command: parses arguments, calls the library, prints, and maps errors to
 //! exit codes (2 for bad input, 1 for everything else).
 
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target, with_port};
 
 #[derive(Parser)]
@@ -28,17 +28,48 @@ enum Command {
     /// Publish ports: [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]
     Add(AddArgs),
     /// Unpublish ports by their host side, or every port of a namespace
-    Rm(RmArgs),
-    /// List what is published
+    Rm(RmCommand),
+    /// List what is published, with counters and status
     Ls {
-        /// Print one JSON array
+        /// Print one JSON array (the format `apply` reads)
         #[arg(long)]
         json: bool,
     },
     /// Remove everything nsport made and put back the settings it changed
-    Flush,
+    Flush {
+        /// Print what would change, as nft commands, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Unpublish the mappings whose namespace no longer exists
     Prune,
+    /// Print the current mappings as a file for `apply` (or as an nft script)
+    Export {
+        /// An `nft -f` script that recreates the whole table
+        #[arg(long)]
+        nft: bool,
+    },
+    /// Make the published mappings exactly those of FILE (`ls --json` output; - for stdin)
+    Apply {
+        /// The mappings file
+        file: String,
+        /// Print what would change, as nft commands, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Check what publishing needs and what breaks it, with the fix for each problem
+    Doctor {
+        /// Print the checks as one JSON array
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script: nsport completions bash > /etc/bash_completion.d/nsport
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): nsport man | man -l -
+    Man,
 }
 
 #[derive(Args)]
@@ -65,6 +96,9 @@ struct AddArgs {
     /// Publish even if a host socket holds the port (it stops receiving)
     #[arg(long)]
     force: bool,
+    /// Print what would change, as nft commands, and change nothing
+    #[arg(long)]
+    dry_run: bool,
     /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp
     #[arg(required = true, value_name = "PUBLISH")]
     publish: Vec<PublishSpec>,
@@ -79,6 +113,15 @@ struct RmArgs {
     /// The host side of what to unpublish: [HOST_ADDR:]HOST_PORT[-END][/PROTO]
     #[arg(value_name = "PUBLISH")]
     host: Vec<HostSpec>,
+}
+
+#[derive(Args)]
+struct RmCommand {
+    #[command(flatten)]
+    what: RmArgs,
+    /// Print what would change, as nft commands, and change nothing
+    #[arg(long)]
+    dry_run: bool,
 }
 
 fn main() -> ExitCode {
@@ -126,6 +169,7 @@ fn one_line(message: &str) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    let mut print = |text: String| out.write_all(text.as_bytes()).context("cannot write to stdout");
     match cli.command {
         Command::Add(args) => {
             let target = match (args.target.netns, args.target.to) {
@@ -138,34 +182,114 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_direct: args.allow_direct,
                 force: args.force,
             };
-            nsport::publish(&target, &options, &args.publish)?;
-        }
-        Command::Rm(args) => match args.netns {
-            Some(netns) => {
-                nsport::unpublish_netns(&netns)?;
-            }
-            None => {
-                nsport::unpublish(&args.host)?;
-            }
-        },
-        Command::Ls { json } => {
-            let mappings = nsport::list_status()?;
-            let text = if json {
-                serde_json::to_string_pretty(&mappings)? + "\n"
+            if args.dry_run {
+                print(nsport::publish_dry_run(&target, &options, &args.publish)?.nft())?;
             } else {
-                table(&mappings)
-            };
-            out.write_all(text.as_bytes())
-                .context("cannot write to stdout")?;
+                nsport::publish(&target, &options, &args.publish)?;
+            }
         }
-        Command::Flush => nsport::flush()?,
+        Command::Rm(args) => {
+            let plan = match args.what.netns {
+                Some(netns) => nsport::unpublish_netns(&netns, args.dry_run)?,
+                None => nsport::unpublish(&args.what.host, args.dry_run)?,
+            };
+            if args.dry_run {
+                print(plan.nft())?;
+            }
+        }
+        Command::Ls { json } => {
+            let listings = nsport::list_status()?;
+            print(if json { to_json(&listings)? } else { table(&listings) })?;
+        }
+        Command::Flush { dry_run } => {
+            let plan = nsport::flush(dry_run)?;
+            if dry_run {
+                print(plan.nft())?;
+            }
+        }
         Command::Prune => {
             for mapping in nsport::prune()? {
                 log::info!("unpublished stale {}", mapping.comment());
             }
         }
+        Command::Export { nft } => {
+            print(if nft {
+                nsport::export_nft()?
+            } else {
+                to_json(&nsport::list_status()?)?
+            })?;
+        }
+        Command::Apply { file, dry_run } => {
+            let text = if file == "-" {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .context("cannot read the mappings from stdin")?;
+                text
+            } else {
+                std::fs::read_to_string(&file).with_context(|| format!("cannot read {file}"))?
+            };
+            let desired = nsport::parse_mappings(&text)?;
+            // A long apply says so on a terminal; scripts and logs stay quiet.
+            let long = desired.len() >= 1000 && std::io::stderr().is_terminal();
+            if long && !dry_run {
+                eprintln!("nsport: applying {} mappings…", desired.len());
+            }
+            let plan = nsport::apply(&desired, dry_run)?;
+            if dry_run {
+                print(plan.nft())?;
+            } else if long {
+                eprintln!(
+                    "nsport: applied: {} elements added, {} removed",
+                    plan.add.len(),
+                    plan.delete.len()
+                );
+            }
+        }
+        Command::Doctor { json } => {
+            let checks = nsport::doctor::run();
+            print(if json {
+                to_json(&checks)?
+            } else {
+                checks
+                    .iter()
+                    .map(|check| {
+                        let mark = if check.ok { "ok  " } else { "FAIL" };
+                        let fix = check
+                            .fix
+                            .as_ref()
+                            .map(|fix| format!("\n      fix: {fix}"))
+                            .unwrap_or_default();
+                        format!("{mark} {}: {}{fix}\n", check.check, check.detail)
+                    })
+                    .collect()
+            })?;
+            if checks.iter().any(|check| !check.ok) {
+                anyhow::bail!(
+                    "{} of {} checks failed",
+                    checks.iter().filter(|c| !c.ok).count(),
+                    checks.len()
+                );
+            }
+        }
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "nsport", &mut script);
+            print(String::from_utf8(script).context("completion script")?)?;
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            print(String::from_utf8(page).context("manual page")?)?;
+        }
     }
     Ok(())
+}
+
+fn to_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
+    Ok(serde_json::to_string_pretty(value)? + "\n")
 }
 
 /// Warnings always, and with `-v` what nsport changes, as `nsport: ` lines on stderr.

@@ -97,6 +97,8 @@ pub struct ChainDef {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SetDef {
     pub name: &'static str,
+    /// The declared type, as `nft list` prints it.
+    pub nft_type: &'static str,
     /// The transaction-local id by which rules in the same batch refer to a new set.
     pub id: u32,
     pub key_type: u32,
@@ -327,6 +329,7 @@ pub fn sets() -> Vec<SetDef> {
         // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
         SetDef {
             name: SET_ANY4,
+            nft_type: "inet_proto . inet_service : ipv4_addr . inet_service",
             id: 1,
             key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
             key_len: 8,
@@ -337,6 +340,7 @@ pub fn sets() -> Vec<SetDef> {
         // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
         SetDef {
             name: SET_ADDR4,
+            nft_type: "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
             id: 2,
             key_type: concat(&[IPADDR, INET_PROTOCOL, INET_SERVICE]),
             key_len: 12,
@@ -347,6 +351,7 @@ pub fn sets() -> Vec<SetDef> {
         // set hairpin4 { type ipv4_addr . ipv4_addr; }
         SetDef {
             name: SET_HAIRPIN4,
+            nft_type: "ipv4_addr . ipv4_addr",
             id: 3,
             key_type: concat(&[IPADDR, IPADDR]),
             key_len: 8,
@@ -357,6 +362,7 @@ pub fn sets() -> Vec<SetDef> {
         // set ifaces { type ifname; }
         SetDef {
             name: SET_IFACES,
+            nft_type: "ifname",
             id: 4,
             key_type: IFNAME,
             key_len: IFNAME_LEN as u32,
@@ -367,6 +373,7 @@ pub fn sets() -> Vec<SetDef> {
         // set targets4 { type ipv4_addr; }
         SetDef {
             name: SET_TARGETS4,
+            nft_type: "ipv4_addr",
             id: 5,
             key_type: IPADDR,
             key_len: 4,
@@ -377,6 +384,7 @@ pub fn sets() -> Vec<SetDef> {
         // map any6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
         SetDef {
             name: SET_ANY6,
+            nft_type: "inet_proto . inet_service : ipv6_addr . inet_service",
             id: 6,
             key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
             key_len: 8,
@@ -387,6 +395,7 @@ pub fn sets() -> Vec<SetDef> {
         // map addr6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
         SetDef {
             name: SET_ADDR6,
+            nft_type: "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
             id: 7,
             key_type: concat(&[IP6ADDR, INET_PROTOCOL, INET_SERVICE]),
             key_len: 24,
@@ -397,6 +406,7 @@ pub fn sets() -> Vec<SetDef> {
         // set hairpin6 { type ipv6_addr . ipv6_addr; }
         SetDef {
             name: SET_HAIRPIN6,
+            nft_type: "ipv6_addr . ipv6_addr",
             id: 8,
             key_type: concat(&[IP6ADDR, IP6ADDR]),
             key_len: 32,
@@ -407,6 +417,7 @@ pub fn sets() -> Vec<SetDef> {
         // set targets6 { type ipv6_addr; }
         SetDef {
             name: SET_TARGETS6,
+            nft_type: "ipv6_addr",
             id: 9,
             key_type: IP6ADDR,
             key_len: 16,
@@ -935,6 +946,48 @@ fn base_rules() -> Vec<RuleDef> {
     ]
 }
 
+/// The whole table, empty, as an `nft -f` script: what nsport creates on first use.
+/// It starts by deleting any table of the name, so that loading it twice does not
+/// duplicate the rules.
+pub fn table_script() -> String {
+    let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n");
+    for set in sets() {
+        let kind = if set.is_map() { "map" } else { "set" };
+        out.push_str(&format!("\t{kind} {} {{\n\t\ttype {}\n", set.name, set.nft_type));
+        if set.counter {
+            out.push_str("\t\tcounter\n");
+        }
+        out.push_str("\t}\n\n");
+    }
+    let rules = rules();
+    let chains = chains();
+    for (i, chain) in chains.iter().enumerate() {
+        out.push_str(&format!("\tchain {} {{\n", chain.name));
+        if let Some((hook, priority, kind)) = chain.base {
+            let kind = match kind {
+                ChainType::Filter => "filter",
+                ChainType::Nat => "nat",
+            };
+            let hook = match hook {
+                Hook::Prerouting => "prerouting",
+                Hook::Input => "input",
+                Hook::Forward => "forward",
+                Hook::Output => "output",
+                Hook::Postrouting => "postrouting",
+            };
+            out.push_str(&format!(
+                "\t\ttype {kind} hook {hook} priority {priority}; policy accept;\n"
+            ));
+        }
+        for rule in rules.iter().filter(|rule| rule.chain == chain.name) {
+            out.push_str(&format!("\t\t{}\n", rule.nft));
+        }
+        out.push_str(if i + 1 < chains.len() { "\t}\n\n" } else { "\t}\n" });
+    }
+    out.push_str("}\n");
+    out
+}
+
 /// An interface name as the kernel compares it: NUL-padded to `IFNAMSIZ`.
 pub fn ifname_bytes(name: &str) -> [u8; IFNAME_LEN] {
     let mut out = [0; IFNAME_LEN];
@@ -978,6 +1031,10 @@ pub struct Mapping {
     /// That namespace's inode, which tells a deleted and re-created namespace apart.
     #[serde(default)]
     pub netns_inode: Option<u64>,
+    /// Published with `--allow-direct`: hosts routing to the target may reach its other
+    /// ports.
+    #[serde(default)]
+    pub allow_direct: bool,
 }
 
 impl Mapping {
@@ -1031,6 +1088,9 @@ impl Mapping {
         if let Some(inode) = self.netns_inode {
             comment.push_str(&format!(" ino={inode}"));
         }
+        if self.allow_direct {
+            comment.push_str(" direct=allow");
+        }
         comment
     }
 
@@ -1059,11 +1119,13 @@ impl Mapping {
         let mut via = String::new();
         let mut netns = None;
         let mut netns_inode = None;
+        let mut allow_direct = false;
         for field in comment.unwrap_or_default().split(' ') {
             match field.split_once('=') {
                 Some(("via", value)) => via = value.to_string(),
                 Some(("netns", value)) => netns = Some(value.to_string()),
                 Some(("ino", value)) => netns_inode = value.parse().ok(),
+                Some(("direct", "allow")) => allow_direct = true,
                 _ => {}
             }
         }
@@ -1076,6 +1138,7 @@ impl Mapping {
             via,
             netns,
             netns_inode,
+            allow_direct,
         })
     }
 }
@@ -1087,15 +1150,24 @@ pub struct Element {
     pub key: Vec<u8>,
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
+    /// The key and data as nft writes them, for dry runs and scripts.
+    pub key_text: String,
+    pub data_text: Option<String>,
 }
 
 impl Element {
     pub fn mapping(mapping: &Mapping) -> Element {
+        let service = format!("{} . {}", mapping.proto, mapping.host_port);
         Element {
             set: mapping.set(),
             key: mapping.key(),
             data: Some(mapping.data()),
             comment: Some(mapping.comment()),
+            key_text: match mapping.host_addr {
+                Some(addr) => format!("{addr} . {service}"),
+                None => service,
+            },
+            data_text: Some(format!("{} . {}", mapping.to_addr, mapping.to_port)),
         }
     }
 
@@ -1105,7 +1177,46 @@ impl Element {
             key: ifname_bytes(name).to_vec(),
             data: None,
             comment: None,
+            key_text: format!("{name:?}"),
+            data_text: None,
         }
+    }
+
+    /// The element of a helper set (interfaces, hairpin or targets) with this key.
+    pub fn helper(set: &str, key: &[u8]) -> Option<Element> {
+        let half = key.len() / 2;
+        match set {
+            SET_IFACES => {
+                let name = key.split(|b| *b == 0).next()?;
+                Some(Element::iface(std::str::from_utf8(name).ok()?))
+            }
+            SET_HAIRPIN4 | SET_HAIRPIN6 => Some(Element::hairpin(addr_from(&key[..half])?)),
+            SET_TARGETS4 | SET_TARGETS6 => Some(Element::target(addr_from(key)?)),
+            _ => None,
+        }
+    }
+
+    /// `add element inet nsport SET { KEY [comment "…"] [: DATA] }`
+    pub fn nft_add(&self) -> String {
+        let comment = self
+            .comment
+            .as_ref()
+            .map(|c| format!(" comment {c:?}"))
+            .unwrap_or_default();
+        let data = self
+            .data_text
+            .as_ref()
+            .map(|d| format!(" : {d}"))
+            .unwrap_or_default();
+        format!(
+            "add element inet {TABLE} {} {{ {}{comment}{data} }}",
+            self.set, self.key_text
+        )
+    }
+
+    /// `delete element inet nsport SET { KEY }`
+    pub fn nft_delete(&self) -> String {
+        format!("delete element inet {TABLE} {} {{ {} }}", self.set, self.key_text)
     }
 
     /// A target protected from direct access.
@@ -1119,6 +1230,8 @@ impl Element {
             key: addr_bytes(target),
             data: None,
             comment: None,
+            key_text: target.to_string(),
+            data_text: None,
         }
     }
 
@@ -1133,6 +1246,8 @@ impl Element {
             key: [addr_bytes(target), addr_bytes(target)].concat(),
             data: None,
             comment: None,
+            key_text: format!("{target} . {target}"),
+            data_text: None,
         }
     }
 
@@ -1155,6 +1270,7 @@ mod tests {
             via: "br0".into(),
             netns: Some("ns1".into()),
             netns_inode: Some(4026532000),
+            allow_direct: false,
         }
     }
 

@@ -71,6 +71,45 @@ pub fn turn_on(
     record.save().map_err(state)
 }
 
+/// The settings `turn_on` would change for `mappings`, as `sysctl` lines.
+pub fn would_turn_on(mappings: &[Mapping]) -> Vec<String> {
+    let mut wanted = Vec::new();
+    if mappings.iter().any(|m| !m.is_ipv6()) {
+        wanted.push(Sysctl::ip_forward());
+    }
+    if mappings.iter().any(Mapping::is_ipv6) {
+        wanted.push(Sysctl::ipv6_forwarding());
+    }
+    let vias: BTreeSet<&str> = mappings
+        .iter()
+        .filter(|m| m.serves_loopback())
+        .map(|m| m.via.as_str())
+        .collect();
+    wanted.extend(vias.into_iter().map(Sysctl::route_localnet));
+    wanted
+        .into_iter()
+        .filter(|sysctl| sysctl.read().is_ok_and(|value| value != "1"))
+        .map(|sysctl| format!("sysctl {}=1", sysctl.name()))
+        .collect()
+}
+
+/// What `flush` would put back, as `sysctl` and hairpin lines.
+pub fn would_put_back() -> Vec<String> {
+    let Ok(record) = Record::lock() else {
+        return Vec::new();
+    };
+    let originals = &record.originals;
+    let localnet = originals
+        .route_localnet
+        .iter()
+        .map(|(iface, was)| format!("sysctl {}={was}", Sysctl::route_localnet(iface).name()));
+    let hairpin = originals.hairpin.iter().map(|(port, change)| {
+        let mode = if change.was_on { "on" } else { "off" };
+        format!("hairpin {mode} for bridge port {port}")
+    });
+    localnet.chain(hairpin).collect()
+}
+
 /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
 /// remaining loopback mapping goes through, hairpin mode of targets no mapping leads to.
 pub fn put_back_unneeded(remaining: &[Mapping]) -> Result<(), Error> {

@@ -61,10 +61,10 @@ fn listing_shows_every_field() {
     let inode = std::os::unix::fs::MetadataExt::ino(&inode);
     let expected = serde_json::json!([
         {"proto": "tcp", "host_addr": null, "host_port": 8080, "to_addr": "172.18.0.2",
-         "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode,
+         "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
-         "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode,
+         "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0},
     ]);
     assert_eq!(listing, expected);

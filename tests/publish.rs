@@ -223,6 +223,7 @@ fn tables_nsport_did_not_make_are_never_changed() {
     lab.nft("host", &format!("-f {}", path.display()));
     std::fs::remove_file(&path).unwrap();
     let before = lab.ruleset();
+    let bystander = without_counter_values(bystander);
     assert_eq!(before, bystander);
 
     let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
@@ -235,9 +236,9 @@ fn tables_nsport_did_not_make_are_never_changed() {
     ]);
     assert_eq!(lab.tcp("out", HOST_OUT, 3000), some(OUT));
     let during = lab.ruleset();
-    assert!(during.starts_with(bystander), "{during}");
+    assert!(during.starts_with(&bystander), "{during}");
     lab.nsport_ok(&["rm", "3000"]);
-    assert!(lab.ruleset().starts_with(bystander));
+    assert!(lab.ruleset().starts_with(&bystander));
     lab.nsport_ok(&["flush"]);
     assert_eq!(lab.ruleset(), before);
 }

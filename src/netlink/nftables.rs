@@ -73,9 +73,15 @@ pub struct ElementDump {
 /// On failure the kernel has applied none of it; the error names the index in `changes`
 /// of the first message the kernel refused.
 pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
+    commit_to(TABLE, changes)
+}
+
+/// The same for another table: `nsport doctor` probes with a throwaway one.
+pub fn commit_to(table: &str, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
     let mut batch = Batch::new();
     for change in changes {
-        batch.add(&Message(*change), MsgType::Add);
+        log::debug!("netlink: {}", describe(change));
+        batch.add(&Message { table, change: *change }, MsgType::Add);
     }
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
@@ -133,6 +139,19 @@ pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
                 .filter(|i| *i < changes.len()),
             error: io::Error::from_raw_os_error(errno),
         }),
+    }
+}
+
+/// What a change is, for `-v`.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::AddTable { .. } => format!("NEWTABLE inet {TABLE}"),
+        Change::DelTable => format!("DELTABLE inet {TABLE}"),
+        Change::AddChain(chain) => format!("NEWCHAIN {}", chain.name),
+        Change::AddSet(set) => format!("NEWSET {}", set.name),
+        Change::AddRule(rule) => format!("NEWRULE {}: {}", rule.chain, rule.nft),
+        Change::AddElement(element) => format!("NEWSETELEM {}", element.nft_add()),
+        Change::DelElement(element) => format!("DELSETELEM {}", element.nft_delete()),
     }
 }
 
@@ -216,7 +235,7 @@ fn build_request(
 
 /// Whether `table inet nsport` exists.
 pub fn table_exists() -> Result<bool, NetlinkError> {
-    let table = TableHandle::new();
+    let table = TableHandle::new(TABLE);
     let request = build_request(libc::NFT_MSG_GETTABLE, FAMILY_INET, false, |nlh| {
         // SAFETY: `table` is live; the payload fits the buffer.
         unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr()) }
@@ -227,7 +246,7 @@ pub fn table_exists() -> Result<bool, NetlinkError> {
 /// Whether chain `name` of `table inet nsport` exists.
 pub fn chain_exists(name: &str) -> Result<bool, NetlinkError> {
     // SAFETY: an owned chain, freed below.
-    let ptr = unsafe { chain_named(name) };
+    let ptr = unsafe { chain_named(TABLE, name) };
     let request = build_request(libc::NFT_MSG_GETCHAIN, FAMILY_INET, false, |nlh| {
         // SAFETY: `ptr` is live; the payload fits the buffer.
         unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, ptr) }
@@ -280,7 +299,7 @@ pub fn dump_base_chains() -> Result<Vec<ChainDump>, NetlinkError> {
 /// Reads every element of one set or map of `table inet nsport`, in one dump.
 /// A missing table or set reads as empty.
 pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
-    let handle = SetHandle::for_elements(set, None);
+    let handle = SetHandle::for_elements(TABLE, set, None);
     let request = build_request(libc::NFT_MSG_GETSETELEM, FAMILY_INET, true, |nlh| {
         // SAFETY: `handle` is live; the payload fits the buffer.
         unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr()) }
@@ -292,12 +311,14 @@ pub fn dump_elements(set: &str) -> Result<Vec<ElementDump>, NetlinkError> {
 
 /// Reads the one element of `set` with this key, if there is one.
 pub fn get_element(set: &str, key: &[u8]) -> Result<Option<ElementDump>, NetlinkError> {
-    let handle = SetHandle::for_elements(set, None);
+    let handle = SetHandle::for_elements(TABLE, set, None);
     let probe = Element {
         set: "",
         key: key.to_vec(),
         data: None,
         comment: None,
+        key_text: String::new(),
+        data_text: None,
     };
     // SAFETY: the set takes ownership of the element.
     unsafe { sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(&probe)) };
@@ -510,14 +531,14 @@ fn cstring(text: &str) -> CString {
 struct TableHandle(NonNull<sys::nftnl_table>);
 
 impl TableHandle {
-    fn new() -> Self {
+    fn new(name: &str) -> Self {
         // SAFETY: plain allocation and setters on the object we own.
         unsafe {
             let table = NonNull::new(sys::nftnl_table_alloc()).expect("allocation");
             sys::nftnl_table_set_str(
                 table.as_ptr(),
                 sys::NFTNL_TABLE_NAME as u16,
-                cstring(TABLE).as_ptr(),
+                cstring(name).as_ptr(),
             );
             sys::nftnl_table_set_u32(
                 table.as_ptr(),
@@ -544,13 +565,13 @@ impl SetHandle {
         SetHandle(NonNull::new(unsafe { sys::nftnl_set_alloc() }).expect("allocation"))
     }
 
-    /// A set object naming `set` of our table, as element messages need.
-    fn for_elements(set: &str, id: Option<u32>) -> Self {
+    /// A set object naming `set` of `table`, as element messages need.
+    fn for_elements(table: &str, set: &str, id: Option<u32>) -> Self {
         let handle = Self::alloc();
         let ptr = handle.0.as_ptr();
         // SAFETY: setters on the object we own; libnftnl copies the strings.
         unsafe {
-            sys::nftnl_set_set_str(ptr, sys::NFTNL_SET_TABLE as u16, cstring(TABLE).as_ptr());
+            sys::nftnl_set_set_str(ptr, sys::NFTNL_SET_TABLE as u16, cstring(table).as_ptr());
             sys::nftnl_set_set_str(ptr, sys::NFTNL_SET_NAME as u16, cstring(set).as_ptr());
             sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY_INET));
             if let Some(id) = id {
@@ -568,8 +589,11 @@ impl Drop for SetHandle {
     }
 }
 
-/// A `Change` as the message nftnl's batch writes.
-struct Message<'a>(Change<'a>);
+/// A `Change` to `table`, as the message nftnl's batch writes.
+struct Message<'a> {
+    table: &'a str,
+    change: Change<'a>,
+}
 
 unsafe impl NlMsg for Message<'_> {
     unsafe fn write(&self, buf: *mut c_void, seq: u32, _: MsgType) {
@@ -583,9 +607,9 @@ unsafe impl NlMsg for Message<'_> {
             let header = |kind: i32, flags: u16| {
                 sys::nftnl_nlmsg_build_hdr(buf, kind as u16, FAMILY_INET, flags, seq)
             };
-            match self.0 {
+            match self.change {
                 Change::AddTable { exclusive } => {
-                    let table = TableHandle::new();
+                    let table = TableHandle::new(self.table);
                     let flags = if exclusive {
                         create | libc::NLM_F_EXCL as u16
                     } else {
@@ -595,34 +619,35 @@ unsafe impl NlMsg for Message<'_> {
                     sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
                 }
                 Change::DelTable => {
-                    let table = TableHandle::new();
+                    let table = TableHandle::new(self.table);
                     let nlh = header(libc::NFT_MSG_DELTABLE, 0);
                     sys::nftnl_table_nlmsg_build_payload(nlh, table.0.as_ptr());
                 }
                 Change::AddChain(chain) => {
-                    let ptr = chain_object(chain);
+                    let ptr = chain_object(self.table, chain);
                     let nlh = header(libc::NFT_MSG_NEWCHAIN, create);
                     sys::nftnl_chain_nlmsg_build_payload(nlh, ptr);
                     sys::nftnl_chain_free(ptr);
                 }
                 Change::AddSet(set) => {
-                    let handle = set_object(set);
+                    let handle = set_object(self.table, set);
                     let nlh = header(libc::NFT_MSG_NEWSET, create);
                     sys::nftnl_set_nlmsg_build_payload(nlh, handle.0.as_ptr());
                 }
                 Change::AddRule(rule) => {
-                    let ptr = rule_object(rule);
+                    let ptr = rule_object(self.table, rule);
                     let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND) as u16;
                     let nlh = header(libc::NFT_MSG_NEWRULE, flags);
                     sys::nftnl_rule_nlmsg_build_payload(nlh, ptr);
                     sys::nftnl_rule_free(ptr);
                 }
                 Change::AddElement(element) | Change::DelElement(element) => {
-                    let (kind, flags) = match self.0 {
+                    let (kind, flags) = match self.change {
                         Change::AddElement(_) => (libc::NFT_MSG_NEWSETELEM, create),
                         _ => (libc::NFT_MSG_DELSETELEM, 0),
                     };
-                    let handle = SetHandle::for_elements(element.set, Some(element.set_id()));
+                    let handle =
+                        SetHandle::for_elements(self.table, element.set, Some(element.set_id()));
                     sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(element));
                     let nlh = header(kind, flags);
                     sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
@@ -634,11 +659,11 @@ unsafe impl NlMsg for Message<'_> {
 
 /// # Safety
 /// Returns an owned chain of our table the caller must free.
-unsafe fn chain_named(name: &str) -> *mut sys::nftnl_chain {
+unsafe fn chain_named(table: &str, name: &str) -> *mut sys::nftnl_chain {
     // SAFETY: setters on a fresh object; libnftnl copies strings.
     unsafe {
         let ptr = sys::nftnl_chain_alloc();
-        sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TABLE as u16, cstring(TABLE).as_ptr());
+        sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TABLE as u16, cstring(table).as_ptr());
         sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_NAME as u16, cstring(name).as_ptr());
         sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(FAMILY_INET));
         ptr
@@ -647,10 +672,10 @@ unsafe fn chain_named(name: &str) -> *mut sys::nftnl_chain {
 
 /// # Safety
 /// Returns an owned chain the caller must free.
-unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
+unsafe fn chain_object(table: &str, chain: &ChainDef) -> *mut sys::nftnl_chain {
     // SAFETY: setters on a fresh object; libnftnl copies strings.
     unsafe {
-        let ptr = chain_named(chain.name);
+        let ptr = chain_named(table, chain.name);
         if let Some((hook, priority, kind)) = chain.base {
             let hooknum = match hook {
                 Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
@@ -674,8 +699,8 @@ unsafe fn chain_object(chain: &ChainDef) -> *mut sys::nftnl_chain {
 
 /// # Safety
 /// Plain libnftnl setters on a fresh object.
-unsafe fn set_object(set: &SetDef) -> SetHandle {
-    let handle = SetHandle::for_elements(set.name, Some(set.id));
+unsafe fn set_object(table: &str, set: &SetDef) -> SetHandle {
+    let handle = SetHandle::for_elements(table, set.name, Some(set.id));
     let ptr = handle.0.as_ptr();
     // SAFETY: setters on the object `handle` owns; libnftnl copies the user data.
     unsafe {
@@ -728,11 +753,11 @@ unsafe fn element_object(element: &Element) -> *mut sys::nftnl_set_elem {
 
 /// # Safety
 /// Returns an owned rule the caller must free.
-unsafe fn rule_object(rule: &RuleDef) -> *mut sys::nftnl_rule {
+unsafe fn rule_object(table: &str, rule: &RuleDef) -> *mut sys::nftnl_rule {
     // SAFETY: setters on a fresh rule, which takes ownership of each expression.
     unsafe {
         let ptr = sys::nftnl_rule_alloc();
-        sys::nftnl_rule_set_str(ptr, sys::NFTNL_RULE_TABLE as u16, cstring(TABLE).as_ptr());
+        sys::nftnl_rule_set_str(ptr, sys::NFTNL_RULE_TABLE as u16, cstring(table).as_ptr());
         sys::nftnl_rule_set_str(
             ptr,
             sys::NFTNL_RULE_CHAIN as u16,
