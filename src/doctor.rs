@@ -88,7 +88,10 @@ fn probe() -> Check {
 
 fn forwarding(mappings: &[Mapping]) -> Vec<Check> {
     let mut checks = Vec::new();
-    for (ipv6, sysctl) in [(false, Sysctl::ip_forward()), (true, Sysctl::ipv6_forwarding())] {
+    for (ipv6, sysctl) in [
+        (false, Sysctl::ip_forward()),
+        (true, Sysctl::ipv6_forwarding()),
+    ] {
         if !mappings.iter().any(|m| m.is_ipv6() == ipv6) {
             continue;
         }
@@ -127,7 +130,10 @@ fn br_netfilter(mappings: &[Mapping]) -> Result<Vec<Check>, Error> {
         }
         seen.push(port.index);
         checks.push(if port.hairpin == Some(true) {
-            pass("br_netfilter", format!("bridge port {} has hairpin mode on", port.name))
+            pass(
+                "br_netfilter",
+                format!("bridge port {} has hairpin mode on", port.name),
+            )
         } else {
             fail(
                 "br_netfilter",
@@ -141,7 +147,10 @@ fn br_netfilter(mappings: &[Mapping]) -> Result<Vec<Check>, Error> {
         });
     }
     if checks.is_empty() {
-        checks.push(pass("br_netfilter", "on; no published namespace behind a bridge"));
+        checks.push(pass(
+            "br_netfilter",
+            "on; no published namespace behind a bridge",
+        ));
     }
     Ok(checks)
 }
@@ -163,7 +172,10 @@ fn route_localnet_guard() -> Result<Check, Error> {
     Ok(if guarded {
         pass(
             "loopback guard",
-            format!("route_localnet is on for {}, guarded by chain guard", on.join(", ")),
+            format!(
+                "route_localnet is on for {}, guarded by chain guard",
+                on.join(", ")
+            ),
         )
     } else {
         fail(
@@ -199,7 +211,10 @@ pub fn run() -> Vec<Check> {
         checks.extend(br_netfilter(&mappings)?);
         let dropping = firewalls::dropping_forward_chains().map_err(kernel)?;
         if dropping.is_empty() {
-            checks.push(pass("other firewalls", "no other table drops forwarded traffic by default"));
+            checks.push(pass(
+                "other firewalls",
+                "no other table drops forwarded traffic by default",
+            ));
         }
         for warning in dropping {
             let (detail, fix) = warning
@@ -214,7 +229,10 @@ pub fn run() -> Vec<Check> {
             .map(|(m, _)| crate::host_label(m))
             .collect();
         checks.push(if stale.is_empty() {
-            pass("stale mappings", format!("{} mappings, none stale", mappings.len()))
+            pass(
+                "stale mappings",
+                format!("{} mappings, none stale", mappings.len()),
+            )
         } else {
             fail(
                 "stale mappings",

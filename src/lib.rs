@@ -84,7 +84,7 @@ pub struct Listing {
     /// A host socket on the same port that the mapping hides from its clients.
     pub shadows: Option<String>,
     /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
-    /// 127.0.0.1 publishes; never [::1], which Linux cannot DNAT.
+    /// 127.0.0.1 publishes; never `[::1]`, which Linux cannot DNAT.
     pub loopback: bool,
     /// Packets through the mapping, both directions, since it was published.
     pub packets: u64,
@@ -408,13 +408,19 @@ fn commit_elements(deletes: &[Element], adds: &[Element]) -> Result<(), NetlinkE
     }
 }
 
-/// The elements `specs` need for `target`: mappings, then interfaces, hairpin and
-/// protected targets, with everything resolved and checked.
+/// A publish, resolved and checked: its targets, its mappings, and the elements they
+/// need (mappings first, then interfaces, hairpin pairs and protected targets).
+struct Prepared {
+    resolved: Vec<Resolved>,
+    mappings: Vec<Mapping>,
+    elements: Vec<Element>,
+}
+
 fn prepare_publish(
     target: &Target,
     options: &PublishOptions,
     specs: &[PublishSpec],
-) -> Result<(Vec<Resolved>, Vec<Mapping>, Vec<Element>), Error> {
+) -> Result<Prepared, Error> {
     let resolved = resolve(target, options.via.as_deref())?;
     check_local(specs)?;
     let mut mappings = plan(&resolved, specs)?;
@@ -426,7 +432,11 @@ fn prepare_publish(
     }
     let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     elements.extend(helpers_for(&mappings));
-    Ok((resolved, mappings, elements))
+    Ok(Prepared {
+        resolved,
+        mappings,
+        elements,
+    })
 }
 
 /// The helper elements `mappings` need: the interfaces toward their targets, the
@@ -442,7 +452,10 @@ fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Eleme
             needed.push(Element::target(mapping.to_addr));
         }
         for element in needed {
-            if !helpers.iter().any(|h| h.set == element.set && h.key == element.key) {
+            if !helpers
+                .iter()
+                .any(|h| h.set == element.set && h.key == element.key)
+            {
                 helpers.push(element);
             }
         }
@@ -469,7 +482,11 @@ pub fn publish(
     specs: &[PublishSpec],
 ) -> Result<Vec<Mapping>, Error> {
     settings::check_guard()?;
-    let (resolved, mappings, elements) = prepare_publish(target, options, specs)?;
+    let Prepared {
+        resolved,
+        mappings,
+        elements,
+    } = prepare_publish(target, options, specs)?;
     match commit_elements(&[], &elements) {
         Ok(()) => {}
         Err(NetlinkError::Kernel {
@@ -501,7 +518,9 @@ pub fn publish_dry_run(
     options: &PublishOptions,
     specs: &[PublishSpec],
 ) -> Result<Plan, Error> {
-    let (_, mappings, elements) = prepare_publish(target, options, specs)?;
+    let Prepared {
+        mappings, elements, ..
+    } = prepare_publish(target, options, specs)?;
     Ok(Plan {
         create_table: !nftables::table_exists().map_err(kernel)?,
         add: elements,
@@ -637,15 +656,13 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
     Ok(mappings
         .into_iter()
         .zip(stale)
-        .map(|((mapping, (packets, bytes)), stale)| {
-            Listing {
-                shadows: sockets.shadowed_by(&mapping),
-                stale,
-                loopback: mapping.serves_loopback(),
-                packets,
-                bytes,
-                mapping,
-            }
+        .map(|((mapping, (packets, bytes)), stale)| Listing {
+            shadows: sockets.shadowed_by(&mapping),
+            stale,
+            loopback: mapping.serves_loopback(),
+            packets,
+            bytes,
+            mapping,
         })
         .collect())
 }
@@ -746,20 +763,28 @@ fn transition(current: &[Mapping], desired: &[Mapping], dry_run: bool) -> Result
         settings::turn_on(&mapping.via, port.as_ref(), std::slice::from_ref(mapping))?;
     }
     settings::put_back_unneeded(desired)?;
-    forget_flows(&removed, |mapping, flow| flow.reply_src == Some(mapping.to_addr))?;
+    forget_flows(&removed, |mapping, flow| {
+        flow.reply_src == Some(mapping.to_addr)
+    })?;
     forget_new_paths(&added)?;
     Ok(plan)
 }
 
 /// The bridge port of a mapping's namespace, found through the namespace it records.
-pub(crate) fn bridge_port_of(mapping: &Mapping, via: &rtnetlink::Link) -> Result<Option<rtnetlink::Link>, Error> {
+pub(crate) fn bridge_port_of(
+    mapping: &Mapping,
+    via: &rtnetlink::Link,
+) -> Result<Option<rtnetlink::Link>, Error> {
     let Some(name) = &mapping.netns else {
         return Ok(None);
     };
     let Ok(namespace) = Namespace::open(name) else {
         return Ok(None);
     };
-    if mapping.netns_inode.is_some_and(|inode| inode != namespace.inode) {
+    if mapping
+        .netns_inode
+        .is_some_and(|inode| inode != namespace.inode)
+    {
         return Ok(None);
     }
     let peer = namespace
@@ -815,7 +840,10 @@ fn chosen_by_specs(all: &[Mapping], specs: &[HostSpec]) -> Result<Vec<Mapping>, 
 
 /// Everything but `chosen`.
 fn without(all: &[Mapping], chosen: &[Mapping]) -> Vec<Mapping> {
-    all.iter().filter(|m| !chosen.contains(m)).cloned().collect()
+    all.iter()
+        .filter(|m| !chosen.contains(m))
+        .cloned()
+        .collect()
 }
 
 /// Unpublishes the host ports of `specs`, in one batch; all or nothing: when one is not
@@ -850,7 +878,10 @@ pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
             if addrs.is_empty() {
                 return Err(Error::NoAddress(name.to_string()));
             }
-            all.iter().filter(|m| addrs.contains(&m.to_addr)).cloned().collect()
+            all.iter()
+                .filter(|m| addrs.contains(&m.to_addr))
+                .cloned()
+                .collect()
         }
         Err(NamespaceError::NotFound(_)) => {
             let made_for: Vec<Mapping> = all
@@ -915,9 +946,15 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
     for mapping in mappings {
         check_ifname(&mapping.via)?;
         if mapping.via.is_empty() {
-            return Err(Error::File(format!("{} has no \"via\" interface", host_label(mapping))));
+            return Err(Error::File(format!(
+                "{} has no \"via\" interface",
+                host_label(mapping)
+            )));
         }
-        if mapping.host_addr.is_some_and(|addr| addr.is_ipv6() != mapping.is_ipv6()) {
+        if mapping
+            .host_addr
+            .is_some_and(|addr| addr.is_ipv6() != mapping.is_ipv6())
+        {
             return Err(Error::File(format!(
                 "{} mixes IPv4 and IPv6",
                 host_label(mapping)
@@ -926,14 +963,14 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
         if mapping.host_port == 0 || mapping.to_port == 0 {
             return Err(Error::File(format!("{} has port 0", host_label(mapping))));
         }
-        if let Some(first) = seen.insert((mapping.set(), mapping.key()), mapping) {
-            if first != mapping {
-                return Err(Error::Duplicate {
-                    spec: host_label(mapping),
-                    first: target_label(first),
-                    second: target_label(mapping),
-                });
-            }
+        if let Some(first) = seen.insert((mapping.set(), mapping.key()), mapping)
+            && first != mapping
+        {
+            return Err(Error::Duplicate {
+                spec: host_label(mapping),
+                first: target_label(first),
+                second: target_label(mapping),
+            });
         }
     }
     Ok(())
@@ -979,6 +1016,8 @@ pub fn flush(dry_run: bool) -> Result<Plan, Error> {
         other => other.map_err(kernel)?,
     }
     settings::put_back_everything()?;
-    forget_flows(&all, |mapping, flow| flow.reply_src == Some(mapping.to_addr))?;
+    forget_flows(&all, |mapping, flow| {
+        flow.reply_src == Some(mapping.to_addr)
+    })?;
     Ok(plan)
 }

@@ -169,7 +169,10 @@ fn one_line(message: &str) -> String {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    let mut print = |text: String| out.write_all(text.as_bytes()).context("cannot write to stdout");
+    let mut print = |text: String| {
+        out.write_all(text.as_bytes())
+            .context("cannot write to stdout")
+    };
     match cli.command {
         Command::Add(args) => {
             let target = match (args.target.netns, args.target.to) {
@@ -199,7 +202,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ls { json } => {
             let listings = nsport::list_status()?;
-            print(if json { to_json(&listings)? } else { table(&listings) })?;
+            print(if json {
+                to_json(&listings)?
+            } else {
+                table(&listings)
+            })?;
         }
         Command::Flush { dry_run } => {
             let plan = nsport::flush(dry_run)?;
@@ -296,8 +303,9 @@ fn to_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
 struct StderrLogger;
 
 impl log::Log for StderrLogger {
+    /// nsport's own records only: the netlink crates log every message they send.
     fn enabled(&self, metadata: &log::Metadata) -> bool {
-        metadata.level() <= log::max_level()
+        metadata.level() <= log::max_level() && metadata.target().starts_with("nsport")
     }
 
     fn log(&self, record: &log::Record) {

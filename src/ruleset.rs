@@ -950,10 +950,14 @@ fn base_rules() -> Vec<RuleDef> {
 /// It starts by deleting any table of the name, so that loading it twice does not
 /// duplicate the rules.
 pub fn table_script() -> String {
-    let mut out = format!("table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n");
+    let mut out =
+        format!("table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n");
     for set in sets() {
         let kind = if set.is_map() { "map" } else { "set" };
-        out.push_str(&format!("\t{kind} {} {{\n\t\ttype {}\n", set.name, set.nft_type));
+        out.push_str(&format!(
+            "\t{kind} {} {{\n\t\ttype {}\n",
+            set.name, set.nft_type
+        ));
         if set.counter {
             out.push_str("\t\tcounter\n");
         }
@@ -982,7 +986,11 @@ pub fn table_script() -> String {
         for rule in rules.iter().filter(|rule| rule.chain == chain.name) {
             out.push_str(&format!("\t\t{}\n", rule.nft));
         }
-        out.push_str(if i + 1 < chains.len() { "\t}\n\n" } else { "\t}\n" });
+        out.push_str(if i + 1 < chains.len() {
+            "\t}\n\n"
+        } else {
+            "\t}\n"
+        });
     }
     out.push_str("}\n");
     out
@@ -1053,7 +1061,7 @@ impl Mapping {
     }
 
     /// Whether the mapping can be reached through the host's loopback. Only IPv4 can:
-    /// 127.0.0.1 is DNATed with route_localnet on `via`; [::1] never is.
+    /// 127.0.0.1 is DNATed with route_localnet on `via`; `[::1]` never is.
     pub fn serves_loopback(&self) -> bool {
         !self.is_ipv6() && self.host_addr.is_none_or(|addr| addr.is_loopback())
     }
@@ -1216,7 +1224,10 @@ impl Element {
 
     /// `delete element inet nsport SET { KEY }`
     pub fn nft_delete(&self) -> String {
-        format!("delete element inet {TABLE} {} {{ {} }}", self.set, self.key_text)
+        format!(
+            "delete element inet {TABLE} {} {{ {} }}",
+            self.set, self.key_text
+        )
     }
 
     /// A target protected from direct access.

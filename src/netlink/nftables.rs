@@ -81,7 +81,13 @@ pub fn commit_to(table: &str, changes: &[Change<'_>]) -> Result<(), NetlinkError
     let mut batch = Batch::new();
     for change in changes {
         log::debug!("netlink: {}", describe(change));
-        batch.add(&Message { table, change: *change }, MsgType::Add);
+        batch.add(
+            &Message {
+                table,
+                change: *change,
+            },
+            MsgType::Add,
+        );
     }
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
