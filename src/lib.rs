@@ -335,6 +335,11 @@ fn plan(resolved: &[Resolved], specs: &[PublishSpec]) -> Result<Vec<Mapping>, Er
                     netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
                     allow_direct: false,
                 };
+                // One spec cannot name a host port twice; only several can.
+                if specs.len() == 1 {
+                    mappings.push(mapping);
+                    continue;
+                }
                 match seen.get(&(mapping.set(), mapping.key())) {
                     Some(&first) if mappings[first] != mapping => {
                         return Err(Error::Duplicate {
@@ -430,7 +435,19 @@ fn prepare_publish(
     if !options.force {
         check_host_ports(&mappings)?;
     }
-    let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
+    // The mappings of one target share their comment.
+    let mut comments: Vec<(IpAddr, String)> = Vec::new();
+    let mut elements: Vec<Element> = Vec::with_capacity(mappings.len() + 6);
+    for mapping in &mappings {
+        let comment = match comments.iter().find(|(addr, _)| *addr == mapping.to_addr) {
+            Some((_, comment)) => comment.clone(),
+            None => {
+                comments.push((mapping.to_addr, mapping.comment()));
+                mapping.comment()
+            }
+        };
+        elements.push(Element::mapping_with_comment(mapping, comment));
+    }
     elements.extend(helpers_for(&mappings));
     Ok(Prepared {
         resolved,
@@ -493,7 +510,7 @@ pub fn publish(
             index: Some(index),
             error,
         }) if error.raw_os_error() == Some(libc::EEXIST) && index < mappings.len() => {
-            return Err(conflict(&mappings[index]));
+            return Err(conflict(&mappings[index..]));
         }
         Err(error) => return Err(kernel(error)),
     }
@@ -530,10 +547,16 @@ pub fn publish_dry_run(
 }
 
 /// A UDP flow already running to a newly published host port keeps its old path until its
-/// conntrack entry goes; TCP flows there are the host's own connections and are left alone.
+/// conntrack entry goes; TCP flows there are the host's own connections and are left alone,
+/// and a TCP-only publish does not read the conntrack table at all.
 fn forget_new_paths(added: &[Mapping]) -> Result<(), Error> {
-    forget_flows(added, |mapping, flow| {
-        mapping.proto == Proto::Udp && flow.reply_src != Some(mapping.to_addr)
+    let udp: Vec<Mapping> = added
+        .iter()
+        .filter(|m| m.proto == Proto::Udp)
+        .cloned()
+        .collect();
+    forget_flows(&udp, |mapping, flow| {
+        flow.reply_src != Some(mapping.to_addr)
     })
 }
 
@@ -559,15 +582,25 @@ fn warn_about_other_firewalls() {
     }
 }
 
-/// Names the mapping that already holds the host port `wanted` asked for.
-fn conflict(wanted: &Mapping) -> Error {
-    let existing = nftables::get_element(wanted.set(), &wanted.key())
-        .ok()
-        .flatten()
-        .and_then(|element| mapping_of(wanted.set(), &element));
+/// Names the first of `wanted` whose host port another mapping holds, and that mapping.
+/// The kernel names the message it refused, which may carry many elements: the one that
+/// clashed is the first whose key is taken by other data.
+fn conflict(wanted: &[Mapping]) -> Error {
+    for mapping in wanted {
+        let existing = nftables::get_element(mapping.set(), &mapping.key())
+            .ok()
+            .flatten()
+            .and_then(|element| mapping_of(mapping.set(), &element));
+        if let Some(existing) = existing.filter(|existing| existing.data() != mapping.data()) {
+            return Error::Conflict {
+                host: host_label(mapping),
+                existing: target_label(&existing),
+            };
+        }
+    }
     Error::Conflict {
-        host: host_label(wanted),
-        existing: existing.map_or_else(|| "another target".to_string(), |m| target_label(&m)),
+        host: wanted.first().map(host_label).unwrap_or_default(),
+        existing: "another target".to_string(),
     }
 }
 
@@ -750,7 +783,7 @@ fn transition(current: &[Mapping], desired: &[Mapping], dry_run: bool) -> Result
             index: Some(index),
             error,
         }) if error.raw_os_error() == Some(libc::EEXIST) && index < added.len() => {
-            return Err(conflict(&added[index]));
+            return Err(conflict(&added[index..]));
         }
         Err(error) => return Err(kernel(error)),
     }

@@ -1158,24 +1158,21 @@ pub struct Element {
     pub key: Vec<u8>,
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
-    /// The key and data as nft writes them, for dry runs and scripts.
-    pub key_text: String,
-    pub data_text: Option<String>,
 }
 
 impl Element {
     pub fn mapping(mapping: &Mapping) -> Element {
-        let service = format!("{} . {}", mapping.proto, mapping.host_port);
+        Element::mapping_with_comment(mapping, mapping.comment())
+    }
+
+    /// The same with the comment given: many mappings of one publish share it, and
+    /// formatting it once per element is most of the cost of a large range.
+    pub fn mapping_with_comment(mapping: &Mapping, comment: String) -> Element {
         Element {
             set: mapping.set(),
             key: mapping.key(),
             data: Some(mapping.data()),
-            comment: Some(mapping.comment()),
-            key_text: match mapping.host_addr {
-                Some(addr) => format!("{addr} . {service}"),
-                None => service,
-            },
-            data_text: Some(format!("{} . {}", mapping.to_addr, mapping.to_port)),
+            comment: Some(comment),
         }
     }
 
@@ -1185,9 +1182,43 @@ impl Element {
             key: ifname_bytes(name).to_vec(),
             data: None,
             comment: None,
-            key_text: format!("{name:?}"),
-            data_text: None,
         }
+    }
+
+    /// The key as nft writes it, read back from its bytes.
+    fn key_text(&self) -> String {
+        match self.set {
+            SET_IFACES => {
+                let name = self.key.split(|b| *b == 0).next().unwrap_or_default();
+                format!("{:?}", String::from_utf8_lossy(name))
+            }
+            SET_HAIRPIN4 | SET_HAIRPIN6 => match addr_from(&self.key[..self.key.len() / 2]) {
+                Some(addr) => format!("{addr} . {addr}"),
+                None => String::new(),
+            },
+            SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
+            _ => {
+                let cut = self.key.len().saturating_sub(8);
+                let (host, service) = self.key.split_at(cut);
+                let host = addr_from(host)
+                    .map(|addr| format!("{addr} . "))
+                    .unwrap_or_default();
+                let proto = Proto::from_number(service[0]).map_or("?".into(), |p| p.to_string());
+                let port = u16::from_be_bytes([service[4], service[5]]);
+                format!("{host}{proto} . {port}")
+            }
+        }
+    }
+
+    /// The map data as nft writes it: `ADDR . PORT`.
+    fn data_text(&self) -> Option<String> {
+        let data = self.data.as_ref()?;
+        let (addr, port) = data.split_at(data.len() - 4);
+        let port = u16::from_be_bytes([port[0], port[1]]);
+        Some(format!("{} . {port}", addr_from(addr)?))
     }
 
     /// The element of a helper set (interfaces, hairpin or targets) with this key.
@@ -1212,13 +1243,13 @@ impl Element {
             .map(|c| format!(" comment {c:?}"))
             .unwrap_or_default();
         let data = self
-            .data_text
-            .as_ref()
+            .data_text()
             .map(|d| format!(" : {d}"))
             .unwrap_or_default();
         format!(
             "add element inet {TABLE} {} {{ {}{comment}{data} }}",
-            self.set, self.key_text
+            self.set,
+            self.key_text()
         )
     }
 
@@ -1226,7 +1257,8 @@ impl Element {
     pub fn nft_delete(&self) -> String {
         format!(
             "delete element inet {TABLE} {} {{ {} }}",
-            self.set, self.key_text
+            self.set,
+            self.key_text()
         )
     }
 
@@ -1241,8 +1273,6 @@ impl Element {
             key: addr_bytes(target),
             data: None,
             comment: None,
-            key_text: target.to_string(),
-            data_text: None,
         }
     }
 
@@ -1257,8 +1287,6 @@ impl Element {
             key: [addr_bytes(target), addr_bytes(target)].concat(),
             data: None,
             comment: None,
-            key_text: format!("{target} . {target}"),
-            data_text: None,
         }
     }
 

@@ -402,3 +402,23 @@ fn first_publishes_racing_in_one_process_create_one_table() {
         lab.nsport_ok(&["flush"]);
     }
 }
+
+#[test]
+fn a_first_publish_of_ten_thousand_ports_lands_whole() {
+    // The elements-only attempt fails with one ENOENT per message when there is no table;
+    // those answers once overflowed the socket and were read as success.
+    let lab = Lab::new(BrNetfilter::Off);
+    let _server = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 29999);
+    lab.nsport_ok(&["add", "--to", "10.77.0.2", "20000-29999"]);
+    let listing: serde_json::Value =
+        serde_json::from_str(&lab.nsport_ok(&["ls", "--json"])).unwrap();
+    assert_eq!(listing.as_array().unwrap().len(), 10_000);
+    assert_eq!(lab.tcp("out", HOST_OUT, 29999), some(OUT));
+    // A conflict deep inside a message of many elements is still named exactly.
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "29990-30010"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("host port 29990/tcp is already published to 10.77.0.2:29990"),
+        "{stderr}"
+    );
+}

@@ -76,73 +76,104 @@ pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
     commit_to(TABLE, changes)
 }
 
+/// The most elements one message carries: about 200 bytes each, they stay well inside the
+/// 64 KiB a netlink message may hold.
+const ELEMENTS_PER_MESSAGE: usize = 200;
+
+/// Splits changes into messages: consecutive additions (or deletions) of elements of one
+/// set share a message, which saves the kernel and libnftnl per-message work. Each message
+/// remembers the index of its first change.
+fn messages<'a>(table: &'a str, changes: &[Change<'a>]) -> Vec<(usize, Message<'a>)> {
+    let mut messages: Vec<(usize, Message<'a>)> = Vec::new();
+    for (index, change) in changes.iter().enumerate() {
+        let element = match change {
+            Change::AddElement(element) => Some((true, *element)),
+            Change::DelElement(element) => Some((false, *element)),
+            _ => None,
+        };
+        if let (Some((add, element)), Some((_, last))) = (element, messages.last_mut())
+            && let Part::Elements {
+                add: last_add,
+                elements,
+            } = &mut last.part
+            && *last_add == add
+            && elements[0].set == element.set
+            && elements.len() < ELEMENTS_PER_MESSAGE
+        {
+            elements.push(element);
+            continue;
+        }
+        let part = match element {
+            Some((add, element)) => Part::Elements {
+                add,
+                elements: vec![element],
+            },
+            None => Part::Object(*change),
+        };
+        messages.push((index, Message { table, part }));
+    }
+    messages
+}
+
 /// The same for another table: `nsport doctor` probes with a throwaway one.
 pub fn commit_to(table: &str, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
-    let mut batch = Batch::new();
     for change in changes {
         log::debug!("netlink: {}", describe(change));
-        batch.add(
-            &Message {
-                table,
-                change: *change,
-            },
-            MsgType::Add,
-        );
+    }
+    let messages = messages(table, changes);
+    let mut batch = Batch::new();
+    for (_, message) in &messages {
+        batch.add(message, MsgType::Add);
     }
     let batch = batch.finalize();
     let seqs = batch.sequence_numbers();
     // From Linux 6.10 the batch's begin and end messages are acknowledged too and nftnl
-    // gives them the first and last sequence numbers; before, only the changes are.
-    let frame_acked = seqs.len() == changes.len() + 2;
-    let first_change_seq = seqs.start + u32::from(frame_acked);
+    // gives them the first and last sequence numbers; before, only the messages are.
+    let frame_acked = seqs.len() == messages.len() + 2;
+    let first_message_seq = seqs.start + u32::from(frame_acked);
     let last_seq = seqs.end - 1;
 
     let pages: Vec<&[u8]> = batch.iter().collect();
-    let socket = open(pages.iter().map(|page| page.len()).sum(), seqs.len())?;
+    let socket = open(
+        pages.iter().map(|page| page.len()).sum(),
+        seqs.len() as usize,
+    )?;
     send_batch(&socket, &pages)?;
 
-    // The kernel handles a batch inside sendmsg(), so every answer is queued by now: an
-    // error for each refused message, whatever its flags, and on success the end message's
-    // acknowledgement (Linux 6.10 and later). After a refusal the end message is not
-    // answered, and before 6.10 success is silence; either way an empty queue is the end.
+    // The kernel handles a batch inside sendmsg(), so every answer is queued by now, in
+    // sequence order: an error for each refused message, whatever its flags, and on success
+    // the end message's acknowledgement (Linux 6.10 and later). The first error is the one
+    // reported, and the rest (a refused batch of 10,000 elements queues 10,000) are
+    // dropped with the socket. Before 6.10 success is silence, so an empty queue ends it.
     let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
     let mut first_error: Option<(u32, i32)> = None;
-    loop {
-        let wait = frame_acked && first_error.is_none();
-        let len = match receive(&socket, &mut buffer, wait) {
+    'answers: loop {
+        let len = match receive(&socket, &mut buffer, frame_acked) {
             Ok(len) => len,
             Err(NetlinkError::Receive(error)) if error.kind() == io::ErrorKind::WouldBlock => {
                 break;
             }
-            // Answers beyond the receive buffer were dropped; the first refusal, which is
-            // all that is reported, was queued before them.
-            Err(NetlinkError::Receive(error)) if error.raw_os_error() == Some(libc::ENOBUFS) => {
-                continue;
-            }
             Err(error) => return Err(error),
         };
-        let mut done = false;
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             if reply.kind == NLMSG_ERROR && reply.errno != 0 {
-                let seen = first_error.map_or(u32::MAX, |(seq, _)| seq);
-                if reply.seq < seen {
-                    first_error = Some((reply.seq, reply.errno));
-                }
+                first_error = Some((reply.seq, reply.errno));
+                break 'answers;
             }
-            done |= reply.seq == last_seq && first_error.is_none();
-        }
-        if done {
-            break;
+            if reply.seq == last_seq {
+                break 'answers;
+            }
         }
     }
     match first_error {
         None => Ok(()),
+        // A message of several elements names its first; the caller finds which one.
         Some((seq, errno)) => Err(NetlinkError::Kernel {
             index: seq
-                .checked_sub(first_change_seq)
-                .map(|i| i as usize)
-                .filter(|i| *i < changes.len()),
+                .checked_sub(first_message_seq)
+                .and_then(|i| messages.get(i as usize))
+                .map(|(index, _)| *index),
             error: io::Error::from_raw_os_error(errno),
         }),
     }
@@ -323,8 +354,6 @@ pub fn get_element(set: &str, key: &[u8]) -> Result<Option<ElementDump>, Netlink
         key: key.to_vec(),
         data: None,
         comment: None,
-        key_text: String::new(),
-        data_text: None,
     };
     // SAFETY: the set takes ownership of the element.
     unsafe { sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(&probe)) };
@@ -351,6 +380,9 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
     let timeout = TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(set_error)?;
+    // Errors then carry the refused message's header only, not all of it: a refused
+    // message of 200 elements would otherwise be echoed whole.
+    socket::setsockopt(&fd, NetlinkCapAck, &true).map_err(set_error)?;
     // Past the default socket buffers (about 200 KiB), large batches would fail with
     // EMSGSIZE and their acknowledgements with ENOBUFS; root may raise both.
     if send_bytes > DEFAULT_SOCKET_BUFFER {
@@ -361,6 +393,31 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
         socket::setsockopt(&fd, sockopt::RcvBufForce, &receive_bytes).map_err(set_error)?;
     }
     Ok(socket)
+}
+
+/// `NETLINK_CAP_ACK`, which nix does not name.
+#[derive(Clone, Copy)]
+struct NetlinkCapAck;
+
+impl socket::SetSockOpt for NetlinkCapAck {
+    type Val = bool;
+
+    fn set<F: std::os::fd::AsFd>(&self, fd: &F, value: &bool) -> nix::Result<()> {
+        const SOL_NETLINK: libc::c_int = 270;
+        const NETLINK_CAP_ACK: libc::c_int = 10;
+        let value = libc::c_int::from(*value);
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let result = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+                SOL_NETLINK,
+                NETLINK_CAP_ACK,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        nix::errno::Errno::result(result).map(drop)
+    }
 }
 
 /// Reads what the kernel queued; without `wait`, an empty queue is `WouldBlock`.
@@ -595,10 +652,19 @@ impl Drop for SetHandle {
     }
 }
 
-/// A `Change` to `table`, as the message nftnl's batch writes.
+/// One message of a batch: a change to an object, or elements of one set.
+enum Part<'a> {
+    Object(Change<'a>),
+    Elements {
+        add: bool,
+        elements: Vec<&'a Element>,
+    },
+}
+
+/// A message to `table`, as nftnl's batch writes it.
 struct Message<'a> {
     table: &'a str,
-    change: Change<'a>,
+    part: Part<'a>,
 }
 
 unsafe impl NlMsg for Message<'_> {
@@ -613,7 +679,28 @@ unsafe impl NlMsg for Message<'_> {
             let header = |kind: i32, flags: u16| {
                 sys::nftnl_nlmsg_build_hdr(buf, kind as u16, FAMILY_INET, flags, seq)
             };
-            match self.change {
+            let change = match &self.part {
+                Part::Elements { add, elements } => {
+                    let (kind, flags) = if *add {
+                        (libc::NFT_MSG_NEWSETELEM, create)
+                    } else {
+                        (libc::NFT_MSG_DELSETELEM, 0)
+                    };
+                    let handle = SetHandle::for_elements(
+                        self.table,
+                        elements[0].set,
+                        Some(elements[0].set_id()),
+                    );
+                    for element in elements {
+                        sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(element));
+                    }
+                    let nlh = header(kind, flags);
+                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
+                    return;
+                }
+                Part::Object(change) => *change,
+            };
+            match change {
                 Change::AddTable { exclusive } => {
                     let table = TableHandle::new(self.table);
                     let flags = if exclusive {
@@ -647,16 +734,8 @@ unsafe impl NlMsg for Message<'_> {
                     sys::nftnl_rule_nlmsg_build_payload(nlh, ptr);
                     sys::nftnl_rule_free(ptr);
                 }
-                Change::AddElement(element) | Change::DelElement(element) => {
-                    let (kind, flags) = match self.change {
-                        Change::AddElement(_) => (libc::NFT_MSG_NEWSETELEM, create),
-                        _ => (libc::NFT_MSG_DELSETELEM, 0),
-                    };
-                    let handle =
-                        SetHandle::for_elements(self.table, element.set, Some(element.set_id()));
-                    sys::nftnl_set_elem_add(handle.0.as_ptr(), element_object(element));
-                    let nlh = header(kind, flags);
-                    sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.0.as_ptr());
+                Change::AddElement(_) | Change::DelElement(_) => {
+                    unreachable!("elements travel as Part::Elements")
                 }
             }
         }
