@@ -134,10 +134,7 @@ pub fn commit_to(table: &str, changes: &[Change<'_>]) -> Result<(), NetlinkError
     let last_seq = seqs.end - 1;
 
     let pages: Vec<&[u8]> = batch.iter().collect();
-    let socket = open(
-        pages.iter().map(|page| page.len()).sum(),
-        seqs.len() as usize,
-    )?;
+    let socket = open(pages.iter().map(|page| page.len()).sum(), seqs.len())?;
     send_batch(&socket, &pages)?;
 
     // The kernel handles a batch inside sendmsg(), so every answer is queued by now, in
