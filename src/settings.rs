@@ -177,6 +177,11 @@ pub fn check_guard() -> Result<(), Error> {
     if record.originals.route_localnet.is_empty() {
         return Ok(());
     }
+    // The common case, guard in place, costs one round trip: the guard chain is there
+    // only when its table is.
+    if nftables::chain_exists(CHAIN_GUARD).map_err(kernel)? {
+        return Ok(());
+    }
     if !nftables::table_exists().map_err(kernel)? {
         let ifaces: Vec<String> = record.originals.route_localnet.keys().cloned().collect();
         log::warn!(
@@ -186,7 +191,7 @@ pub fn check_guard() -> Result<(), Error> {
         put_back_all(&mut record)?;
         return record.save().map_err(state);
     }
-    if !nftables::chain_exists(CHAIN_GUARD).map_err(kernel)? {
+    {
         log::warn!("the guard chain of table inet nsport was deleted; adding it back");
         let chains = ruleset::chains();
         let rules = ruleset::rules();

@@ -46,6 +46,8 @@ impl Originals {
 pub struct Record {
     file: Flock<File>,
     path: PathBuf,
+    /// As read, so that saving an unchanged record writes nothing.
+    read: Originals,
     pub originals: Originals,
 }
 
@@ -74,14 +76,21 @@ impl Record {
         Ok(Record {
             file,
             path,
+            read: originals.clone(),
             originals,
         })
     }
 
-    /// Writes the record back; an empty record removes the file.
+    /// Writes the record back when it changed; an empty record removes the file.
     pub fn save(mut self) -> io::Result<()> {
         if self.originals.is_empty() {
-            return fs::remove_file(&self.path);
+            return match fs::remove_file(&self.path) {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+        }
+        if self.originals == self.read {
+            return Ok(());
         }
         let text = serde_json::to_string(&self.originals).map_err(io::Error::other)?;
         self.file.set_len(0)?;
