@@ -8,7 +8,6 @@
 //! written into BENCHMARKS.md with the machine it ran on.
 
 #[path = "../tests/lab/mod.rs"]
-#[allow(dead_code)]
 mod lab;
 
 use std::fmt::Write as _;
