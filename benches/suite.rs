@@ -570,6 +570,9 @@ fn throughput(rows: &mut Vec<Row>) {
     });
 }
 
+/// A scenario adds its rows to the table.
+type Scenario = fn(&mut Vec<Row>);
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -608,7 +611,7 @@ fn main() {
     unsafe { std::env::set_var("NSPORT_STATE_DIR", &state) };
     let started = Instant::now();
     let mut rows = Vec::new();
-    let scenarios: [(&str, fn(&mut Vec<Row>)); 7] = [
+    let scenarios: [(&str, Scenario); 7] = [
         ("publish one port", publish_one),
         ("publish a range", publish_range),
         ("data path", data_path),
