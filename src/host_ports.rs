@@ -115,6 +115,8 @@ mod tests {
             netns: None,
             netns_inode: None,
             allow_direct: false,
+            container: None,
+            container_ifname: None,
         }
     }
 

@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+pub mod cni;
 pub mod doctor;
 mod firewalls;
 mod host_ports;
@@ -185,9 +186,9 @@ fn state(error: io::Error) -> Error {
 
 /// The target of a publish in one address family, resolved: address, interface toward
 /// it, and the bridge port that needs hairpin mode.
-struct Resolved {
+pub(crate) struct Resolved {
     addr: IpAddr,
-    via: rtnetlink::Link,
+    pub(crate) via: rtnetlink::Link,
     netns: Option<(String, u64)>,
     bridge_port: Option<rtnetlink::Link>,
 }
@@ -201,7 +202,7 @@ fn check_ifname(name: &str) -> Result<(), Error> {
 
 /// Resolves the target in each address family it has: one address for `--to`, the
 /// namespace's first global IPv4 and IPv6 addresses for `--netns`.
-fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Error> {
+pub(crate) fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Error> {
     if let Some(name) = via {
         check_ifname(name)?;
     }
@@ -334,6 +335,8 @@ fn plan(resolved: &[Resolved], specs: &[PublishSpec]) -> Result<Vec<Mapping>, Er
                     netns: target.netns.as_ref().map(|(name, _)| name.clone()),
                     netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
                     allow_direct: false,
+                    container: None,
+                    container_ifname: None,
                 };
                 // One spec cannot name a host port twice; only several can.
                 if specs.len() == 1 {
@@ -739,7 +742,11 @@ fn existing_helpers() -> Result<Vec<Element>, Error> {
 /// what is not desired, adds what is missing, leaves matching mappings (and their
 /// connections) alone, and keeps the helper elements to what `desired` needs. Then turns
 /// on and puts back settings, and forgets the flows whose path changed.
-fn transition(current: &[Mapping], desired: &[Mapping], dry_run: bool) -> Result<Plan, Error> {
+pub(crate) fn transition(
+    current: &[Mapping],
+    desired: &[Mapping],
+    dry_run: bool,
+) -> Result<Plan, Error> {
     let removed: Vec<Mapping> = current
         .iter()
         .filter(|m| !desired.contains(m))

@@ -124,7 +124,45 @@ struct RmCommand {
     dry_run: bool,
 }
 
+/// The CNI plugin: the runtime sets CNI_COMMAND and gives the configuration on stdin;
+/// results and errors are JSON on stdout.
+fn cni_main(command: &str) -> ExitCode {
+    let mut config = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut config) {
+        let error = nsport::cni::CniError {
+            code: nsport::cni::code::IO_FAILURE,
+            msg: "cannot read the network configuration from stdin".into(),
+            details: error.to_string(),
+        };
+        println!("{}", error.to_json("1.1.0"));
+        return ExitCode::FAILURE;
+    }
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let invocation = nsport::cni::Invocation {
+        command,
+        env: &env,
+        config: &config,
+    };
+    match nsport::cni::run(&invocation) {
+        Ok(output) => {
+            if !output.is_empty() {
+                println!("{output}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            println!("{}", error.to_json(&nsport::cni::version_of(&config)));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    if let Ok(command) = std::env::var("CNI_COMMAND") {
+        log::set_max_level(log::LevelFilter::Warn);
+        let _ = log::set_logger(&StderrLogger);
+        return cni_main(&command);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Help and version go to stdout with success.
@@ -347,7 +385,12 @@ fn table(listings: &[Listing]) -> String {
                 host,
                 with_port(m.to_addr, m.to_port),
                 m.via.clone(),
-                m.netns.clone().unwrap_or_else(|| "-".into()),
+                match (&m.container, &m.netns) {
+                    // Container IDs are long; twelve characters name one, as Docker shows.
+                    (Some(id), _) => format!("cni:{}", &id[..id.len().min(12)]),
+                    (None, Some(netns)) => netns.clone(),
+                    (None, None) => "-".into(),
+                },
                 listing.packets.to_string(),
                 listing.bytes.to_string(),
                 status,

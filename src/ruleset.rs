@@ -1043,6 +1043,12 @@ pub struct Mapping {
     /// ports.
     #[serde(default)]
     pub allow_direct: bool,
+    /// Made by the CNI plugin for this container (`CNI_CONTAINERID`) …
+    #[serde(default)]
+    pub container: Option<String>,
+    /// … and this interface of it (`CNI_IFNAME`).
+    #[serde(default)]
+    pub container_ifname: Option<String>,
 }
 
 impl Mapping {
@@ -1099,6 +1105,10 @@ impl Mapping {
         if self.allow_direct {
             comment.push_str(" direct=allow");
         }
+        if let Some(container) = &self.container {
+            let ifname = self.container_ifname.as_deref().unwrap_or_default();
+            comment.push_str(&format!(" cni={container}/{ifname}"));
+        }
         comment
     }
 
@@ -1128,8 +1138,15 @@ impl Mapping {
         let mut netns = None;
         let mut netns_inode = None;
         let mut allow_direct = false;
+        let mut container = None;
+        let mut container_ifname = None;
         for field in comment.unwrap_or_default().split(' ') {
             match field.split_once('=') {
+                Some(("cni", value)) => {
+                    let (id, ifname) = value.split_once('/').unwrap_or((value, ""));
+                    container = Some(id.to_string());
+                    container_ifname = (!ifname.is_empty()).then(|| ifname.to_string());
+                }
                 Some(("via", value)) => via = value.to_string(),
                 Some(("netns", value)) => netns = Some(value.to_string()),
                 Some(("ino", value)) => netns_inode = value.parse().ok(),
@@ -1147,6 +1164,8 @@ impl Mapping {
             netns,
             netns_inode,
             allow_direct,
+            container,
+            container_ifname,
         })
     }
 }
@@ -1310,6 +1329,8 @@ mod tests {
             netns: Some("ns1".into()),
             netns_inode: Some(4026532000),
             allow_direct: false,
+            container: None,
+            container_ifname: None,
         }
     }
 

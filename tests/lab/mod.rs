@@ -175,6 +175,12 @@ impl Lab {
         lab
     }
 
+    /// Adds a namespace with no interfaces, deleted with the lab.
+    pub fn add_namespace(&mut self, role: &'static str) {
+        sh(&["ip", "netns", "add", &self.ns(role)]);
+        self.roles.push(role);
+    }
+
     /// The namespace name of a role.
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
