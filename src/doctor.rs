@@ -209,7 +209,8 @@ pub fn run() -> Vec<Check> {
         let mappings = crate::list()?;
         let mut checks = forwarding(&mappings);
         checks.extend(br_netfilter(&mappings)?);
-        let dropping = firewalls::dropping_forward_chains().map_err(kernel)?;
+        let chains = nftables::dump_base_chains().map_err(kernel)?;
+        let dropping = firewalls::dropping_forward_chains(&chains);
         if dropping.is_empty() {
             checks.push(pass(
                 "other firewalls",

@@ -5,7 +5,7 @@
 //! published ports from outside whatever nsport accepts; the user is told which chain and
 //! what rule lets the traffic through.
 
-use crate::netlink::nftables::{self, ChainDump};
+use crate::netlink::nftables::ChainDump;
 use crate::ruleset::TABLE;
 
 const NF_DROP: u32 = 0;
@@ -22,10 +22,10 @@ fn family_name(family: u32) -> &'static str {
     }
 }
 
-/// Forward chains of other tables whose policy is drop, each with the advice to give.
-pub fn dropping_forward_chains() -> Result<Vec<String>, crate::netlink::NetlinkError> {
-    let chains = nftables::dump_base_chains()?;
-    Ok(chains
+/// Forward chains of other tables whose policy is drop, among `chains` (a dump of every
+/// base chain), each with the advice to give.
+pub fn dropping_forward_chains(chains: &[ChainDump]) -> Vec<String> {
+    chains
         .iter()
         .filter(|chain| is_dropping_forward(chain))
         .map(|chain| {
@@ -37,7 +37,7 @@ pub fn dropping_forward_chains() -> Result<Vec<String>, crate::netlink::NetlinkE
                 chain.table, chain.name, chain.table, chain.name
             )
         })
-        .collect())
+        .collect()
 }
 
 fn is_dropping_forward(chain: &ChainDump) -> bool {

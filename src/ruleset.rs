@@ -320,112 +320,88 @@ fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -
     out
 }
 
-/// The sets and maps, in the order `nft list` shows them.
-pub fn sets() -> Vec<SetDef> {
+/// The maps and sets of one address family: any-address and one-address maps, hairpin
+/// pairs, and targets protected from direct access, with their set ids.
+fn family_sets(v6: bool, ids: [u32; 4]) -> [SetDef; 4] {
     use datatype::*;
-    let target = (concat(&[IPADDR, INET_SERVICE]), 8);
-    let target6 = (concat(&[IP6ADDR, INET_SERVICE]), 20);
-    vec![
+    let (addr, addr_len) = if v6 { (IP6ADDR, 16) } else { (IPADDR, 4) };
+    let target = Some((concat(&[addr, INET_SERVICE]), addr_len + 4));
+    let pick = |v4: &'static str, v6_name: &'static str| if v6 { v6_name } else { v4 };
+    let map = |name, nft_type, id, key_type, key_len| SetDef {
+        name,
+        nft_type,
+        id,
+        key_type,
+        key_len,
+        data: target,
+        counter: true,
+        userdata: set_userdata(0, Some(0), true),
+    };
+    [
         // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
-        SetDef {
-            name: SET_ANY4,
-            nft_type: "inet_proto . inet_service : ipv4_addr . inet_service",
-            id: 1,
-            key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
-            key_len: 8,
-            data: Some(target),
-            counter: true,
-            userdata: set_userdata(0, Some(0), true),
-        },
+        map(
+            pick(SET_ANY4, SET_ANY6),
+            pick(
+                "inet_proto . inet_service : ipv4_addr . inet_service",
+                "inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            ids[0],
+            concat(&[INET_PROTOCOL, INET_SERVICE]),
+            8,
+        ),
         // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-        SetDef {
-            name: SET_ADDR4,
-            nft_type: "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
-            id: 2,
-            key_type: concat(&[IPADDR, INET_PROTOCOL, INET_SERVICE]),
-            key_len: 12,
-            data: Some(target),
-            counter: true,
-            userdata: set_userdata(0, Some(0), true),
-        },
+        map(
+            pick(SET_ADDR4, SET_ADDR6),
+            pick(
+                "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+                "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            ids[1],
+            concat(&[addr, INET_PROTOCOL, INET_SERVICE]),
+            addr_len + 8,
+        ),
         // set hairpin4 { type ipv4_addr . ipv4_addr; }
         SetDef {
-            name: SET_HAIRPIN4,
-            nft_type: "ipv4_addr . ipv4_addr",
-            id: 3,
-            key_type: concat(&[IPADDR, IPADDR]),
-            key_len: 8,
+            name: pick(SET_HAIRPIN4, SET_HAIRPIN6),
+            nft_type: pick("ipv4_addr . ipv4_addr", "ipv6_addr . ipv6_addr"),
+            id: ids[2],
+            key_type: concat(&[addr, addr]),
+            key_len: 2 * addr_len,
             data: None,
             counter: false,
             userdata: set_userdata(0, None, true),
-        },
-        // set ifaces { type ifname; }
-        SetDef {
-            name: SET_IFACES,
-            nft_type: "ifname",
-            id: 4,
-            key_type: IFNAME,
-            key_len: IFNAME_LEN as u32,
-            data: None,
-            counter: false,
-            userdata: set_userdata(1, None, false),
         },
         // set targets4 { type ipv4_addr; }
         SetDef {
-            name: SET_TARGETS4,
-            nft_type: "ipv4_addr",
-            id: 5,
-            key_type: IPADDR,
-            key_len: 4,
-            data: None,
-            counter: false,
-            userdata: set_userdata(2, None, false),
-        },
-        // map any6 { type inet_proto . inet_service : ipv6_addr . inet_service; }
-        SetDef {
-            name: SET_ANY6,
-            nft_type: "inet_proto . inet_service : ipv6_addr . inet_service",
-            id: 6,
-            key_type: concat(&[INET_PROTOCOL, INET_SERVICE]),
-            key_len: 8,
-            data: Some(target6),
-            counter: true,
-            userdata: set_userdata(0, Some(0), true),
-        },
-        // map addr6 { type ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service; }
-        SetDef {
-            name: SET_ADDR6,
-            nft_type: "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
-            id: 7,
-            key_type: concat(&[IP6ADDR, INET_PROTOCOL, INET_SERVICE]),
-            key_len: 24,
-            data: Some(target6),
-            counter: true,
-            userdata: set_userdata(0, Some(0), true),
-        },
-        // set hairpin6 { type ipv6_addr . ipv6_addr; }
-        SetDef {
-            name: SET_HAIRPIN6,
-            nft_type: "ipv6_addr . ipv6_addr",
-            id: 8,
-            key_type: concat(&[IP6ADDR, IP6ADDR]),
-            key_len: 32,
-            data: None,
-            counter: false,
-            userdata: set_userdata(0, None, true),
-        },
-        // set targets6 { type ipv6_addr; }
-        SetDef {
-            name: SET_TARGETS6,
-            nft_type: "ipv6_addr",
-            id: 9,
-            key_type: IP6ADDR,
-            key_len: 16,
+            name: pick(SET_TARGETS4, SET_TARGETS6),
+            nft_type: pick("ipv4_addr", "ipv6_addr"),
+            id: ids[3],
+            key_type: addr,
+            key_len: addr_len,
             data: None,
             counter: false,
             userdata: set_userdata(2, None, false),
         },
     ]
+}
+
+/// The sets and maps, in the order `nft list` shows them.
+pub fn sets() -> Vec<SetDef> {
+    let [any4, addr4, hairpin4, targets4] = family_sets(false, [1, 2, 3, 5]);
+    // set ifaces { type ifname; }
+    let ifaces = SetDef {
+        name: SET_IFACES,
+        nft_type: "ifname",
+        id: 4,
+        key_type: datatype::IFNAME,
+        key_len: IFNAME_LEN as u32,
+        data: None,
+        counter: false,
+        userdata: set_userdata(1, None, false),
+    };
+    let mut sets = vec![any4, addr4, hairpin4, ifaces, targets4];
+    sets.extend(family_sets(true, [6, 7, 8, 9]));
+    sets
 }
 
 fn set_id(name: &str) -> u32 {

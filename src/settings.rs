@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::netlink::nftables::{self, Change};
+use crate::netlink::nftables::{self, ChainDump, Change};
 use crate::netlink::rtnetlink;
 use crate::ruleset::{self, CHAIN_GUARD, Mapping};
 use crate::state::{HairpinChange, Record};
@@ -173,16 +173,31 @@ fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {
 /// the table gone its mappings are gone too, so the settings are put back; with only the
 /// guard chain gone, the guard is put back.
 pub fn check_guard() -> Result<(), Error> {
+    if lock()?.originals.route_localnet.is_empty() {
+        return Ok(());
+    }
+    check_guard_given(&nftables::dump_base_chains().map_err(kernel)?)
+}
+
+/// The same, given a dump of every base chain, which tells whether the guard chain and
+/// its table exist.
+pub fn check_guard_given(chains: &[ChainDump]) -> Result<(), Error> {
     let mut record = lock()?;
     if record.originals.route_localnet.is_empty() {
         return Ok(());
     }
-    // The common case, guard in place, costs one round trip: the guard chain is there
-    // only when its table is.
-    if nftables::chain_exists(CHAIN_GUARD).map_err(kernel)? {
+    let ours = |chain: &&ChainDump| {
+        chain.family == libc::NFPROTO_INET as u32 && chain.table == ruleset::TABLE
+    };
+    if chains
+        .iter()
+        .filter(ours)
+        .any(|chain| chain.name == CHAIN_GUARD)
+    {
         return Ok(());
     }
-    if !nftables::table_exists().map_err(kernel)? {
+    // Every nsport table has base chains: none in the dump means no table.
+    if !chains.iter().any(|chain| ours(&chain)) {
         let ifaces: Vec<String> = record.originals.route_localnet.keys().cloned().collect();
         log::warn!(
             "table inet nsport was deleted by something else; putting back route_localnet on {}",
@@ -191,24 +206,21 @@ pub fn check_guard() -> Result<(), Error> {
         put_back_all(&mut record)?;
         return record.save().map_err(state);
     }
-    {
-        log::warn!("the guard chain of table inet nsport was deleted; adding it back");
-        let chains = ruleset::chains();
-        let rules = ruleset::rules();
-        let mut changes: Vec<Change> = chains
+    log::warn!("the guard chain of table inet nsport was deleted; adding it back");
+    let chains = ruleset::chains();
+    let rules = ruleset::rules();
+    let mut changes: Vec<Change> = chains
+        .iter()
+        .filter(|chain| chain.name == CHAIN_GUARD)
+        .map(Change::AddChain)
+        .collect();
+    changes.extend(
+        rules
             .iter()
-            .filter(|chain| chain.name == CHAIN_GUARD)
-            .map(Change::AddChain)
-            .collect();
-        changes.extend(
-            rules
-                .iter()
-                .filter(|rule| rule.chain == CHAIN_GUARD)
-                .map(Change::AddRule),
-        );
-        nftables::commit(&changes).map_err(kernel)?;
-    }
-    Ok(())
+            .filter(|rule| rule.chain == CHAIN_GUARD)
+            .map(Change::AddRule),
+    );
+    nftables::commit(&changes).map_err(kernel)
 }
 
 /// Puts back everything recorded, as `flush` does.
