@@ -48,19 +48,22 @@ fn parse(message: &[u8]) -> Option<BoundSocket> {
 }
 
 /// Every TCP socket listening, or every UDP socket bound, in both address families.
+///
+/// The two families are asked on two sockets at once: a netlink socket runs one dump at a
+/// time, and asking one after the other would cost a second round trip.
 pub fn bound_sockets(udp: bool) -> Result<Vec<BoundSocket>, NetlinkError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(NetlinkError::Open)?;
-    socket.bind_auto().map_err(NetlinkError::Open)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(NetlinkError::Open)?;
     let (protocol, states) = if udp {
         (libc::IPPROTO_UDP as u8, u32::MAX)
     } else {
         (libc::IPPROTO_TCP as u8, 1 << TCP_LISTEN)
     };
-    let mut found = Vec::new();
+    let mut sockets = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(NetlinkError::Open)?;
+        socket.bind_auto().map_err(NetlinkError::Open)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NetlinkError::Open)?;
         let message = attributes::message(
             SOCK_DIAG_BY_FAMILY,
             REQUEST_DUMP,
@@ -68,32 +71,41 @@ pub fn bound_sockets(udp: bool) -> Result<Vec<BoundSocket>, NetlinkError> {
             &request(family, protocol, states),
         );
         socket.send(&message, 0).map_err(NetlinkError::Send)?;
-        'dump: loop {
-            let (data, _) = socket.recv_from_full().map_err(NetlinkError::Receive)?;
-            let mut offset = 0;
-            while offset + 16 <= data.len() {
-                let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().unwrap()) as usize;
-                let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
-                let message = &data[offset..(offset + len).min(data.len())];
-                match kind {
-                    NLMSG_DONE => break 'dump,
-                    NLMSG_ERROR => {
-                        let errno = message
-                            .get(16..20)
-                            .map_or(0, |e| -i32::from_ne_bytes(e.try_into().unwrap()));
-                        return Err(NetlinkError::Kernel {
-                            index: None,
-                            error: io::Error::from_raw_os_error(errno),
-                        });
-                    }
-                    _ => found.extend(parse(message)),
-                }
-                if len < 16 {
-                    break 'dump;
-                }
-                offset += len.next_multiple_of(4);
-            }
-        }
+        sockets.push(socket);
+    }
+    let mut found = Vec::new();
+    for socket in &sockets {
+        read_dump(socket, &mut found)?;
     }
     Ok(found)
+}
+
+/// Reads one dump's answers to its end.
+fn read_dump(socket: &Socket, found: &mut Vec<BoundSocket>) -> Result<(), NetlinkError> {
+    loop {
+        let (data, _) = socket.recv_from_full().map_err(NetlinkError::Receive)?;
+        let mut offset = 0;
+        while offset + 16 <= data.len() {
+            let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
+            let message = &data[offset..(offset + len).min(data.len())];
+            match kind {
+                NLMSG_DONE => return Ok(()),
+                NLMSG_ERROR => {
+                    let errno = message
+                        .get(16..20)
+                        .map_or(0, |e| -i32::from_ne_bytes(e.try_into().unwrap()));
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(errno),
+                    });
+                }
+                _ => found.extend(parse(message)),
+            }
+            if len < 16 {
+                return Ok(());
+            }
+            offset += len.next_multiple_of(4);
+        }
+    }
 }
