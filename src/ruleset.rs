@@ -673,20 +673,79 @@ pub fn rules() -> Vec<RuleDef> {
     rules
 }
 
+/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4` and
+/// `dnat ip to meta l4proto . th dport map @any4`, or the same for IPv6. An IPv6 address
+/// fills a whole 16-byte register, so what follows it moves to register 2 and its next
+/// 4-byte slot.
+fn publish_rules(v6: bool) -> [RuleDef; 2] {
+    let (family, daddr, addr_set, any_set) = if v6 {
+        (
+            is_ipv6(),
+            ipv6_field(IPV6_DADDR, REG_1),
+            SET_ADDR6,
+            SET_ANY6,
+        )
+    } else {
+        (
+            is_ipv4(),
+            ipv4_field(IPV4_DADDR, 4, REG_1),
+            SET_ADDR4,
+            SET_ANY4,
+        )
+    };
+    let (proto_reg, port_reg) = if v6 {
+        (REG_2, REG32_05)
+    } else {
+        (REG32_01, REG32_02)
+    };
+    let dnat = Expr::Dnat {
+        ipv6: v6,
+        reg_addr: REG_1,
+        reg_port: if v6 { REG_2 } else { REG32_01 },
+    };
+    let texts = if v6 {
+        [
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
+            "dnat ip6 to meta l4proto . th dport map @any6",
+        ]
+    } else {
+        [
+            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
+            "dnat ip to meta l4proto . th dport map @any4",
+        ]
+    };
+    [
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: texts[0],
+            exprs: [
+                family.to_vec(),
+                vec![
+                    daddr,
+                    meta(MetaKey::L4proto, proto_reg),
+                    th_dport(port_reg),
+                    lookup(addr_set, REG_1, Some(REG_1)),
+                    dnat.clone(),
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: texts[1],
+            exprs: vec![
+                meta(MetaKey::L4proto, REG_1),
+                th_dport(REG32_01),
+                lookup(any_set, REG_1, Some(REG_1)),
+                dnat,
+            ],
+        },
+    ]
+}
+
 /// The rules that publish, guard and keep namespaces private.
 fn base_rules() -> Vec<RuleDef> {
-    let dnat = Expr::Dnat {
-        ipv6: false,
-        reg_addr: REG_1,
-        reg_port: REG32_01,
-    };
-    // IPv6 addresses fill a whole 16-byte register, so the port follows in register 2.
-    let dnat6 = Expr::Dnat {
-        ipv6: true,
-        reg_addr: REG_1,
-        reg_port: REG_2,
-    };
-    vec![
+    let mut rules = vec![
         RuleDef {
             chain: CHAIN_GUARD,
             nft: r#"iifname != "lo" ip daddr 127.0.0.0/8 drop"#,
@@ -744,56 +803,10 @@ fn base_rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
-            exprs: [
-                is_ipv4().to_vec(),
-                vec![
-                    ipv4_field(IPV4_DADDR, 4, REG_1),
-                    meta(MetaKey::L4proto, REG32_01),
-                    th_dport(REG32_02),
-                    lookup(SET_ADDR4, REG_1, Some(REG_1)),
-                    dnat.clone(),
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: "dnat ip to meta l4proto . th dport map @any4",
-            exprs: vec![
-                meta(MetaKey::L4proto, REG_1),
-                th_dport(REG32_01),
-                lookup(SET_ANY4, REG_1, Some(REG_1)),
-                dnat,
-            ],
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
-            exprs: [
-                is_ipv6().to_vec(),
-                vec![
-                    ipv6_field(IPV6_DADDR, REG_1),
-                    meta(MetaKey::L4proto, REG_2),
-                    th_dport(REG32_05),
-                    lookup(SET_ADDR6, REG_1, Some(REG_1)),
-                    dnat6.clone(),
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: "dnat ip6 to meta l4proto . th dport map @any6",
-            exprs: vec![
-                meta(MetaKey::L4proto, REG_1),
-                th_dport(REG32_01),
-                lookup(SET_ANY6, REG_1, Some(REG_1)),
-                dnat6,
-            ],
-        },
+    ];
+    rules.extend(publish_rules(false));
+    rules.extend(publish_rules(true));
+    rules.extend([
         RuleDef {
             chain: CHAIN_POSTROUTING,
             nft: "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
@@ -919,7 +932,8 @@ fn base_rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
-    ]
+    ]);
+    rules
 }
 
 /// The whole table, empty, as an `nft -f` script: what nsport creates on first use.
