@@ -12,10 +12,11 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use crate::engine::{resolve, update};
 use crate::netns::Namespace;
 use crate::ruleset::Mapping;
 use crate::spec::Proto;
-use crate::{Error, Target, list, resolve, transition};
+use crate::{Error, Target, list};
 
 /// The protocol versions nsport speaks.
 pub const SUPPORTED_VERSIONS: [&str; 5] = ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -335,16 +336,15 @@ fn desired(config: &Value, container: &Container) -> Result<Vec<Mapping>, CniErr
 /// `prevResult` on unchanged.
 fn add(config: &Value, container: &Container) -> Result<String, CniError> {
     let wanted = desired(config, container)?;
-    if !wanted.is_empty() || list()?.iter().any(|m| container.owns(m)) {
-        let current = list()?;
+    update(false, |current| {
         let mut target: Vec<Mapping> = current
             .iter()
             .filter(|m| !container.owns(m))
             .cloned()
             .collect();
-        target.extend(wanted);
-        transition(&current, &target, false)?;
-    }
+        target.extend(wanted.iter().cloned());
+        Ok(target)
+    })?;
     let version = config.get("cniVersion").cloned().unwrap_or(Value::Null);
     let result = match config.get("prevResult") {
         Some(result) => result.clone(),
@@ -356,15 +356,13 @@ fn add(config: &Value, container: &Container) -> Result<String, CniError> {
 /// DEL: remove the container's mappings; nothing to remove (a second DEL, a container
 /// whose namespace is gone) is success.
 fn del(container: &Container) -> Result<(), CniError> {
-    let current = list()?;
-    if current.iter().any(|m| container.owns(m)) {
-        let rest: Vec<Mapping> = current
+    update(false, |current| {
+        Ok(current
             .iter()
             .filter(|m| !container.owns(m))
             .cloned()
-            .collect();
-        transition(&current, &rest, false)?;
-    }
+            .collect())
+    })?;
     Ok(())
 }
 
@@ -420,20 +418,18 @@ fn gc(config: &Value) -> Result<(), CniError> {
             (field("containerID"), field("ifname"))
         })
         .collect();
-    let current = list()?;
-    let kept: Vec<Mapping> = current
-        .iter()
-        .filter(|m| match (&m.container, &m.container_ifname) {
-            (Some(id), ifname) => valid.iter().any(|(vid, vif)| {
-                vid == id && ifname.as_deref().is_none_or(|ifname| ifname == vif)
-            }),
-            (None, _) => true,
-        })
-        .cloned()
-        .collect();
-    if kept.len() != current.len() {
-        transition(&current, &kept, false)?;
-    }
+    update(false, |current| {
+        Ok(current
+            .iter()
+            .filter(|m| match (&m.container, &m.container_ifname) {
+                (Some(id), ifname) => valid.iter().any(|(vid, vif)| {
+                    vid == id && ifname.as_deref().is_none_or(|ifname| ifname == vif)
+                }),
+                (None, _) => true,
+            })
+            .cloned()
+            .collect())
+    })?;
     Ok(())
 }
 

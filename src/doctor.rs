@@ -4,10 +4,13 @@
 
 use std::fs;
 
+use crate::engine::{bridge_port_of, damaged_chains, host_label, stale_flags};
+use crate::error::{Error, kernel};
+use crate::host::firewalls;
+use crate::host::sysctl::Sysctl;
 use crate::netlink::nftables::{self, Change};
-use crate::ruleset::{self, CHAIN_GUARD, Mapping};
-use crate::sysctl::Sysctl;
-use crate::{Error, firewalls, kernel};
+use crate::netlink::rtnetlink;
+use crate::ruleset::{self, Mapping};
 
 /// One check: what was looked at, whether it is well, and what to do when not.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -56,7 +59,7 @@ fn probe() -> Check {
     changes.extend(sets.iter().map(Change::AddSet));
     changes.extend(rules.iter().map(Change::AddRule));
     changes.push(Change::DelTable);
-    match nftables::commit_to(&table, &changes) {
+    match nftables::commit_to(&table, &changes, None) {
         Ok(()) => pass(
             "nftables",
             "nf_tables accepts every chain, map and expression nsport uses",
@@ -119,10 +122,10 @@ fn br_netfilter(mappings: &[Mapping]) -> Result<Vec<Check>, Error> {
     let mut checks = Vec::new();
     let mut seen = Vec::new();
     for mapping in mappings {
-        let Some(via) = crate::rtnetlink::link_by_name(&mapping.via).map_err(kernel)? else {
+        let Some(via) = rtnetlink::link_by_name(&mapping.via).map_err(kernel)? else {
             continue;
         };
-        let Some(port) = crate::bridge_port_of(mapping, &via)? else {
+        let Some(port) = bridge_port_of(mapping, &via)? else {
             continue;
         };
         if seen.contains(&port.index) {
@@ -167,27 +170,32 @@ fn route_localnet_guard() -> Result<Check, Error> {
     if on.is_empty() {
         return Ok(pass("loopback guard", "route_localnet is off everywhere"));
     }
-    let guarded = nftables::table_exists().map_err(kernel)?
-        && nftables::chain_exists(CHAIN_GUARD).map_err(kernel)?;
-    Ok(if guarded {
-        pass(
+    Ok(match damaged_chains()? {
+        Some(damaged) if damaged.is_empty() => pass(
             "loopback guard",
             format!(
-                "route_localnet is on for {}, guarded by chain guard",
+                "route_localnet is on for {}, guarded by chain guard, whose rules are nsport's",
                 on.join(", ")
             ),
-        )
-    } else {
-        fail(
+        ),
+        damaged => fail(
             "loopback guard",
-            format!(
-                "route_localnet is on for {} without the guard chain: neighbours can reach \
-                 services bound to the host's 127.0.0.1",
-                on.join(", ")
-            ),
-            "run any nsport command to restore the guard or reset what nsport set; otherwise \
-             sysctl -w net.ipv4.conf.IFACE.route_localnet=0",
-        )
+            match damaged {
+                Some(damaged) => format!(
+                    "route_localnet is on for {} and chain {} of table inet nsport is not what \
+                     nsport wrote: the guard may not protect the host's 127.0.0.1",
+                    on.join(", "),
+                    damaged.join(", chain ")
+                ),
+                None => format!(
+                    "route_localnet is on for {} without table inet nsport and its guard: \
+                     neighbours can reach services bound to the host's 127.0.0.1",
+                    on.join(", ")
+                ),
+            },
+            "run any nsport command (nsport ls) to restore the guard or put back what nsport \
+             set; otherwise sysctl -w net.ipv4.conf.IFACE.route_localnet=0",
+        ),
     })
 }
 
@@ -225,9 +233,9 @@ pub fn run() -> Vec<Check> {
         }
         let stale: Vec<String> = mappings
             .iter()
-            .zip(crate::stale_flags(&mappings))
+            .zip(stale_flags(&mappings))
             .filter(|(_, stale)| *stale)
-            .map(|(m, _)| crate::host_label(m))
+            .map(|(m, _)| host_label(m))
             .collect();
         checks.push(if stale.is_empty() {
             pass(

@@ -1012,7 +1012,7 @@ fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
 }
 
 /// One published port: host side, target, and where it came from.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct Mapping {
     pub proto: Proto,
     /// `None` when published on every local address of the target's family.

@@ -22,6 +22,9 @@ pub enum NetlinkError {
     #[error("cannot read the kernel's netlink answer")]
     Receive(#[source] io::Error),
     /// The kernel refused a message; `index` is its position in the batch, when known.
+    /// TEMPORARY until the netlink branch lands.
+    #[error("the ruleset changed")]
+    Stale,
     #[error("the kernel refused the change")]
     Kernel {
         index: Option<usize>,
@@ -38,6 +41,7 @@ impl NetlinkError {
             | NetlinkError::Send(error)
             | NetlinkError::Receive(error)
             | NetlinkError::Kernel { error, .. } => error.raw_os_error(),
+            NetlinkError::Stale => Some(libc::ERESTART),
         }
     }
 }

@@ -56,6 +56,33 @@ pub enum Change<'a> {
     /// Adds an element; an identical element is accepted, one with other data is EEXIST.
     AddElement(&'a Element),
     DelElement(&'a Element),
+    /// TEMPORARY until the netlink branch lands.
+    CreateElement(&'a Element),
+    FlushChain(&'a ChainDef),
+    DelChain(&'a ChainDef),
+}
+
+/// TEMPORARY until the netlink branch lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleDump {
+    pub chain: String,
+    pub handle: u64,
+    pub exprs: String,
+}
+
+/// TEMPORARY until the netlink branch lands.
+pub fn generation() -> Result<u32, NetlinkError> {
+    Ok(0)
+}
+
+/// TEMPORARY until the netlink branch lands.
+pub fn dump_rules(_table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
+    Ok(Vec::new())
+}
+
+/// TEMPORARY until the netlink branch lands.
+pub fn rule_exprs_text(rule: &RuleDef) -> String {
+    format!("{:?}", rule.exprs)
 }
 
 /// An element as read back from the kernel.
@@ -72,8 +99,8 @@ pub struct ElementDump {
 ///
 /// On failure the kernel has applied none of it; the error names the index in `changes`
 /// of the first message the kernel refused.
-pub fn commit(changes: &[Change<'_>]) -> Result<(), NetlinkError> {
-    commit_to(TABLE, changes)
+pub fn commit(changes: &[Change<'_>], _genid: Option<u32>) -> Result<(), NetlinkError> {
+    commit_to(TABLE, changes, None)
 }
 
 /// The most elements one message carries: about 200 bytes each, they stay well inside the
@@ -116,7 +143,11 @@ fn messages<'a>(table: &'a str, changes: &[Change<'a>]) -> Vec<(usize, Message<'
 }
 
 /// The same for another table: `nsport doctor` probes with a throwaway one.
-pub fn commit_to(table: &str, changes: &[Change<'_>]) -> Result<(), NetlinkError> {
+pub fn commit_to(
+    table: &str,
+    changes: &[Change<'_>],
+    _genid: Option<u32>,
+) -> Result<(), NetlinkError> {
     for change in changes {
         log::debug!("netlink: {}", describe(change));
     }
@@ -186,6 +217,7 @@ fn describe(change: &Change) -> String {
         Change::AddRule(rule) => format!("NEWRULE {}: {}", rule.chain, rule.nft),
         Change::AddElement(element) => format!("NEWSETELEM {}", element.nft_add()),
         Change::DelElement(element) => format!("DELSETELEM {}", element.nft_delete()),
+        _ => todo!("the netlink branch"),
     }
 }
 
@@ -734,6 +766,7 @@ unsafe impl NlMsg for Message<'_> {
                 Change::AddElement(_) | Change::DelElement(_) => {
                     unreachable!("elements travel as Part::Elements")
                 }
+                _ => todo!("the netlink branch"),
             }
         }
     }

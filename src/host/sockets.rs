@@ -7,10 +7,10 @@
 use std::fs;
 use std::net::IpAddr;
 
+use crate::error::{Error, kernel};
 use crate::netlink::sock_diag::{self, BoundSocket};
 use crate::ruleset::Mapping;
 use crate::spec::Proto;
-use crate::{Error, kernel};
 
 /// The host sockets of both protocols that can receive traffic for a mapping.
 pub struct HostSockets {

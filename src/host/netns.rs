@@ -132,3 +132,29 @@ impl Namespace {
         })
     }
 }
+
+/// Whether a network namespace with this nsfs inode still exists: some process is in it,
+/// or a mount under /run/netns holds it. A namespace held only by an open descriptor is
+/// not seen, which errs on the side of keeping what would otherwise be removed only when
+/// that inode is reused.
+pub fn inode_is_alive(inode: u64) -> bool {
+    let mounted = std::fs::read_dir(NETNS_RUN_DIR)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|entry| std::fs::metadata(entry.path()).is_ok_and(|m| m.ino() == inode));
+    mounted
+        || std::fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_str()
+                    .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .any(|entry| {
+                std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|m| m.ino() == inode)
+            })
+}

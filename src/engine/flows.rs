@@ -1,0 +1,73 @@
+//! Conntrack cleanup after a change: flows whose path changed are forgotten so that their
+//! next packet takes the new path. It is housekeeping, never the change itself: a failure
+//! here (a conntrack table too large to answer, say) is a warning, and the command that
+//! changed the table still succeeds.
+
+use std::collections::{BTreeSet, HashMap};
+
+use super::resolve::local_addresses;
+use crate::error::kernel;
+use crate::netlink::conntrack::{self, Flow};
+use crate::ruleset::Mapping;
+use crate::spec::Proto;
+
+/// Forgets flows to the host side of `removed` that were DNATed to their targets, and UDP
+/// flows to the host side of `added` that still reach something else.
+pub fn forget(removed: &[Mapping], added: &[Mapping]) {
+    let udp_added: Vec<Mapping> = added
+        .iter()
+        .filter(|m| m.proto == Proto::Udp)
+        .cloned()
+        .collect();
+    if let Err(error) = forget_flows(removed, |m, flow| flow.reply_src == Some(m.to_addr)) {
+        log::warn!("could not forget the connections of removed mappings: {error:#}");
+    }
+    // A UDP flow already running to a newly published host port keeps its old path until
+    // its conntrack entry goes; TCP flows there are the host's own connections and are left
+    // alone, and a TCP-only publish does not read the conntrack table at all.
+    if let Err(error) = forget_flows(&udp_added, |m, flow| flow.reply_src != Some(m.to_addr)) {
+        log::warn!("could not redirect running UDP flows to new mappings: {error:#}");
+    }
+}
+
+fn forget_flows(
+    mappings: &[Mapping],
+    doomed: impl Fn(&Mapping, &Flow) -> bool,
+) -> Result<(), crate::Error> {
+    if mappings.is_empty() {
+        return Ok(());
+    }
+    let wildcard = mappings.iter().any(|m| m.host_addr.is_none());
+    let local = if wildcard {
+        local_addresses()?
+    } else {
+        BTreeSet::new()
+    };
+    let by_port: HashMap<(u8, u16), Vec<&Mapping>> =
+        mappings.iter().fold(HashMap::new(), |mut index, mapping| {
+            let key = (mapping.proto.number(), mapping.host_port);
+            index.entry(key).or_default().push(mapping);
+            index
+        });
+    let deleted = conntrack::delete_flows(|flow| {
+        by_port
+            .get(&(flow.proto, flow.dport))
+            .into_iter()
+            .flatten()
+            .any(|mapping| {
+                let to_host = match mapping.host_addr {
+                    Some(addr) => flow.dst == addr,
+                    None => {
+                        flow.dst.is_ipv6() == mapping.is_ipv6()
+                            && (local.contains(&flow.dst) || flow.dst.is_loopback())
+                    }
+                };
+                to_host && doomed(mapping, flow)
+            })
+    })
+    .map_err(kernel)?;
+    if deleted > 0 {
+        log::info!("deleted {deleted} conntrack entries");
+    }
+    Ok(())
+}

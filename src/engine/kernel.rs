@@ -1,0 +1,55 @@
+//! The engine's only way to the nftables side of the kernel: a small trait with the real
+//! netlink implementation here and an in-memory fake (`fake.rs`) for tests that need no
+//! root. Everything the engine plans from is read through it, and every change goes
+//! through one `commit`, which the kernel applies whole or not at all.
+
+use crate::netlink::NetlinkError;
+use crate::netlink::nftables::{self, ChainDump, Change, ElementDump, RuleDump};
+use crate::ruleset::{RuleDef, TABLE};
+
+/// What the engine reads from and writes to nftables.
+pub trait Kernel {
+    /// The ruleset generation: every committed batch, by anyone, changes it.
+    fn generation(&mut self) -> Result<u32, NetlinkError>;
+    /// Every base chain of every table (hook, policy): whether nsport's table and its base
+    /// chains exist, and which other tables drop forwarded traffic.
+    fn base_chains(&mut self) -> Result<Vec<ChainDump>, NetlinkError>;
+    /// Every rule of `table inet nsport`, with its expressions as canonical text; empty
+    /// when there is no table.
+    fn rules(&mut self) -> Result<Vec<RuleDump>, NetlinkError>;
+    /// Every element of one set or map of the table; empty when it does not exist.
+    fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError>;
+    /// Applies `changes` as one batch, refused whole with `NetlinkError::Stale` when
+    /// `genid` is given and the ruleset is no longer at that generation.
+    fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError>;
+    /// The canonical text of a rule's expressions, as `rules` reports a rule.
+    fn rule_text(&self, rule: &RuleDef) -> String {
+        nftables::rule_exprs_text(rule)
+    }
+}
+
+/// The kernel itself, over netlink.
+#[derive(Debug, Default)]
+pub struct Netlink;
+
+impl Kernel for Netlink {
+    fn generation(&mut self) -> Result<u32, NetlinkError> {
+        nftables::generation()
+    }
+
+    fn base_chains(&mut self) -> Result<Vec<ChainDump>, NetlinkError> {
+        nftables::dump_base_chains()
+    }
+
+    fn rules(&mut self) -> Result<Vec<RuleDump>, NetlinkError> {
+        nftables::dump_rules(TABLE)
+    }
+
+    fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError> {
+        nftables::dump_elements(set)
+    }
+
+    fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
+        nftables::commit(changes, genid)
+    }
+}

@@ -1,0 +1,250 @@
+//! From what the user asked for to mappings: the target's address in each family, the
+//! interface toward it and its bridge port, and the checks that refuse a publish before
+//! anything is changed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+
+use crate::error::{Error, MAX_IFNAME, kernel};
+use crate::host::netns::Namespace;
+use crate::host::sockets::HostSockets;
+use crate::netlink::rtnetlink;
+use crate::ruleset::Mapping;
+use crate::spec::{Proto, PublishSpec};
+
+/// Where published ports lead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A namespace by name under /run/netns, or by path; nsport reads its addresses.
+    Netns(String),
+    /// An explicit IPv4 or IPv6 address.
+    Addr(IpAddr),
+}
+
+/// How to publish.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// The host-side interface toward the target; found by route lookup when `None`.
+    pub via: Option<String>,
+    /// Let hosts that route to the target's address reach its unpublished ports, as
+    /// before nsport turned forwarding on. Off by default.
+    pub allow_direct: bool,
+    /// Publish even when a host socket already holds the port (it stops receiving).
+    pub force: bool,
+}
+
+/// The target of a publish in one address family, resolved: address, interface toward
+/// it, and the bridge port that needs hairpin mode.
+pub struct Resolved {
+    pub addr: IpAddr,
+    pub via: rtnetlink::Link,
+    pub netns: Option<(String, u64)>,
+    pub bridge_port: Option<rtnetlink::Link>,
+}
+
+pub fn check_ifname(name: &str) -> Result<(), Error> {
+    if name.len() > MAX_IFNAME {
+        return Err(Error::IfaceTooLong(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Resolves the target in each address family it has: one address for `--to`, the
+/// namespace's first global IPv4 and IPv6 addresses for `--netns`.
+pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Error> {
+    if let Some(name) = via {
+        check_ifname(name)?;
+    }
+    let (targets, netns) = match target {
+        Target::Addr(addr) => (vec![(*addr, None)], None),
+        Target::Netns(name) => {
+            let namespace = Namespace::open(name)?;
+            let found = namespace.targets()?;
+            if found.is_empty() {
+                return Err(Error::NoAddress(name.clone()));
+            }
+            let targets = found
+                .into_iter()
+                .map(|t| (t.addr, t.peer_ifindex))
+                .collect();
+            (targets, Some((name.clone(), namespace.inode)))
+        }
+    };
+    let given_via = match via {
+        Some(name) => Some(
+            rtnetlink::link_by_name(name)
+                .map_err(kernel)?
+                .ok_or_else(|| Error::NoSuchIface(name.to_string()))?,
+        ),
+        None => None,
+    };
+    targets
+        .into_iter()
+        .map(|(addr, peer)| {
+            let via = match &given_via {
+                Some(link) => link.clone(),
+                None => {
+                    let index = rtnetlink::route_output_interface(addr)
+                        .map_err(kernel)?
+                        .ok_or(Error::NoRoute(addr))?;
+                    rtnetlink::link_by_index(index)
+                        .map_err(kernel)?
+                        .ok_or(Error::NoRoute(addr))?
+                }
+            };
+            if via.is_loopback {
+                return Err(Error::TargetIsLocal(addr));
+            }
+            // Behind a bridge, the target's own port needs hairpin mode for the namespace
+            // to reach itself when br_netfilter bridges the DNATed packet back. The veth
+            // peer is that port.
+            let bridge_port = bridge_port(peer, &via)?;
+            Ok(Resolved {
+                addr,
+                via,
+                netns: netns.clone(),
+                bridge_port,
+            })
+        })
+        .collect()
+}
+
+pub fn local_addresses() -> Result<BTreeSet<IpAddr>, Error> {
+    Ok(rtnetlink::addresses()
+        .map_err(kernel)?
+        .into_iter()
+        .map(|addr| addr.addr)
+        .collect())
+}
+
+pub fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
+    let wanted: BTreeSet<IpAddr> = specs.iter().filter_map(|spec| spec.host_addr).collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let local = local_addresses()?;
+    match wanted
+        .into_iter()
+        .find(|addr| !local.contains(addr) && !addr.is_loopback())
+    {
+        Some(addr) => Err(Error::NotLocal(addr)),
+        None => Ok(()),
+    }
+}
+
+/// The mappings `specs` ask for: a host-address spec in its address's family, a wildcard
+/// spec in every family the target has. Refuses a host port asked for twice with two
+/// targets.
+pub fn mappings_for(
+    resolved: &[Resolved],
+    specs: &[PublishSpec],
+    allow_direct: bool,
+) -> Result<Vec<Mapping>, Error> {
+    let mut mappings: Vec<Mapping> = Vec::new();
+    let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
+    for spec in specs {
+        let families: Vec<&Resolved> = match spec.host_addr {
+            None => resolved.iter().collect(),
+            Some(addr) => {
+                let same: Vec<&Resolved> = resolved
+                    .iter()
+                    .filter(|r| r.addr.is_ipv6() == addr.is_ipv6())
+                    .collect();
+                if same.is_empty() {
+                    return Err(Error::FamilyMismatch {
+                        spec: spec.to_string(),
+                        family: if addr.is_ipv6() { "IPv6" } else { "IPv4" },
+                    });
+                }
+                same
+            }
+        };
+        for target in families {
+            for (host_port, to_port) in spec.port_pairs() {
+                let mapping = Mapping {
+                    proto: spec.proto,
+                    host_addr: spec.host_addr,
+                    host_port,
+                    to_addr: target.addr,
+                    to_port,
+                    via: target.via.name.clone(),
+                    netns: target.netns.as_ref().map(|(name, _)| name.clone()),
+                    netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
+                    allow_direct,
+                    container: None,
+                    container_ifname: None,
+                };
+                // One spec cannot name a host port twice; only several can.
+                if specs.len() == 1 {
+                    mappings.push(mapping);
+                    continue;
+                }
+                match seen.get(&(mapping.set(), mapping.key())) {
+                    Some(&first) if mappings[first] != mapping => {
+                        return Err(Error::Duplicate {
+                            spec: super::host_label(&mapping),
+                            first: super::target_label(&mappings[first]),
+                            second: super::target_label(&mapping),
+                        });
+                    }
+                    Some(_) => {}
+                    None => {
+                        seen.insert((mapping.set(), mapping.key()), mappings.len());
+                        mappings.push(mapping);
+                    }
+                }
+            }
+        }
+    }
+    Ok(mappings)
+}
+
+/// The bridge port of a mapping's namespace, found through the namespace it records.
+pub fn bridge_port_of(
+    mapping: &Mapping,
+    via: &rtnetlink::Link,
+) -> Result<Option<rtnetlink::Link>, Error> {
+    let Some(name) = &mapping.netns else {
+        return Ok(None);
+    };
+    let Ok(namespace) = Namespace::open(name) else {
+        return Ok(None);
+    };
+    if mapping
+        .netns_inode
+        .is_some_and(|inode| inode != namespace.inode)
+    {
+        return Ok(None);
+    }
+    let peer = namespace
+        .targets()?
+        .into_iter()
+        .find(|t| t.addr == mapping.to_addr)
+        .and_then(|t| t.peer_ifindex);
+    bridge_port(peer, via)
+}
+
+/// The bridge port with index `peer`, if it is a port of bridge `via`.
+fn bridge_port(peer: Option<u32>, via: &rtnetlink::Link) -> Result<Option<rtnetlink::Link>, Error> {
+    match peer {
+        Some(index) if via.is_bridge => Ok(rtnetlink::link_by_index(index)
+            .map_err(kernel)?
+            .filter(|port| port.master == Some(via.index))),
+        _ => Ok(None),
+    }
+}
+
+pub fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
+    let tcp = mappings.iter().any(|m| m.proto == Proto::Tcp);
+    let udp = mappings.iter().any(|m| m.proto == Proto::Udp);
+    let sockets = HostSockets::read(tcp, udp)?;
+    for mapping in mappings {
+        if let Some(owner) = sockets.shadowed_by(mapping) {
+            return Err(Error::HostPortInUse {
+                host: super::host_label(mapping),
+                owner,
+            });
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,212 @@
+//! Reading the table at one generation: whether it exists, whether its chains hold exactly
+//! the rules nsport writes (the guard and the forward protections among them), its mappings
+//! and its helper elements. What the engine plans from is read here, and the generation
+//! read first is the one its batch is committed against.
+
+use std::collections::HashSet;
+
+use super::kernel::Kernel;
+use crate::error::{Error, kernel};
+use crate::netlink::nftables::{ChainDump, Change, ElementDump};
+use crate::ruleset::{
+    self, ChainDef, Element, Hook, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
+};
+
+/// The maps that hold mappings.
+pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
+/// The sets derived from the mappings.
+pub const HELPER_SETS: [&str; 5] = [
+    SET_IFACES,
+    SET_HAIRPIN4,
+    SET_TARGETS4,
+    SET_HAIRPIN6,
+    SET_TARGETS6,
+];
+
+/// Packets and bytes.
+pub type Counter = (u64, u64);
+
+/// A helper element by identity: its set and key.
+pub type HelperKey = (&'static str, Vec<u8>);
+
+/// The table as read at generation `genid`.
+pub struct Snapshot {
+    pub genid: u32,
+    /// Whether `table inet nsport` exists (every nsport table has base chains).
+    pub exists: bool,
+    /// Chains that are missing or hold other rules, hook or policy than nsport writes.
+    pub damaged: Vec<&'static str>,
+    /// Every base chain of every table, for the other-firewalls warning.
+    pub chains: Vec<ChainDump>,
+    /// The mappings with their counters, when asked for.
+    pub mappings: Vec<(Mapping, Counter)>,
+    /// The helper elements, when the mappings were asked for.
+    pub helpers: HashSet<HelperKey>,
+}
+
+/// Reads the generation, then the table's chains and rules and, with `with_mappings`,
+/// every element: all of it at that generation unless a commit against it is refused.
+pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
+    let genid = kernel.generation().map_err(self::kernel_error)?;
+    let chains = kernel.base_chains().map_err(self::kernel_error)?;
+    let exists = chains
+        .iter()
+        .any(|chain| chain.family == libc::NFPROTO_INET as u32 && chain.table == TABLE);
+    let damaged = if exists {
+        damaged_chains(kernel, &chains)?
+    } else {
+        Vec::new()
+    };
+    let mut mappings = Vec::new();
+    let mut helpers = HashSet::new();
+    if with_mappings && exists {
+        for set in MAPPING_SETS {
+            for element in kernel.elements(set).map_err(self::kernel_error)? {
+                if let Some(mapping) = mapping_of(set, &element) {
+                    mappings.push((mapping, element.counter.unwrap_or_default()));
+                }
+            }
+        }
+        for set in HELPER_SETS {
+            for element in kernel.elements(set).map_err(self::kernel_error)? {
+                helpers.insert((set, element.key));
+            }
+        }
+        mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
+    }
+    Ok(Snapshot {
+        genid,
+        exists,
+        damaged,
+        chains,
+        mappings,
+        helpers,
+    })
+}
+
+fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
+    kernel(error)
+}
+
+pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
+    Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
+}
+
+pub fn hook_number(hook: Hook) -> u32 {
+    (match hook {
+        Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+        Hook::Input => libc::NF_INET_LOCAL_IN,
+        Hook::Forward => libc::NF_INET_FORWARD,
+        Hook::Output => libc::NF_INET_LOCAL_OUT,
+        Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+    }) as u32
+}
+
+/// The chains of the table whose content is not what nsport writes: a base chain missing,
+/// on another hook or with a policy other than accept, or any chain whose rules differ
+/// from nsport's in number, order or any expression.
+fn damaged_chains(
+    kernel: &mut impl Kernel,
+    chains: &[ChainDump],
+) -> Result<Vec<&'static str>, Error> {
+    const NF_ACCEPT: u32 = 1;
+    let rules = kernel.rules().map_err(self::kernel_error)?;
+    let expected_rules = ruleset::rules();
+    let mut damaged = Vec::new();
+    for chain in ruleset::chains() {
+        let base_ok = match chain.base {
+            None => true,
+            Some((hook, _, _)) => chains.iter().any(|dump| {
+                dump.family == libc::NFPROTO_INET as u32
+                    && dump.table == TABLE
+                    && dump.name == chain.name
+                    && dump.hook == hook_number(hook)
+                    && dump.policy == NF_ACCEPT
+            }),
+        };
+        let found = rules
+            .iter()
+            .filter(|rule| rule.chain == chain.name)
+            .map(|rule| rule.exprs.as_str());
+        let wanted: Vec<String> = expected_rules
+            .iter()
+            .filter(|rule| rule.chain == chain.name)
+            .map(|rule| kernel.rule_text(rule))
+            .collect();
+        if !base_ok || !found.eq(wanted.iter().map(String::as_str)) {
+            damaged.push(chain.name);
+        }
+    }
+    Ok(damaged)
+}
+
+/// The table's declarations, built once per command: changes borrow from it.
+pub struct Declarations {
+    pub chains: Vec<ChainDef>,
+    pub sets: Vec<SetDef>,
+    pub rules: Vec<RuleDef>,
+}
+
+impl Declarations {
+    pub fn new() -> Declarations {
+        Declarations {
+            chains: ruleset::chains(),
+            sets: ruleset::sets(),
+            rules: ruleset::rules(),
+        }
+    }
+
+    /// The changes that create the table, or restore the chains in `damaged`: every
+    /// declaration is added (adding what exists changes nothing), and each damaged chain is
+    /// emptied and given its rules again, in the same batch as the change they protect.
+    pub fn repairs<'a>(&'a self, snapshot: &Snapshot) -> Vec<Change<'a>> {
+        let all: Vec<&'static str>;
+        let rewrite: &[&'static str] = if snapshot.exists {
+            &snapshot.damaged
+        } else {
+            all = self.chains.iter().map(|chain| chain.name).collect();
+            &all
+        };
+        if rewrite.is_empty() {
+            return Vec::new();
+        }
+        let mut changes = vec![Change::AddTable { exclusive: false }];
+        changes.extend(self.chains.iter().map(Change::AddChain));
+        changes.extend(self.sets.iter().map(Change::AddSet));
+        for chain in self.chains.iter().filter(|c| rewrite.contains(&c.name)) {
+            if snapshot.exists {
+                changes.push(Change::FlushChain(chain));
+            }
+        }
+        changes.extend(
+            self.rules
+                .iter()
+                .filter(|rule| rewrite.contains(&rule.chain))
+                .map(Change::AddRule),
+        );
+        changes
+    }
+}
+
+/// The helper elements `mappings` need: the interfaces toward their targets, the targets'
+/// hairpin pairs, and the targets protected from direct access. No duplicates.
+pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
+    let mut seen: HashSet<HelperKey> = HashSet::new();
+    let mut helpers = Vec::new();
+    for mapping in mappings {
+        let mut needed = vec![
+            Element::iface(&mapping.via),
+            Element::hairpin(mapping.to_addr),
+        ];
+        if !mapping.allow_direct {
+            needed.push(Element::target(mapping.to_addr));
+        }
+        for element in needed {
+            if seen.insert((element.set, element.key.clone())) {
+                helpers.push(element);
+            }
+        }
+    }
+    helpers
+}

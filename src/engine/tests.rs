@@ -1,0 +1,251 @@
+//! The engine on the fake kernel: transactions, retries, conflicts and repairs, without
+//! root. Each test plays the other writer through `between_read_and_commit`.
+
+use std::net::IpAddr;
+
+use super::fake::Fake;
+use super::transaction::{self, Committed};
+use crate::Error;
+use crate::netlink::nftables::Change;
+use crate::ruleset::{
+    self, CHAIN_GUARD, Element, Mapping, SET_ANY4, SET_HAIRPIN4, SET_IFACES, SET_TARGETS4,
+};
+use crate::spec::Proto;
+
+fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
+    Mapping {
+        proto: Proto::Tcp,
+        host_addr: None,
+        host_port,
+        to_addr: to.parse().unwrap(),
+        to_port: 3000,
+        via: via.into(),
+        netns: Some("c".into()),
+        netns_inode: Some(7),
+        allow_direct: false,
+        container: None,
+        container_ifname: None,
+    }
+}
+
+fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
+    transaction::create(fake, mappings, false)
+}
+
+fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
+    transaction::update(fake, false, |all| {
+        Ok(all
+            .iter()
+            .filter(|m| m.host_port != host_port)
+            .cloned()
+            .collect())
+    })
+}
+
+fn has(fake: &Fake, element: &Element) -> bool {
+    fake.elements_of(element.set).contains_key(&element.key)
+}
+
+fn helpers_of(target: &str, via: &str) -> [Element; 3] {
+    let addr: IpAddr = target.parse().unwrap();
+    [
+        Element::iface(via),
+        Element::hairpin(addr),
+        Element::target(addr),
+    ]
+}
+
+#[test]
+fn a_first_publish_creates_the_table_with_its_helpers() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 1);
+    for helper in helpers_of("10.77.0.2", "br0") {
+        assert!(has(&fake, &helper), "{helper:?} missing");
+    }
+    let table = fake.table.as_ref().unwrap();
+    assert_eq!(table.chains.len(), ruleset::chains().len());
+    assert_eq!(fake.commits, 1);
+}
+
+#[test]
+fn a_stale_generation_is_read_and_planned_again() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let mut meddled = false;
+    fake.between_read_and_commit = Some(Box::new(move |fake: &mut Fake| {
+        if !meddled {
+            meddled = true;
+            fake.generation += 1;
+        }
+    }));
+    remove(&mut fake, 4001).unwrap();
+    assert_eq!(fake.refused_stale, 1);
+    assert!(fake.elements_of(SET_ANY4).is_empty());
+}
+
+#[test]
+fn a_ruleset_that_never_settles_is_a_clear_error() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    fake.between_read_and_commit = Some(Box::new(|fake: &mut Fake| fake.generation += 1));
+    let error = remove(&mut fake, 4001).unwrap_err();
+    assert!(matches!(error, Error::Busy { tries } if tries == transaction::TRIES));
+    assert!(error.is_transient());
+    assert!(error.to_string().contains("nothing was changed"), "{error}");
+    // Nothing applied: the mapping is still there.
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 1);
+}
+
+#[test]
+fn removing_keeps_helpers_another_writer_came_to_need() {
+    // rm 4001 reads a table where 4001 is the only mapping to 10.77.0.2, so it plans to
+    // delete the target's helpers; before it commits, another writer publishes 4002 to the
+    // same target. The stale batch is refused, and the retry keeps the helpers.
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let other = mapping(4002, "10.77.0.2", "br0");
+    let mut done = false;
+    fake.between_read_and_commit = Some(Box::new(move |fake: &mut Fake| {
+        if !done {
+            done = true;
+            let element = Element::mapping(&other);
+            fake.commit_as_other(&[Change::AddElement(&element)]);
+        }
+    }));
+    remove(&mut fake, 4001).unwrap();
+    fake.between_read_and_commit = None;
+    let left: Vec<_> = fake.elements_of(SET_ANY4).into_keys().collect();
+    assert_eq!(left, vec![mapping(4002, "10.77.0.2", "br0").key()]);
+    for helper in helpers_of("10.77.0.2", "br0") {
+        assert!(has(&fake, &helper), "{helper:?} was stripped");
+    }
+}
+
+#[test]
+fn removing_the_last_mapping_of_a_target_removes_its_helpers_only() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    publish(&mut fake, &[mapping(5001, "10.88.0.2", "br1")]).unwrap();
+    remove(&mut fake, 4001).unwrap();
+    for helper in helpers_of("10.77.0.2", "br0") {
+        assert!(!has(&fake, &helper), "{helper:?} left behind");
+    }
+    for helper in helpers_of("10.88.0.2", "br1") {
+        assert!(has(&fake, &helper), "{helper:?} removed");
+    }
+}
+
+#[test]
+fn a_taken_host_port_is_a_named_conflict_and_changes_nothing() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let before = fake.table.clone();
+    let error = publish(&mut fake, &[mapping(4001, "10.77.0.9", "br0")]).unwrap_err();
+    assert!(
+        matches!(&error, Error::Conflict { host, existing }
+            if host == "4001/tcp" && existing.contains("10.77.0.2:3000 via br0")),
+        "{error}"
+    );
+    assert_eq!(fake.table, before);
+}
+
+#[test]
+fn republishing_refreshes_what_the_mapping_records() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    // The namespace was deleted and made again under the same name: a new inode.
+    let fresh = Mapping {
+        netns_inode: Some(8),
+        ..mapping(4001, "10.77.0.2", "br0")
+    };
+    publish(&mut fake, std::slice::from_ref(&fresh)).unwrap();
+    let (_, comment) = fake.elements_of(SET_ANY4).into_values().next().unwrap();
+    assert_eq!(comment, Some(fresh.comment()));
+    // Publishing it once more changes nothing at all.
+    let generation = fake.generation;
+    publish(&mut fake, &[fresh]).unwrap();
+    assert_eq!(fake.generation, generation);
+}
+
+#[test]
+fn an_emptied_guard_is_restored_by_the_next_change() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let guard = ruleset::chains()
+        .into_iter()
+        .find(|c| c.name == CHAIN_GUARD)
+        .unwrap();
+    fake.commit_as_other(&[Change::FlushChain(&guard)]);
+    assert!(
+        fake.table.as_ref().unwrap().chains[CHAIN_GUARD]
+            .rules
+            .is_empty()
+    );
+    publish(&mut fake, &[mapping(4002, "10.77.0.2", "br0")]).unwrap();
+    let expected: Vec<String> = ruleset::rules()
+        .iter()
+        .filter(|r| r.chain == CHAIN_GUARD)
+        .map(crate::netlink::nftables::rule_exprs_text)
+        .collect();
+    assert_eq!(
+        fake.table.as_ref().unwrap().chains[CHAIN_GUARD].rules,
+        expected
+    );
+}
+
+#[test]
+fn an_edited_forward_chain_is_restored_even_by_a_removal() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    publish(&mut fake, &[mapping(4002, "10.77.0.2", "br0")]).unwrap();
+    fake.table
+        .as_mut()
+        .unwrap()
+        .chains
+        .get_mut(ruleset::CHAIN_FORWARD)
+        .unwrap()
+        .rules
+        .retain(|rule| !rule.contains("drop") && !rule.contains("lookup"));
+    remove(&mut fake, 4001).unwrap();
+    let expected = ruleset::rules()
+        .iter()
+        .filter(|r| r.chain == ruleset::CHAIN_FORWARD)
+        .count();
+    assert_eq!(
+        fake.table.as_ref().unwrap().chains[ruleset::CHAIN_FORWARD]
+            .rules
+            .len(),
+        expected
+    );
+}
+
+#[test]
+fn the_diff_touches_only_what_changes() {
+    let mut fake = Fake::default();
+    let many: Vec<Mapping> = (1000..6000)
+        .map(|port| mapping(port, "10.77.0.2", "br0"))
+        .collect();
+    publish(&mut fake, &many).unwrap();
+    let committed = remove(&mut fake, 1234).unwrap();
+    assert_eq!(committed.plan.delete.len(), 1);
+    assert!(committed.plan.add.is_empty());
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 4999);
+    assert!(has(&fake, &Element::iface("br0")));
+    assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
+    assert_eq!(fake.elements_of(SET_TARGETS4).len(), 1);
+    assert_eq!(fake.elements_of(SET_IFACES).len(), 1);
+}
+
+#[test]
+fn allowing_direct_access_drops_the_targets_protection_when_no_mapping_needs_it() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let direct = Mapping {
+        allow_direct: true,
+        ..mapping(4001, "10.77.0.2", "br0")
+    };
+    transaction::update(&mut fake, false, |_| Ok(vec![direct.clone()])).unwrap();
+    assert!(!has(&fake, &Element::target("10.77.0.2".parse().unwrap())));
+    assert!(has(&fake, &Element::hairpin("10.77.0.2".parse().unwrap())));
+}

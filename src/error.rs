@@ -1,0 +1,135 @@
+//! The library's one error type, and which of its cases are the user's input (exit code 2)
+//! rather than the system's state (exit code 1).
+
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::host::netns::NamespaceError;
+use crate::netlink::NetlinkError;
+use crate::spec::SpecError;
+
+/// The longest interface name Linux accepts (IFNAMSIZ less the NUL).
+pub const MAX_IFNAME: usize = 15;
+
+/// Everything that can go wrong, each with a message that names the value at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(transparent)]
+    Namespace(#[from] NamespaceError),
+    #[error(
+        "network namespace {0:?} has no global IPv4 or IPv6 address on a non-loopback interface"
+    )]
+    NoAddress(String),
+    #[error("{spec} asks for an {family} host address, but the target has no {family} address")]
+    FamilyMismatch { spec: String, family: &'static str },
+    #[error("interface name {0:?} is longer than {MAX_IFNAME} bytes")]
+    IfaceTooLong(String),
+    #[error("interface {0:?} does not exist")]
+    NoSuchIface(String),
+    #[error("no route to target {0}: give the interface with --via")]
+    NoRoute(IpAddr),
+    #[error("target {0} is an address of this host, not of a namespace")]
+    TargetIsLocal(IpAddr),
+    #[error("host address {0} is not an address of this host")]
+    NotLocal(IpAddr),
+    #[error("{spec} is published twice in one command, to {first} and {second}")]
+    Duplicate {
+        spec: String,
+        first: String,
+        second: String,
+    },
+    #[error("host port {host} is already published to {existing}")]
+    Conflict { host: String, existing: String },
+    #[error(
+        "host port {host} is in use by {owner}; publishing it would cut that socket off (use --force to publish anyway)"
+    )]
+    HostPortInUse { host: String, owner: String },
+    #[error("{0} is not published")]
+    NotPublished(String),
+    #[error("nsport needs root or CAP_NET_ADMIN")]
+    Permission(#[source] io::Error),
+    #[error("cannot change nftables")]
+    Netlink(#[from] NetlinkError),
+    /// Every try to commit found that another writer had changed the ruleset since it was
+    /// read; nothing was changed. Runtimes should retry (CNI code 11).
+    #[error(
+        "the nftables ruleset kept changing while nsport planned its change ({tries} tries); nothing was changed, try again"
+    )]
+    Busy { tries: u32 },
+    #[error("cannot write {name}")]
+    Sysctl {
+        name: String,
+        #[source]
+        error: io::Error,
+    },
+    #[error("cannot keep the record of changed settings ({})", path.display())]
+    State {
+        path: PathBuf,
+        #[source]
+        error: io::Error,
+    },
+    /// The table was changed, a later step failed, and the change was taken back: the
+    /// kernel holds what it held before the command.
+    #[error("nothing was changed: {0}")]
+    RolledBack(Box<Error>),
+    /// The table was changed and a later step failed; taking the change back failed too.
+    #[error("the table was changed, but {0}")]
+    Unfinished(Box<Error>),
+    #[error("invalid mappings file: {0}")]
+    File(String),
+}
+
+impl Error {
+    /// Whether the error is the user's input rather than the system's state (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            Error::Spec(_)
+                | Error::Namespace(NamespaceError::NotFound(_))
+                | Error::NoAddress(_)
+                | Error::FamilyMismatch { .. }
+                | Error::IfaceTooLong(_)
+                | Error::NoSuchIface(_)
+                | Error::TargetIsLocal(_)
+                | Error::NotLocal(_)
+                | Error::Duplicate { .. }
+                | Error::NotPublished(_)
+                | Error::File(_)
+        )
+    }
+
+    /// Whether trying the same command again later may succeed without anything else
+    /// changing: the ruleset was busy, or the kernel ran out of buffer room.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Busy { .. } => true,
+            Error::Netlink(error) => matches!(
+                error.errno(),
+                Some(libc::ENOBUFS | libc::EAGAIN | libc::EBUSY | libc::EINTR)
+            ),
+            Error::RolledBack(inner) => inner.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+/// Turns EPERM from the kernel into the message a user can act on.
+pub(crate) fn kernel(error: NetlinkError) -> Error {
+    match error.errno() {
+        Some(errno @ (libc::EPERM | libc::EACCES)) => {
+            Error::Permission(io::Error::from_raw_os_error(errno))
+        }
+        _ => Error::Netlink(error),
+    }
+}
+
+/// The same for the record of changed settings, which only root may write.
+pub(crate) fn state(path: PathBuf) -> impl FnOnce(io::Error) -> Error {
+    move |error| match error.kind() {
+        io::ErrorKind::PermissionDenied => Error::Permission(error),
+        _ => Error::State { path, error },
+    }
+}

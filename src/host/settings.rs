@@ -1,0 +1,250 @@
+//! The kernel settings a publish needs besides the table — forwarding, route_localnet
+//! toward a target that serves the host's loopback, hairpin mode on the target's bridge
+//! port — turned on when a mapping needs them and put back when the last such mapping goes.
+//!
+//! The order is what keeps the host safe at every crash point: the engine commits the
+//! table with its guard first; then the value found is recorded durably; only then is the
+//! setting written. Putting back goes the other way: the setting first, then the record.
+
+use std::collections::BTreeSet;
+
+use crate::error::{Error, kernel, state};
+use crate::host::state::{HairpinChange, Loaded, Originals, WriterLock};
+use crate::host::sysctl::Sysctl;
+use crate::netlink::rtnetlink;
+use crate::ruleset::Mapping;
+
+fn sysctl_error(sysctl: &Sysctl) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |error| Error::Sysctl {
+        name: sysctl.name(),
+        error,
+    }
+}
+
+/// What one target of a change needs: the interface toward it, its bridge port (when it
+/// sits behind a bridge), and its mappings.
+pub struct TargetNeeds<'a> {
+    pub via: &'a str,
+    pub bridge_port: Option<rtnetlink::Link>,
+    pub mappings: Vec<&'a Mapping>,
+}
+
+/// The settings record of this namespace, read under its writer lock.
+pub struct Settings<'a> {
+    lock: &'a WriterLock,
+    pub originals: Originals,
+}
+
+impl<'a> Settings<'a> {
+    /// Reads the record. An unreadable one is moved aside with a warning naming it, and
+    /// replaced by the safe assumption: route_localnet was 0 on every interface in
+    /// `table_ifaces` that has it on now, so putting back turns it off.
+    pub fn load(lock: &'a WriterLock, table_ifaces: &[String]) -> Result<Settings<'a>, Error> {
+        let path = lock.record_path().to_path_buf();
+        let originals = match lock.load().map_err(state(path))? {
+            Loaded::Read(originals) => originals,
+            Loaded::Corrupt { path, error } => {
+                let mut originals = Originals::default();
+                for iface in table_ifaces {
+                    if Sysctl::route_localnet(iface).read().is_ok_and(|v| v == "1") {
+                        originals
+                            .route_localnet
+                            .insert(iface.clone(), "0".to_string());
+                    }
+                }
+                let ifaces: Vec<&str> = originals
+                    .route_localnet
+                    .keys()
+                    .map(String::as_str)
+                    .collect();
+                log::warn!(
+                    "the settings record {} is unreadable ({error}); it was moved to {}.corrupt, \
+                     and route_localnet is taken to have been 0 on {}",
+                    path.display(),
+                    path.display(),
+                    if ifaces.is_empty() {
+                        "no interface".to_string()
+                    } else {
+                        ifaces.join(", ")
+                    }
+                );
+                let settings = Settings { lock, originals };
+                settings.save()?;
+                return Ok(settings);
+            }
+        };
+        Ok(Settings { lock, originals })
+    }
+
+    fn save(&self) -> Result<(), Error> {
+        let path = self.lock.record_path().to_path_buf();
+        self.lock.save(&self.originals).map_err(state(path))
+    }
+
+    /// Turns on what `needs` require. Every value found is recorded durably before the
+    /// first write; when the record cannot be saved (a full /run), nothing is written.
+    pub fn turn_on(&mut self, needs: &[TargetNeeds<'_>]) -> Result<(), Error> {
+        let all = || needs.iter().flat_map(|need| need.mappings.iter().copied());
+        let mut forwarding = Vec::new();
+        if all().any(|m| !m.is_ipv6()) {
+            forwarding.push(Sysctl::ip_forward());
+        }
+        if all().any(Mapping::is_ipv6) {
+            forwarding.push(Sysctl::ipv6_forwarding());
+        }
+        let mut localnet = Vec::new();
+        let mut hairpin = Vec::new();
+        for need in needs {
+            if need.mappings.iter().any(|m| m.serves_loopback()) {
+                let sysctl = Sysctl::route_localnet(need.via);
+                let was = sysctl.read().map_err(sysctl_error(&sysctl))?;
+                if was != "1" && !localnet.contains(&sysctl) {
+                    self.originals
+                        .route_localnet
+                        .entry(need.via.to_string())
+                        .or_insert(was);
+                    localnet.push(sysctl);
+                }
+            }
+            if let (Some(port), Some(mapping)) = (&need.bridge_port, need.mappings.first())
+                && port.hairpin != Some(true)
+                && !hairpin
+                    .iter()
+                    .any(|p: &&rtnetlink::Link| p.index == port.index)
+            {
+                self.originals
+                    .hairpin
+                    .entry(port.name.clone())
+                    .or_insert(HairpinChange {
+                        target: mapping.to_addr,
+                        was_on: false,
+                    });
+                hairpin.push(port);
+            }
+        }
+        if !localnet.is_empty() || !hairpin.is_empty() {
+            self.save()?;
+        }
+        for forward in &forwarding {
+            if forward.read().map_err(sysctl_error(forward))? != "1" {
+                forward.write("1").map_err(sysctl_error(forward))?;
+            }
+        }
+        for sysctl in &localnet {
+            sysctl.write("1").map_err(sysctl_error(sysctl))?;
+        }
+        for port in hairpin {
+            log::info!("hairpin on for bridge port {}", port.name);
+            rtnetlink::set_hairpin(port.index, true).map_err(kernel)?;
+        }
+        Ok(())
+    }
+
+    /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
+    /// remaining loopback mapping goes through, hairpin mode of targets no mapping leads to.
+    pub fn put_back_unneeded(&mut self, remaining: &[Mapping]) -> Result<(), Error> {
+        let loopback_vias: BTreeSet<&str> = remaining
+            .iter()
+            .filter(|m| m.serves_loopback())
+            .map(|m| m.via.as_str())
+            .collect();
+        let targets: BTreeSet<_> = remaining.iter().map(|m| m.to_addr).collect();
+        let unneeded_localnet: Vec<(String, String)> = self
+            .originals
+            .route_localnet
+            .iter()
+            .filter(|(iface, _)| !loopback_vias.contains(iface.as_str()))
+            .map(|(iface, was)| (iface.clone(), was.clone()))
+            .collect();
+        let unneeded_hairpin: Vec<(String, bool)> = self
+            .originals
+            .hairpin
+            .iter()
+            .filter(|(_, change)| !targets.contains(&change.target))
+            .map(|(port, change)| (port.clone(), change.was_on))
+            .collect();
+        if unneeded_localnet.is_empty() && unneeded_hairpin.is_empty() {
+            return Ok(());
+        }
+        for (iface, was) in &unneeded_localnet {
+            restore_route_localnet(iface, was)?;
+            self.originals.route_localnet.remove(iface);
+        }
+        for (port, was_on) in &unneeded_hairpin {
+            restore_hairpin(port, *was_on)?;
+            self.originals.hairpin.remove(port);
+        }
+        self.save()
+    }
+
+    /// Puts back everything recorded, as `flush` does before it deletes the table.
+    pub fn put_back_everything(&mut self) -> Result<(), Error> {
+        if self.originals.is_empty() {
+            return Ok(());
+        }
+        for (iface, was) in std::mem::take(&mut self.originals.route_localnet) {
+            restore_route_localnet(&iface, &was)?;
+        }
+        for (port, change) in std::mem::take(&mut self.originals.hairpin) {
+            restore_hairpin(&port, change.was_on)?;
+        }
+        self.save()
+    }
+
+    /// What `put_back_everything` would do, as `sysctl` and hairpin lines.
+    pub fn would_put_back(&self) -> Vec<String> {
+        let localnet =
+            self.originals.route_localnet.iter().map(|(iface, was)| {
+                format!("sysctl {}={was}", Sysctl::route_localnet(iface).name())
+            });
+        let hairpin = self.originals.hairpin.iter().map(|(port, change)| {
+            let mode = if change.was_on { "on" } else { "off" };
+            format!("hairpin {mode} for bridge port {port}")
+        });
+        localnet.chain(hairpin).collect()
+    }
+}
+
+/// The settings `turn_on` would change for `mappings`, as `sysctl` lines.
+pub fn would_turn_on(mappings: &[Mapping]) -> Vec<String> {
+    let mut wanted = Vec::new();
+    if mappings.iter().any(|m| !m.is_ipv6()) {
+        wanted.push(Sysctl::ip_forward());
+    }
+    if mappings.iter().any(Mapping::is_ipv6) {
+        wanted.push(Sysctl::ipv6_forwarding());
+    }
+    let vias: BTreeSet<&str> = mappings
+        .iter()
+        .filter(|m| m.serves_loopback())
+        .map(|m| m.via.as_str())
+        .collect();
+    wanted.extend(vias.into_iter().map(Sysctl::route_localnet));
+    wanted
+        .into_iter()
+        .filter(|sysctl| sysctl.read().is_ok_and(|value| value != "1"))
+        .map(|sysctl| format!("sysctl {}=1", sysctl.name()))
+        .collect()
+}
+
+fn restore_route_localnet(iface: &str, was: &str) -> Result<(), Error> {
+    let localnet = Sysctl::route_localnet(iface);
+    // The interface may be gone, and its setting with it.
+    match localnet.read() {
+        Ok(now) if now != was => localnet.write(was).map_err(sysctl_error(&localnet)),
+        _ => Ok(()),
+    }
+}
+
+fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {
+    match rtnetlink::link_by_name(port).map_err(kernel)? {
+        Some(link) if link.hairpin == Some(!was_on) => {
+            log::info!(
+                "hairpin {} for bridge port {port}",
+                if was_on { "on" } else { "off" }
+            );
+            rtnetlink::set_hairpin(link.index, was_on).map_err(kernel)
+        }
+        _ => Ok(()),
+    }
+}

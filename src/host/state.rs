@@ -1,0 +1,236 @@
+//! The kernel settings nsport changed outside its table, with the values it found, so that
+//! removing the last mapping that needed one, or `flush`, puts it back.
+//!
+//! The record lives in a small file under /run/nsport (tmpfs: it goes with a reboot, as the
+//! settings do), named by the network namespace's cookie. It must live outside the table:
+//! when someone deletes the table (`nft flush ruleset`), the record is how nsport knows that
+//! route_localnet is left on without its guard, and what to reset it to.
+//!
+//! Every command that changes anything holds the namespace's writer lock (a separate
+//! `.lock` file, flock'ed) from its first read to its last write, so nsport processes never
+//! interleave their table changes and settings. The record itself is replaced atomically
+//! (temporary file, fsync, rename): a crash or a full /run leaves either the old record or
+//! the new one, never a torn one, and a setting that exposes something is written only
+//! after the record of its old value is durable.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::IpAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+/// Where the records live; tests point it elsewhere with `NSPORT_STATE_DIR`.
+const DEFAULT_DIR: &str = "/run/nsport";
+
+/// A bridge port whose hairpin mode nsport turned on for `target`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HairpinChange {
+    pub target: IpAddr,
+    pub was_on: bool,
+}
+
+/// What nsport changed, and what was there before.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Originals {
+    /// Interface name to its route_localnet value before nsport set it to 1.
+    #[serde(default)]
+    pub route_localnet: BTreeMap<String, String>,
+    /// Bridge port name to its hairpin mode before nsport turned it on.
+    #[serde(default)]
+    pub hairpin: BTreeMap<String, HairpinChange>,
+}
+
+impl Originals {
+    pub fn is_empty(&self) -> bool {
+        self.route_localnet.is_empty() && self.hairpin.is_empty()
+    }
+}
+
+/// The directory of the records.
+pub fn dir() -> PathBuf {
+    std::env::var_os("NSPORT_STATE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
+}
+
+/// The writer lock of this network namespace, held until dropped.
+pub struct WriterLock {
+    _file: Flock<File>,
+    lock_path: PathBuf,
+    record_path: PathBuf,
+}
+
+/// How a record was found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// Read whole (or absent, which is an empty record).
+    Read(Originals),
+    /// There but unreadable; the text is kept beside it with `.corrupt` appended.
+    Corrupt { path: PathBuf, error: String },
+}
+
+impl WriterLock {
+    /// Takes this namespace's writer lock, waiting for any other nsport holding it.
+    ///
+    /// The lock file is never removed while another process could be waiting on it: after
+    /// taking the lock, the path is checked to still name the locked file, and the lock is
+    /// taken again on the new file when a `flush` removed the old one in between.
+    pub fn take() -> io::Result<WriterLock> {
+        let dir = dir();
+        fs::create_dir_all(&dir)?;
+        let cookie = crate::netlink::netns_cookie()?;
+        let lock_path = dir.join(format!("netns-{cookie}.lock"));
+        let record_path = dir.join(format!("netns-{cookie}.json"));
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&lock_path)?;
+            let file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno)?;
+            let locked = file.metadata()?;
+            match fs::metadata(&lock_path) {
+                Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
+                    return Ok(WriterLock {
+                        _file: file,
+                        lock_path,
+                        record_path,
+                    });
+                }
+                // Removed or replaced while we waited: lock the file the path names now.
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    pub fn record_path(&self) -> &Path {
+        &self.record_path
+    }
+
+    /// Reads the record. A missing file is an empty record; an unreadable one is moved
+    /// aside and reported, so that the caller can fall back to safe values and say so.
+    pub fn load(&self) -> io::Result<Loaded> {
+        let text = match fs::read(&self.record_path) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                return Ok(Loaded::Read(Originals::default()));
+            }
+            Err(error) => return Err(error),
+        };
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Loaded::Read(Originals::default()));
+        }
+        match serde_json::from_slice(&text) {
+            Ok(originals) => Ok(Loaded::Read(originals)),
+            Err(error) => {
+                let mut aside = self.record_path.clone().into_os_string();
+                aside.push(".corrupt");
+                fs::rename(&self.record_path, &aside)?;
+                Ok(Loaded::Corrupt {
+                    path: self.record_path.clone(),
+                    error: error.to_string(),
+                })
+            }
+        }
+    }
+
+    /// Replaces the record durably; an empty record removes the file.
+    pub fn save(&self, originals: &Originals) -> io::Result<()> {
+        if originals.is_empty() {
+            return match fs::remove_file(&self.record_path) {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            };
+        }
+        let text = serde_json::to_vec(originals).map_err(io::Error::other)?;
+        let mut temporary = self.record_path.clone().into_os_string();
+        temporary.push(format!(".{}.tmp", std::process::id()));
+        let temporary = PathBuf::from(temporary);
+        let written = (|| {
+            let mut file = File::create(&temporary)?;
+            file.write_all(&text)?;
+            file.sync_all()?;
+            fs::rename(&temporary, &self.record_path)?;
+            // The rename itself is durable once the directory is.
+            File::open(dir())?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&temporary);
+        }
+        written
+    }
+
+    /// Removes the lock file and the record, for `flush` once nothing is left to put back.
+    /// Safe while others wait on the lock: they notice the file is gone and lock anew.
+    pub fn remove_files(self) -> io::Result<()> {
+        match fs::remove_file(&self.record_path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+            _ => {}
+        }
+        match fs::remove_file(&self.lock_path) {
+            Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Removes the records and locks of network namespaces that no longer exist: a record is
+/// only useful while its namespace lives, since the settings it names go with it.
+///
+/// A namespace is alive while a process is in it or a mount (`ip netns add`) holds it;
+/// records name namespaces by cookie, and each record's lock file remembers the inode of
+/// its namespace in its name-less metadata, so liveness is read from the lock file's
+/// `ns_inode` line.
+pub fn remove_records_of_gone_namespaces(alive: &dyn Fn(u64) -> bool) -> io::Result<usize> {
+    let mut removed = 0;
+    let Ok(entries) = fs::read_dir(dir()) else {
+        return Ok(0);
+    };
+    let own = crate::netlink::netns_cookie()?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(cookie) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("netns-"))
+            .and_then(|n| n.strip_suffix(".inode"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if cookie == own {
+            continue;
+        }
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(inode) = text.trim().parse::<u64>() else {
+            continue;
+        };
+        if alive(inode) {
+            continue;
+        }
+        for suffix in ["json", "lock", "inode", "json.corrupt"] {
+            let _ = fs::remove_file(dir().join(format!("netns-{cookie}.{suffix}")));
+        }
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Notes which namespace inode this namespace's cookie belongs to, so that a later
+/// `remove_records_of_gone_namespaces` can tell whether it still exists.
+pub fn note_namespace_inode() -> io::Result<()> {
+    let cookie = crate::netlink::netns_cookie()?;
+    let path = dir().join(format!("netns-{cookie}.inode"));
+    if path.exists() {
+        return Ok(());
+    }
+    let inode = fs::metadata("/proc/self/ns/net")?.ino();
+    fs::write(path, format!("{inode}\n"))
+}
