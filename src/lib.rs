@@ -25,6 +25,7 @@ pub mod doctor;
 mod engine;
 mod error;
 mod host;
+mod model;
 pub mod netlink;
 mod plan;
 pub mod ruleset;

@@ -1,0 +1,47 @@
+//! One published port as plain data: its host side, its target, and where it came from.
+
+use std::net::IpAddr;
+
+use crate::spec::Proto;
+
+/// One published port: host side, target, and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct Mapping {
+    pub proto: Proto,
+    /// `None` when published on every local address of the target's family.
+    pub host_addr: Option<IpAddr>,
+    pub host_port: u16,
+    /// The target; its family is the mapping's family.
+    pub to_addr: IpAddr,
+    pub to_port: u16,
+    /// The host-side interface toward the target.
+    pub via: String,
+    /// The namespace the target address was read from, when given by `--netns`.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// That namespace's inode, which tells a deleted and re-created namespace apart.
+    #[serde(default)]
+    pub netns_inode: Option<u64>,
+    /// Published with `--allow-direct`: hosts routing to the target may reach its other
+    /// ports.
+    #[serde(default)]
+    pub allow_direct: bool,
+    /// Made by the CNI plugin for this container (`CNI_CONTAINERID`) …
+    #[serde(default)]
+    pub container: Option<String>,
+    /// … and this interface of it (`CNI_IFNAME`).
+    #[serde(default)]
+    pub container_ifname: Option<String>,
+}
+
+impl Mapping {
+    pub fn is_ipv6(&self) -> bool {
+        self.to_addr.is_ipv6()
+    }
+
+    /// Whether the mapping can be reached through the host's loopback. Only IPv4 can:
+    /// 127.0.0.1 is DNATed with route_localnet on `via`; `[::1]` never is.
+    pub fn serves_loopback(&self) -> bool {
+        !self.is_ipv6() && self.host_addr.is_none_or(|addr| addr.is_loopback())
+    }
+}

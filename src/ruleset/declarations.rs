@@ -1,0 +1,237 @@
+//! The table's chains and its sets and maps, with the set ids by which rules in the same
+//! batch refer to a new set.
+
+use super::expr::{ChainDef, ChainType, Hook, SetDef};
+use super::{
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES,
+    SET_TARGETS4, SET_TARGETS6,
+};
+
+/// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
+/// print keys; a concatenation packs them six bits apart.
+mod datatype {
+    pub const IPADDR: u32 = 7;
+    pub const IP6ADDR: u32 = 8;
+    pub const INET_PROTOCOL: u32 = 12;
+    pub const INET_SERVICE: u32 = 13;
+    pub const IFNAME: u32 = 41;
+
+    pub const fn concat(types: &[u32]) -> u32 {
+        let mut packed = 0;
+        let mut i = 0;
+        while i < types.len() {
+            packed = (packed << 6) | types[i];
+            i += 1;
+        }
+        packed
+    }
+}
+
+pub const CHAIN_GUARD: &str = "guard";
+pub const CHAIN_PREROUTING: &str = "prerouting";
+pub const CHAIN_OUTPUT: &str = "output";
+pub const CHAIN_PUBLISH: &str = "publish";
+pub const CHAIN_POSTROUTING: &str = "postrouting";
+pub const CHAIN_FORWARD: &str = "forward";
+pub const CHAIN_COUNT_REQUEST: &str = "count_request";
+pub const CHAIN_COUNT_REPLY: &str = "count_reply";
+
+/// The chains, in the order `nft list` shows them.
+pub fn chains() -> Vec<ChainDef> {
+    vec![
+        // Raw priority: the guard must see 127/8 packets before conntrack and NAT do.
+        ChainDef {
+            name: CHAIN_GUARD,
+            base: Some((Hook::Prerouting, -300, ChainType::Filter)),
+        },
+        ChainDef {
+            name: CHAIN_PREROUTING,
+            base: Some((Hook::Prerouting, -100, ChainType::Nat)),
+        },
+        ChainDef {
+            name: CHAIN_OUTPUT,
+            base: Some((Hook::Output, -100, ChainType::Nat)),
+        },
+        ChainDef {
+            name: CHAIN_PUBLISH,
+            base: None,
+        },
+        ChainDef {
+            name: CHAIN_POSTROUTING,
+            base: Some((Hook::Postrouting, 100, ChainType::Nat)),
+        },
+        ChainDef {
+            name: CHAIN_FORWARD,
+            base: Some((Hook::Forward, 0, ChainType::Filter)),
+        },
+        // Per-mapping counters. NAT sees only a connection's first packet (counted by its
+        // map lookup); the rest are counted by the same keys before NAT in the request
+        // direction (priority -150) and after it in the reply direction (priority 110).
+        ChainDef {
+            name: CHAIN_COUNT_REQUEST,
+            base: None,
+        },
+        ChainDef {
+            name: CHAIN_COUNT_REPLY,
+            base: None,
+        },
+        ChainDef {
+            name: "requests_in",
+            base: Some((Hook::Prerouting, -150, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "requests_out",
+            base: Some((Hook::Output, -150, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "replies_in",
+            base: Some((Hook::Input, 110, ChainType::Filter)),
+        },
+        ChainDef {
+            name: "replies_out",
+            base: Some((Hook::Postrouting, 110, ChainType::Filter)),
+        },
+    ]
+}
+
+/// A TLV of nftables' user data: type, length, value.
+fn udata(kind: u8, value: &[u8]) -> Vec<u8> {
+    let mut out = vec![kind, u8::try_from(value.len()).expect("short user data")];
+    out.extend_from_slice(value);
+    out
+}
+
+/// The user data `nft` writes for a `type` declaration: the byte order of key and data
+/// (0 for concatenations, 1 for host order) and, for concatenations, an empty `typeof`
+/// record that nft uses to remember the concatenation's shape.
+fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -> Vec<u8> {
+    const KEYBYTEORDER: u8 = 0;
+    const DATABYTEORDER: u8 = 1;
+    const KEY_TYPEOF: u8 = 3;
+    const DATA_TYPEOF: u8 = 4;
+    const DATA_INTERVAL: u8 = 6;
+    // Nested: expression kind 13 (concatenation) with no members.
+    let empty_concat = [udata(0, &13u32.to_le_bytes()), udata(1, &[])].concat();
+    let mut out = udata(KEYBYTEORDER, &key_byteorder.to_le_bytes());
+    if let Some(order) = data_byteorder {
+        out.extend(udata(DATABYTEORDER, &order.to_le_bytes()));
+    }
+    if concat {
+        out.extend(udata(KEY_TYPEOF, &empty_concat));
+    }
+    if data_byteorder.is_some() {
+        out.extend(udata(DATA_TYPEOF, &empty_concat));
+        out.extend(udata(DATA_INTERVAL, &0u32.to_le_bytes()));
+    }
+    out
+}
+
+/// The maps and sets of one address family: any-address and one-address maps, hairpin
+/// pairs, and targets protected from direct access, with their set ids.
+fn family_sets(v6: bool, ids: [u32; 4]) -> [SetDef; 4] {
+    use datatype::*;
+    let (addr, addr_len) = if v6 { (IP6ADDR, 16) } else { (IPADDR, 4) };
+    let target = Some((concat(&[addr, INET_SERVICE]), addr_len + 4));
+    let pick = |v4: &'static str, v6_name: &'static str| if v6 { v6_name } else { v4 };
+    let map = |name, nft_type, id, key_type, key_len| SetDef {
+        name,
+        nft_type,
+        id,
+        key_type,
+        key_len,
+        data: target,
+        counter: true,
+        userdata: set_userdata(0, Some(0), true),
+    };
+    [
+        // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
+        map(
+            pick(SET_ANY4, SET_ANY6),
+            pick(
+                "inet_proto . inet_service : ipv4_addr . inet_service",
+                "inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            ids[0],
+            concat(&[INET_PROTOCOL, INET_SERVICE]),
+            8,
+        ),
+        // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+        map(
+            pick(SET_ADDR4, SET_ADDR6),
+            pick(
+                "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+                "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            ids[1],
+            concat(&[addr, INET_PROTOCOL, INET_SERVICE]),
+            addr_len + 8,
+        ),
+        // set hairpin4 { type ipv4_addr . ipv4_addr; }
+        SetDef {
+            name: pick(SET_HAIRPIN4, SET_HAIRPIN6),
+            nft_type: pick("ipv4_addr . ipv4_addr", "ipv6_addr . ipv6_addr"),
+            id: ids[2],
+            key_type: concat(&[addr, addr]),
+            key_len: 2 * addr_len,
+            data: None,
+            counter: false,
+            userdata: set_userdata(0, None, true),
+        },
+        // set targets4 { type ipv4_addr; }
+        SetDef {
+            name: pick(SET_TARGETS4, SET_TARGETS6),
+            nft_type: pick("ipv4_addr", "ipv6_addr"),
+            id: ids[3],
+            key_type: addr,
+            key_len: addr_len,
+            data: None,
+            counter: false,
+            userdata: set_userdata(2, None, false),
+        },
+    ]
+}
+
+/// The sets and maps, in the order `nft list` shows them.
+pub fn sets() -> Vec<SetDef> {
+    let [any4, addr4, hairpin4, targets4] = family_sets(false, [1, 2, 3, 5]);
+    // set ifaces { type ifname; }
+    let ifaces = SetDef {
+        name: SET_IFACES,
+        nft_type: "ifname",
+        id: 4,
+        key_type: datatype::IFNAME,
+        key_len: IFNAME_LEN as u32,
+        data: None,
+        counter: false,
+        userdata: set_userdata(1, None, false),
+    };
+    let mut sets = vec![any4, addr4, hairpin4, ifaces, targets4];
+    sets.extend(family_sets(true, [6, 7, 8, 9]));
+    sets
+}
+
+pub(super) fn set_id(name: &str) -> u32 {
+    sets()
+        .iter()
+        .find(|set| set.name == name)
+        .map(|set| set.id)
+        .expect("a set of the table")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_types_match_nft() {
+        // Values read from `nft --debug=mnl` for the same declarations.
+        let sets = sets();
+        assert_eq!(sets[0].key_type, 0x30d);
+        assert_eq!(sets[1].key_type, 0x730d);
+        assert_eq!(sets[2].key_type, 0x1c7);
+        assert_eq!(sets[0].data, Some((0x1cd, 8)));
+        assert_eq!(sets[0].userdata.len(), 38);
+        assert_eq!(sets[2].userdata.len(), 16);
+        assert_eq!(sets[3].userdata, [0, 4, 1, 0, 0, 0]);
+    }
+}

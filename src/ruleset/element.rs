@@ -1,0 +1,353 @@
+//! Elements of the table's sets and maps: a mapping as a map element (key, data and the
+//! comment that records where it came from) and the helper elements it needs.
+
+use std::net::IpAddr;
+
+use super::{
+    SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4,
+    SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
+};
+use crate::model::Mapping;
+use crate::spec::Proto;
+
+/// How a mapping is stored as a map element.
+impl Mapping {
+    /// The map the mapping lives in.
+    pub fn set(&self) -> &'static str {
+        match (self.is_ipv6(), self.host_addr.is_some()) {
+            (false, false) => SET_ANY4,
+            (false, true) => SET_ADDR4,
+            (true, false) => SET_ANY6,
+            (true, true) => SET_ADDR6,
+        }
+    }
+
+    /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes.
+    pub fn key(&self) -> Vec<u8> {
+        let mut key = self.host_addr.map(addr_bytes).unwrap_or_default();
+        key.extend_from_slice(&[self.proto.number(), 0, 0, 0]);
+        key.extend_from_slice(&self.host_port.to_be_bytes());
+        key.extend_from_slice(&[0, 0]);
+        key
+    }
+
+    /// The map data: `ip . port` of the target.
+    pub fn data(&self) -> Vec<u8> {
+        let mut data = addr_bytes(self.to_addr);
+        data.extend_from_slice(&self.to_port.to_be_bytes());
+        data.extend_from_slice(&[0, 0]);
+        data
+    }
+
+    /// The element comment: readable in `nft list`, and how `ls` recovers `via` and the
+    /// namespace, which the map data does not hold.
+    pub fn comment(&self) -> String {
+        let mut comment = format!("via={}", self.via);
+        // Names that would not fit nftables' 128-byte comments are left out; the inode
+        // still ties the mapping to its namespace.
+        if let Some(netns) = self.netns.as_ref().filter(|name| name.len() <= 64) {
+            comment.push_str(" netns=");
+            comment.push_str(netns);
+        }
+        if let Some(inode) = self.netns_inode {
+            comment.push_str(&format!(" ino={inode}"));
+        }
+        if self.allow_direct {
+            comment.push_str(" direct=allow");
+        }
+        if let Some(container) = &self.container {
+            let ifname = self.container_ifname.as_deref().unwrap_or_default();
+            comment.push_str(&format!(" cni={container}/{ifname}"));
+        }
+        comment
+    }
+
+    /// Rebuilds a mapping from a map element; `None` for an element nsport did not write.
+    pub fn from_element(
+        set: &str,
+        key: &[u8],
+        data: &[u8],
+        comment: Option<&str>,
+    ) -> Option<Mapping> {
+        let addr_len = match set {
+            SET_ANY4 | SET_ADDR4 => 4,
+            SET_ANY6 | SET_ADDR6 => 16,
+            _ => return None,
+        };
+        let (host_addr, rest) = match set {
+            SET_ADDR4 | SET_ADDR6 if key.len() == addr_len + 8 => {
+                (Some(addr_from(&key[..addr_len])?), &key[addr_len..])
+            }
+            SET_ANY4 | SET_ANY6 if key.len() == 8 => (None, key),
+            _ => return None,
+        };
+        if data.len() != addr_len + 4 {
+            return None;
+        }
+        let mut via = String::new();
+        let mut netns = None;
+        let mut netns_inode = None;
+        let mut allow_direct = false;
+        let mut container = None;
+        let mut container_ifname = None;
+        for field in comment.unwrap_or_default().split(' ') {
+            match field.split_once('=') {
+                Some(("cni", value)) => {
+                    let (id, ifname) = value.split_once('/').unwrap_or((value, ""));
+                    container = Some(id.to_string());
+                    container_ifname = (!ifname.is_empty()).then(|| ifname.to_string());
+                }
+                Some(("via", value)) => via = value.to_string(),
+                Some(("netns", value)) => netns = Some(value.to_string()),
+                Some(("ino", value)) => netns_inode = value.parse().ok(),
+                Some(("direct", "allow")) => allow_direct = true,
+                _ => {}
+            }
+        }
+        Some(Mapping {
+            proto: Proto::from_number(rest[0])?,
+            host_addr,
+            host_port: u16::from_be_bytes([rest[4], rest[5]]),
+            to_addr: addr_from(&data[..addr_len])?,
+            to_port: u16::from_be_bytes([data[addr_len], data[addr_len + 1]]),
+            via,
+            netns,
+            netns_inode,
+            allow_direct,
+            container,
+            container_ifname,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub set: &'static str,
+    pub key: Vec<u8>,
+    pub data: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+impl Element {
+    pub fn mapping(mapping: &Mapping) -> Element {
+        Element::mapping_with_comment(mapping, mapping.comment())
+    }
+
+    /// The same with the comment given: many mappings of one publish share it, and
+    /// formatting it once per element is most of the cost of a large range.
+    pub fn mapping_with_comment(mapping: &Mapping, comment: String) -> Element {
+        Element {
+            set: mapping.set(),
+            key: mapping.key(),
+            data: Some(mapping.data()),
+            comment: Some(comment),
+        }
+    }
+
+    pub fn iface(name: &str) -> Element {
+        Element {
+            set: SET_IFACES,
+            key: ifname_bytes(name).to_vec(),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// The key as nft writes it, read back from its bytes.
+    fn key_text(&self) -> String {
+        match self.set {
+            SET_IFACES => {
+                let name = self.key.split(|b| *b == 0).next().unwrap_or_default();
+                format!("{:?}", String::from_utf8_lossy(name))
+            }
+            SET_HAIRPIN4 | SET_HAIRPIN6 => match addr_from(&self.key[..self.key.len() / 2]) {
+                Some(addr) => format!("{addr} . {addr}"),
+                None => String::new(),
+            },
+            SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
+                .map(|addr| addr.to_string())
+                .unwrap_or_default(),
+            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
+            _ => {
+                let cut = self.key.len().saturating_sub(8);
+                let (host, service) = self.key.split_at(cut);
+                let host = addr_from(host)
+                    .map(|addr| format!("{addr} . "))
+                    .unwrap_or_default();
+                let proto = Proto::from_number(service[0]).map_or("?".into(), |p| p.to_string());
+                let port = u16::from_be_bytes([service[4], service[5]]);
+                format!("{host}{proto} . {port}")
+            }
+        }
+    }
+
+    /// The map data as nft writes it: `ADDR . PORT`.
+    fn data_text(&self) -> Option<String> {
+        let data = self.data.as_ref()?;
+        let (addr, port) = data.split_at(data.len() - 4);
+        let port = u16::from_be_bytes([port[0], port[1]]);
+        Some(format!("{} . {port}", addr_from(addr)?))
+    }
+
+    /// The element of a helper set (interfaces, hairpin or targets) with this key.
+    pub fn helper(set: &str, key: &[u8]) -> Option<Element> {
+        let half = key.len() / 2;
+        match set {
+            SET_IFACES => {
+                let name = key.split(|b| *b == 0).next()?;
+                Some(Element::iface(std::str::from_utf8(name).ok()?))
+            }
+            SET_HAIRPIN4 | SET_HAIRPIN6 => Some(Element::hairpin(addr_from(&key[..half])?)),
+            SET_TARGETS4 | SET_TARGETS6 => Some(Element::target(addr_from(key)?)),
+            _ => None,
+        }
+    }
+
+    /// `add element inet nsport SET { KEY [comment "…"] [: DATA] }`
+    pub fn nft_add(&self) -> String {
+        let comment = self
+            .comment
+            .as_ref()
+            .map(|c| format!(" comment {c:?}"))
+            .unwrap_or_default();
+        let data = self
+            .data_text()
+            .map(|d| format!(" : {d}"))
+            .unwrap_or_default();
+        format!(
+            "add element inet {TABLE} {} {{ {}{comment}{data} }}",
+            self.set,
+            self.key_text()
+        )
+    }
+
+    /// `delete element inet nsport SET { KEY }`
+    pub fn nft_delete(&self) -> String {
+        format!(
+            "delete element inet {TABLE} {} {{ {} }}",
+            self.set,
+            self.key_text()
+        )
+    }
+
+    /// A target protected from direct access.
+    pub fn target(target: IpAddr) -> Element {
+        Element {
+            set: if target.is_ipv6() {
+                SET_TARGETS6
+            } else {
+                SET_TARGETS4
+            },
+            key: addr_bytes(target),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// `target . target`: the namespace reaching its own published port.
+    pub fn hairpin(target: IpAddr) -> Element {
+        Element {
+            set: if target.is_ipv6() {
+                SET_HAIRPIN6
+            } else {
+                SET_HAIRPIN4
+            },
+            key: [addr_bytes(target), addr_bytes(target)].concat(),
+            data: None,
+            comment: None,
+        }
+    }
+
+    pub fn set_id(&self) -> u32 {
+        set_id(self.set)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn mapping(host_addr: Option<Ipv4Addr>) -> Mapping {
+        Mapping {
+            proto: Proto::Udp,
+            host_addr: host_addr.map(IpAddr::V4),
+            host_port: 5353,
+            to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
+            to_port: 53,
+            via: "br0".into(),
+            netns: Some("ns1".into()),
+            netns_inode: Some(4026532000),
+            allow_direct: false,
+            container: None,
+            container_ifname: None,
+        }
+    }
+
+    #[test]
+    fn keys_are_padded_big_endian_concatenations() {
+        let any = mapping(None);
+        assert_eq!(any.key(), [17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
+        assert_eq!(any.data(), [172, 18, 0, 2, 0, 53, 0, 0]);
+        let one = mapping(Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(one.key(), [127, 0, 0, 1, 17, 0, 0, 0, 0x14, 0xe9, 0, 0]);
+    }
+
+    fn mapping6(host_addr: Option<&str>) -> Mapping {
+        Mapping {
+            host_addr: host_addr.map(|a| a.parse().unwrap()),
+            to_addr: "2001:db8:1::2".parse().unwrap(),
+            ..mapping(None)
+        }
+    }
+
+    #[test]
+    fn ipv6_keys_and_data() {
+        let one = mapping6(Some("2001:db8::1"));
+        assert_eq!(one.set(), SET_ADDR6);
+        assert_eq!(one.key().len(), 24);
+        assert_eq!(one.data().len(), 20);
+        assert_eq!(one.data()[16..18], 53u16.to_be_bytes());
+        assert_eq!(mapping6(None).set(), SET_ANY6);
+        assert!(!mapping6(None).serves_loopback());
+    }
+
+    #[test]
+    fn elements_round_trip_to_mappings() {
+        for original in [
+            mapping(None),
+            mapping(Some(Ipv4Addr::new(192, 0, 2, 1))),
+            mapping6(None),
+            mapping6(Some("2001:db8::1")),
+        ] {
+            let element = Element::mapping(&original);
+            let back = Mapping::from_element(
+                element.set,
+                &element.key,
+                element.data.as_deref().unwrap(),
+                element.comment.as_deref(),
+            );
+            assert_eq!(back, Some(original));
+        }
+    }
+
+    #[test]
+    fn foreign_elements_are_ignored() {
+        assert_eq!(
+            Mapping::from_element(SET_ANY4, &[6, 0, 0, 0], &[0; 8], None),
+            None
+        );
+        assert_eq!(
+            Mapping::from_element(SET_ANY4, &[1, 0, 0, 0, 0, 80, 0, 0], &[0; 8], None),
+            None
+        );
+    }
+
+    #[test]
+    fn loopback_service() {
+        assert!(mapping(None).serves_loopback());
+        assert!(mapping(Some(Ipv4Addr::LOCALHOST)).serves_loopback());
+        assert!(!mapping(Some(Ipv4Addr::new(192, 0, 2, 1))).serves_loopback());
+    }
+}

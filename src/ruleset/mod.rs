@@ -1,0 +1,140 @@
+//! What `table inet nsport` should contain, as plain data.
+//!
+//! Nothing here talks to the kernel: `crate::netlink` turns these values into nftables
+//! messages. The rules are fixed; a published port is only a map element, so the per-packet
+//! cost is one hash lookup however many ports are published.
+//!
+//! ```text
+//! table inet nsport {
+//!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
+//!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+//!   map any6, addr6, set hairpin6, targets6: the same for IPv6
+//!   set hairpin4 { type ipv4_addr . ipv4_addr; }
+//!   set ifaces { type ifname; }
+//!   set targets4 { type ipv4_addr; }
+//!   chain guard { type filter hook prerouting priority raw; ... }
+//!   chain prerouting { type nat hook prerouting priority dstnat; ... }
+//!   chain output { type nat hook output priority -100; ... }
+//!   chain publish { ... }
+//!   chain postrouting { type nat hook postrouting priority srcnat; ... }
+//!   chain forward { type filter hook forward priority filter; ... }
+//! }
+//! ```
+
+mod declarations;
+mod element;
+mod expr;
+mod rules;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+pub use crate::model::Mapping;
+pub use declarations::{
+    CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
+    CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
+};
+pub use element::Element;
+pub use expr::{
+    ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
+};
+pub use rules::rules;
+
+/// The one table nsport owns, in the `inet` family.
+pub const TABLE: &str = "nsport";
+
+pub const SET_ANY4: &str = "any4";
+pub const SET_ADDR4: &str = "addr4";
+pub const SET_HAIRPIN4: &str = "hairpin4";
+pub const SET_IFACES: &str = "ifaces";
+pub const SET_TARGETS4: &str = "targets4";
+pub const SET_ANY6: &str = "any6";
+pub const SET_ADDR6: &str = "addr6";
+pub const SET_HAIRPIN6: &str = "hairpin6";
+pub const SET_TARGETS6: &str = "targets6";
+
+/// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
+/// `nft --debug=netlink`), numbered as the kernel numbers them.
+pub const REG_1: u32 = 1;
+pub const REG_2: u32 = 2;
+pub const REG32_01: u32 = 9;
+pub const REG32_02: u32 = 10;
+pub const REG32_05: u32 = 13;
+pub const REG_VERDICT: u32 = 0;
+
+/// `IFNAMSIZ`: interface names are compared as 16 NUL-padded bytes.
+pub const IFNAME_LEN: usize = 16;
+
+/// The whole table, empty, as an `nft -f` script: what nsport creates on first use.
+/// It starts by deleting any table of the name, so that loading it twice does not
+/// duplicate the rules.
+pub fn table_script() -> String {
+    let mut out =
+        format!("table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n");
+    for set in sets() {
+        let kind = if set.is_map() { "map" } else { "set" };
+        out.push_str(&format!(
+            "\t{kind} {} {{\n\t\ttype {}\n",
+            set.name, set.nft_type
+        ));
+        if set.counter {
+            out.push_str("\t\tcounter\n");
+        }
+        out.push_str("\t}\n\n");
+    }
+    let rules = rules();
+    let chains = chains();
+    for (i, chain) in chains.iter().enumerate() {
+        out.push_str(&format!("\tchain {} {{\n", chain.name));
+        if let Some((hook, priority, kind)) = chain.base {
+            let kind = match kind {
+                ChainType::Filter => "filter",
+                ChainType::Nat => "nat",
+            };
+            let hook = match hook {
+                Hook::Prerouting => "prerouting",
+                Hook::Input => "input",
+                Hook::Forward => "forward",
+                Hook::Output => "output",
+                Hook::Postrouting => "postrouting",
+            };
+            out.push_str(&format!(
+                "\t\ttype {kind} hook {hook} priority {priority}; policy accept;\n"
+            ));
+        }
+        for rule in rules.iter().filter(|rule| rule.chain == chain.name) {
+            out.push_str(&format!("\t\t{}\n", rule.nft));
+        }
+        out.push_str(if i + 1 < chains.len() {
+            "\t}\n\n"
+        } else {
+            "\t}\n"
+        });
+    }
+    out.push_str("}\n");
+    out
+}
+
+/// An interface name as the kernel compares it: NUL-padded to `IFNAMSIZ`.
+pub fn ifname_bytes(name: &str) -> [u8; IFNAME_LEN] {
+    let mut out = [0; IFNAME_LEN];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    out
+}
+
+/// An address's bytes as nftables compares them: network order.
+fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    match addr {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+fn addr_from(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?))),
+        16 => Some(IpAddr::V6(Ipv6Addr::from(
+            <[u8; 16]>::try_from(bytes).ok()?,
+        ))),
+        _ => None,
+    }
+}

@@ -1,0 +1,545 @@
+//! The table's rules, each with the line `nft list` prints for it: which packets are
+//! published, guarded, masqueraded, kept private and counted.
+
+use std::net::Ipv6Addr;
+
+use super::declarations::*;
+use super::expr::*;
+use super::*;
+
+const NFPROTO_IPV4: u8 = 2;
+const NFPROTO_IPV6: u8 = 10;
+const RTN_LOCAL: u32 = 2;
+const IPS_DST_NAT: u32 = 0x20;
+const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
+/// Offsets into the IPv4 header and the transport header.
+const IPV4_SADDR: u32 = 12;
+const IPV4_DADDR: u32 = 16;
+const TH_SPORT: u32 = 0;
+const TH_DPORT: u32 = 2;
+const IPV6_SADDR: u32 = 8;
+const IPV6_DADDR: u32 = 24;
+
+fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
+    Expr::Lookup {
+        set,
+        set_id: set_id(set),
+        sreg,
+        dreg,
+        invert: false,
+    }
+}
+
+fn meta(key: MetaKey, dreg: u32) -> Expr {
+    Expr::Meta { key, dreg }
+}
+
+fn is_family(nfproto: u8) -> [Expr; 2] {
+    [
+        meta(MetaKey::Nfproto, REG_1),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![nfproto],
+        },
+    ]
+}
+
+fn is_ipv4() -> [Expr; 2] {
+    is_family(NFPROTO_IPV4)
+}
+
+fn is_ipv6() -> [Expr; 2] {
+    is_family(NFPROTO_IPV6)
+}
+
+fn ipv6_field(offset: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len: 16,
+        dreg,
+    }
+}
+
+/// `ip6 saddr/daddr fe80::/10 return`, as nft compiles it: mask the whole address.
+fn link_local_return(offset: u32) -> Vec<Expr> {
+    let mut mask = [0u8; 16];
+    mask[..2].copy_from_slice(&[0xff, 0xc0]);
+    let mut prefix = [0u8; 16];
+    prefix[..2].copy_from_slice(&[0xfe, 0x80]);
+    [
+        is_ipv6().to_vec(),
+        vec![
+            ipv6_field(offset, REG_1),
+            Expr::Bitwise {
+                reg: REG_1,
+                mask: mask.to_vec(),
+                xor: vec![0; 16],
+            },
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: prefix.to_vec(),
+            },
+            Expr::Verdict(Verdict::Return),
+        ],
+    ]
+    .concat()
+}
+
+fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Network,
+        offset,
+        len,
+        dreg,
+    }
+}
+
+fn th_dport(dreg: u32) -> Expr {
+    th_port(TH_DPORT, dreg)
+}
+
+fn th_port(offset: u32, dreg: u32) -> Expr {
+    Expr::Payload {
+        base: PayloadBase::Transport,
+        offset,
+        len: 2,
+        dreg,
+    }
+}
+
+/// `ct status dnat`, `ct state established,related`: any of the bits set.
+fn ct_any(key: CtKey, bits: u32) -> [Expr; 3] {
+    [
+        Expr::Ct { key, dreg: REG_1 },
+        Expr::Bitwise {
+            reg: REG_1,
+            mask: bits.to_ne_bytes().to_vec(),
+            xor: vec![0; 4],
+        },
+        Expr::Cmp {
+            op: CmpOp::Neq,
+            sreg: REG_1,
+            data: vec![0; 4],
+        },
+    ]
+}
+
+fn ct_status_dnat() -> [Expr; 3] {
+    ct_any(CtKey::Status, IPS_DST_NAT)
+}
+
+/// `ip saddr/daddr 127.0.0.0/8`, which nft compiles to a one-byte comparison.
+fn is_loopback_net(offset: u32) -> [Expr; 2] {
+    [
+        ipv4_field(offset, 1, REG_1),
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: vec![127],
+        },
+    ]
+}
+
+fn local_daddr_jump_publish() -> Vec<Expr> {
+    vec![
+        Expr::FibDaddrType { dreg: REG_1 },
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            sreg: REG_1,
+            data: RTN_LOCAL.to_ne_bytes().to_vec(),
+        },
+        Expr::Verdict(Verdict::Jump(CHAIN_PUBLISH)),
+    ]
+}
+
+/// The rules that count a packet against its mapping's element: by the host side, which
+/// is the destination of a request before NAT and the source of a reply after it.
+fn count_rules(chain: &'static str, texts: [&'static str; 4], request: bool) -> Vec<RuleDef> {
+    let (v4_addr, v6_addr, port) = if request {
+        (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
+    } else {
+        (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
+    };
+    let counted = |set| vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)];
+    let any = |family: [Expr; 2], set| {
+        [
+            family.to_vec(),
+            vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
+            counted(set),
+        ]
+        .concat()
+    };
+    let [addr4, any4, addr6, any6] = texts;
+    vec![
+        RuleDef {
+            chain,
+            nft: addr4,
+            exprs: [
+                is_ipv4().to_vec(),
+                vec![
+                    ipv4_field(v4_addr, 4, REG_1),
+                    meta(MetaKey::L4proto, REG32_01),
+                    th_port(port, REG32_02),
+                ],
+                counted(SET_ADDR4),
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain,
+            nft: any4,
+            exprs: any(is_ipv4(), SET_ANY4),
+        },
+        RuleDef {
+            chain,
+            nft: addr6,
+            exprs: [
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(v6_addr, REG_1),
+                    meta(MetaKey::L4proto, REG_2),
+                    th_port(port, REG32_05),
+                ],
+                counted(SET_ADDR6),
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain,
+            nft: any6,
+            exprs: any(is_ipv6(), SET_ANY6),
+        },
+    ]
+}
+
+/// `ct direction original|reply ct status dnat jump CHAIN`.
+fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'static str) -> RuleDef {
+    RuleDef {
+        chain,
+        nft,
+        exprs: [
+            vec![
+                Expr::Ct {
+                    key: CtKey::Direction,
+                    dreg: REG_1,
+                },
+                Expr::Cmp {
+                    op: CmpOp::Eq,
+                    sreg: REG_1,
+                    data: vec![u8::from(reply)],
+                },
+            ],
+            ct_status_dnat().to_vec(),
+            vec![Expr::Verdict(Verdict::Jump(to))],
+        ]
+        .concat(),
+    }
+}
+
+/// The rules, in chain order.
+pub fn rules() -> Vec<RuleDef> {
+    let mut rules = base_rules();
+    rules.extend(count_rules(
+        CHAIN_COUNT_REQUEST,
+        [
+            "ip daddr . meta l4proto . th dport @addr4 return",
+            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
+            "ip6 daddr . meta l4proto . th dport @addr6 return",
+            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
+        ],
+        true,
+    ));
+    rules.extend(count_rules(
+        CHAIN_COUNT_REPLY,
+        [
+            "ip saddr . meta l4proto . th sport @addr4 return",
+            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
+            "ip6 saddr . meta l4proto . th sport @addr6 return",
+            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
+        ],
+        false,
+    ));
+    let request = "ct direction original ct status dnat jump count_request";
+    let reply = "ct direction reply ct status dnat jump count_reply";
+    rules.push(jump_if_dnat(
+        "requests_in",
+        request,
+        false,
+        CHAIN_COUNT_REQUEST,
+    ));
+    rules.push(jump_if_dnat(
+        "requests_out",
+        request,
+        false,
+        CHAIN_COUNT_REQUEST,
+    ));
+    rules.push(jump_if_dnat("replies_in", reply, true, CHAIN_COUNT_REPLY));
+    rules.push(jump_if_dnat("replies_out", reply, true, CHAIN_COUNT_REPLY));
+    rules
+}
+
+/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4` and
+/// `dnat ip to meta l4proto . th dport map @any4`, or the same for IPv6. An IPv6 address
+/// fills a whole 16-byte register, so what follows it moves to register 2 and its next
+/// 4-byte slot.
+fn publish_rules(v6: bool) -> [RuleDef; 2] {
+    let (family, daddr, addr_set, any_set) = if v6 {
+        (
+            is_ipv6(),
+            ipv6_field(IPV6_DADDR, REG_1),
+            SET_ADDR6,
+            SET_ANY6,
+        )
+    } else {
+        (
+            is_ipv4(),
+            ipv4_field(IPV4_DADDR, 4, REG_1),
+            SET_ADDR4,
+            SET_ANY4,
+        )
+    };
+    let (proto_reg, port_reg) = if v6 {
+        (REG_2, REG32_05)
+    } else {
+        (REG32_01, REG32_02)
+    };
+    let dnat = Expr::Dnat {
+        ipv6: v6,
+        reg_addr: REG_1,
+        reg_port: if v6 { REG_2 } else { REG32_01 },
+    };
+    let texts = if v6 {
+        [
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
+            "dnat ip6 to meta l4proto . th dport map @any6",
+        ]
+    } else {
+        [
+            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
+            "dnat ip to meta l4proto . th dport map @any4",
+        ]
+    };
+    [
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: texts[0],
+            exprs: [
+                family.to_vec(),
+                vec![
+                    daddr,
+                    meta(MetaKey::L4proto, proto_reg),
+                    th_dport(port_reg),
+                    lookup(addr_set, REG_1, Some(REG_1)),
+                    dnat.clone(),
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: texts[1],
+            exprs: vec![
+                meta(MetaKey::L4proto, REG_1),
+                th_dport(REG32_01),
+                lookup(any_set, REG_1, Some(REG_1)),
+                dnat,
+            ],
+        },
+    ]
+}
+
+/// The rules that publish, guard and keep namespaces private.
+fn base_rules() -> Vec<RuleDef> {
+    let mut rules = vec![
+        RuleDef {
+            chain: CHAIN_GUARD,
+            nft: r#"iifname != "lo" ip daddr 127.0.0.0/8 drop"#,
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Cmp {
+                        op: CmpOp::Neq,
+                        sreg: REG_1,
+                        data: ifname_bytes("lo").to_vec(),
+                    },
+                ],
+                is_ipv4().to_vec(),
+                is_loopback_net(IPV4_DADDR).to_vec(),
+                vec![Expr::Verdict(Verdict::Drop)],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_PREROUTING,
+            nft: "fib daddr type local jump publish",
+            exprs: local_daddr_jump_publish(),
+        },
+        RuleDef {
+            chain: CHAIN_OUTPUT,
+            nft: "fib daddr type local jump publish",
+            exprs: local_daddr_jump_publish(),
+        },
+        // Link-local traffic belongs to its link; [::1] cannot be DNATed at all (Linux has
+        // no route_localnet for IPv6), so it is left to reach the host's own sockets.
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 saddr fe80::/10 return",
+            exprs: link_local_return(IPV6_SADDR),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 daddr fe80::/10 return",
+            exprs: link_local_return(IPV6_DADDR),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip6 daddr ::1 return",
+            exprs: [
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_DADDR, REG_1),
+                    Expr::Cmp {
+                        op: CmpOp::Eq,
+                        sreg: REG_1,
+                        data: Ipv6Addr::LOCALHOST.octets().to_vec(),
+                    },
+                    Expr::Verdict(Verdict::Return),
+                ],
+            ]
+            .concat(),
+        },
+    ];
+    rules.extend(publish_rules(false));
+    rules.extend(publish_rules(true));
+    rules.extend([
+        RuleDef {
+            chain: CHAIN_POSTROUTING,
+            nft: "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
+            exprs: [
+                is_ipv4().to_vec(),
+                is_loopback_net(IPV4_SADDR).to_vec(),
+                vec![
+                    meta(MetaKey::Oifname, REG_1),
+                    lookup(SET_IFACES, REG_1, None),
+                    Expr::Masquerade,
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_POSTROUTING,
+            nft: "ct status dnat ip saddr . ip daddr @hairpin4 masquerade",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                is_ipv4().to_vec(),
+                vec![
+                    ipv4_field(IPV4_SADDR, 4, REG_1),
+                    ipv4_field(IPV4_DADDR, 4, REG32_01),
+                    lookup(SET_HAIRPIN4, REG_1, None),
+                    Expr::Masquerade,
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_POSTROUTING,
+            nft: "ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_SADDR, REG_1),
+                    ipv6_field(IPV6_DADDR, REG_2),
+                    lookup(SET_HAIRPIN6, REG_1, None),
+                    Expr::Masquerade,
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_POSTROUTING,
+            nft: "ct status dnat iifname @ifaces oifname @ifaces masquerade",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    lookup(SET_IFACES, REG_1, None),
+                    meta(MetaKey::Oifname, REG_1),
+                    lookup(SET_IFACES, REG_1, None),
+                    Expr::Masquerade,
+                ],
+            ]
+            .concat(),
+        },
+        // Direct access: once forwarding is on, nothing from outside the published
+        // namespaces' interfaces reaches their addresses unless a published port sent it.
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "ct status dnat accept",
+            exprs: [
+                ct_status_dnat().to_vec(),
+                vec![Expr::Verdict(Verdict::Accept)],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "ct state established,related accept",
+            exprs: [
+                ct_any(CtKey::State, CT_STATE_ESTABLISHED_RELATED).to_vec(),
+                vec![Expr::Verdict(Verdict::Accept)],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "iifname != @ifaces ip daddr @targets4 drop",
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Lookup {
+                        set: SET_IFACES,
+                        set_id: set_id(SET_IFACES),
+                        sreg: REG_1,
+                        dreg: None,
+                        invert: true,
+                    },
+                ],
+                is_ipv4().to_vec(),
+                vec![
+                    ipv4_field(IPV4_DADDR, 4, REG_1),
+                    lookup(SET_TARGETS4, REG_1, None),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            ]
+            .concat(),
+        },
+        RuleDef {
+            chain: CHAIN_FORWARD,
+            nft: "iifname != @ifaces ip6 daddr @targets6 drop",
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Lookup {
+                        set: SET_IFACES,
+                        set_id: set_id(SET_IFACES),
+                        sreg: REG_1,
+                        dreg: None,
+                        invert: true,
+                    },
+                ],
+                is_ipv6().to_vec(),
+                vec![
+                    ipv6_field(IPV6_DADDR, REG_1),
+                    lookup(SET_TARGETS6, REG_1, None),
+                    Expr::Verdict(Verdict::Drop),
+                ],
+            ]
+            .concat(),
+        },
+    ]);
+    rules
+}
