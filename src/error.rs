@@ -27,6 +27,12 @@ pub enum Error {
     FamilyMismatch { spec: String, family: &'static str },
     #[error("interface name {0:?} is longer than {MAX_IFNAME} bytes")]
     IfaceTooLong(String),
+    #[error("{0:?} is not a valid interface name (no /, :, whitespace or control characters)")]
+    BadIfaceName(String),
+    #[error(
+        "network namespace name {0:?} is not accepted: names starting with # are reserved for the digests of long names"
+    )]
+    BadNetnsName(String),
     #[error("interface {0:?} does not exist")]
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
@@ -92,6 +98,8 @@ impl Error {
                 | Error::NoAddress(_)
                 | Error::FamilyMismatch { .. }
                 | Error::IfaceTooLong(_)
+                | Error::BadIfaceName(_)
+                | Error::BadNetnsName(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)
                 | Error::NotLocal(_)

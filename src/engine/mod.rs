@@ -34,6 +34,7 @@ use crate::netlink::NetlinkError;
 use crate::netlink::nftables::Change;
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
+use crate::ruleset::metadata::{is_digest, same_name};
 use crate::ruleset::{self, Element, Mapping, SET_IFACES};
 use crate::spec::{self, HostSpec, Proto, PublishSpec, with_port};
 
@@ -389,7 +390,9 @@ pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
         let chosen: Vec<Mapping> = all
             .iter()
             .filter(|m| {
-                m.netns.as_deref() == Some(name)
+                m.netns
+                    .as_deref()
+                    .is_some_and(|recorded| same_name(recorded, name))
                     || addrs
                         .as_ref()
                         .is_some_and(|addrs| addrs.contains(&m.to_addr))
@@ -580,14 +583,19 @@ pub(crate) fn stale_flags(mappings: &[Mapping]) -> Vec<bool> {
     let mut namespaces: HashMap<&str, Option<u64>> = HashMap::new();
     mappings
         .iter()
-        .map(|mapping| match &mapping.netns {
-            Some(name) => {
+        .map(|mapping| match (&mapping.netns, mapping.netns_inode) {
+            // A name too long to record: its inode is what is left to go by.
+            (Some(name), Some(inode)) if is_digest(name) => {
+                !crate::host::netns::inode_is_alive(inode)
+            }
+            (Some(name), _) if is_digest(name) => false,
+            (Some(name), _) => {
                 let now = *namespaces
                     .entry(name)
                     .or_insert_with(|| Namespace::open(name).ok().map(|ns| ns.inode));
                 now.is_none() || mapping.netns_inode.is_some_and(|inode| now != Some(inode))
             }
-            None => false,
+            (None, _) => false,
         })
         .collect()
 }

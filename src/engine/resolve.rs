@@ -42,9 +42,25 @@ pub struct Resolved {
     pub bridge_port: Option<rtnetlink::Link>,
 }
 
+/// Refuses what Linux would never accept as an interface name: empty, longer than
+/// IFNAMSIZ allows, `.` or `..`, or holding `/`, `:`, whitespace or a control byte.
 pub fn check_ifname(name: &str) -> Result<(), Error> {
     if name.len() > MAX_IFNAME {
         return Err(Error::IfaceTooLong(name.to_string()));
+    }
+    let bad_byte =
+        |b: u8| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control();
+    if name.is_empty() || name == "." || name == ".." || name.bytes().any(bad_byte) {
+        return Err(Error::BadIfaceName(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
+/// mark of a digest that stands for a name too long to record.
+pub fn check_netns_name(name: &str) -> Result<(), Error> {
+    if name.starts_with('#') || name.is_empty() || name.contains('\0') {
+        return Err(Error::BadNetnsName(name.to_string()));
     }
     Ok(())
 }
@@ -58,6 +74,7 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
     let (targets, netns) = match target {
         Target::Addr(addr) => (vec![(*addr, None)], None),
         Target::Netns(name) => {
+            check_netns_name(name)?;
             let namespace = Namespace::open(name)?;
             let found = namespace.targets()?;
             if found.is_empty() {

@@ -67,7 +67,7 @@ pub fn update(
         }
         let snapshot = table::read(kernel, true)?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
-        let desired = decide(&current)?;
+        let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
         let mut changes = Vec::new();
         if !diff.add.is_empty() || snapshot.exists {
@@ -109,6 +109,8 @@ pub fn create(
     mappings: &[Mapping],
     dry_run: bool,
 ) -> Result<Committed, Error> {
+    let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
+    let mappings = mappings.as_slice();
     let merge = |current: &[Mapping]| merged(current, mappings);
     if dry_run {
         return update(kernel, true, merge);

@@ -3,6 +3,7 @@
 
 use std::net::IpAddr;
 
+use super::metadata::Metadata;
 use super::{
     SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4,
     SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
@@ -40,26 +41,36 @@ impl Mapping {
     }
 
     /// The element comment: readable in `nft list`, and how `ls` recovers `via` and the
-    /// namespace, which the map data does not hold.
+    /// namespace, which the map data does not hold. Every name is encoded (`metadata`).
     pub fn comment(&self) -> String {
-        let mut comment = format!("via={}", self.via);
-        // Names that would not fit nftables' 128-byte comments are left out; the inode
-        // still ties the mapping to its namespace.
-        if let Some(netns) = self.netns.as_ref().filter(|name| name.len() <= 64) {
-            comment.push_str(" netns=");
-            comment.push_str(netns);
+        self.metadata().to_comment()
+    }
+
+    fn metadata(&self) -> Metadata {
+        Metadata {
+            via: self.via.clone(),
+            netns: self.netns.clone(),
+            netns_inode: self.netns_inode,
+            allow_direct: self.allow_direct,
+            container: self.container.clone(),
+            container_ifname: self.container_ifname.clone(),
         }
-        if let Some(inode) = self.netns_inode {
-            comment.push_str(&format!(" ino={inode}"));
+    }
+
+    /// The mapping as it reads back from the table: long names become their digests.
+    /// Plans compare mappings in this form, so a mapping already in the table is not
+    /// taken for a new one because its namespace's name was too long to record.
+    pub fn as_recorded(&self) -> Mapping {
+        let metadata = Metadata::parse(&self.comment());
+        Mapping {
+            via: metadata.via,
+            netns: metadata.netns,
+            netns_inode: metadata.netns_inode,
+            allow_direct: metadata.allow_direct,
+            container: metadata.container,
+            container_ifname: metadata.container_ifname,
+            ..self.clone()
         }
-        if self.allow_direct {
-            comment.push_str(" direct=allow");
-        }
-        if let Some(container) = &self.container {
-            let ifname = self.container_ifname.as_deref().unwrap_or_default();
-            comment.push_str(&format!(" cni={container}/{ifname}"));
-        }
-        comment
     }
 
     /// Rebuilds a mapping from a map element; `None` for an element nsport did not write.
@@ -84,38 +95,19 @@ impl Mapping {
         if data.len() != addr_len + 4 {
             return None;
         }
-        let mut via = String::new();
-        let mut netns = None;
-        let mut netns_inode = None;
-        let mut allow_direct = false;
-        let mut container = None;
-        let mut container_ifname = None;
-        for field in comment.unwrap_or_default().split(' ') {
-            match field.split_once('=') {
-                Some(("cni", value)) => {
-                    let (id, ifname) = value.split_once('/').unwrap_or((value, ""));
-                    container = Some(id.to_string());
-                    container_ifname = (!ifname.is_empty()).then(|| ifname.to_string());
-                }
-                Some(("via", value)) => via = value.to_string(),
-                Some(("netns", value)) => netns = Some(value.to_string()),
-                Some(("ino", value)) => netns_inode = value.parse().ok(),
-                Some(("direct", "allow")) => allow_direct = true,
-                _ => {}
-            }
-        }
+        let metadata = Metadata::parse(comment.unwrap_or_default());
         Some(Mapping {
             proto: Proto::from_number(rest[0])?,
             host_addr,
             host_port: u16::from_be_bytes([rest[4], rest[5]]),
             to_addr: addr_from(&data[..addr_len])?,
             to_port: u16::from_be_bytes([data[addr_len], data[addr_len + 1]]),
-            via,
-            netns,
-            netns_inode,
-            allow_direct,
-            container,
-            container_ifname,
+            via: metadata.via,
+            netns: metadata.netns,
+            netns_inode: metadata.netns_inode,
+            allow_direct: metadata.allow_direct,
+            container: metadata.container,
+            container_ifname: metadata.container_ifname,
         })
     }
 }

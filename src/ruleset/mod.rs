@@ -24,6 +24,7 @@
 mod declarations;
 mod element;
 mod expr;
+pub mod metadata;
 mod rules;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
