@@ -39,6 +39,8 @@ pub struct Fake {
     pub between_read_and_commit: Option<Meddler>,
     pub commits: usize,
     pub refused_stale: usize,
+    /// Sets whose dump fails the test: a change that must not read every mapping.
+    pub forbidden_dumps: Vec<&'static str>,
 }
 
 fn refused(index: usize, errno: i32) -> NetlinkError {
@@ -150,6 +152,10 @@ impl Fake {
         self.generation += 1;
     }
 
+    pub fn forbid_dumps_of(&mut self, set: &'static str) {
+        self.forbidden_dumps.push(set);
+    }
+
     pub fn elements_of(&self, set: &str) -> FakeSet {
         self.table
             .as_ref()
@@ -196,6 +202,10 @@ impl Kernel for Fake {
     }
 
     fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError> {
+        assert!(
+            !self.forbidden_dumps.contains(&set),
+            "{set} was dumped whole"
+        );
         Ok(self
             .elements_of(set)
             .into_iter()
@@ -206,6 +216,22 @@ impl Kernel for Fake {
                 counter: None,
             })
             .collect())
+    }
+
+    fn element(
+        &mut self,
+        set: &'static str,
+        key: &[u8],
+    ) -> Result<Option<ElementDump>, NetlinkError> {
+        Ok(self
+            .elements_of(set)
+            .remove(key)
+            .map(|(data, comment)| ElementDump {
+                key: key.to_vec(),
+                data,
+                comment,
+                counter: None,
+            }))
     }
 
     fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {

@@ -19,6 +19,12 @@ pub trait Kernel {
     fn rules(&mut self) -> Result<Vec<RuleDump>, NetlinkError>;
     /// Every element of one set or map of the table; empty when it does not exist.
     fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError>;
+    /// The one element of a set or map with this key, if there is one.
+    fn element(
+        &mut self,
+        set: &'static str,
+        key: &[u8],
+    ) -> Result<Option<ElementDump>, NetlinkError>;
     /// Applies `changes` as one batch, refused whole with `NetlinkError::Stale` when
     /// `genid` is given and the ruleset is no longer at that generation.
     fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError>;
@@ -47,6 +53,14 @@ impl Kernel for Netlink {
 
     fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError> {
         nftables::dump_elements(set)
+    }
+
+    fn element(
+        &mut self,
+        set: &'static str,
+        key: &[u8],
+    ) -> Result<Option<ElementDump>, NetlinkError> {
+        nftables::get_element(set, key)
     }
 
     fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {

@@ -35,7 +35,7 @@ use crate::netlink::nftables::Change;
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::metadata::{is_digest, same_name};
-use crate::ruleset::{self, Element, Mapping, SET_IFACES};
+use crate::ruleset::{self, Element, Mapping};
 use crate::spec::{self, HostSpec, Proto, PublishSpec, with_port};
 
 /// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
@@ -177,8 +177,11 @@ fn finish_or_roll_back(
             .collect())
     });
     let put_back = undo.and_then(|undone| {
-        let mut settings = Settings::load(lock, &[])?;
-        settings.put_back_unneeded(undone.after.as_deref().unwrap_or_default())
+        let mut settings = Settings::load(lock, Vec::new())?;
+        match &undone.still_needed {
+            Some(needed) => settings.put_back_unneeded(needed),
+            None => Ok(()),
+        }
     });
     match put_back {
         Ok(()) => Err(Error::RolledBack(Box::new(error))),
@@ -195,14 +198,8 @@ fn finish(
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
-    let vias: Vec<String> = committed
-        .after
-        .iter()
-        .flatten()
-        .chain(&committed.added)
-        .map(|m| m.via.clone())
-        .collect();
-    let mut settings = Settings::load(lock, &vias)?;
+    let vias = committed.added.iter().map(|m| m.via.clone());
+    let mut settings = Settings::load(lock, vias)?;
     if !committed.existed && !settings.originals.is_empty() {
         // What the record names was set for a table someone else deleted since.
         log::warn!(
@@ -217,8 +214,8 @@ fn finish(
     if exposing {
         verify_guard(kernel, committed.genid, &mut settings)?;
     }
-    if let Some(after) = &committed.after {
-        settings.put_back_unneeded(after)?;
+    if let Some(needed) = &committed.still_needed {
+        settings.put_back_unneeded(needed)?;
     }
     flows::forget(&committed.removed, &committed.added);
     Ok(())
@@ -373,9 +370,49 @@ fn without(all: &[Mapping], chosen: &[Mapping]) -> Vec<Mapping> {
 /// # }
 /// ```
 pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
-    change(dry_run, |all| {
-        Ok(without(all, &chosen_by_specs(all, specs)?))
-    })
+    if dry_run {
+        return change(true, |all| Ok(without(all, &chosen_by_specs(all, specs)?)));
+    }
+    // Each host port is looked up by key in the maps it can be in; the mappings found
+    // there, and the helper elements, are all the removal reads.
+    let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut sides: Vec<(HostSpec, std::ops::Range<usize>)> = Vec::new();
+    for spec in specs {
+        for port in spec.ports.ports() {
+            let start = keys.len();
+            for set in ruleset::host_sets(spec.host_addr) {
+                keys.push((set, ruleset::host_key(spec.proto, spec.host_addr, port)));
+            }
+            let side = HostSpec {
+                ports: spec::PortRange {
+                    start: port,
+                    end: port,
+                },
+                ..*spec
+            };
+            sides.push((side, start..keys.len()));
+        }
+    }
+    let lock = writer_lock()?;
+    let mut kernel = Netlink;
+    let committed = transaction::remove(&mut kernel, &keys, |found| {
+        let mut chosen: Vec<Mapping> = Vec::new();
+        let mut seen: std::collections::HashSet<&Mapping> = std::collections::HashSet::new();
+        for (side, range) in &sides {
+            let here: Vec<&Mapping> = found[range.clone()].iter().flatten().collect();
+            if here.is_empty() {
+                return Err(Error::NotPublished(side.to_string()));
+            }
+            for mapping in here {
+                if seen.insert(mapping) {
+                    chosen.push(mapping.clone());
+                }
+            }
+        }
+        Ok(chosen)
+    })?;
+    finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
+    Ok(committed.plan)
 }
 
 /// Unpublishes every mapping made for namespace `name` (by the name it recorded) or whose
@@ -524,7 +561,7 @@ fn repair_found(snapshot: &Snapshot) -> Result<(), Error> {
     let lock = writer_lock()?;
     let mut kernel = Netlink;
     if !snapshot.exists {
-        let mut settings = Settings::load(&lock, &[])?;
+        let mut settings = Settings::load(&lock, Vec::new())?;
         if !settings.originals.is_empty() {
             log::warn!(
                 "table inet nsport was deleted by something else; putting back: {}",
@@ -617,9 +654,13 @@ pub fn export_nft() -> Result<String, Error> {
         out.push('\n');
     }
     let mut helpers: Vec<_> = snapshot.helpers.iter().collect();
-    helpers.sort();
-    for (set, key) in helpers {
+    helpers.sort_by(|a, b| a.0.cmp(b.0));
+    for ((set, key), users) in helpers {
         if let Some(helper) = Element::helper(set, key) {
+            let helper = match users {
+                Some(users) => helper.used_by(*users),
+                None => helper,
+            };
             out.push_str(&helper.nft_add());
             out.push('\n');
         }
@@ -643,20 +684,9 @@ pub fn flush(dry_run: bool) -> Result<Plan, Error> {
     let lock = writer_lock()?;
     let mut kernel = Netlink;
     let mut snapshot = table::read(&mut kernel, true)?;
-    let mut ifaces: Vec<String> = snapshot
-        .helpers
-        .iter()
-        .filter(|(set, _)| *set == SET_IFACES)
-        .filter_map(|(set, key)| Element::helper(set, key))
-        .map(|element| {
-            let name = element.key.split(|b| *b == 0).next().unwrap_or_default();
-            String::from_utf8_lossy(name).into_owned()
-        })
-        .collect();
+    let mut ifaces = table::table_interfaces(&snapshot);
     ifaces.extend(snapshot.mappings.iter().map(|(m, _)| m.via.clone()));
-    ifaces.sort();
-    ifaces.dedup();
-    let mut settings = Settings::load(&lock, &ifaces)?;
+    let mut settings = Settings::load(&lock, ifaces)?;
     let plan = Plan {
         delete_table: snapshot.exists,
         notes: settings.would_put_back(),

@@ -3,24 +3,29 @@
 //! and its helper elements. What the engine plans from is read here, and the generation
 //! read first is the one its batch is committed against.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 
 use super::kernel::Kernel;
 use crate::error::{Error, kernel};
+use crate::host::settings::StillNeeded;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
     self, ChainDef, Element, Hook, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
+    Users,
 };
 
 /// The maps that hold mappings.
 pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
-/// The sets derived from the mappings.
-pub const HELPER_SETS: [&str; 5] = [
-    SET_IFACES,
+/// The sets derived from the mappings: one element per target (or target and interface),
+/// so reading them costs what the number of targets does, not the number of mappings.
+pub const HELPER_SETS: [&str; 6] = [
     SET_HAIRPIN4,
+    SET_REACH4,
     SET_TARGETS4,
     SET_HAIRPIN6,
+    SET_REACH6,
     SET_TARGETS6,
 ];
 
@@ -41,8 +46,86 @@ pub struct Snapshot {
     pub chains: Vec<ChainDump>,
     /// The mappings with their counters, when asked for.
     pub mappings: Vec<(Mapping, Counter)>,
-    /// The helper elements, when the mappings were asked for.
-    pub helpers: HashSet<HelperKey>,
+    /// The helper elements, with the number of mappings each says need it (`None`: it
+    /// says nothing, as in a table written by hand).
+    pub helpers: HashMap<HelperKey, Option<Users>>,
+}
+
+impl Snapshot {
+    /// The settings the helpers say are still needed, once `changes` (helper elements
+    /// deleted, then added with their new counts) are applied.
+    pub fn still_needed_after(&self, deleted: &[Element], added: &[Element]) -> StillNeeded {
+        let mut helpers = self.helpers.clone();
+        for element in deleted {
+            helpers.remove(&(element.set, element.key.clone()));
+        }
+        for element in added {
+            helpers.insert((element.set, element.key.clone()), Users::of(element));
+        }
+        still_needed(
+            helpers
+                .iter()
+                .map(|((set, key), users)| (*set, key.as_slice(), *users)),
+        )
+    }
+}
+
+/// What the helper elements say settings are needed for: route_localnet on interfaces that
+/// `reach` elements count loopback mappings on, hairpin mode for targets with mappings.
+fn still_needed<'a>(
+    helpers: impl Iterator<Item = (&'static str, &'a [u8], Option<Users>)>,
+) -> StillNeeded {
+    let mut needed = StillNeeded::default();
+    for (set, key, users) in helpers {
+        let Some(element) = Element::helper(set, key) else {
+            continue;
+        };
+        let users = users.unwrap_or(Users {
+            mappings: 1,
+            loopback: 1,
+        });
+        match set {
+            SET_REACH4 | SET_REACH6 if users.loopback > 0 => {
+                let name = element.key[..ruleset::IFNAME_LEN]
+                    .split(|b| *b == 0)
+                    .next()
+                    .unwrap_or_default();
+                needed
+                    .loopback_vias
+                    .insert(String::from_utf8_lossy(name).into_owned());
+            }
+            SET_HAIRPIN4 | SET_HAIRPIN6 if users.mappings > 0 => {
+                if let Some(addr) = hairpin_target(&element.key) {
+                    needed.targets.insert(addr);
+                }
+            }
+            _ => {}
+        }
+    }
+    needed
+}
+
+fn hairpin_target(key: &[u8]) -> Option<IpAddr> {
+    match key.len() {
+        8 => Some(IpAddr::from(<[u8; 4]>::try_from(&key[..4]).ok()?)),
+        32 => Some(IpAddr::from(<[u8; 16]>::try_from(&key[..16]).ok()?)),
+        _ => None,
+    }
+}
+
+/// The interfaces the table names (in its `reach` elements), for the safe fallback when
+/// the settings record is unreadable.
+pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
+    snapshot
+        .helpers
+        .keys()
+        .filter(|(set, _)| matches!(*set, SET_REACH4 | SET_REACH6))
+        .filter_map(|(_, key)| key.get(..ruleset::IFNAME_LEN))
+        .map(|name| {
+            let name = name.split(|b| *b == 0).next().unwrap_or_default();
+            String::from_utf8_lossy(name).into_owned()
+        })
+        .collect()
 }
 
 /// Reads the generation, then the table's chains and rules and, with `with_mappings`,
@@ -59,18 +142,27 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         Vec::new()
     };
     let mut mappings = Vec::new();
-    let mut helpers = HashSet::new();
+    let mut helpers = HashMap::new();
+    if exists {
+        for set in HELPER_SETS {
+            for element in kernel.elements(set).map_err(self::kernel_error)? {
+                let element = Element {
+                    set,
+                    key: element.key,
+                    data: None,
+                    comment: element.comment,
+                };
+                let users = Users::of(&element);
+                helpers.insert((set, element.key), users);
+            }
+        }
+    }
     if with_mappings && exists {
         for set in MAPPING_SETS {
             for element in kernel.elements(set).map_err(self::kernel_error)? {
                 if let Some(mapping) = mapping_of(set, &element) {
                     mappings.push((mapping, element.counter.unwrap_or_default()));
                 }
-            }
-        }
-        for set in HELPER_SETS {
-            for element in kernel.elements(set).map_err(self::kernel_error)? {
-                helpers.insert((set, element.key));
             }
         }
         mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
@@ -189,23 +281,30 @@ impl Declarations {
     }
 }
 
-/// The helper elements `mappings` need: the interfaces toward their targets, the targets'
-/// hairpin pairs, and the targets protected from direct access. No duplicates.
-pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
-    let mut seen: HashSet<HelperKey> = HashSet::new();
-    let mut helpers = Vec::new();
+/// The helper elements `mappings` need, each with how many of them need it: the target's
+/// hairpin pair, the target behind its interface, and the target protected from direct
+/// access (unless every mapping to it allows direct access). In first-seen order.
+pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<(Element, Users)> {
+    let mut index: HashMap<HelperKey, usize> = HashMap::new();
+    let mut helpers: Vec<(Element, Users)> = Vec::new();
     for mapping in mappings {
+        let loopback = u32::from(mapping.serves_loopback());
         let mut needed = vec![
-            Element::iface(&mapping.via),
-            Element::hairpin(mapping.to_addr),
+            (Element::hairpin(mapping.to_addr), 0),
+            (Element::reach(&mapping.via, mapping.to_addr), loopback),
         ];
         if !mapping.allow_direct {
-            needed.push(Element::target(mapping.to_addr));
+            needed.push((Element::target(mapping.to_addr), 0));
         }
-        for element in needed {
-            if seen.insert((element.set, element.key.clone())) {
-                helpers.push(element);
-            }
+        for (element, loopback) in needed {
+            let at = *index
+                .entry((element.set, element.key.clone()))
+                .or_insert_with(|| {
+                    helpers.push((element, Users::default()));
+                    helpers.len() - 1
+                });
+            helpers[at].1.mappings += 1;
+            helpers[at].1.loopback += loopback;
         }
     }
     helpers

@@ -8,7 +8,7 @@ use super::transaction::{self, Committed};
 use crate::Error;
 use crate::netlink::nftables::Change;
 use crate::ruleset::{
-    self, CHAIN_GUARD, Element, Mapping, SET_ANY4, SET_HAIRPIN4, SET_IFACES, SET_TARGETS4,
+    self, CHAIN_GUARD, Element, Mapping, SET_ANY4, SET_HAIRPIN4, SET_REACH4, SET_TARGETS4, Users,
 };
 use crate::spec::Proto;
 
@@ -32,6 +32,7 @@ fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
     transaction::create(fake, mappings, false)
 }
 
+/// Removes by reading everything, as `rm --netns` and `apply` do.
 fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
     transaction::update(fake, false, |all| {
         Ok(all
@@ -42,6 +43,23 @@ fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
     })
 }
 
+/// Removes by key, reading only what it removes and the helpers, as `rm PORT` does.
+fn remove_by_key(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
+    let keys = vec![(SET_ANY4, ruleset::host_key(Proto::Tcp, None, host_port))];
+    transaction::remove(fake, &keys, |found| match found {
+        [Some(mapping)] => Ok(vec![mapping.clone()]),
+        _ => Err(Error::NotPublished(host_port.to_string())),
+    })
+}
+
+fn users(fake: &Fake, element: &Element) -> Option<Users> {
+    let (_, comment) = fake.elements_of(element.set).remove(&element.key)?;
+    Users::of(&Element {
+        comment,
+        ..element.clone()
+    })
+}
+
 fn has(fake: &Fake, element: &Element) -> bool {
     fake.elements_of(element.set).contains_key(&element.key)
 }
@@ -49,7 +67,7 @@ fn has(fake: &Fake, element: &Element) -> bool {
 fn helpers_of(target: &str, via: &str) -> [Element; 3] {
     let addr: IpAddr = target.parse().unwrap();
     [
-        Element::iface(via),
+        Element::reach(via, addr),
         Element::hairpin(addr),
         Element::target(addr),
     ]
@@ -228,13 +246,28 @@ fn the_diff_touches_only_what_changes() {
         .collect();
     publish(&mut fake, &many).unwrap();
     let committed = remove(&mut fake, 1234).unwrap();
-    assert_eq!(committed.plan.delete.len(), 1);
-    assert!(committed.plan.add.is_empty());
+    // One mapping goes; the target's three helpers are written again with one fewer.
+    let mappings_deleted = committed
+        .plan
+        .delete
+        .iter()
+        .filter(|e| e.set == SET_ANY4)
+        .count();
+    assert_eq!(mappings_deleted, 1);
+    assert_eq!(committed.plan.delete.len(), 4);
+    assert_eq!(committed.plan.add.len(), 3);
     assert_eq!(fake.elements_of(SET_ANY4).len(), 4999);
-    assert!(has(&fake, &Element::iface("br0")));
     assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
     assert_eq!(fake.elements_of(SET_TARGETS4).len(), 1);
-    assert_eq!(fake.elements_of(SET_IFACES).len(), 1);
+    assert_eq!(fake.elements_of(SET_REACH4).len(), 1);
+    let reach = Element::reach("br0", "10.77.0.2".parse().unwrap());
+    assert_eq!(
+        users(&fake, &reach),
+        Some(Users {
+            mappings: 4999,
+            loopback: 4999
+        })
+    );
 }
 
 #[test]
@@ -248,4 +281,111 @@ fn allowing_direct_access_drops_the_targets_protection_when_no_mapping_needs_it(
     transaction::update(&mut fake, false, |_| Ok(vec![direct.clone()])).unwrap();
     assert!(!has(&fake, &Element::target("10.77.0.2".parse().unwrap())));
     assert!(has(&fake, &Element::hairpin("10.77.0.2".parse().unwrap())));
+}
+
+#[test]
+fn helpers_count_their_mappings_through_every_path() {
+    let mut fake = Fake::default();
+    let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    publish(
+        &mut fake,
+        &[
+            mapping(4002, "10.77.0.2", "br0"),
+            mapping(4003, "10.77.0.2", "br0"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(3));
+    remove_by_key(&mut fake, 4002).unwrap();
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(2));
+    remove(&mut fake, 4001).unwrap();
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(1));
+    let committed = remove_by_key(&mut fake, 4003).unwrap();
+    assert!(!has(&fake, &hairpin));
+    assert!(fake.elements_of(SET_REACH4).is_empty());
+    // Nothing is left that needs route_localnet or hairpin mode.
+    let needed = committed.still_needed.unwrap();
+    assert!(needed.loopback_vias.is_empty() && needed.targets.is_empty());
+}
+
+#[test]
+fn removing_by_key_reads_no_other_mapping() {
+    let mut fake = Fake::default();
+    let many: Vec<Mapping> = (1000..3000)
+        .map(|port| mapping(port, "10.77.0.2", "br0"))
+        .collect();
+    publish(&mut fake, &many).unwrap();
+    fake.forbid_dumps_of(SET_ANY4);
+    let committed = remove_by_key(&mut fake, 1500).unwrap();
+    assert_eq!(committed.removed.len(), 1);
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 1999);
+    let needed = committed.still_needed.unwrap();
+    assert!(needed.loopback_vias.contains("br0"));
+}
+
+#[test]
+fn removing_by_key_keeps_helpers_another_writer_came_to_need() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let other = mapping(4002, "10.77.0.2", "br0");
+    let mut done = false;
+    fake.between_read_and_commit = Some(Box::new(move |fake: &mut Fake| {
+        if !done {
+            done = true;
+            transaction::create(fake, std::slice::from_ref(&other), false).unwrap();
+        }
+    }));
+    remove_by_key(&mut fake, 4001).unwrap();
+    fake.between_read_and_commit = None;
+    for helper in helpers_of("10.77.0.2", "br0") {
+        assert!(has(&fake, &helper), "{helper:?} was stripped");
+    }
+    let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(1));
+}
+
+#[test]
+fn helpers_without_counts_are_recounted_from_every_mapping() {
+    // A table whose helpers carry no counts (an older nsport, or nft by hand): removing by
+    // key cannot trust them, reads everything, and writes exact counts back.
+    let mut fake = Fake::default();
+    publish(
+        &mut fake,
+        &[
+            mapping(4001, "10.77.0.2", "br0"),
+            mapping(4002, "10.77.0.2", "br0"),
+        ],
+    )
+    .unwrap();
+    for set in [SET_HAIRPIN4, SET_REACH4, SET_TARGETS4] {
+        for (_, comment) in fake
+            .table
+            .as_mut()
+            .unwrap()
+            .sets
+            .get_mut(set)
+            .unwrap()
+            .values_mut()
+        {
+            *comment = None;
+        }
+    }
+    remove_by_key(&mut fake, 4001).unwrap();
+    let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(1));
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 1);
+}
+
+#[test]
+fn removing_what_is_not_published_names_it_and_changes_nothing() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let before = fake.table.clone();
+    let error = remove_by_key(&mut fake, 4999).unwrap_err();
+    assert!(
+        matches!(&error, Error::NotPublished(what) if what == "4999"),
+        "{error}"
+    );
+    assert_eq!(fake.table, before);
 }

@@ -3,19 +3,31 @@
 //! Every change is planned from what was read at generation G and sent with G in its
 //! batch; when anything changed the ruleset in between, the kernel refuses the batch whole
 //! (`ERESTART`), and the change is read and planned again, a bounded number of times with
-//! a growing, jittered pause. Helper elements are always derived from the complete set of
-//! mappings read in the same try, so no writer can strip another's.
+//! a growing, jittered pause. Helper elements are always derived from what was read in the
+//! same try, so no writer can strip another's.
+//!
+//! Three ways in, by what a change must read:
+//! - `update` reads every mapping: `apply`, `rm --netns`, `prune`, the CNI plugin.
+//! - `create` reads only the helper elements (one per target): adding cannot take away
+//!   what another writer needs, so publishing costs the same at 50,000 mappings as at none.
+//! - `remove` reads the mappings it removes by key, and the helper elements: each helper
+//!   records how many mappings need it, so removing one mapping needs no full read either.
+//!
+//! `create` and `remove` fall back to `update` when the table cannot answer them exactly:
+//! a host port already taken (a conflict to name, or a re-publish to refresh), or helper
+//! elements without counts (written by hand, or by an older nsport).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::kernel::Kernel;
-use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for};
+use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
+use crate::host::settings::StillNeeded;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::{ChainDump, Change};
 use crate::plan::Plan;
-use crate::ruleset::{Element, Mapping};
+use crate::ruleset::{Element, Mapping, Users};
 
 /// How many times a change is read, planned and committed before giving up.
 pub const TRIES: u32 = 10;
@@ -24,8 +36,9 @@ pub const TRIES: u32 = 10;
 #[derive(Debug, Default)]
 pub struct Committed {
     pub plan: Plan,
-    /// Every mapping after the change, when the change read them all.
-    pub after: Option<Vec<Mapping>>,
+    /// What the table still needs of the settings after the change; `None` after an
+    /// addition, which only ever needs more.
+    pub still_needed: Option<StillNeeded>,
     /// Mappings that are new or changed, and mappings that went (or were replaced).
     pub added: Vec<Mapping>,
     pub removed: Vec<Mapping>,
@@ -51,6 +64,25 @@ fn pause(attempt: u32) {
     std::thread::sleep(Duration::from_micros(base * 1000 + jitter));
 }
 
+/// One try's outcome: done, or read and plan again.
+enum Try<T> {
+    Done(T),
+    Again,
+}
+
+/// Runs `attempt` until it is done or `TRIES` tries were refused as stale.
+fn retrying<T>(mut attempt: impl FnMut() -> Result<Try<T>, Error>) -> Result<T, Error> {
+    for tries in 0..TRIES {
+        if tries > 0 {
+            pause(tries);
+        }
+        if let Try::Done(value) = attempt()? {
+            return Ok(value);
+        }
+    }
+    Err(Error::Busy { tries: TRIES })
+}
+
 /// Takes the table from what it holds to what `decide` wants given what it holds: reads
 /// every mapping at one generation, plans the smallest batch (hashed, so linear in the
 /// number of mappings), commits it against that generation, and tries again from the read
@@ -61,25 +93,15 @@ pub fn update(
     mut decide: impl FnMut(&[Mapping]) -> Result<Vec<Mapping>, Error>,
 ) -> Result<Committed, Error> {
     let declarations = Declarations::new();
-    for attempt in 0..TRIES {
-        if attempt > 0 {
-            pause(attempt);
-        }
+    retrying(|| {
         let snapshot = table::read(kernel, true)?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
-        let mut changes = Vec::new();
-        if !diff.add.is_empty() || snapshot.exists {
-            changes = declarations.repairs(&snapshot);
-        }
-        let element_offset = changes.len();
-        changes.extend(diff.delete.iter().map(Change::DelElement));
-        changes.extend(diff.add.iter().map(Change::AddElement));
-        let plan = plan_of(&snapshot, &changes, &diff, element_offset);
+        let changes = with_repairs(&declarations, &snapshot, &diff.delete, &diff.add);
         let committed = Committed {
-            plan,
-            after: Some(desired),
+            plan: plan_of(&snapshot, &changes, &diff.delete, &diff.add),
+            still_needed: Some(StillNeeded::of_mappings(&desired)),
             added: diff.added,
             removed: diff.removed,
             genid: snapshot.genid,
@@ -87,76 +109,210 @@ pub fn update(
             chains: snapshot.chains.clone(),
         };
         if dry_run || changes.is_empty() {
-            return Ok(committed);
+            return Ok(Try::Done(committed));
         }
-        warn_repairs(&snapshot);
-        match kernel.commit(&changes, Some(snapshot.genid)) {
-            Ok(()) => return Ok(committed),
-            Err(NetlinkError::Stale) => continue,
-            Err(error) => return Err(named(error, &changes, &snapshot, &committed.added)),
-        }
-    }
-    Err(Error::Busy { tries: TRIES })
+        Ok(
+            match commit(kernel, &changes, &snapshot, &committed.added)? {
+                true => Try::Done(committed),
+                false => Try::Again,
+            },
+        )
+    })
 }
 
-/// Adds `mappings` and the helpers they need without reading the mappings already there:
-/// adding never removes what another writer needs, so the batch only has to be refused
-/// when a host port is taken. Each mapping element is created exclusively; when one
-/// exists already (a conflict, or a re-publish whose metadata must be refreshed), the
-/// change falls back to `update`, which reads everything and names the conflict.
+/// Adds `mappings` and the helpers they need, reading only the helper elements: each
+/// mapping element is created exclusively, and when one exists already (a conflict, or a
+/// re-publish whose metadata must be refreshed), the change falls back to `update`, which
+/// reads everything and names the conflict.
 pub fn create(
     kernel: &mut impl Kernel,
     mappings: &[Mapping],
     dry_run: bool,
 ) -> Result<Committed, Error> {
     let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
-    let mappings = mappings.as_slice();
-    let merge = |current: &[Mapping]| merged(current, mappings);
+    let merge = |current: &[Mapping]| merged(current, &mappings);
     if dry_run {
         return update(kernel, true, merge);
     }
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
-    let helpers = helpers_for(mappings);
-    for attempt in 0..TRIES {
-        if attempt > 0 {
-            pause(attempt);
-        }
+    let needed = helpers_for(&mappings);
+    let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
+        let Some((delete, add)) = recount(&snapshot, &needed, |old, new| old.plus(new)) else {
+            return Ok(Try::Done(None));
+        };
         let mut changes = declarations.repairs(&snapshot);
-        let offset = changes.len();
+        let first_mapping = changes.len();
+        changes.extend(delete.iter().map(Change::DelElement));
         changes.extend(elements.iter().map(Change::CreateElement));
-        changes.extend(helpers.iter().map(Change::AddElement));
+        changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
-            Ok(()) => {
-                let plan = Plan {
+            Ok(()) => Ok(Try::Done(Some(Committed {
+                plan: Plan {
                     create_table: !snapshot.exists,
-                    add: elements.iter().chain(&helpers).cloned().collect(),
+                    delete,
+                    add: elements.iter().chain(&add).cloned().collect(),
                     ..Plan::default()
-                };
-                return Ok(Committed {
-                    plan,
-                    added: mappings.to_vec(),
-                    genid: snapshot.genid,
-                    existed: snapshot.exists,
-                    chains: snapshot.chains,
-                    ..Committed::default()
-                });
-            }
-            Err(NetlinkError::Stale) => continue,
+                },
+                added: mappings.clone(),
+                genid: snapshot.genid,
+                existed: snapshot.exists,
+                chains: snapshot.chains,
+                ..Committed::default()
+            }))),
+            Err(NetlinkError::Stale) => Ok(Try::Again),
             Err(NetlinkError::Kernel {
                 index: Some(index),
                 error,
             }) if error.raw_os_error() == Some(libc::EEXIST)
-                && (offset..offset + elements.len()).contains(&index) =>
+                && index >= first_mapping + delete.len()
+                && index < first_mapping + delete.len() + elements.len() =>
             {
-                return update(kernel, false, merge);
+                Ok(Try::Done(None))
             }
-            Err(error) => return Err(kernel_error(error)),
+            Err(error) => Err(kernel_error(error)),
+        }
+    })?;
+    match outcome {
+        Some(committed) => Ok(committed),
+        None => update(kernel, false, merge),
+    }
+}
+
+/// Removes the mappings `choose` picks among those `keys` find (each a map and a key),
+/// reading only those elements and the helper elements. `choose` gets, for each key in
+/// order, the mapping found there, if any, and may refuse (a port not published).
+pub fn remove(
+    kernel: &mut impl Kernel,
+    keys: &[(&'static str, Vec<u8>)],
+    choose: impl Fn(&[Option<Mapping>]) -> Result<Vec<Mapping>, Error>,
+) -> Result<Committed, Error> {
+    let outcome = retrying(|| {
+        let snapshot = table::read(kernel, false)?;
+        let mut found = Vec::with_capacity(keys.len());
+        for (set, key) in keys {
+            let element = match snapshot.exists {
+                true => kernel.element(set, key).map_err(kernel_error)?,
+                false => None,
+            };
+            found.push(element.and_then(|element| mapping_of(set, &element)));
+        }
+        let removed = choose(&found)?;
+        let gone = helpers_for(&removed);
+        let Some((delete_helpers, add)) = recount(&snapshot, &gone, |old, gone| old.minus(gone))
+        else {
+            return Ok(Try::Done(None));
+        };
+        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        delete.extend(delete_helpers);
+        let declarations = Declarations::new();
+        let changes = if removed.is_empty() {
+            Vec::new()
+        } else {
+            with_repairs(&declarations, &snapshot, &delete, &add)
+        };
+        let committed = Committed {
+            plan: plan_of(&snapshot, &changes, &delete, &add),
+            still_needed: Some(snapshot.still_needed_after(&delete, &add)),
+            removed,
+            genid: snapshot.genid,
+            existed: snapshot.exists,
+            chains: snapshot.chains.clone(),
+            ..Committed::default()
+        };
+        if changes.is_empty() {
+            return Ok(Try::Done(Some(committed)));
+        }
+        Ok(match commit(kernel, &changes, &snapshot, &[])? {
+            true => Try::Done(Some(committed)),
+            false => Try::Again,
+        })
+    })?;
+    match outcome {
+        Some(committed) => Ok(committed),
+        None => update(kernel, false, |current| {
+            let found: Vec<Option<Mapping>> = keys
+                .iter()
+                .map(|(set, key)| {
+                    current
+                        .iter()
+                        .find(|m| m.set() == *set && m.key() == *key)
+                        .cloned()
+                })
+                .collect();
+            let removed: HashSet<Mapping> = choose(&found)?.into_iter().collect();
+            Ok(current
+                .iter()
+                .filter(|m| !removed.contains(m))
+                .cloned()
+                .collect())
+        }),
+    }
+}
+
+/// The helper changes that take each helper in `changed` from its recorded count to
+/// `apply(old, change)`: deleted at zero, else deleted and added again with the new count.
+/// `None` when a helper's count is unknown, or would go below zero: the table does not
+/// answer exactly, and the caller reads everything instead.
+fn recount(
+    snapshot: &Snapshot,
+    changed: &[(Element, Users)],
+    apply: impl Fn(Users, Users) -> Option<Users>,
+) -> Option<(Vec<Element>, Vec<Element>)> {
+    let mut delete = Vec::new();
+    let mut add = Vec::new();
+    for (element, change) in changed {
+        let old = match snapshot.helpers.get(&(element.set, element.key.clone())) {
+            None => Users::default(),
+            Some(None) => return None,
+            Some(Some(users)) => {
+                delete.push(element.clone());
+                *users
+            }
+        };
+        let new = apply(old, *change)?;
+        if new.mappings > 0 {
+            add.push(element.clone().used_by(new));
         }
     }
-    Err(Error::Busy { tries: TRIES })
+    Some((delete, add))
+}
+
+/// The table's repairs (or its creation), then the element changes: deletions first, so
+/// that an element deleted and added again in one batch ends up with its new comment.
+fn with_repairs<'a>(
+    declarations: &'a Declarations,
+    snapshot: &Snapshot,
+    delete: &'a [Element],
+    add: &'a [Element],
+) -> Vec<Change<'a>> {
+    let mut changes = Vec::new();
+    if !add.is_empty() || snapshot.exists {
+        changes = declarations.repairs(snapshot);
+    }
+    if snapshot.exists || !add.is_empty() {
+        changes.extend(delete.iter().map(Change::DelElement));
+    }
+    changes.extend(add.iter().map(Change::AddElement));
+    changes
+}
+
+/// Commits against the snapshot's generation: `Ok(true)` when applied, `Ok(false)` when
+/// the generation was stale, and a refusal named.
+fn commit(
+    kernel: &mut impl Kernel,
+    changes: &[Change<'_>],
+    snapshot: &Snapshot,
+    added: &[Mapping],
+) -> Result<bool, Error> {
+    warn_repairs(snapshot);
+    match kernel.commit(changes, Some(snapshot.genid)) {
+        Ok(()) => Ok(true),
+        Err(NetlinkError::Stale) => Ok(false),
+        Err(error) => Err(named(error, changes, snapshot, added)),
+    }
 }
 
 /// `current` with `wanted` put in: a mapping of the same host side with the same target is
@@ -230,7 +386,12 @@ fn named(
     kernel(error)
 }
 
-fn plan_of(snapshot: &Snapshot, changes: &[Change<'_>], diff: &Diff, offset: usize) -> Plan {
+fn plan_of(
+    snapshot: &Snapshot,
+    changes: &[Change<'_>],
+    delete: &[Element],
+    add: &[Element],
+) -> Plan {
     let mut notes = Vec::new();
     if snapshot.exists && !snapshot.damaged.is_empty() {
         notes.push(format!(
@@ -239,9 +400,9 @@ fn plan_of(snapshot: &Snapshot, changes: &[Change<'_>], diff: &Diff, offset: usi
         ));
     }
     Plan {
-        create_table: !snapshot.exists && changes.len() > offset,
-        delete: diff.delete.clone(),
-        add: diff.add.clone(),
+        create_table: !snapshot.exists && !changes.is_empty(),
+        delete: delete.to_vec(),
+        add: add.to_vec(),
         notes,
         ..Plan::default()
     }
@@ -257,8 +418,13 @@ struct Diff {
 
 impl Diff {
     /// Hashed: linear in the number of mappings. A mapping whose host side stays but
-    /// whose target or metadata changes is deleted and added again in the same batch.
-    fn between(current: &[Mapping], helpers: &HashSet<HelperKey>, desired: &[Mapping]) -> Diff {
+    /// whose target or metadata changes is deleted and added again in the same batch; a
+    /// helper whose count changes is too.
+    fn between(
+        current: &[Mapping],
+        helpers: &HashMap<HelperKey, Option<Users>>,
+        desired: &[Mapping],
+    ) -> Diff {
         let desired_set: HashSet<&Mapping> = desired.iter().collect();
         let current_set: HashSet<&Mapping> = current.iter().collect();
         let removed: Vec<Mapping> = current
@@ -272,25 +438,30 @@ impl Diff {
             .cloned()
             .collect();
         let needed = helpers_for(desired);
-        let needed_keys: HashSet<(&'static str, &[u8])> =
-            needed.iter().map(|e| (e.set, e.key.as_slice())).collect();
-        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
-        let mut stale: Vec<&HelperKey> = helpers
+        let needed_keys: HashSet<(&'static str, &[u8])> = needed
             .iter()
+            .map(|(e, _)| (e.set, e.key.as_slice()))
+            .collect();
+        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        let mut unneeded: Vec<&HelperKey> = helpers
+            .keys()
             .filter(|(set, key)| !needed_keys.contains(&(*set, key.as_slice())))
             .collect();
-        stale.sort();
+        unneeded.sort();
         delete.extend(
-            stale
+            unneeded
                 .into_iter()
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
         let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
-        add.extend(
-            needed
-                .into_iter()
-                .filter(|e| !helpers.contains(&(e.set, e.key.clone()))),
-        );
+        for (element, users) in needed {
+            match helpers.get(&(element.set, element.key.clone())) {
+                Some(Some(old)) if *old == users => continue,
+                Some(_) => delete.push(element.clone()),
+                None => {}
+            }
+            add.push(element.used_by(users));
+        }
         Diff {
             added,
             removed,

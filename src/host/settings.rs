@@ -7,6 +7,7 @@
 //! setting written. Putting back goes the other way: the setting first, then the record.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use crate::error::{Error, kernel, state};
 use crate::host::state::{HairpinChange, Loaded, Originals, WriterLock};
@@ -29,6 +30,27 @@ pub struct TargetNeeds<'a> {
     pub mappings: Vec<&'a Mapping>,
 }
 
+/// What the mappings left in the table still need: route_localnet on the interfaces of
+/// mappings that serve the host's 127.0.0.1, hairpin mode for the targets still published.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StillNeeded {
+    pub loopback_vias: BTreeSet<String>,
+    pub targets: BTreeSet<IpAddr>,
+}
+
+impl StillNeeded {
+    pub fn of_mappings(mappings: &[Mapping]) -> StillNeeded {
+        StillNeeded {
+            loopback_vias: mappings
+                .iter()
+                .filter(|m| m.serves_loopback())
+                .map(|m| m.via.clone())
+                .collect(),
+            targets: mappings.iter().map(|m| m.to_addr).collect(),
+        }
+    }
+}
+
 /// The settings record of this namespace, read under its writer lock.
 pub struct Settings<'a> {
     lock: &'a WriterLock,
@@ -39,17 +61,21 @@ impl<'a> Settings<'a> {
     /// Reads the record. An unreadable one is moved aside with a warning naming it, and
     /// replaced by the safe assumption: route_localnet was 0 on every interface in
     /// `table_ifaces` that has it on now, so putting back turns it off.
-    pub fn load(lock: &'a WriterLock, table_ifaces: &[String]) -> Result<Settings<'a>, Error> {
+    pub fn load(
+        lock: &'a WriterLock,
+        table_ifaces: impl IntoIterator<Item = String>,
+    ) -> Result<Settings<'a>, Error> {
         let path = lock.record_path().to_path_buf();
         let originals = match lock.load().map_err(state(path))? {
             Loaded::Read(originals) => originals,
             Loaded::Corrupt { path, error } => {
                 let mut originals = Originals::default();
                 for iface in table_ifaces {
-                    if Sysctl::route_localnet(iface).read().is_ok_and(|v| v == "1") {
-                        originals
-                            .route_localnet
-                            .insert(iface.clone(), "0".to_string());
+                    if Sysctl::route_localnet(&iface)
+                        .read()
+                        .is_ok_and(|v| v == "1")
+                    {
+                        originals.route_localnet.insert(iface, "0".to_string());
                     }
                 }
                 let ifaces: Vec<&str> = originals
@@ -94,6 +120,7 @@ impl<'a> Settings<'a> {
         }
         let mut localnet = Vec::new();
         let mut hairpin = Vec::new();
+        let mut changed = false;
         for need in needs {
             if need.mappings.iter().any(|m| m.serves_loopback()) {
                 let sysctl = Sysctl::route_localnet(need.via);
@@ -106,8 +133,10 @@ impl<'a> Settings<'a> {
                     localnet.push(sysctl);
                 }
             }
-            if let (Some(port), Some(mapping)) = (&need.bridge_port, need.mappings.first())
-                && port.hairpin != Some(true)
+            let (Some(port), Some(mapping)) = (&need.bridge_port, need.mappings.first()) else {
+                continue;
+            };
+            if port.hairpin != Some(true)
                 && !hairpin
                     .iter()
                     .any(|p: &&rtnetlink::Link| p.index == port.index)
@@ -116,13 +145,18 @@ impl<'a> Settings<'a> {
                     .hairpin
                     .entry(port.name.clone())
                     .or_insert(HairpinChange {
-                        target: mapping.to_addr,
+                        targets: BTreeSet::new(),
+                        target: None,
                         was_on: false,
                     });
                 hairpin.push(port);
             }
+            // Every target behind the port keeps it on, not only the first one published.
+            if let Some(change) = self.originals.hairpin.get_mut(&port.name) {
+                changed |= change.targets.insert(mapping.to_addr);
+            }
         }
-        if !localnet.is_empty() || !hairpin.is_empty() {
+        if changed || !localnet.is_empty() || !hairpin.is_empty() {
             self.save()?;
         }
         for forward in &forwarding {
@@ -141,26 +175,21 @@ impl<'a> Settings<'a> {
     }
 
     /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
-    /// remaining loopback mapping goes through, hairpin mode of targets no mapping leads to.
-    pub fn put_back_unneeded(&mut self, remaining: &[Mapping]) -> Result<(), Error> {
-        let loopback_vias: BTreeSet<&str> = remaining
-            .iter()
-            .filter(|m| m.serves_loopback())
-            .map(|m| m.via.as_str())
-            .collect();
-        let targets: BTreeSet<_> = remaining.iter().map(|m| m.to_addr).collect();
+    /// remaining loopback mapping goes through, hairpin mode of ports none of whose targets
+    /// is published.
+    pub fn put_back_unneeded(&mut self, needed: &StillNeeded) -> Result<(), Error> {
         let unneeded_localnet: Vec<(String, String)> = self
             .originals
             .route_localnet
             .iter()
-            .filter(|(iface, _)| !loopback_vias.contains(iface.as_str()))
+            .filter(|(iface, _)| !needed.loopback_vias.contains(iface.as_str()))
             .map(|(iface, was)| (iface.clone(), was.clone()))
             .collect();
         let unneeded_hairpin: Vec<(String, bool)> = self
             .originals
             .hairpin
             .iter()
-            .filter(|(_, change)| !targets.contains(&change.target))
+            .filter(|(_, change)| !change.needed_by(&needed.targets))
             .map(|(port, change)| (port.clone(), change.was_on))
             .collect();
         if unneeded_localnet.is_empty() && unneeded_hairpin.is_empty() {

@@ -13,7 +13,7 @@
 //! the new one, never a torn one, and a setting that exposes something is written only
 //! after the record of its old value is durable.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::net::IpAddr;
@@ -25,11 +25,26 @@ use nix::fcntl::{Flock, FlockArg};
 /// Where the records live; tests point it elsewhere with `NSPORT_STATE_DIR`.
 const DEFAULT_DIR: &str = "/run/nsport";
 
-/// A bridge port whose hairpin mode nsport turned on for `target`.
+/// A bridge port whose hairpin mode nsport turned on, for the targets behind it (both
+/// addresses of a dual-stack namespace): it goes back when none of them is published.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HairpinChange {
-    pub target: IpAddr,
+    #[serde(default)]
+    pub targets: BTreeSet<IpAddr>,
+    /// The one target an older record names.
+    #[serde(default, skip_serializing)]
+    pub target: Option<IpAddr>,
     pub was_on: bool,
+}
+
+impl HairpinChange {
+    /// Whether any of the port's targets is still published.
+    pub fn needed_by(&self, targets: &BTreeSet<IpAddr>) -> bool {
+        self.targets
+            .iter()
+            .chain(&self.target)
+            .any(|t| targets.contains(t))
+    }
 }
 
 /// What nsport changed, and what was there before.

@@ -3,8 +3,8 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES,
-    SET_TARGETS4, SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4,
+    SET_REACH6, SET_TARGETS4, SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -128,7 +128,7 @@ fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -
 
 /// The maps and sets of one address family: any-address and one-address maps, hairpin
 /// pairs, and targets protected from direct access, with their set ids.
-fn family_sets(v6: bool, ids: [u32; 4]) -> [SetDef; 4] {
+fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
     use datatype::*;
     let (addr, addr_len) = if v6 { (IP6ADDR, 16) } else { (IPADDR, 4) };
     let target = Some((concat(&[addr, INET_SERVICE]), addr_len + 4));
@@ -177,11 +177,22 @@ fn family_sets(v6: bool, ids: [u32; 4]) -> [SetDef; 4] {
             counter: false,
             userdata: set_userdata(0, None, true),
         },
+        // set reach4 { type ifname . ipv4_addr; }
+        SetDef {
+            name: pick(SET_REACH4, SET_REACH6),
+            nft_type: pick("ifname . ipv4_addr", "ifname . ipv6_addr"),
+            id: ids[3],
+            key_type: concat(&[IFNAME, addr]),
+            key_len: IFNAME_LEN as u32 + addr_len,
+            data: None,
+            counter: false,
+            userdata: set_userdata(0, None, true),
+        },
         // set targets4 { type ipv4_addr; }
         SetDef {
             name: pick(SET_TARGETS4, SET_TARGETS6),
             nft_type: pick("ipv4_addr", "ipv6_addr"),
-            id: ids[3],
+            id: ids[4],
             key_type: addr,
             key_len: addr_len,
             data: None,
@@ -193,20 +204,8 @@ fn family_sets(v6: bool, ids: [u32; 4]) -> [SetDef; 4] {
 
 /// The sets and maps, in the order `nft list` shows them.
 pub fn sets() -> Vec<SetDef> {
-    let [any4, addr4, hairpin4, targets4] = family_sets(false, [1, 2, 3, 5]);
-    // set ifaces { type ifname; }
-    let ifaces = SetDef {
-        name: SET_IFACES,
-        nft_type: "ifname",
-        id: 4,
-        key_type: datatype::IFNAME,
-        key_len: IFNAME_LEN as u32,
-        data: None,
-        counter: false,
-        userdata: set_userdata(1, None, false),
-    };
-    let mut sets = vec![any4, addr4, hairpin4, ifaces, targets4];
-    sets.extend(family_sets(true, [6, 7, 8, 9]));
+    let mut sets = family_sets(false, [1, 2, 3, 4, 5]).to_vec();
+    sets.extend(family_sets(true, [6, 7, 8, 9, 10]));
     sets
 }
 
@@ -232,6 +231,13 @@ mod tests {
         assert_eq!(sets[0].data, Some((0x1cd, 8)));
         assert_eq!(sets[0].userdata.len(), 38);
         assert_eq!(sets[2].userdata.len(), 16);
-        assert_eq!(sets[3].userdata, [0, 4, 1, 0, 0, 0]);
+        // set reach4 { type ifname . ipv4_addr; }
+        assert_eq!(sets[3].key_type, 0xa47);
+        assert_eq!(sets[3].key_len, 20);
+        assert_eq!(
+            sets[3].userdata,
+            [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
+        );
+        assert_eq!(sets[4].userdata, [0, 4, 2, 0, 0, 0]);
     }
 }

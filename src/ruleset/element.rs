@@ -5,8 +5,9 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4,
-    SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4,
+    SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id,
+    ifname_bytes,
 };
 use crate::model::Mapping;
 use crate::spec::Proto;
@@ -25,11 +26,7 @@ impl Mapping {
 
     /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes.
     pub fn key(&self) -> Vec<u8> {
-        let mut key = self.host_addr.map(addr_bytes).unwrap_or_default();
-        key.extend_from_slice(&[self.proto.number(), 0, 0, 0]);
-        key.extend_from_slice(&self.host_port.to_be_bytes());
-        key.extend_from_slice(&[0, 0]);
-        key
+        host_key(self.proto, self.host_addr, self.host_port)
     }
 
     /// The map data: `ip . port` of the target.
@@ -112,6 +109,67 @@ impl Mapping {
     }
 }
 
+/// The map key of a host side: `[ip daddr .] meta l4proto . th dport`, each member padded
+/// to 4 bytes.
+pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
+    let mut key = host_addr.map(addr_bytes).unwrap_or_default();
+    key.extend_from_slice(&[proto.number(), 0, 0, 0]);
+    key.extend_from_slice(&port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    key
+}
+
+/// The maps a host side can be in: both families' any-address maps for a wildcard, the
+/// one-address map of the address's family otherwise.
+pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
+    match host_addr {
+        None => &[SET_ANY4, SET_ANY6],
+        Some(IpAddr::V4(_)) => &[SET_ADDR4],
+        Some(IpAddr::V6(_)) => &[SET_ADDR6],
+    }
+}
+
+/// How many mappings need a helper element, and how many of those serve the host's
+/// 127.0.0.1 (counted on `reach` elements only).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Users {
+    pub mappings: u32,
+    pub loopback: u32,
+}
+
+impl Users {
+    pub fn plus(self, other: Users) -> Option<Users> {
+        Some(Users {
+            mappings: self.mappings.checked_add(other.mappings)?,
+            loopback: self.loopback.checked_add(other.loopback)?,
+        })
+    }
+
+    /// `None` below zero: the count was wrong, and the caller reads everything instead.
+    pub fn minus(self, other: Users) -> Option<Users> {
+        Some(Users {
+            mappings: self.mappings.checked_sub(other.mappings)?,
+            loopback: self.loopback.checked_sub(other.loopback)?,
+        })
+    }
+
+    /// Read from a helper element's comment; `None` when it holds no count (a table
+    /// written by hand, or by an older nsport).
+    pub fn of(element: &Element) -> Option<Users> {
+        let comment = element.comment.as_deref()?;
+        let mut users = Users::default();
+        let mut fields = comment.split(' ');
+        users.mappings = fields.next()?.strip_prefix("mappings=")?.parse().ok()?;
+        match fields.next() {
+            Some(field) => users.loopback = field.strip_prefix("loopback=")?.parse().ok()?,
+            None if matches!(element.set, SET_REACH4 | SET_REACH6) => return None,
+            None => {}
+        }
+        Some(users)
+    }
+}
+
+/// One element to add to or delete from a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
     pub set: &'static str,
@@ -136,21 +194,43 @@ impl Element {
         }
     }
 
-    pub fn iface(name: &str) -> Element {
+    /// `via . target`: the target may be reached from the interface it sits behind, and
+    /// clients from there are masqueraded so that its replies come back through the host.
+    pub fn reach(via: &str, target: IpAddr) -> Element {
         Element {
-            set: SET_IFACES,
-            key: ifname_bytes(name).to_vec(),
+            set: if target.is_ipv6() {
+                SET_REACH6
+            } else {
+                SET_REACH4
+            },
+            key: [ifname_bytes(via).as_slice(), &addr_bytes(target)].concat(),
             data: None,
             comment: None,
         }
     }
 
+    /// The same helper element, recording how many mappings need it (`mappings=N`, and
+    /// for `reach`, how many of them serve the host's 127.0.0.1: `loopback=L`). That is
+    /// what lets a removal know, without reading every mapping, whether the helper and
+    /// route_localnet must go with it.
+    pub fn used_by(self, users: Users) -> Element {
+        let mut comment = format!("mappings={}", users.mappings);
+        if matches!(self.set, SET_REACH4 | SET_REACH6) {
+            comment.push_str(&format!(" loopback={}", users.loopback));
+        }
+        Element {
+            comment: Some(comment),
+            ..self
+        }
+    }
     /// The key as nft writes it, read back from its bytes.
     fn key_text(&self) -> String {
         match self.set {
-            SET_IFACES => {
-                let name = self.key.split(|b| *b == 0).next().unwrap_or_default();
-                format!("{:?}", String::from_utf8_lossy(name))
+            SET_REACH4 | SET_REACH6 => {
+                let (name, addr) = self.key.split_at(IFNAME_LEN.min(self.key.len()));
+                let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                let addr = addr_from(addr).map(|a| a.to_string()).unwrap_or_default();
+                format!("{:?} . {addr}", String::from_utf8_lossy(name))
             }
             SET_HAIRPIN4 | SET_HAIRPIN6 => match addr_from(&self.key[..self.key.len() / 2]) {
                 Some(addr) => format!("{addr} . {addr}"),
@@ -181,13 +261,17 @@ impl Element {
         Some(format!("{} . {port}", addr_from(addr)?))
     }
 
-    /// The element of a helper set (interfaces, hairpin or targets) with this key.
+    /// The element of a helper set (reach, hairpin or targets) with this key.
     pub fn helper(set: &str, key: &[u8]) -> Option<Element> {
         let half = key.len() / 2;
         match set {
-            SET_IFACES => {
-                let name = key.split(|b| *b == 0).next()?;
-                Some(Element::iface(std::str::from_utf8(name).ok()?))
+            SET_REACH4 | SET_REACH6 if key.len() > IFNAME_LEN => {
+                let (name, addr) = key.split_at(IFNAME_LEN);
+                let name = name.split(|b| *b == 0).next()?;
+                Some(Element::reach(
+                    std::str::from_utf8(name).ok()?,
+                    addr_from(addr)?,
+                ))
             }
             SET_HAIRPIN4 | SET_HAIRPIN6 => Some(Element::hairpin(addr_from(&key[..half])?)),
             SET_TARGETS4 | SET_TARGETS6 => Some(Element::target(addr_from(key)?)),

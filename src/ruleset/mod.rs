@@ -34,7 +34,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::Element;
+pub use element::{Element, Users, host_key, host_sets};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -46,11 +46,12 @@ pub const TABLE: &str = "nsport";
 pub const SET_ANY4: &str = "any4";
 pub const SET_ADDR4: &str = "addr4";
 pub const SET_HAIRPIN4: &str = "hairpin4";
-pub const SET_IFACES: &str = "ifaces";
+pub const SET_REACH4: &str = "reach4";
 pub const SET_TARGETS4: &str = "targets4";
 pub const SET_ANY6: &str = "any6";
 pub const SET_ADDR6: &str = "addr6";
 pub const SET_HAIRPIN6: &str = "hairpin6";
+pub const SET_REACH6: &str = "reach6";
 pub const SET_TARGETS6: &str = "targets6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in

@@ -414,68 +414,120 @@ fn base_rules() -> Vec<RuleDef> {
     ];
     rules.extend(publish_rules(false));
     rules.extend(publish_rules(true));
-    rules.extend([
-        RuleDef {
-            chain: CHAIN_POSTROUTING,
-            nft: "ip saddr 127.0.0.0/8 oifname @ifaces masquerade",
-            exprs: [
-                is_ipv4().to_vec(),
-                is_loopback_net(IPV4_SADDR).to_vec(),
-                vec![
-                    meta(MetaKey::Oifname, REG_1),
-                    lookup(SET_IFACES, REG_1, None),
-                    Expr::Masquerade,
-                ],
-            ]
-            .concat(),
+    rules.push(loopback_masquerade());
+    rules.extend([false, true].map(hairpin_masquerade));
+    rules.extend([false, true].map(neighbour_masquerade));
+    rules.extend(forward_accepts());
+    rules.extend([false, true].map(direct_access_drop));
+    rules
+}
+
+/// What the per-target rules of one address family read: the family match, where the
+/// addresses sit in the header, and the family's sets.
+struct FamilyRules {
+    is_family: [Expr; 2],
+    saddr: Expr,
+    daddr: fn(u32) -> Expr,
+    hairpin: &'static str,
+    reach: &'static str,
+    targets: &'static str,
+}
+
+fn family_rules(v6: bool) -> FamilyRules {
+    if v6 {
+        FamilyRules {
+            is_family: is_ipv6(),
+            saddr: ipv6_field(IPV6_SADDR, REG_1),
+            daddr: |reg| ipv6_field(IPV6_DADDR, reg),
+            hairpin: SET_HAIRPIN6,
+            reach: SET_REACH6,
+            targets: SET_TARGETS6,
+        }
+    } else {
+        FamilyRules {
+            is_family: is_ipv4(),
+            saddr: ipv4_field(IPV4_SADDR, 4, REG_1),
+            daddr: |reg| ipv4_field(IPV4_DADDR, 4, reg),
+            hairpin: SET_HAIRPIN4,
+            reach: SET_REACH4,
+            targets: SET_TARGETS4,
+        }
+    }
+}
+
+/// `iifname . ip daddr`: the interface a packet came in on and the target it goes to, as
+/// the key of the `reach` sets.
+fn iifname_daddr(family: &FamilyRules) -> [Expr; 2] {
+    [meta(MetaKey::Iifname, REG_1), (family.daddr)(REG_2)]
+}
+
+/// Replies to a DNATed 127.0.0.1 connection must come back through the host: a 127/8
+/// source means nothing anywhere else.
+fn loopback_masquerade() -> RuleDef {
+    RuleDef {
+        chain: CHAIN_POSTROUTING,
+        nft: "ct status dnat ip saddr 127.0.0.0/8 masquerade",
+        exprs: [
+            ct_status_dnat().to_vec(),
+            is_ipv4().to_vec(),
+            is_loopback_net(IPV4_SADDR).to_vec(),
+            vec![Expr::Masquerade],
+        ]
+        .concat(),
+    }
+}
+
+/// A namespace reaching its own published port: the DNATed packet goes back where it came
+/// from, so the reply would skip the host unless the source is the host.
+fn hairpin_masquerade(v6: bool) -> RuleDef {
+    let family = family_rules(v6);
+    RuleDef {
+        chain: CHAIN_POSTROUTING,
+        nft: if v6 {
+            "ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade"
+        } else {
+            "ct status dnat ip saddr . ip daddr @hairpin4 masquerade"
         },
-        RuleDef {
-            chain: CHAIN_POSTROUTING,
-            nft: "ct status dnat ip saddr . ip daddr @hairpin4 masquerade",
-            exprs: [
-                ct_status_dnat().to_vec(),
-                is_ipv4().to_vec(),
-                vec![
-                    ipv4_field(IPV4_SADDR, 4, REG_1),
-                    ipv4_field(IPV4_DADDR, 4, REG32_01),
-                    lookup(SET_HAIRPIN4, REG_1, None),
-                    Expr::Masquerade,
-                ],
-            ]
-            .concat(),
+        exprs: [
+            ct_status_dnat().to_vec(),
+            family.is_family.to_vec(),
+            vec![
+                family.saddr.clone(),
+                (family.daddr)(if v6 { REG_2 } else { REG32_01 }),
+                lookup(family.hairpin, REG_1, None),
+                Expr::Masquerade,
+            ],
+        ]
+        .concat(),
+    }
+}
+
+/// A client on the target's own network (a neighbour on its bridge, or a host beside a
+/// plain forwarding target) reaching a published port: the target would answer it
+/// directly, bypassing the host's NAT, unless the source is the host. Keyed by the target
+/// and its interface, so clients from anywhere else keep their addresses.
+fn neighbour_masquerade(v6: bool) -> RuleDef {
+    let family = family_rules(v6);
+    RuleDef {
+        chain: CHAIN_POSTROUTING,
+        nft: if v6 {
+            "ct status dnat iifname . ip6 daddr @reach6 masquerade"
+        } else {
+            "ct status dnat iifname . ip daddr @reach4 masquerade"
         },
-        RuleDef {
-            chain: CHAIN_POSTROUTING,
-            nft: "ct status dnat ip6 saddr . ip6 daddr @hairpin6 masquerade",
-            exprs: [
-                ct_status_dnat().to_vec(),
-                is_ipv6().to_vec(),
-                vec![
-                    ipv6_field(IPV6_SADDR, REG_1),
-                    ipv6_field(IPV6_DADDR, REG_2),
-                    lookup(SET_HAIRPIN6, REG_1, None),
-                    Expr::Masquerade,
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_POSTROUTING,
-            nft: "ct status dnat iifname @ifaces oifname @ifaces masquerade",
-            exprs: [
-                ct_status_dnat().to_vec(),
-                vec![
-                    meta(MetaKey::Iifname, REG_1),
-                    lookup(SET_IFACES, REG_1, None),
-                    meta(MetaKey::Oifname, REG_1),
-                    lookup(SET_IFACES, REG_1, None),
-                    Expr::Masquerade,
-                ],
-            ]
-            .concat(),
-        },
-        // Direct access: once forwarding is on, nothing from outside the published
-        // namespaces' interfaces reaches their addresses unless a published port sent it.
+        exprs: [
+            ct_status_dnat().to_vec(),
+            family.is_family.to_vec(),
+            iifname_daddr(&family).to_vec(),
+            vec![lookup(family.reach, REG_1, None), Expr::Masquerade],
+        ]
+        .concat(),
+    }
+}
+
+/// What a published port lets through, and the replies of what a target started.
+fn forward_accepts() -> [RuleDef; 2] {
+    [
         RuleDef {
             chain: CHAIN_FORWARD,
             nft: "ct status dnat accept",
@@ -494,52 +546,36 @@ fn base_rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
-        RuleDef {
-            chain: CHAIN_FORWARD,
-            nft: "iifname != @ifaces ip daddr @targets4 drop",
-            exprs: [
-                vec![
-                    meta(MetaKey::Iifname, REG_1),
-                    Expr::Lookup {
-                        set: SET_IFACES,
-                        set_id: set_id(SET_IFACES),
-                        sreg: REG_1,
-                        dreg: None,
-                        invert: true,
-                    },
-                ],
-                is_ipv4().to_vec(),
-                vec![
-                    ipv4_field(IPV4_DADDR, 4, REG_1),
-                    lookup(SET_TARGETS4, REG_1, None),
-                    Expr::Verdict(Verdict::Drop),
-                ],
-            ]
-            .concat(),
+    ]
+}
+
+/// Direct access: once forwarding is on, a protected target is reached only from its own
+/// interface (its network's neighbours) or through a published port, never by routing to
+/// its address from another network.
+fn direct_access_drop(v6: bool) -> RuleDef {
+    let family = family_rules(v6);
+    RuleDef {
+        chain: CHAIN_FORWARD,
+        nft: if v6 {
+            "ip6 daddr @targets6 iifname . ip6 daddr != @reach6 drop"
+        } else {
+            "ip daddr @targets4 iifname . ip daddr != @reach4 drop"
         },
-        RuleDef {
-            chain: CHAIN_FORWARD,
-            nft: "iifname != @ifaces ip6 daddr @targets6 drop",
-            exprs: [
-                vec![
-                    meta(MetaKey::Iifname, REG_1),
-                    Expr::Lookup {
-                        set: SET_IFACES,
-                        set_id: set_id(SET_IFACES),
-                        sreg: REG_1,
-                        dreg: None,
-                        invert: true,
-                    },
-                ],
-                is_ipv6().to_vec(),
-                vec![
-                    ipv6_field(IPV6_DADDR, REG_1),
-                    lookup(SET_TARGETS6, REG_1, None),
-                    Expr::Verdict(Verdict::Drop),
-                ],
-            ]
-            .concat(),
-        },
-    ]);
-    rules
+        exprs: [
+            family.is_family.to_vec(),
+            vec![(family.daddr)(REG_1), lookup(family.targets, REG_1, None)],
+            iifname_daddr(&family).to_vec(),
+            vec![
+                Expr::Lookup {
+                    set: family.reach,
+                    set_id: set_id(family.reach),
+                    sreg: REG_1,
+                    dreg: None,
+                    invert: true,
+                },
+                Expr::Verdict(Verdict::Drop),
+            ],
+        ]
+        .concat(),
+    }
 }
