@@ -37,6 +37,8 @@ pub enum Error {
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
     NoRoute(IpAddr),
+    #[error("target {addr} is {why}: publish to one host's unicast address")]
+    BadTarget { addr: IpAddr, why: &'static str },
     #[error("target {0} is an address of this host, not of a namespace")]
     TargetIsLocal(IpAddr),
     #[error("host address {0} is not an address of this host")]
@@ -102,6 +104,7 @@ impl Error {
                 | Error::BadNetnsName(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)
+                | Error::BadTarget { .. }
                 | Error::NotLocal(_)
                 | Error::Duplicate { .. }
                 | Error::NotPublished(_)

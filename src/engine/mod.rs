@@ -315,41 +315,6 @@ pub(crate) fn update(
     change(dry_run, decide)
 }
 
-/// The mappings the host sides in `specs` name; all or nothing: when one is not
-/// published, the error names it.
-fn chosen_by_specs(all: &[Mapping], specs: &[HostSpec]) -> Result<Vec<Mapping>, Error> {
-    let mut by_side: HashMap<(Proto, Option<IpAddr>, u16), Vec<&Mapping>> = HashMap::new();
-    for mapping in all {
-        by_side
-            .entry((mapping.proto, mapping.host_addr, mapping.host_port))
-            .or_default()
-            .push(mapping);
-    }
-    let mut chosen: Vec<Mapping> = Vec::new();
-    for spec in specs {
-        for port in spec.ports.ports() {
-            // A wildcard host side names the mapping of each address family.
-            let Some(found) = by_side.remove(&(spec.proto, spec.host_addr, port)) else {
-                if chosen.iter().any(|m| {
-                    (m.proto, m.host_addr, m.host_port) == (spec.proto, spec.host_addr, port)
-                }) {
-                    continue;
-                }
-                let label = HostSpec {
-                    ports: spec::PortRange {
-                        start: port,
-                        end: port,
-                    },
-                    ..*spec
-                };
-                return Err(Error::NotPublished(label.to_string()));
-            };
-            chosen.extend(found.into_iter().cloned());
-        }
-    }
-    Ok(chosen)
-}
-
 /// Everything but `chosen`.
 fn without(all: &[Mapping], chosen: &[Mapping]) -> Vec<Mapping> {
     let chosen: std::collections::HashSet<&Mapping> = chosen.iter().collect();
@@ -370,9 +335,6 @@ fn without(all: &[Mapping], chosen: &[Mapping]) -> Vec<Mapping> {
 /// # }
 /// ```
 pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
-    if dry_run {
-        return change(true, |all| Ok(without(all, &chosen_by_specs(all, specs)?)));
-    }
     // Each host port is looked up by key in the maps it can be in; the mappings found
     // there, and the helper elements, are all the removal reads.
     let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
@@ -381,7 +343,8 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
         for port in spec.ports.ports() {
             let start = keys.len();
             for set in ruleset::host_sets(spec.host_addr) {
-                keys.push((set, ruleset::host_key(spec.proto, spec.host_addr, port)));
+                let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
+                keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
             }
             let side = HostSpec {
                 ports: spec::PortRange {
@@ -393,9 +356,7 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
             sides.push((side, start..keys.len()));
         }
     }
-    let lock = writer_lock()?;
-    let mut kernel = Netlink;
-    let committed = transaction::remove(&mut kernel, &keys, |found| {
+    let choose = |found: &[Option<Mapping>]| {
         let mut chosen: Vec<Mapping> = Vec::new();
         let mut seen: std::collections::HashSet<&Mapping> = std::collections::HashSet::new();
         for (side, range) in &sides {
@@ -410,7 +371,14 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
             }
         }
         Ok(chosen)
-    })?;
+    };
+    let mut kernel = Netlink;
+    if dry_run {
+        let committed = transaction::remove(&mut kernel, &keys, true, choose)?;
+        return Ok(with_notes(committed));
+    }
+    let lock = writer_lock()?;
+    let committed = transaction::remove(&mut kernel, &keys, false, choose)?;
     finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
     Ok(committed.plan)
 }
@@ -507,6 +475,10 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
     let mut seen: HashMap<(&'static str, Vec<u8>), &Mapping> = HashMap::new();
     for mapping in mappings {
         resolve::check_ifname(&mapping.via)?;
+        resolve::check_target(mapping.to_addr)?;
+        if let Some(ifname) = &mapping.container_ifname {
+            resolve::check_ifname(ifname)?;
+        }
         if mapping.via.is_empty() {
             return Err(Error::File(format!(
                 "{} has no \"via\" interface",

@@ -56,6 +56,29 @@ pub fn check_ifname(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// Refuses a target that is not one host's unicast address: loopback (the guard would
+/// drop what route_localnet let through), unspecified, broadcast, multicast, or
+/// link-local (which belongs to its link, and is never DNATed either way).
+pub fn check_target(addr: IpAddr) -> Result<(), Error> {
+    let why = match addr {
+        IpAddr::V4(v4) if v4.is_loopback() => Some("a loopback address"),
+        IpAddr::V4(v4) if v4.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+        IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address"),
+        IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+        IpAddr::V6(v6) if v6.is_loopback() => Some("a loopback address"),
+        IpAddr::V6(v6) if v6.is_unspecified() => Some("the unspecified address"),
+        IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("an IPv4-mapped address"),
+        _ => None,
+    };
+    match why {
+        Some(why) => Err(Error::BadTarget { addr, why }),
+        None => Ok(()),
+    }
+}
+
 /// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
 /// mark of a digest that stands for a name too long to record.
 pub fn check_netns_name(name: &str) -> Result<(), Error> {
@@ -72,7 +95,10 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
         check_ifname(name)?;
     }
     let (targets, netns) = match target {
-        Target::Addr(addr) => (vec![(*addr, None)], None),
+        Target::Addr(addr) => {
+            check_target(*addr)?;
+            (vec![(*addr, None)], None)
+        }
         Target::Netns(name) => {
             check_netns_name(name)?;
             let namespace = Namespace::open(name)?;
@@ -135,7 +161,12 @@ pub fn local_addresses() -> Result<BTreeSet<IpAddr>, Error> {
 }
 
 pub fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
-    let wanted: BTreeSet<IpAddr> = specs.iter().filter_map(|spec| spec.host_addr).collect();
+    // 0.0.0.0 and :: stand for every address of their family, as in Docker.
+    let wanted: BTreeSet<IpAddr> = specs
+        .iter()
+        .filter_map(|spec| spec.host_addr)
+        .filter(|addr| !addr.is_unspecified())
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -160,6 +191,8 @@ pub fn mappings_for(
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
     for spec in specs {
+        // 0.0.0.0 and :: publish on every address of their family only.
+        let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
         let families: Vec<&Resolved> = match spec.host_addr {
             None => resolved.iter().collect(),
             Some(addr) => {
@@ -180,7 +213,7 @@ pub fn mappings_for(
             for (host_port, to_port) in spec.port_pairs() {
                 let mapping = Mapping {
                     proto: spec.proto,
-                    host_addr: spec.host_addr,
+                    host_addr,
                     host_port,
                     to_addr: target.addr,
                     to_port,

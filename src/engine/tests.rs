@@ -46,7 +46,7 @@ fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
 /// Removes by key, reading only what it removes and the helpers, as `rm PORT` does.
 fn remove_by_key(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
     let keys = vec![(SET_ANY4, ruleset::host_key(Proto::Tcp, None, host_port))];
-    transaction::remove(fake, &keys, |found| match found {
+    transaction::remove(fake, &keys, false, |found| match found {
         [Some(mapping)] => Ok(vec![mapping.clone()]),
         _ => Err(Error::NotPublished(host_port.to_string())),
     })

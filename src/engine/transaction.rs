@@ -187,8 +187,26 @@ pub fn create(
 pub fn remove(
     kernel: &mut impl Kernel,
     keys: &[(&'static str, Vec<u8>)],
+    dry_run: bool,
     choose: impl Fn(&[Option<Mapping>]) -> Result<Vec<Mapping>, Error>,
 ) -> Result<Committed, Error> {
+    let from_all = |current: &[Mapping]| {
+        let by_key: HashMap<(&'static str, Vec<u8>), &Mapping> =
+            current.iter().map(|m| ((m.set(), m.key()), m)).collect();
+        let found: Vec<Option<Mapping>> = keys
+            .iter()
+            .map(|(set, key)| by_key.get(&(*set, key.clone())).map(|m| (*m).clone()))
+            .collect();
+        let removed: HashSet<Mapping> = choose(&found)?.into_iter().collect();
+        Ok(current
+            .iter()
+            .filter(|m| !removed.contains(m))
+            .cloned()
+            .collect())
+    };
+    if dry_run {
+        return update(kernel, true, from_all);
+    }
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
         let mut found = Vec::with_capacity(keys.len());
@@ -232,23 +250,7 @@ pub fn remove(
     })?;
     match outcome {
         Some(committed) => Ok(committed),
-        None => update(kernel, false, |current| {
-            let found: Vec<Option<Mapping>> = keys
-                .iter()
-                .map(|(set, key)| {
-                    current
-                        .iter()
-                        .find(|m| m.set() == *set && m.key() == *key)
-                        .cloned()
-                })
-                .collect();
-            let removed: HashSet<Mapping> = choose(&found)?.into_iter().collect();
-            Ok(current
-                .iter()
-                .filter(|m| !removed.contains(m))
-                .cloned()
-                .collect())
-        }),
+        None => update(kernel, false, from_all),
     }
 }
 

@@ -119,11 +119,13 @@ pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
     key
 }
 
-/// The maps a host side can be in: both families' any-address maps for a wildcard, the
-/// one-address map of the address's family otherwise.
+/// The maps a host side can be in: both families' any-address maps for a wildcard (one
+/// family's for `0.0.0.0` or `::`), the one-address map of the address's family otherwise.
 pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
     match host_addr {
         None => &[SET_ANY4, SET_ANY6],
+        Some(addr) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ANY4],
+        Some(addr) if addr.is_unspecified() => &[SET_ANY6],
         Some(IpAddr::V4(_)) => &[SET_ADDR4],
         Some(IpAddr::V6(_)) => &[SET_ADDR6],
     }

@@ -88,6 +88,23 @@ fn link_local_return(offset: u32) -> Vec<Expr> {
     .concat()
 }
 
+/// `ip saddr/daddr 169.254.0.0/16 return`, as nft compiles it: the first two bytes.
+fn link_local4_return(offset: u32) -> Vec<Expr> {
+    [
+        is_ipv4().to_vec(),
+        vec![
+            ipv4_field(offset, 2, REG_1),
+            Expr::Cmp {
+                op: CmpOp::Eq,
+                sreg: REG_1,
+                data: vec![169, 254],
+            },
+            Expr::Verdict(Verdict::Return),
+        ],
+    ]
+    .concat()
+}
+
 fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
@@ -384,6 +401,16 @@ fn base_rules() -> Vec<RuleDef> {
         },
         // Link-local traffic belongs to its link; [::1] cannot be DNATed at all (Linux has
         // no route_localnet for IPv6), so it is left to reach the host's own sockets.
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip saddr 169.254.0.0/16 return",
+            exprs: link_local4_return(IPV4_SADDR),
+        },
+        RuleDef {
+            chain: CHAIN_PUBLISH,
+            nft: "ip daddr 169.254.0.0/16 return",
+            exprs: link_local4_return(IPV4_DADDR),
+        },
         RuleDef {
             chain: CHAIN_PUBLISH,
             nft: "ip6 saddr fe80::/10 return",
