@@ -4,7 +4,7 @@
 
 use std::fs;
 
-use crate::engine::{bridge_port_of, damaged_chains, host_label, stale_flags};
+use crate::engine::{bridge_port_of, damaged_chains, stale_flags};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::sysctl::Sysctl;
@@ -235,7 +235,7 @@ pub fn run() -> Vec<Check> {
             .iter()
             .zip(stale_flags(&mappings))
             .filter(|(_, stale)| *stale)
-            .map(|(m, _)| host_label(m))
+            .map(|(m, _)| m.host_label())
             .collect();
         checks.push(if stale.is_empty() {
             pass(

@@ -232,9 +232,9 @@ pub fn mappings_for(
                 match seen.get(&(mapping.set(), mapping.key())) {
                     Some(&first) if mappings[first] != mapping => {
                         return Err(Error::Duplicate {
-                            spec: super::host_label(&mapping),
-                            first: super::target_label(&mappings[first]),
-                            second: super::target_label(&mapping),
+                            spec: mapping.host_label(),
+                            first: mappings[first].target_label(),
+                            second: mapping.target_label(),
                         });
                     }
                     Some(_) => {}
@@ -291,7 +291,7 @@ pub fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
     for mapping in mappings {
         if let Some(owner) = sockets.shadowed_by(mapping) {
             return Err(Error::HostPortInUse {
-                host: super::host_label(mapping),
+                host: mapping.host_label(),
                 owner,
             });
         }

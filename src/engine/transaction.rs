@@ -329,8 +329,8 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, E
         match by_key.get(&(mapping.set(), mapping.key())) {
             Some(&index) if out[index].data() != mapping.data() => {
                 return Err(Error::Conflict {
-                    host: super::host_label(mapping),
-                    existing: super::target_label(&out[index]),
+                    host: mapping.host_label(),
+                    existing: out[index].target_label(),
                 });
             }
             Some(&index) => out[index] = mapping.clone(),
@@ -378,10 +378,10 @@ fn named(
             .mappings
             .iter()
             .find(|(m, _)| m.set() == element.set && m.key() == element.key)
-            .map(|(m, _)| super::target_label(m))
+            .map(|(m, _)| m.target_label())
             .unwrap_or_else(|| "another target".to_string());
         return Error::Conflict {
-            host: super::host_label(mapping),
+            host: mapping.host_label(),
             existing,
         };
     }

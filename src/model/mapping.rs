@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::spec::Proto;
+use crate::spec::{Proto, with_port};
 
 /// One published port: host side, target, and where it came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -35,6 +35,25 @@ pub struct Mapping {
 }
 
 impl Mapping {
+    /// The host side as users write it: `8080/tcp`, `127.0.0.1:8080/tcp`, `8080/tcp (IPv6)`.
+    pub fn host_label(&self) -> String {
+        let family = if self.is_ipv6() { " (IPv6)" } else { "" };
+        match self.host_addr {
+            Some(addr) => format!("{}/{}", with_port(addr, self.host_port), self.proto),
+            None => format!("{}/{}{family}", self.host_port, self.proto),
+        }
+    }
+
+    /// Where it leads: `172.18.0.2:80 via br0 (netns ns1)`.
+    pub fn target_label(&self) -> String {
+        let to = with_port(self.to_addr, self.to_port);
+        let mut label = format!("{to} via {}", self.via);
+        if let Some(netns) = &self.netns {
+            label.push_str(&format!(" (netns {netns})"));
+        }
+        label
+    }
+
     pub fn is_ipv6(&self) -> bool {
         self.to_addr.is_ipv6()
     }

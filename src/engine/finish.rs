@@ -1,0 +1,161 @@
+//! After a change is committed: settings turned on in the order that keeps the host safe,
+//! settings put back when nothing needs them, flows forgotten; and when turning on fails,
+//! the change taken back.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use super::kernel::Kernel;
+use super::resolve::bridge_port_of;
+use super::transaction::{self, Committed};
+use super::{flows, kernel_error, table};
+use crate::error::{Error, kernel};
+use crate::host::settings::{self, Settings, TargetNeeds};
+use crate::host::state::WriterLock;
+use crate::netlink::NetlinkError;
+use crate::netlink::rtnetlink;
+use crate::plan::Plan;
+use crate::ruleset::{self, Mapping};
+
+pub(super) fn with_notes(committed: Committed) -> Plan {
+    let mut plan = committed.plan;
+    plan.notes.extend(settings::would_turn_on(&committed.added));
+    plan
+}
+
+/// Turns on what the committed change needs, puts back what it no longer needs, and
+/// forgets the flows whose path changed. When turning on fails (the record cannot be
+/// saved, say), the mappings the change added are taken out again, so that the command
+/// either did all it was asked or, as far as it can, nothing.
+pub(super) fn finish_or_roll_back(
+    kernel: &mut impl Kernel,
+    lock: &WriterLock,
+    committed: &Committed,
+    ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
+) -> Result<(), Error> {
+    let error = match finish(kernel, lock, committed, ports) {
+        Ok(()) => return Ok(()),
+        Err(error) => error,
+    };
+    if committed.added.is_empty() || !committed.removed.is_empty() {
+        return Err(Error::Unfinished(Box::new(error)));
+    }
+    let added = &committed.added;
+    let undo = transaction::update(kernel, false, |current| {
+        Ok(current
+            .iter()
+            .filter(|m| !added.contains(m))
+            .cloned()
+            .collect())
+    });
+    let put_back = undo.and_then(|undone| {
+        let mut settings = Settings::load(lock, Vec::new())?;
+        match &undone.still_needed {
+            Some(needed) => settings.put_back_unneeded(needed),
+            None => Ok(()),
+        }
+    });
+    match put_back {
+        Ok(()) => Err(Error::RolledBack(Box::new(error))),
+        Err(undo_error) => {
+            log::warn!("could not take the change back: {undo_error:#}");
+            Err(Error::Unfinished(Box::new(error)))
+        }
+    }
+}
+
+fn finish(
+    kernel: &mut impl Kernel,
+    lock: &WriterLock,
+    committed: &Committed,
+    ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
+) -> Result<(), Error> {
+    let vias = committed.added.iter().map(|m| m.via.clone());
+    let mut settings = Settings::load(lock, vias)?;
+    if !committed.existed && !settings.originals.is_empty() {
+        // What the record names was set for a table someone else deleted since.
+        log::warn!(
+            "table inet nsport was deleted by something else; putting back: {}",
+            settings.would_put_back().join(", ")
+        );
+        settings.put_back_everything()?;
+    }
+    let needs = target_needs(&committed.added, ports)?;
+    let exposing = committed.added.iter().any(Mapping::serves_loopback);
+    settings.turn_on(&needs)?;
+    if exposing {
+        verify_guard(kernel, committed.genid, &mut settings)?;
+    }
+    if let Some(needed) = &committed.still_needed {
+        settings.put_back_unneeded(needed)?;
+    }
+    flows::forget(&committed.removed, &committed.added);
+    Ok(())
+}
+
+/// After route_localnet went on: the guard committed with the change must still be there.
+/// When the ruleset is still at the generation the change made, nothing touched it;
+/// otherwise the table is read again, and a missing or edited guard puts the setting back.
+fn verify_guard(
+    kernel: &mut impl Kernel,
+    genid: u32,
+    settings: &mut Settings<'_>,
+) -> Result<(), Error> {
+    if kernel.generation().map_err(kernel_error)? == genid.wrapping_add(1) {
+        return Ok(());
+    }
+    let snapshot = table::read(kernel, false)?;
+    if snapshot.exists && !snapshot.damaged.contains(&ruleset::CHAIN_GUARD) {
+        return Ok(());
+    }
+    settings.put_back_everything()?;
+    Err(Error::Netlink(NetlinkError::Kernel {
+        index: None,
+        error: std::io::Error::other(
+            "the guard chain of table inet nsport was removed while route_localnet was being turned on; route_localnet was put back",
+        ),
+    }))
+}
+
+/// Groups mappings by target, with the bridge port of each: from the resolved publish when
+/// known, else looked up once per target (not once per mapping: an `apply` of thousands of
+/// ports behind a few namespaces does a few lookups).
+fn target_needs<'a>(
+    mappings: &'a [Mapping],
+    ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
+) -> Result<Vec<TargetNeeds<'a>>, Error> {
+    let mut groups: BTreeMap<(&str, IpAddr), Vec<&Mapping>> = BTreeMap::new();
+    for mapping in mappings {
+        groups
+            .entry((mapping.via.as_str(), mapping.to_addr))
+            .or_default()
+            .push(mapping);
+    }
+    let mut links: HashMap<&str, Option<rtnetlink::Link>> = HashMap::new();
+    let mut needs = Vec::new();
+    for ((via, addr), group) in groups {
+        let bridge_port = match ports.get(&addr) {
+            Some(port) => port.clone(),
+            None => {
+                let link = match links.get(via) {
+                    Some(link) => link.clone(),
+                    None => {
+                        let link = rtnetlink::link_by_name(via).map_err(kernel)?;
+                        links.insert(via, link.clone());
+                        link
+                    }
+                };
+                match link {
+                    Some(link) => bridge_port_of(group[0], &link)?,
+                    None => None,
+                }
+            }
+        };
+        needs.push(TargetNeeds {
+            via,
+            bridge_port,
+            mappings: group,
+        });
+    }
+    Ok(needs)
+}

@@ -1,0 +1,168 @@
+//! `ls`, `export` and what `doctor` reads: the mappings with their status, the table as an
+//! `nft -f` script, and repairs of what protects them before any of it is reported.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::kernel::{Kernel, Netlink};
+use super::table::{self, Counter, Snapshot};
+use super::{kernel_error, writer_lock};
+use crate::error::Error;
+use crate::host::netns::Namespace;
+use crate::host::settings::Settings;
+use crate::host::sockets::HostSockets;
+use crate::host::state;
+use crate::netlink::NetlinkError;
+use crate::ruleset::metadata::is_digest;
+use crate::ruleset::{self, Element, Mapping};
+use crate::spec::Proto;
+
+/// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
+/// it hides.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Listing {
+    #[serde(flatten)]
+    pub mapping: Mapping,
+    /// The namespace the mapping was made for no longer exists (or is another one now).
+    pub stale: bool,
+    /// A host socket on the same port that the mapping hides from its clients.
+    pub shadows: Option<String>,
+    /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
+    /// 127.0.0.1 publishes; never `[::1]`, which Linux cannot DNAT.
+    pub loopback: bool,
+    /// Packets through the mapping, both directions, since it was published.
+    pub packets: u64,
+    /// Bytes through the mapping, both directions, since it was published.
+    pub bytes: u64,
+}
+
+/// Every mapping in `table inet nsport`, sorted by family, protocol, host address and port.
+pub fn list() -> Result<Vec<Mapping>, Error> {
+    Ok(table::read(&mut Netlink, true)?
+        .mappings
+        .into_iter()
+        .map(|(mapping, _)| mapping)
+        .collect())
+}
+
+/// Repairs what a read found broken, without planning any other change: route_localnet
+/// left on for a table someone deleted is put back, and chains someone emptied or edited
+/// get nsport's rules again. A read-only command does this before it answers, so that what
+/// it reports is what protects the host.
+fn repair_found(snapshot: &Snapshot) -> Result<(), Error> {
+    if snapshot.exists && snapshot.damaged.is_empty() {
+        return Ok(());
+    }
+    if !snapshot.exists && !state::dir().exists() {
+        return Ok(());
+    }
+    let lock = writer_lock()?;
+    let mut kernel = Netlink;
+    if !snapshot.exists {
+        let mut settings = Settings::load(&lock, Vec::new())?;
+        if !settings.originals.is_empty() {
+            log::warn!(
+                "table inet nsport was deleted by something else; putting back: {}",
+                settings.would_put_back().join(", ")
+            );
+            settings.put_back_everything()?;
+        }
+        return Ok(());
+    }
+    let declarations = table::Declarations::new();
+    let changes = declarations.repairs(snapshot);
+    log::warn!(
+        "table inet nsport was changed by something else (chain {}); restoring what nsport wrote",
+        snapshot.damaged.join(", chain ")
+    );
+    match kernel.commit(&changes, Some(snapshot.genid)) {
+        // Someone changed the ruleset since the read: the next command repairs from a
+        // fresh read.
+        Ok(()) | Err(NetlinkError::Stale) => Ok(()),
+        Err(error) => Err(kernel_error(error)),
+    }
+}
+
+/// Every mapping with its packet and byte counters, repairing what protects them first.
+fn list_counted() -> Result<Vec<(Mapping, Counter)>, Error> {
+    let snapshot = table::read(&mut Netlink, true)?;
+    repair_found(&snapshot)?;
+    Ok(snapshot.mappings)
+}
+
+/// Every mapping, with whether its namespace is gone and which host socket it hides.
+pub fn list_status() -> Result<Vec<Listing>, Error> {
+    let mappings = list_counted()?;
+    let tcp = mappings.iter().any(|(m, _)| m.proto == Proto::Tcp);
+    let udp = mappings.iter().any(|(m, _)| m.proto == Proto::Udp);
+    let sockets = HostSockets::read(tcp, udp)?;
+    let plain: Vec<Mapping> = mappings.iter().map(|(m, _)| m.clone()).collect();
+    let stale = stale_flags(&plain);
+    Ok(mappings
+        .into_iter()
+        .zip(stale)
+        .map(|((mapping, (packets, bytes)), stale)| Listing {
+            shadows: sockets.shadowed_by(&mapping),
+            stale,
+            loopback: mapping.serves_loopback(),
+            packets,
+            bytes,
+            mapping,
+        })
+        .collect())
+}
+
+/// For each mapping, whether the namespace it was made for is gone (or is another one of
+/// the same name now).
+pub(crate) fn stale_flags(mappings: &[Mapping]) -> Vec<bool> {
+    let mut namespaces: HashMap<&str, Option<u64>> = HashMap::new();
+    mappings
+        .iter()
+        .map(|mapping| match (&mapping.netns, mapping.netns_inode) {
+            // A name too long to record: its inode is what is left to go by.
+            (Some(name), Some(inode)) if is_digest(name) => {
+                !crate::host::netns::inode_is_alive(inode)
+            }
+            (Some(name), _) if is_digest(name) => false,
+            (Some(name), _) => {
+                let now = *namespaces
+                    .entry(name)
+                    .or_insert_with(|| Namespace::open(name).ok().map(|ns| ns.inode));
+                now.is_none() || mapping.netns_inode.is_some_and(|inode| now != Some(inode))
+            }
+            (None, _) => false,
+        })
+        .collect()
+}
+
+/// Which chains of the table are not what nsport wrote (none when intact), and whether
+/// the table exists: what `doctor` reports.
+pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
+    let snapshot = table::read(&mut Netlink, false)?;
+    Ok(snapshot.exists.then_some(snapshot.damaged))
+}
+
+/// The whole table as an `nft -f` script that recreates it, for persisting through
+/// nftables.service.
+pub fn export_nft() -> Result<String, Error> {
+    let snapshot = table::read(&mut Netlink, true)?;
+    let mut out = ruleset::table_script();
+    for (mapping, _) in &snapshot.mappings {
+        out.push_str(&Element::mapping(mapping).nft_add());
+        out.push('\n');
+    }
+    let mut helpers: Vec<_> = snapshot.helpers.iter().collect();
+    helpers.sort_by(|a, b| a.0.cmp(b.0));
+    for ((set, key), users) in helpers {
+        if let Some(helper) = Element::helper(set, key) {
+            let helper = match users {
+                Some(users) => helper.used_by(*users),
+                None => helper,
+            };
+            out.push_str(&helper.nft_add());
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}

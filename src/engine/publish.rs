@@ -1,0 +1,76 @@
+//! `add`: publishing ports of a namespace or an address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::finish::{finish_or_roll_back, with_notes};
+use super::kernel::Netlink;
+use super::resolve::{self, PublishOptions, Target, resolve};
+use super::{transaction, writer_lock};
+use crate::error::Error;
+use crate::host::firewalls;
+use crate::netlink::rtnetlink;
+use crate::plan::Plan;
+use crate::ruleset::Mapping;
+use crate::spec::PublishSpec;
+
+/// Publishes every port of `specs` to `target`, in one atomic batch, and returns the
+/// mappings made. Re-publishing a mapping with the same host side and target succeeds and
+/// refreshes what it records (namespace, options); a host port that leads elsewhere
+/// already is a conflict.
+///
+/// ```no_run
+/// use nsport::{PublishOptions, Target};
+/// # fn main() -> Result<(), nsport::Error> {
+/// let specs = ["8080:80".parse()?, "127.0.0.1:5353:53/udp".parse()?];
+/// let made = nsport::publish(&Target::Netns("ns1".into()), &PublishOptions::default(), &specs)?;
+/// assert_eq!(made[0].host_port, 8080);
+/// # Ok(())
+/// # }
+/// ```
+pub fn publish(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<Vec<Mapping>, Error> {
+    let (resolved, mappings) = prepare_publish(target, options, specs)?;
+    let lock = writer_lock()?;
+    let mut kernel = Netlink;
+    let committed = transaction::create(&mut kernel, &mappings, false)?;
+    let ports: HashMap<IpAddr, Option<rtnetlink::Link>> = resolved
+        .into_iter()
+        .map(|r| (r.addr, r.bridge_port))
+        .collect();
+    finish_or_roll_back(&mut kernel, &lock, &committed, &ports)?;
+    for warning in firewalls::dropping_forward_chains(&committed.chains) {
+        log::warn!("{warning}");
+    }
+    Ok(mappings)
+}
+
+fn prepare_publish(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<(Vec<resolve::Resolved>, Vec<Mapping>), Error> {
+    let resolved = resolve(target, options.via.as_deref())?;
+    resolve::check_local(specs)?;
+    let mappings = resolve::mappings_for(&resolved, specs, options.allow_direct)?;
+    if !options.force {
+        resolve::check_host_ports(&mappings)?;
+    }
+    Ok((resolved, mappings))
+}
+
+/// What `publish` would change, touching nothing: read at the current generation, so a
+/// conflict is reported as the real command would report it, and re-publishing what is
+/// there already previews as nothing to change.
+pub fn publish_dry_run(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<Plan, Error> {
+    let (_, mappings) = prepare_publish(target, options, specs)?;
+    let committed = transaction::create(&mut Netlink, &mappings, true)?;
+    Ok(with_notes(committed))
+}

@@ -1,0 +1,130 @@
+//! `rm`, `rm --netns` and `prune`: unpublishing by host side, by namespace, or because the
+//! namespace is gone.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::finish::{finish_or_roll_back, with_notes};
+use super::kernel::Netlink;
+use super::list::stale_flags;
+use super::{change, transaction, without, writer_lock};
+use crate::error::Error;
+use crate::host::netns::{Namespace, NamespaceError};
+use crate::host::state;
+use crate::plan::Plan;
+use crate::ruleset::metadata::same_name;
+use crate::ruleset::{self, Mapping};
+use crate::spec::{self, HostSpec};
+
+/// Unpublishes the host ports of `specs`, in one batch; all or nothing: when one is not
+/// published, nothing is removed and the error names it. Returns what was removed.
+///
+/// ```no_run
+/// # fn main() -> Result<(), nsport::Error> {
+/// let removed = nsport::unpublish(&["8080".parse()?, "127.0.0.1:5353/udp".parse()?], false)?;
+/// println!("{} mappings removed", removed.delete.len());
+/// # Ok(())
+/// # }
+/// ```
+pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    // Each host port is looked up by key in the maps it can be in; the mappings found
+    // there, and the helper elements, are all the removal reads.
+    let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
+    let mut sides: Vec<(HostSpec, std::ops::Range<usize>)> = Vec::new();
+    for spec in specs {
+        for port in spec.ports.ports() {
+            let start = keys.len();
+            for set in ruleset::host_sets(spec.host_addr) {
+                let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
+                keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
+            }
+            let side = HostSpec {
+                ports: spec::PortRange {
+                    start: port,
+                    end: port,
+                },
+                ..*spec
+            };
+            sides.push((side, start..keys.len()));
+        }
+    }
+    let choose = |found: &[Option<Mapping>]| {
+        let mut chosen: Vec<Mapping> = Vec::new();
+        let mut seen: std::collections::HashSet<&Mapping> = std::collections::HashSet::new();
+        for (side, range) in &sides {
+            let here: Vec<&Mapping> = found[range.clone()].iter().flatten().collect();
+            if here.is_empty() {
+                return Err(Error::NotPublished(side.to_string()));
+            }
+            for mapping in here {
+                if seen.insert(mapping) {
+                    chosen.push(mapping.clone());
+                }
+            }
+        }
+        Ok(chosen)
+    };
+    let mut kernel = Netlink;
+    if dry_run {
+        let committed = transaction::remove(&mut kernel, &keys, true, choose)?;
+        return Ok(with_notes(committed));
+    }
+    let lock = writer_lock()?;
+    let committed = transaction::remove(&mut kernel, &keys, false, choose)?;
+    finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
+    Ok(committed.plan)
+}
+
+/// Unpublishes every mapping made for namespace `name` (by the name it recorded) or whose
+/// target is one of its current addresses.
+pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
+    let addrs: Option<Vec<IpAddr>> = match Namespace::open(name) {
+        Ok(namespace) => Some(namespace.targets()?.iter().map(|t| t.addr).collect()),
+        Err(NamespaceError::NotFound(_)) => None,
+        Err(error) => return Err(error.into()),
+    };
+    change(dry_run, |all| {
+        let chosen: Vec<Mapping> = all
+            .iter()
+            .filter(|m| {
+                m.netns
+                    .as_deref()
+                    .is_some_and(|recorded| same_name(recorded, name))
+                    || addrs
+                        .as_ref()
+                        .is_some_and(|addrs| addrs.contains(&m.to_addr))
+            })
+            .cloned()
+            .collect();
+        if chosen.is_empty() && addrs.is_none() {
+            return Err(NamespaceError::NotFound(name.to_string()).into());
+        }
+        Ok(without(all, &chosen))
+    })
+}
+
+/// Unpublishes every mapping whose namespace no longer exists, and removes the settings
+/// records of network namespaces that are gone.
+pub fn prune() -> Result<Vec<Mapping>, Error> {
+    let mut pruned = Vec::new();
+    change(false, |all| {
+        let stale = stale_flags(all);
+        pruned = all
+            .iter()
+            .zip(&stale)
+            .filter(|(_, stale)| **stale)
+            .map(|(m, _)| m.clone())
+            .collect();
+        Ok(without(all, &pruned))
+    })?;
+    remove_gone_records();
+    Ok(pruned)
+}
+
+pub(super) fn remove_gone_records() {
+    match state::remove_records_of_gone_namespaces(&crate::host::netns::inode_is_alive) {
+        Ok(0) => {}
+        Ok(removed) => log::info!("removed the records of {removed} namespaces that are gone"),
+        Err(error) => log::warn!("cannot clean up {}: {error}", state::dir().display()),
+    }
+}
