@@ -326,6 +326,7 @@ fn desired(config: &Value, container: &Container) -> Result<Vec<Mapping>, CniErr
                 allow_direct: false,
                 container: Some(container.id.to_string()),
                 container_ifname: Some(container.ifname.to_string()),
+                network: None,
             });
         }
     }

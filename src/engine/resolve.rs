@@ -223,6 +223,7 @@ pub fn mappings_for(
                     allow_direct,
                     container: None,
                     container_ifname: None,
+                    network: None,
                 };
                 // One spec cannot name a host port twice; only several can.
                 if specs.len() == 1 {

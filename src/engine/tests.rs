@@ -25,6 +25,7 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
         allow_direct: false,
         container: None,
         container_ifname: None,
+        network: None,
     }
 }
 

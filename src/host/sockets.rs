@@ -117,6 +117,7 @@ mod tests {
             allow_direct: false,
             container: None,
             container_ifname: None,
+            network: None,
         }
     }
 

@@ -29,9 +29,12 @@ pub struct Mapping {
     /// Made by the CNI plugin for this container (`CNI_CONTAINERID`) …
     #[serde(default)]
     pub container: Option<String>,
-    /// … and this interface of it (`CNI_IFNAME`).
+    /// … and this interface of it (`CNI_IFNAME`) …
     #[serde(default)]
     pub container_ifname: Option<String>,
+    /// … on this CNI network (the configuration's `name`).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 impl Mapping {

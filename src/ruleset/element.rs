@@ -51,6 +51,7 @@ impl Mapping {
             allow_direct: self.allow_direct,
             container: self.container.clone(),
             container_ifname: self.container_ifname.clone(),
+            network: self.network.clone(),
         }
     }
 
@@ -66,6 +67,7 @@ impl Mapping {
             allow_direct: metadata.allow_direct,
             container: metadata.container,
             container_ifname: metadata.container_ifname,
+            network: metadata.network,
             ..self.clone()
         }
     }
@@ -105,6 +107,7 @@ impl Mapping {
             allow_direct: metadata.allow_direct,
             container: metadata.container,
             container_ifname: metadata.container_ifname,
+            network: metadata.network,
         })
     }
 }
@@ -360,6 +363,7 @@ mod tests {
             allow_direct: false,
             container: None,
             container_ifname: None,
+            network: None,
         }
     }
 

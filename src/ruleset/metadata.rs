@@ -97,6 +97,7 @@ pub struct Metadata {
     pub allow_direct: bool,
     pub container: Option<String>,
     pub container_ifname: Option<String>,
+    pub network: Option<String>,
 }
 
 /// One value as recorded: itself, or its digest when it is too long (or already one).
@@ -117,7 +118,7 @@ impl Metadata {
     /// longest first, and when even that is not enough (a CNI mapping with a namespace
     /// path and a network name), the namespace's name is left out while its inode stays.
     pub fn to_comment(&self) -> String {
-        let mut shrink = [false; 3];
+        let mut shrink = [false; 4];
         let mut keep_netns = true;
         loop {
             let comment = self.write(shrink, keep_netns);
@@ -128,9 +129,10 @@ impl Metadata {
                 self.netns.as_deref().filter(|_| keep_netns),
                 self.container.as_deref(),
                 self.container_ifname.as_deref(),
+                self.network.as_deref(),
             ]
             .map(|value| value.map_or(0, |v| recorded(v, false).len()));
-            match (0..3)
+            match (0..4)
                 .filter(|&i| !shrink[i] && lengths[i] > DIGEST_PREFIX + 18)
                 .max_by_key(|&i| lengths[i])
             {
@@ -141,7 +143,7 @@ impl Metadata {
         }
     }
 
-    fn write(&self, shrink: [bool; 3], keep_netns: bool) -> String {
+    fn write(&self, shrink: [bool; 4], keep_netns: bool) -> String {
         let mut comment = format!("via={}", encode(&self.via));
         if let Some(netns) = self.netns.as_deref().filter(|_| keep_netns) {
             comment.push_str(" netns=");
@@ -162,6 +164,10 @@ impl Metadata {
                 recorded(ifname, shrink[2]).replace('/', "%2F")
             ));
         }
+        if let Some(network) = &self.network {
+            comment.push_str(" net=");
+            comment.push_str(&recorded(network, shrink[3]));
+        }
         comment
     }
 
@@ -175,6 +181,7 @@ impl Metadata {
                 Some(("netns", value)) => metadata.netns = decode(value),
                 Some(("ino", value)) => metadata.netns_inode = value.parse().ok(),
                 Some(("direct", "allow")) => metadata.allow_direct = true,
+                Some(("net", value)) => metadata.network = decode(value),
                 Some(("cni", value)) => {
                     let (id, ifname) = value.split_once('/').unwrap_or((value, ""));
                     metadata.container = decode(id);
@@ -202,6 +209,7 @@ mod tests {
             allow_direct: false,
             container: None,
             container_ifname: None,
+            network: None,
         };
         assert_eq!(metadata.to_comment(), "via=br0 netns=ns1 ino=4026532000");
         assert_eq!(Metadata::parse(&metadata.to_comment()), metadata);
@@ -260,6 +268,7 @@ mod tests {
         fn every_name_round_trips_or_matches_its_digest(
             netns in name(),
             container in proptest::option::of(name()),
+            network in proptest::option::of(name()),
             ifname in "[a-z0-9]{1,15}",
             inode in any::<u64>(),
             direct in any::<bool>(),
@@ -271,6 +280,7 @@ mod tests {
                 allow_direct: direct,
                 container_ifname: container.as_ref().map(|_| ifname.clone()),
                 container: container.clone(),
+                network: network.clone(),
             };
             let comment = metadata.to_comment();
             prop_assert!(comment.len() <= COMMENT_MAX);
@@ -290,6 +300,11 @@ mod tests {
                 (Some(recorded), Some(given)) => prop_assert!(same_name(recorded, given)),
                 (None, None) => {}
                 other => prop_assert!(false, "container {:?}", other),
+            }
+            match (&back.network, &network) {
+                (Some(recorded), Some(given)) => prop_assert!(same_name(recorded, given)),
+                (None, None) => {}
+                other => prop_assert!(false, "network {:?}", other),
             }
         }
     }
