@@ -56,7 +56,7 @@ fn probe() -> Check {
     changes.extend(sets.iter().map(Change::AddSet));
     changes.extend(rules.iter().map(Change::AddRule));
     changes.push(Change::DelTable);
-    match nftables::commit_to(&table, &changes) {
+    match nftables::commit_to(&table, &changes, None) {
         Ok(()) => pass(
             "nftables",
             "nf_tables accepts every chain, map and expression nsport uses",

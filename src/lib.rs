@@ -385,7 +385,7 @@ fn commit_elements(deletes: &[Element], adds: &[Element]) -> Result<(), NetlinkE
         },
         other => other,
     };
-    match nftables::commit(&element_changes) {
+    match nftables::commit(&element_changes, None) {
         // No table (or an older one without a set): create it, unless there was
         // something to delete, which then is not there either.
         Err(error) if error.errno() == Some(libc::ENOENT) && deletes.is_empty() => {}
@@ -398,12 +398,12 @@ fn commit_elements(deletes: &[Element], adds: &[Element]) -> Result<(), NetlinkE
     changes.extend(rules.iter().map(Change::AddRule));
     let offset = changes.len();
     changes.extend(element_changes.iter().copied());
-    match nftables::commit(&changes) {
+    match nftables::commit(&changes, None) {
         Err(NetlinkError::Kernel {
             index: Some(0),
             error,
         }) if error.raw_os_error() == Some(libc::EEXIST) => {
-            nftables::commit(&element_changes).map_err(in_adds)
+            nftables::commit(&element_changes, None).map_err(in_adds)
         }
         Err(NetlinkError::Kernel {
             index: Some(index),
@@ -1050,7 +1050,7 @@ pub fn flush(dry_run: bool) -> Result<Plan, Error> {
     if dry_run {
         return Ok(plan);
     }
-    match nftables::commit(&[Change::DelTable]) {
+    match nftables::commit(&[Change::DelTable], None) {
         Err(error) if error.errno() == Some(libc::ENOENT) => {}
         other => other.map_err(kernel)?,
     }

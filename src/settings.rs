@@ -220,7 +220,7 @@ pub fn check_guard_given(chains: &[ChainDump]) -> Result<(), Error> {
             .filter(|rule| rule.chain == CHAIN_GUARD)
             .map(Change::AddRule),
     );
-    nftables::commit(&changes).map_err(kernel)
+    nftables::commit(&changes, None).map_err(kernel)
 }
 
 /// Puts back everything recorded, as `flush` does.
