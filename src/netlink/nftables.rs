@@ -12,6 +12,8 @@ mod batch;
 mod dump;
 mod encode;
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod lab;
 
 pub use batch::{Change, commit, commit_to, generation};

@@ -180,6 +180,14 @@ impl AlignedBuffer {
         AlignedBuffer(vec![0; len.div_ceil(8)])
     }
 
+    /// A copy of `bytes` in aligned storage, for libnftnl's parsers.
+    #[cfg(test)]
+    pub(super) fn copy_of(bytes: &[u8]) -> Self {
+        let mut buffer = Self::new(bytes.len());
+        buffer.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        buffer
+    }
+
     pub(super) fn len(&self) -> usize {
         self.0.len() * 8
     }
