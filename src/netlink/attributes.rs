@@ -1,5 +1,7 @@
 //! Netlink attributes (type-length-value, 4-byte aligned) for the protocols nsport speaks
-//! without a library of their own: ctnetlink and sock_diag.
+//! without a library of their own: ctnetlink, sock_diag, and the frame of nftables batches.
+
+use super::NetlinkError;
 
 /// The type bits of an attribute; the top two are the nested and byte-order flags.
 const NLA_TYPE_MASK: u16 = 0x3fff;
@@ -17,6 +19,10 @@ pub struct Attribute<'a> {
 impl Attribute<'_> {
     pub fn u8(&self) -> Option<u8> {
         self.value.first().copied()
+    }
+
+    pub fn be32(&self) -> Option<u32> {
+        Some(u32::from_be_bytes(self.value.get(..4)?.try_into().ok()?))
     }
 
     pub fn be16(&self) -> Option<u16> {
@@ -58,19 +64,29 @@ pub fn find(bytes: &[u8], kind: u16) -> Option<Attribute<'_>> {
     attributes(bytes).find(|attribute| attribute.kind == kind)
 }
 
-/// Appends an attribute, padded to 4 bytes.
-#[cfg(test)]
-pub fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    let len = u16::try_from(4 + value.len()).expect("attribute fits in 64 KiB");
+/// Appends an attribute, padded to 4 bytes; refused when its length does not fit the
+/// attribute's 16-bit length field.
+pub fn put(out: &mut Vec<u8>, kind: u16, value: &[u8]) -> Result<(), NetlinkError> {
+    let len = u16::try_from(4 + value.len()).map_err(|_| NetlinkError::TooLong {
+        what: format!("netlink attribute {kind}"),
+        len: 4 + value.len(),
+        max: usize::from(u16::MAX),
+    })?;
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
     out.extend_from_slice(value);
     out.resize(out.len().next_multiple_of(4), 0);
+    Ok(())
 }
 
-/// A netlink message: header, then `payload`.
-pub fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let len = u32::try_from(16 + payload.len()).expect("message fits");
+/// A netlink message: header, then `payload`; refused when its length does not fit the
+/// header's 32-bit length field.
+pub fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Result<Vec<u8>, NetlinkError> {
+    let len = u32::try_from(16 + payload.len()).map_err(|_| NetlinkError::TooLong {
+        what: "a netlink message".to_string(),
+        len: 16 + payload.len(),
+        max: u32::MAX as usize,
+    })?;
     let mut out = Vec::with_capacity(len as usize);
     out.extend_from_slice(&len.to_ne_bytes());
     out.extend_from_slice(&kind.to_ne_bytes());
@@ -79,7 +95,7 @@ pub fn message(kind: u16, flags: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&0u32.to_ne_bytes());
     out.extend_from_slice(payload);
     out.resize(out.len().next_multiple_of(4), 0);
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -89,11 +105,11 @@ mod tests {
     #[test]
     fn attributes_round_trip() {
         let mut nested = Vec::new();
-        put(&mut nested, 1, &[6]);
-        put(&mut nested, 3, &3000u16.to_be_bytes());
+        put(&mut nested, 1, &[6]).unwrap();
+        put(&mut nested, 3, &3000u16.to_be_bytes()).unwrap();
         let mut bytes = Vec::new();
-        put(&mut bytes, 2 | NLA_F_NESTED, &nested);
-        put(&mut bytes, 18, &[0, 0]);
+        put(&mut bytes, 2 | NLA_F_NESTED, &nested).unwrap();
+        put(&mut bytes, 18, &[0, 0]).unwrap();
         let outer: Vec<_> = attributes(&bytes).collect();
         assert_eq!(outer.len(), 2);
         assert_eq!(outer[0].kind, 2);
@@ -106,8 +122,18 @@ mod tests {
 
     #[test]
     fn messages_are_padded() {
-        let message = message(0x0102, 1, 7, &[1, 2, 3]);
+        let message = message(0x0102, 1, 7, &[1, 2, 3]).unwrap();
         assert_eq!(message.len(), 20);
         assert_eq!(u32::from_ne_bytes(message[..4].try_into().unwrap()), 19);
+    }
+
+    #[test]
+    fn oversized_attributes_are_refused() {
+        let mut out = Vec::new();
+        assert!(put(&mut out, 1, &vec![0; 65531]).is_ok());
+        assert!(matches!(
+            put(&mut out, 1, &vec![0; 65532]),
+            Err(NetlinkError::TooLong { len: 65536, .. })
+        ));
     }
 }

@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use super::NetlinkError;
 use super::attributes::{self, find};
-use super::nftables::{
+use super::socket::{
     AlignedBuffer, NLMSG_DONE, NLMSG_ERROR, RECEIVE_BUFFER, open, receive, replies,
 };
 
@@ -89,7 +89,7 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
         NLM_F_REQUEST | NLM_F_DUMP,
         1,
         &header(libc::AF_UNSPEC as u8),
-    );
+    )?;
     let socket = open(dump.len(), 1)?;
     socket.send(&dump).map_err(NetlinkError::Send)?;
     let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
@@ -128,7 +128,7 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
             NLM_F_REQUEST | NLM_F_ACK,
             seq as u32 + 1,
             &payload,
-        ));
+        )?);
     }
     let socket = open(request.len(), doomed.len())?;
     socket.send(&request).map_err(NetlinkError::Send)?;
@@ -160,27 +160,30 @@ mod tests {
     #[test]
     fn reads_the_original_tuple() {
         let mut ip = Vec::new();
-        put(&mut ip, 1, &[192, 0, 2, 2]);
-        put(&mut ip, CTA_IP_V4_DST, &[192, 0, 2, 1]);
+        put(&mut ip, 1, &[192, 0, 2, 2]).unwrap();
+        put(&mut ip, CTA_IP_V4_DST, &[192, 0, 2, 1]).unwrap();
         let mut proto = Vec::new();
-        put(&mut proto, CTA_PROTO_NUM, &[17]);
-        put(&mut proto, 2, &40000u16.to_be_bytes());
-        put(&mut proto, CTA_PROTO_DST_PORT, &5353u16.to_be_bytes());
+        put(&mut proto, CTA_PROTO_NUM, &[17]).unwrap();
+        put(&mut proto, 2, &40000u16.to_be_bytes()).unwrap();
+        put(&mut proto, CTA_PROTO_DST_PORT, &5353u16.to_be_bytes()).unwrap();
         let mut tuple = Vec::new();
-        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip);
+        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip).unwrap();
         put(
             &mut tuple,
             CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
             &proto,
-        );
+        )
+        .unwrap();
         let mut attrs = Vec::new();
         put(
             &mut attrs,
             CTA_TUPLE_ORIG | attributes::NLA_F_NESTED,
             &tuple,
-        );
+        )
+        .unwrap();
         let inet = libc::AF_INET as u8;
-        let message = attributes::message(0x100, 0, 1, &[header(inet), attrs.clone()].concat());
+        let message =
+            attributes::message(0x100, 0, 1, &[header(inet), attrs.clone()].concat()).unwrap();
         let (flow, family, key) = flow_of(&message).unwrap();
         assert_eq!(family, inet);
         assert_eq!(

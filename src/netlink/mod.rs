@@ -2,7 +2,8 @@
 //!
 //! `nftables` writes and reads `table inet nsport` through libnftnl and libmnl;
 //! `rtnetlink` reads addresses, routes and links and sets bridge-port hairpin mode;
-//! `conntrack` deletes tracked connections; `sock_diag` finds the sockets holding a port.
+//! `conntrack` deletes tracked connections; `sock_diag` finds the sockets holding a port;
+//! `socket` holds the netfilter socket plumbing `nftables` and `conntrack` share.
 
 use std::io;
 
@@ -11,6 +12,7 @@ pub mod conntrack;
 pub mod nftables;
 pub mod rtnetlink;
 pub mod sock_diag;
+mod socket;
 
 /// A netlink exchange that failed, by the stage at which it failed.
 #[derive(Debug, thiserror::Error)]
@@ -22,19 +24,31 @@ pub enum NetlinkError {
     #[error("cannot read the kernel's netlink answer")]
     Receive(#[source] io::Error),
     /// The kernel refused a message; `index` is its position in the batch, when known.
-    /// TEMPORARY until the netlink branch lands.
-    #[error("the ruleset changed")]
-    Stale,
     #[error("the kernel refused the change")]
     Kernel {
         index: Option<usize>,
         #[source]
         error: io::Error,
     },
+    /// The batch was planned from a generation of the ruleset that is no longer current:
+    /// the kernel applied none of it (it answered ERESTART). Read again and retry.
+    #[error("the ruleset changed since it was read; nothing was applied")]
+    Stale,
+    /// A value would not fit the field the kernel or netlink gives it; nothing was sent.
+    #[error("{what} is {len} bytes long, more than the {max} bytes nftables accepts")]
+    TooLong {
+        what: String,
+        len: usize,
+        max: usize,
+    },
+    /// A string netlink carries NUL-terminated holds a NUL byte; nothing was sent.
+    #[error("{what} holds a NUL byte, which nftables cannot carry")]
+    Nul { what: String },
 }
 
 impl NetlinkError {
-    /// The errno of a refusal or of a failed socket operation.
+    /// The errno of a refusal or of a failed socket operation: ERESTART for a stale
+    /// generation, none for a value refused before anything was sent.
     pub fn errno(&self) -> Option<i32> {
         match self {
             NetlinkError::Open(error)
@@ -42,6 +56,7 @@ impl NetlinkError {
             | NetlinkError::Receive(error)
             | NetlinkError::Kernel { error, .. } => error.raw_os_error(),
             NetlinkError::Stale => Some(libc::ERESTART),
+            NetlinkError::TooLong { .. } | NetlinkError::Nul { .. } => None,
         }
     }
 }

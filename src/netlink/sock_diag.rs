@@ -69,7 +69,7 @@ pub fn bound_sockets(udp: bool) -> Result<Vec<BoundSocket>, NetlinkError> {
             REQUEST_DUMP,
             1,
             &request(family, protocol, states),
-        );
+        )?;
         socket.send(&message, 0).map_err(NetlinkError::Send)?;
         sockets.push(socket);
     }

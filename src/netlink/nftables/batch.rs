@@ -1,0 +1,409 @@
+//! Batches: the changes nsport makes, framed by hand between a batch-begin message that can
+//! carry the generation the batch was planned from and a batch-end message, sent in one
+//! sendmsg(), with every answer matched back to the change it refuses.
+//!
+//! nftnl's `Batch` writes the begin and end messages itself and cannot add
+//! `NFNL_BATCH_GENID`, so they are plain bytes here; libnftnl still encodes every object.
+
+use std::io;
+
+use nftnl::nftnl_sys::{self as sys, libc};
+
+use super::encode::{
+    self, CheckedElement, FAMILY_INET, MESSAGE_BUDGET, MESSAGE_BUFFER, chain_named, chain_object,
+    elements_header_size, rule_named, rule_object, set_named, set_object, table_object,
+};
+use crate::netlink::NetlinkError;
+use crate::netlink::attributes;
+use crate::netlink::socket::{AlignedBuffer, NLMSG_ERROR, open, receive, replies, send_whole};
+use crate::ruleset::{ChainDef, Element, RuleDef, SetDef, TABLE};
+
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_BATCH_GENID: u16 = 1;
+const NFNETLINK_V0: u8 = 0;
+pub(super) const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const ERESTART: i32 = libc::ERESTART;
+
+/// One change to `table inet nsport`; a batch of them is applied by the kernel atomically.
+#[derive(Debug, Clone, Copy)]
+pub enum Change<'a> {
+    /// Creates the table; `exclusive` fails with EEXIST when it is already there, which is
+    /// how concurrent first publishes agree on who writes the chains and rules.
+    AddTable {
+        exclusive: bool,
+    },
+    DelTable,
+    AddChain(&'a ChainDef),
+    /// Deletes every rule of the chain (a rule deletion that names no rule).
+    FlushChain(&'a ChainDef),
+    /// Deletes the chain, which must hold no rules and be the target of no jump.
+    DelChain(&'a ChainDef),
+    AddSet(&'a SetDef),
+    AddRule(&'a RuleDef),
+    /// Adds an element; an identical element is accepted, one with other data is EEXIST.
+    AddElement(&'a Element),
+    /// Creates an element; any element with its key, even an identical one, is EEXIST.
+    CreateElement(&'a Element),
+    DelElement(&'a Element),
+}
+
+/// What a change is, for `-v`.
+fn describe(change: &Change) -> String {
+    match change {
+        Change::AddTable { .. } => format!("NEWTABLE inet {TABLE}"),
+        Change::DelTable => format!("DELTABLE inet {TABLE}"),
+        Change::AddChain(chain) => format!("NEWCHAIN {}", chain.name),
+        Change::FlushChain(chain) => format!("DELRULE {} (flush)", chain.name),
+        Change::DelChain(chain) => format!("DELCHAIN {}", chain.name),
+        Change::AddSet(set) => format!("NEWSET {}", set.name),
+        Change::AddRule(rule) => format!("NEWRULE {}: {}", rule.chain, rule.nft),
+        Change::AddElement(element) => format!("NEWSETELEM {}", element.nft_add()),
+        Change::CreateElement(element) => format!("NEWSETELEM excl {}", element.nft_add()),
+        Change::DelElement(element) => format!("DELSETELEM {}", element.nft_delete()),
+    }
+}
+
+/// Sends `changes` to `table inet nsport` as one batch and waits for the kernel to answer.
+///
+/// With `genid`, the kernel applies the batch only while the ruleset is still at that
+/// generation (`generation()`), and otherwise refuses all of it with `NetlinkError::Stale`.
+/// On any failure the kernel has applied none of it; a refusal names the index in `changes`
+/// of the first message the kernel refused.
+pub fn commit(changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
+    commit_to(TABLE, changes, genid)
+}
+
+/// The generation of the whole nftables ruleset of this network namespace: any change to
+/// any table moves it on, so a batch sent with it applies only to what was read under it.
+pub fn generation() -> Result<u32, NetlinkError> {
+    const NFT_MSG_GETGEN: u16 = 16;
+    const NFT_MSG_NEWGEN: u16 = 15;
+    const NFTA_GEN_ID: u16 = 1;
+    let kind = |message: u16| (NFNL_SUBSYS_NFTABLES << 8) | message;
+    let request = attributes::message(
+        kind(NFT_MSG_GETGEN),
+        NLM_F_REQUEST | libc::NLM_F_ACK as u16,
+        1,
+        &[libc::AF_UNSPEC as u8, NFNETLINK_V0, 0, 0],
+    )?;
+    let mut genid = None;
+    crate::netlink::socket::exchange(&request, |message| {
+        let kind_of = u16::from_ne_bytes([message[4], message[5]]);
+        if kind_of == kind(NFT_MSG_NEWGEN) {
+            genid = message
+                .get(encode::MESSAGE_HEADER..)
+                .and_then(|attrs| attributes::find(attrs, NFTA_GEN_ID))
+                .and_then(|attr| attr.be32());
+        }
+        Ok(())
+    })?;
+    genid.ok_or_else(|| {
+        NetlinkError::Receive(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the kernel's answer to GETGEN holds no generation",
+        ))
+    })
+}
+
+/// The same for another table: `nsport doctor` probes with a throwaway one.
+pub fn commit_to(
+    table: &str,
+    changes: &[Change<'_>],
+    genid: Option<u32>,
+) -> Result<(), NetlinkError> {
+    for change in changes {
+        log::debug!("netlink: {}", describe(change));
+    }
+    let batch = encode_batch(table, changes, genid, 1)?;
+    let socket = open(batch.bytes.len(), batch.first_change.len() + 2)?;
+    send_whole(&socket, &batch.bytes)?;
+
+    // The kernel handles a batch inside sendmsg(), so every answer is queued by now, in
+    // sequence order: an error for each refused message, whatever its flags. Begin and end
+    // never ask for an acknowledgement (only Linux 6.10 and later would give one), so
+    // success is silence and an empty queue ends the wait on every kernel. The first error
+    // is the one reported, and the rest (a refused batch can queue thousands) are dropped
+    // with the socket.
+    let mut buffer = AlignedBuffer::new(crate::netlink::socket::RECEIVE_BUFFER);
+    let mut first_error: Option<(u32, i32)> = None;
+    'answers: loop {
+        let len = match receive(&socket, &mut buffer, false) {
+            Ok(len) => len,
+            Err(NetlinkError::Receive(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                break;
+            }
+            Err(error) => return Err(error),
+        };
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            if reply.kind == NLMSG_ERROR && reply.errno != 0 {
+                first_error = Some((reply.seq, reply.errno));
+                break 'answers;
+            }
+            if reply.seq == batch.end_seq {
+                break 'answers;
+            }
+        }
+    }
+    match first_error {
+        None => Ok(()),
+        // A stale generation is answered on the begin message, and nothing is applied.
+        Some((seq, ERESTART)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
+        // A message of several elements names its first; the caller finds which one.
+        Some((seq, errno)) => Err(NetlinkError::Kernel {
+            index: batch.change_of(seq),
+            error: io::Error::from_raw_os_error(errno),
+        }),
+    }
+}
+
+/// A batch as it is sent: its bytes, and which sequence number is which message.
+pub(super) struct EncodedBatch {
+    pub(super) bytes: Vec<u8>,
+    pub(super) begin_seq: u32,
+    pub(super) end_seq: u32,
+    /// For the n-th message after the begin message (sequence number `begin_seq + 1 + n`),
+    /// the index in `changes` of its first change.
+    pub(super) first_change: Vec<usize>,
+}
+
+impl EncodedBatch {
+    /// The index of the first change in the message with sequence number `seq`.
+    fn change_of(&self, seq: u32) -> Option<usize> {
+        let n = seq.checked_sub(self.begin_seq + 1)?;
+        self.first_change.get(n as usize).copied()
+    }
+}
+
+/// What an element message does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ElementOp {
+    Add,
+    Create,
+    Delete,
+}
+
+/// One message of a batch: a change to an object, or elements of one set.
+enum Part<'a> {
+    Object(Change<'a>),
+    Elements {
+        op: ElementOp,
+        set: &'a str,
+        set_id: u32,
+        elements: Vec<CheckedElement<'a>>,
+        /// The most bytes the message can take, by `encode`'s conservative estimates.
+        size: usize,
+    },
+}
+
+/// Splits changes into messages: consecutive additions (or deletions) of elements of one
+/// set share a message, which saves the kernel and libnftnl per-message work, for as long
+/// as the message stays inside `MESSAGE_BUDGET` bytes. Each message remembers the index of
+/// its first change. Every element is checked here, before anything is encoded.
+fn messages<'a>(
+    table: &str,
+    changes: &[Change<'a>],
+) -> Result<Vec<(usize, Part<'a>)>, NetlinkError> {
+    let mut messages: Vec<(usize, Part<'a>)> = Vec::new();
+    for (index, change) in changes.iter().enumerate() {
+        let (op, element) = match *change {
+            Change::AddElement(element) => (ElementOp::Add, element),
+            Change::CreateElement(element) => (ElementOp::Create, element),
+            Change::DelElement(element) => (ElementOp::Delete, element),
+            other => {
+                messages.push((index, Part::Object(other)));
+                continue;
+            }
+        };
+        let checked = CheckedElement::new(element)?;
+        if let Some((
+            _,
+            Part::Elements {
+                op: last_op,
+                set,
+                elements,
+                size,
+                ..
+            },
+        )) = messages.last_mut()
+            && *last_op == op
+            && *set == element.set
+            && *size + checked.size <= MESSAGE_BUDGET
+        {
+            *size += checked.size;
+            elements.push(checked);
+            continue;
+        }
+        let size = elements_header_size(table, element.set) + checked.size;
+        messages.push((
+            index,
+            Part::Elements {
+                op,
+                set: element.set,
+                set_id: element.set_id(),
+                elements: vec![checked],
+                size,
+            },
+        ));
+    }
+    Ok(messages)
+}
+
+/// Encodes a whole batch, begin and end included, exactly as `commit_to` sends it; the
+/// begin message has sequence number `begin_seq` and the others follow it.
+pub(super) fn encode_batch(
+    table: &str,
+    changes: &[Change<'_>],
+    genid: Option<u32>,
+    begin_seq: u32,
+) -> Result<EncodedBatch, NetlinkError> {
+    encode::name("table", table)?;
+    let messages = messages(table, changes)?;
+    let mut bytes = frame(NFNL_MSG_BATCH_BEGIN, begin_seq, genid)?;
+    let mut buffer = AlignedBuffer::new(MESSAGE_BUFFER);
+    let mut seq = begin_seq;
+    for (_, part) in &messages {
+        seq = seq.wrapping_add(1);
+        bytes.extend_from_slice(write_message(&mut buffer, table, part, seq)?);
+    }
+    let end_seq = seq.wrapping_add(1);
+    bytes.extend(frame(NFNL_MSG_BATCH_END, end_seq, None)?);
+    Ok(EncodedBatch {
+        bytes,
+        begin_seq,
+        end_seq,
+        first_change: messages.iter().map(|(index, _)| *index).collect(),
+    })
+}
+
+/// A batch begin or end message: an nfgenmsg addressed to nf_tables (`res_id`, in network
+/// order), then for a checked batch the generation it was planned from. No NLM_F_ACK: Linux
+/// 6.10 and later would acknowledge it, older kernels would not, and nothing is gained.
+fn frame(kind: u16, seq: u32, genid: Option<u32>) -> Result<Vec<u8>, NetlinkError> {
+    let mut payload = vec![libc::AF_UNSPEC as u8, NFNETLINK_V0];
+    payload.extend_from_slice(&NFNL_SUBSYS_NFTABLES.to_be_bytes());
+    if let Some(genid) = genid {
+        attributes::put(&mut payload, NFNL_BATCH_GENID, &genid.to_be_bytes())?;
+    }
+    attributes::message(kind, NLM_F_REQUEST, seq, &payload)
+}
+
+/// Writes one message into `buffer` with libnftnl and returns its bytes.
+///
+/// Every name, value and element was checked before this (`messages`, `encode`), and the
+/// message is bounded by `MESSAGE_BUDGET`, half of the buffer libnftnl writes into.
+fn write_message<'b>(
+    buffer: &'b mut AlignedBuffer,
+    table: &str,
+    part: &Part,
+    seq: u32,
+) -> Result<&'b [u8], NetlinkError> {
+    assert!(buffer.len() >= MESSAGE_BUFFER);
+    let buf = buffer.bytes_mut().as_mut_ptr().cast::<libc::c_char>();
+    // No NLM_F_ACK: the kernel answers a refused message anyway, and acknowledging each of
+    // thousands of messages would cost a socket buffer full of answers.
+    let create = libc::NLM_F_CREATE as u16;
+    let header = |kind: i32, flags: u16| {
+        // SAFETY: `buf` is the start of an aligned buffer of MESSAGE_BUFFER bytes.
+        unsafe { sys::nftnl_nlmsg_build_hdr(buf, kind as u16, FAMILY_INET, flags, seq) }
+    };
+    let estimate = match part {
+        Part::Elements {
+            op,
+            set,
+            set_id,
+            elements,
+            size,
+        } => {
+            let (kind, flags) = match op {
+                ElementOp::Add => (libc::NFT_MSG_NEWSETELEM, create),
+                ElementOp::Create => (libc::NFT_MSG_NEWSETELEM, create | libc::NLM_F_EXCL as u16),
+                ElementOp::Delete => (libc::NFT_MSG_DELSETELEM, 0),
+            };
+            let object = set_named(table, set, Some(*set_id))?;
+            for element in elements {
+                encode::add_element(&object, element);
+            }
+            let nlh = header(kind, flags);
+            // SAFETY: `nlh` heads the buffer; the message fits it (`size` bounds it).
+            unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, object.ptr()) };
+            *size
+        }
+        Part::Object(change) => match *change {
+            Change::AddTable { exclusive } => {
+                let object = table_object(table)?;
+                let flags = if exclusive {
+                    create | libc::NLM_F_EXCL as u16
+                } else {
+                    create
+                };
+                let nlh = header(libc::NFT_MSG_NEWTABLE, flags);
+                // SAFETY: `nlh` heads the buffer; a table message is a few hundred bytes.
+                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, object.ptr()) };
+                1024
+            }
+            Change::DelTable => {
+                let object = table_object(table)?;
+                let nlh = header(libc::NFT_MSG_DELTABLE, 0);
+                // SAFETY: as above.
+                unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, object.ptr()) };
+                1024
+            }
+            Change::AddChain(chain) => {
+                let object = chain_object(table, chain)?;
+                let nlh = header(libc::NFT_MSG_NEWCHAIN, create);
+                // SAFETY: `nlh` heads the buffer; two checked names and a few numbers.
+                unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, object.ptr()) };
+                1024
+            }
+            Change::DelChain(chain) => {
+                let object = chain_named(table, chain.name)?;
+                let nlh = header(libc::NFT_MSG_DELCHAIN, 0);
+                // SAFETY: as above.
+                unsafe { sys::nftnl_chain_nlmsg_build_payload(nlh, object.ptr()) };
+                1024
+            }
+            Change::FlushChain(chain) => {
+                let object = rule_named(table, chain.name)?;
+                let nlh = header(libc::NFT_MSG_DELRULE, 0);
+                // SAFETY: as above.
+                unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, object.ptr()) };
+                1024
+            }
+            Change::AddSet(set) => {
+                let object = set_object(table, set)?;
+                let nlh = header(libc::NFT_MSG_NEWSET, create);
+                // SAFETY: `nlh` heads the buffer; names, numbers and at most USERDATA_MAX
+                // bytes of user data.
+                unsafe { sys::nftnl_set_nlmsg_build_payload(nlh, object.ptr()) };
+                2048
+            }
+            Change::AddRule(rule) => {
+                let size = encode::check_rule(table, rule)?;
+                let object = rule_object(table, rule)?;
+                let flags = (libc::NLM_F_CREATE | libc::NLM_F_APPEND) as u16;
+                let nlh = header(libc::NFT_MSG_NEWRULE, flags);
+                // SAFETY: `nlh` heads the buffer; `check_rule` bounded the message by
+                // MESSAGE_BUDGET.
+                unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, object.ptr()) };
+                size
+            }
+            Change::AddElement(_) | Change::CreateElement(_) | Change::DelElement(_) => {
+                unreachable!("elements travel as Part::Elements")
+            }
+        },
+    };
+    let len = u32::from_ne_bytes(buffer.bytes()[..4].try_into().unwrap()) as usize;
+    // The estimates are conservative and the buffer twice the budget, so this never fires;
+    // if it did, refusing is the only honest answer.
+    if len > estimate || len > MESSAGE_BUDGET {
+        return Err(NetlinkError::TooLong {
+            what: format!("an encoded message (estimated at {estimate} bytes)"),
+            len,
+            max: estimate.min(MESSAGE_BUDGET),
+        });
+    }
+    Ok(&buffer.bytes()[..len])
+}

@@ -1,0 +1,280 @@
+//! Kernel checks of the nftables layer, as root, each in a network namespace of its own:
+//! the test's thread unshares a fresh one, which disappears with the thread, so nothing
+//! here can touch the host's ruleset. Without root they are skipped, except under CI.
+
+use std::process::Command;
+
+use super::*;
+use crate::netlink::NetlinkError;
+use crate::ruleset::{self, ChainDef, Element, RuleDef, SetDef, TABLE};
+
+/// Runs `test` on a thread inside a fresh, empty network namespace.
+fn in_fresh_netns(test: impl FnOnce() + Send + 'static) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "namespace tests need root, and may not skip in CI"
+        );
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let thread = std::thread::spawn(move || {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a netns");
+        test();
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs nft in the calling thread's namespace, which its child process inherits.
+fn nft(args: &str) {
+    let status = Command::new("nft")
+        .args(args.split(' '))
+        .status()
+        .expect("run nft");
+    assert!(status.success(), "nft {args}");
+}
+
+fn nft_output(args: &str) -> String {
+    let output = Command::new("nft")
+        .args(args.split(' '))
+        .output()
+        .expect("run nft");
+    assert!(output.status.success(), "nft {args}");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// The whole table as nsport writes it on a first publish.
+fn commit_table(chains: &[ChainDef], sets: &[SetDef], rules: &[RuleDef]) {
+    let mut changes = vec![Change::AddTable { exclusive: true }];
+    changes.extend(chains.iter().map(Change::AddChain));
+    changes.extend(sets.iter().map(Change::AddSet));
+    changes.extend(rules.iter().map(Change::AddRule));
+    commit(&changes, None).expect("the table commits");
+}
+
+/// An element of `set` whose key and data are `n` in every byte's worth of its length.
+fn element(set: &SetDef, n: u32, comment: Option<String>) -> Element {
+    let bytes = |len: u32| {
+        let mut bytes = n.to_be_bytes().repeat(len.div_ceil(4) as usize);
+        bytes.truncate(len as usize);
+        bytes
+    };
+    Element {
+        set: set.name,
+        key: bytes(set.key_len),
+        data: set.data.map(|(_, len)| bytes(len)),
+        comment,
+    }
+}
+
+fn any4() -> SetDef {
+    ruleset::sets()
+        .into_iter()
+        .find(|set| set.is_map())
+        .unwrap()
+}
+
+#[test]
+fn a_stale_generation_applies_nothing_and_the_current_one_applies() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        let before = generation().unwrap();
+        commit_table(&chains, &sets, &rules);
+        let current = generation().unwrap();
+        assert_ne!(before, current, "a commit moves the generation on");
+
+        let map = any4();
+        let first = element(&map, 1, Some("first".into()));
+        let second = element(&map, 2, None);
+        let changes = [Change::AddElement(&first), Change::AddElement(&second)];
+        let stale = commit(&changes, Some(before)).unwrap_err();
+        assert!(matches!(stale, NetlinkError::Stale), "{stale:?}");
+        assert_eq!(stale.errno(), Some(libc::ERESTART));
+        assert!(
+            dump_elements(map.name).unwrap().is_empty(),
+            "nothing applied"
+        );
+        assert_eq!(
+            generation().unwrap(),
+            current,
+            "a refused batch changes nothing"
+        );
+
+        commit(&changes, Some(current)).unwrap();
+        let dumped = dump_elements(map.name).unwrap();
+        assert_eq!(dumped.len(), 2);
+        assert!(generation().unwrap() != current);
+
+        // Something else changing any table makes the generation stale too.
+        let current = generation().unwrap();
+        nft("add table ip other");
+        let third = element(&map, 3, None);
+        assert!(matches!(
+            commit(&[Change::AddElement(&third)], Some(current)),
+            Err(NetlinkError::Stale)
+        ));
+        assert_eq!(get_element(map.name, &third.key).unwrap(), None);
+    });
+}
+
+#[test]
+fn rules_read_back_equal_what_nsport_writes_and_edits_do_not() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        let dumped = dump_rules(TABLE).unwrap();
+        assert_eq!(dumped.len(), rules.len());
+        // The kernel dumps chain by chain, each in rule order.
+        for chain in &chains {
+            let written: Vec<String> = rules
+                .iter()
+                .filter(|rule| rule.chain == chain.name)
+                .map(rule_exprs_text)
+                .collect();
+            let read: Vec<&str> = dumped
+                .iter()
+                .filter(|rule| rule.chain == chain.name)
+                .map(|rule| rule.exprs.as_str())
+                .collect();
+            assert_eq!(read, written, "chain {}", chain.name);
+        }
+        assert!(dumped.iter().all(|rule| rule.handle > 0));
+        let names: Vec<String> = chains.iter().map(|chain| chain.name.to_string()).collect();
+        let mut read = dump_chains(TABLE).unwrap();
+        read.sort();
+        let mut expected = names.clone();
+        expected.sort();
+        assert_eq!(read, expected);
+
+        let guard: Vec<String> = rules
+            .iter()
+            .filter(|rule| rule.chain == ruleset::CHAIN_GUARD)
+            .map(rule_exprs_text)
+            .collect();
+        let guard_rules = || -> Vec<RuleDump> {
+            dump_rules(TABLE)
+                .unwrap()
+                .into_iter()
+                .filter(|rule| rule.chain == ruleset::CHAIN_GUARD)
+                .collect()
+        };
+        // A rule added by hand is one that no rule of nsport's equals.
+        nft("add rule inet nsport guard accept");
+        let edited = guard_rules();
+        assert_eq!(edited.len(), guard.len() + 1);
+        assert!(!guard.contains(&edited.last().unwrap().exprs));
+
+        // A rule replaced by a different one no longer compares equal.
+        let handle = edited[0].handle;
+        nft(&format!(
+            "replace rule inet nsport guard handle {handle} iifname != \"lo\" ip daddr 127.0.0.0/16 drop"
+        ));
+        let replaced = guard_rules();
+        assert_ne!(replaced[0].exprs, guard[0]);
+        assert_eq!(replaced[0].handle, handle);
+    });
+}
+
+#[test]
+fn create_is_exclusive_and_add_is_not() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        let map = any4();
+        let element = element(&map, 7, Some("netns=a".into()));
+        commit(&[Change::CreateElement(&element)], None).unwrap();
+        // The identical element again: accepted by an add, refused by a create.
+        commit(&[Change::AddElement(&element)], None).unwrap();
+        let other = super::lab::element(&map, 8, None);
+        let error = commit(
+            &[
+                Change::CreateElement(&other),
+                Change::CreateElement(&element),
+            ],
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(error.errno(), Some(libc::EEXIST));
+        assert!(matches!(error, NetlinkError::Kernel { index: Some(_), .. }));
+        assert_eq!(get_element(map.name, &other.key).unwrap(), None);
+    });
+}
+
+#[test]
+fn chains_flush_and_delete() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        let guard = chains
+            .iter()
+            .find(|chain| chain.name == ruleset::CHAIN_GUARD)
+            .unwrap();
+        commit(&[Change::FlushChain(guard)], None).unwrap();
+        let left = dump_rules(TABLE).unwrap();
+        assert!(left.iter().all(|rule| rule.chain != guard.name));
+        assert!(!left.is_empty(), "only the guard chain was flushed");
+        commit(&[Change::DelChain(guard)], None).unwrap();
+        assert!(!chain_exists(guard.name).unwrap());
+        assert!(
+            !dump_chains(TABLE)
+                .unwrap()
+                .iter()
+                .any(|name| name == guard.name)
+        );
+        // Deleting a chain that still holds rules is refused, and names the change.
+        let publish = chains.iter().find(|chain| chain.base.is_none()).unwrap();
+        let error = commit(
+            &[Change::FlushChain(guard), Change::DelChain(publish)],
+            None,
+        );
+        assert!(error.is_err());
+    });
+}
+
+#[test]
+fn many_elements_with_the_longest_comments_commit_whole() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        let map = any4();
+        // The case that once aborted with `free(): invalid size`: long comments, many
+        // elements; now every message stays inside the byte budget.
+        let elements: Vec<Element> = (0..5000)
+            .map(|n| element(&map, n, Some(format!("{n:0>width$}", width = COMMENT_MAX))))
+            .collect();
+        let changes: Vec<Change> = elements.iter().map(Change::AddElement).collect();
+        commit(&changes, None).unwrap();
+        let dumped = dump_elements(map.name).unwrap();
+        assert_eq!(dumped.len(), elements.len());
+        for dump in &dumped {
+            let n = u32::from_be_bytes(dump.key[..4].try_into().unwrap());
+            assert_eq!(dump.comment.as_deref().map(str::len), Some(COMMENT_MAX));
+            assert_eq!(dump.comment, elements[n as usize].comment);
+        }
+        // nft reads the longest comment back too.
+        assert!(nft_output("list table inet nsport").contains(&"0".repeat(COMMENT_MAX - 4)));
+        // One byte more is refused before anything is sent.
+        let long = element(&map, 9999, Some("x".repeat(COMMENT_MAX + 1)));
+        assert!(matches!(
+            commit(&[Change::AddElement(&long)], None),
+            Err(NetlinkError::TooLong { .. })
+        ));
+    });
+}
+
+#[test]
+fn the_longest_comment_reads_back_from_every_set() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        for set in &sets {
+            let element = element(set, 1, Some("y".repeat(COMMENT_MAX)));
+            commit(&[Change::AddElement(&element)], None).unwrap();
+            let back = get_element(set.name, &element.key).unwrap().unwrap();
+            assert_eq!(back.comment, element.comment, "set {}", set.name);
+        }
+    });
+}

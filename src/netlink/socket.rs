@@ -1,0 +1,204 @@
+//! Netfilter netlink sockets shared by `nftables` and `conntrack`: opening one sized for a
+//! request, reading what the kernel queued, and walking the messages of an answer.
+
+use std::io;
+use std::io::IoSlice;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::time::Duration;
+
+use nix::sys::socket::{self, MsgFlags, NetlinkAddr, sockopt};
+use nix::sys::time::TimeVal;
+
+use super::NetlinkError;
+
+pub(super) const NLMSG_ERROR: u16 = 2;
+pub(super) const NLMSG_DONE: u16 = 3;
+/// How long to wait for the kernel's answer before calling it lost.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Room for one recvmsg of a dump; the kernel fills up to this much per read.
+pub(super) const RECEIVE_BUFFER: usize = 256 * 1024;
+/// Linux's usual net.core.[rw]mem_default.
+const DEFAULT_SOCKET_BUFFER: usize = 200 * 1024;
+/// Room one acknowledgement takes in a socket buffer, its skb overhead included.
+const ANSWER_BYTES: usize = 1024;
+const MAX_RECEIVE_BUFFER: usize = 32 << 20;
+
+fn raw_fd(socket: &mnl::Socket) -> RawFd {
+    // SAFETY: reads the descriptor of a live libmnl socket.
+    unsafe { mnl::mnl_sys::mnl_socket_get_fd(socket.as_raw_socket()) }
+}
+
+/// Opens a netfilter socket able to send `send_bytes` at once and to queue `answers`
+/// acknowledgements without dropping any.
+pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> {
+    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
+    // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(&socket)) };
+    let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
+    let timeout = TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
+    socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(set_error)?;
+    // Errors then carry the refused message's header only, not all of it: a refused
+    // message of hundreds of elements would otherwise be echoed whole.
+    socket::setsockopt(&fd, NetlinkCapAck, &true).map_err(set_error)?;
+    // Past the default socket buffers (about 200 KiB), large batches would fail with
+    // EMSGSIZE and their acknowledgements with ENOBUFS; root may raise both.
+    if send_bytes > DEFAULT_SOCKET_BUFFER {
+        socket::setsockopt(&fd, sockopt::SndBufForce, &(send_bytes + 4096)).map_err(set_error)?;
+    }
+    let receive_bytes = answers.saturating_mul(ANSWER_BYTES).min(MAX_RECEIVE_BUFFER);
+    if receive_bytes > DEFAULT_SOCKET_BUFFER {
+        socket::setsockopt(&fd, sockopt::RcvBufForce, &receive_bytes).map_err(set_error)?;
+    }
+    Ok(socket)
+}
+
+/// `NETLINK_CAP_ACK`, which nix does not name.
+#[derive(Clone, Copy)]
+struct NetlinkCapAck;
+
+impl socket::SetSockOpt for NetlinkCapAck {
+    type Val = bool;
+
+    fn set<F: std::os::fd::AsFd>(&self, fd: &F, value: &bool) -> nix::Result<()> {
+        const SOL_NETLINK: libc::c_int = 270;
+        const NETLINK_CAP_ACK: libc::c_int = 10;
+        let value = libc::c_int::from(*value);
+        // SAFETY: setsockopt reads one c_int from a live local.
+        let result = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
+                SOL_NETLINK,
+                NETLINK_CAP_ACK,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        nix::errno::Errno::result(result).map(drop)
+    }
+}
+
+/// Sends `bytes` in one sendmsg(): nfnetlink treats each send as a whole batch, so a batch
+/// must never be split the way sending page by page (`mnl::Socket::send_all`) would.
+pub(super) fn send_whole(socket: &mnl::Socket, bytes: &[u8]) -> Result<(), NetlinkError> {
+    let iov = [IoSlice::new(bytes)];
+    let kernel = NetlinkAddr::new(0, 0);
+    let sent = socket::sendmsg(raw_fd(socket), &iov, &[], MsgFlags::empty(), Some(&kernel))
+        .map_err(|errno| NetlinkError::Send(errno.into()))?;
+    if sent != bytes.len() {
+        return Err(NetlinkError::Send(io::Error::other(
+            "the batch was sent in part",
+        )));
+    }
+    Ok(())
+}
+
+/// Reads what the kernel queued; without `wait`, an empty queue is `WouldBlock`.
+pub(super) fn receive(
+    socket: &mnl::Socket,
+    buffer: &mut AlignedBuffer,
+    wait: bool,
+) -> Result<usize, NetlinkError> {
+    let flags = if wait {
+        MsgFlags::empty()
+    } else {
+        MsgFlags::MSG_DONTWAIT
+    };
+    socket::recv(raw_fd(socket), buffer.bytes_mut(), flags)
+        .map_err(|errno| NetlinkError::Receive(errno.into()))
+}
+
+/// One netlink message of a reply, with the error code when it is an NLMSG_ERROR.
+pub(super) struct Reply<'a> {
+    pub(super) kind: u16,
+    pub(super) seq: u32,
+    pub(super) errno: i32,
+    pub(super) message: &'a [u8],
+}
+
+pub(super) fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, NetlinkError>> {
+    mnl::NlMessages::new(bytes).map(|message| {
+        let message = message.map_err(NetlinkError::Receive)?;
+        // libmnl only yields messages whose length covers at least their header.
+        let word = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
+        let kind = u16::from_ne_bytes([message[4], message[5]]);
+        let errno = if kind == NLMSG_ERROR {
+            if message.len() < 20 {
+                return Err(NetlinkError::Receive(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "truncated netlink error message",
+                )));
+            }
+            -(word(16) as i32)
+        } else {
+            0
+        };
+        Ok(Reply {
+            kind,
+            seq: word(8),
+            errno,
+            message,
+        })
+    })
+}
+
+/// Sends one request and hands each answer message to `on_message`. Returns false when the
+/// kernel answered ENOENT (no such table, chain, set or element).
+pub(super) fn exchange(
+    request: &[u8],
+    mut on_message: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<bool, NetlinkError> {
+    let socket = open(request.len(), 1)?;
+    socket.send(request).map_err(NetlinkError::Send)?;
+    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
+    loop {
+        let len = receive(&socket, &mut buffer, true)?;
+        for reply in replies(&buffer.bytes()[..len]) {
+            let reply = reply?;
+            match reply.kind {
+                NLMSG_DONE => return Ok(true),
+                NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(false),
+                NLMSG_ERROR if reply.errno != 0 => {
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(reply.errno),
+                    });
+                }
+                // The acknowledgement that ends a request that is not a dump.
+                NLMSG_ERROR => return Ok(true),
+                _ => on_message(reply.message)?,
+            }
+        }
+    }
+}
+
+/// A buffer aligned for `nlmsghdr`, as libmnl and libnftnl require of what they read and
+/// write.
+pub(super) struct AlignedBuffer(Vec<u64>);
+
+impl AlignedBuffer {
+    pub(super) fn new(len: usize) -> Self {
+        AlignedBuffer(vec![0; len.div_ceil(8)])
+    }
+
+    /// A copy of `bytes` in aligned storage, for libnftnl's parsers.
+    #[cfg(test)]
+    pub(super) fn copy_of(bytes: &[u8]) -> Self {
+        let mut buffer = Self::new(bytes.len());
+        buffer.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
+        buffer
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len() * 8
+    }
+
+    pub(super) fn bytes(&self) -> &[u8] {
+        // SAFETY: any u64 storage is valid as bytes, and the length is in bytes.
+        unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 8) }
+    }
+
+    pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and the borrow is unique.
+        unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 8) }
+    }
+}
