@@ -75,8 +75,8 @@ fn finish(
     if !committed.existed && !settings.originals.is_empty() {
         // What the record names was set for a table someone else deleted since.
         log::warn!(
-            "table inet nsport was deleted by something else; putting back: {}",
-            settings.would_put_back().join(", ")
+            "table inet nsport was deleted by something else; putting back {}",
+            settings.put_back_summary()
         );
         settings.put_back_everything()?;
     }

@@ -63,8 +63,8 @@ fn repair_found(snapshot: &Snapshot) -> Result<(), Error> {
         let mut settings = Settings::load(&lock, Vec::new())?;
         if !settings.originals.is_empty() {
             log::warn!(
-                "table inet nsport was deleted by something else; putting back: {}",
-                settings.would_put_back().join(", ")
+                "table inet nsport was deleted by something else; putting back {}",
+                settings.put_back_summary()
             );
             settings.put_back_everything()?;
         }

@@ -220,6 +220,26 @@ impl<'a> Settings<'a> {
         self.save()
     }
 
+    /// What `put_back_everything` would do, in words: `route_localnet on br0 and hairpin
+    /// mode of v1`.
+    pub fn put_back_summary(&self) -> String {
+        let mut parts = Vec::new();
+        if !self.originals.route_localnet.is_empty() {
+            let ifaces: Vec<&str> = self
+                .originals
+                .route_localnet
+                .keys()
+                .map(String::as_str)
+                .collect();
+            parts.push(format!("route_localnet on {}", ifaces.join(", ")));
+        }
+        if !self.originals.hairpin.is_empty() {
+            let ports: Vec<&str> = self.originals.hairpin.keys().map(String::as_str).collect();
+            parts.push(format!("hairpin mode of {}", ports.join(", ")));
+        }
+        parts.join(" and ")
+    }
+
     /// What `put_back_everything` would do, as `sysctl` and hairpin lines.
     pub fn would_put_back(&self) -> Vec<String> {
         let localnet =
