@@ -194,8 +194,14 @@ fn concurrent_rm_of_unrelated_ports_never_fails_with_enoent() {
     let _ns3 = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 3000);
     let mut violations = Vec::new();
     for round in 0..10 {
-        lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "5000-5003:3000"]);
-        lab.nsport_ok(&["add", "--to", "10.77.0.2", "127.0.0.1:5004-5007:3000"]);
+        let ns1 = lab.ns("ns1");
+        let mut add = vec!["add", "--netns", &ns1];
+        add.extend(["5000:3000", "5001:3000", "5002:3000", "5003:3000"]);
+        lab.nsport_ok(&add);
+        let mut add = vec!["add", "--to", "10.77.0.2"];
+        add.extend(["127.0.0.1:5004:3000", "127.0.0.1:5005:3000"]);
+        add.extend(["127.0.0.1:5006:3000", "127.0.0.1:5007:3000"]);
+        lab.nsport_ok(&add);
         let specs = [
             "5000",
             "5001",
@@ -245,10 +251,18 @@ fn add_rm_loops_then_flush_leave_no_route_localnet() {
     let lab = Lab::new(BrNetfilter::Off);
     let _ns1 = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
     let _ns3 = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 3000);
-    // Precondition: the guard of a live publish keeps the neighbour out.
+    // Both sides are neighbours that would read the host's loopback if they could.
+    lab.make_attacker("ns3", HOST_V3);
+    // Preconditions: the guard of a live publish keeps them out; without the guard, the
+    // probe does see the service (so a `false` below means something).
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "6001:3000"]);
-    assert!(!lab.neighbour_reads_host_loopback());
-    lab.nsport_ok(&["rm", "6001"]);
+    lab.nsport_ok(&["add", "--to", "10.77.0.2", "6002:3000"]);
+    assert!(!lab.reads_host_loopback("ns2") && !lab.reads_host_loopback("ns3"));
+    lab.nft("host", "delete chain inet nsport guard");
+    assert!(lab.reads_host_loopback("ns2"), "ns2 without the guard");
+    assert!(lab.reads_host_loopback("ns3"), "ns3 without the guard");
+    lab.nsport_ok(&["flush"]);
+    assert!(!lab.reads_host_loopback("ns2") && !lab.reads_host_loopback("ns3"));
     let secs = (soak::soak_secs() / 2).max(1);
     let deadline = Instant::now() + Duration::from_secs(secs);
     let ns1 = lab.ns("ns1");
@@ -288,8 +302,12 @@ fn add_rm_loops_then_flush_leave_no_route_localnet() {
         violations.push("table inet nsport is still there after flush".into());
     }
     violations.extend(invariants::check_state(&lab));
-    if lab.neighbour_reads_host_loopback() {
-        violations.push("after flush, ns2 reads a service bound to the host's 127.0.0.1".into());
+    for role in ["ns2", "ns3"] {
+        if lab.reads_host_loopback(role) {
+            violations.push(format!(
+                "after flush, {role} reads a service bound to the host's 127.0.0.1"
+            ));
+        }
     }
     invariants::assert_none(&violations, "two add/rm loops, then flush");
 }

@@ -541,8 +541,24 @@ impl Lab {
     /// Whether a neighbour namespace (ns2, which routes 127/8 to the host) can read a
     /// service bound to the host namespace's 127.0.0.1: what the guard must prevent.
     pub fn neighbour_reads_host_loopback(&self) -> bool {
+        self.reads_host_loopback("ns2")
+    }
+
+    /// Whether `role` can read a service bound to the host namespace's 127.0.0.1.
+    pub fn reads_host_loopback(&self, role: &str) -> bool {
         let _secret = self.serve_tcp("host", LOCALHOST, SECRET_PORT);
-        self.tcp("ns2", LOCALHOST, SECRET_PORT).is_some()
+        self.tcp(role, LOCALHOST, SECRET_PORT).is_some()
+    }
+
+    /// Makes `role` an attacker like ns2 and out: it routes 127.0.0.0/8 to the host
+    /// through `gateway` and accepts replies from 127/8. Its loopback goes down without
+    /// its address (a downed loopback keeps its local routes), so 127/8 is not local there.
+    pub fn make_attacker(&self, role: &str, gateway: Ipv4Addr) {
+        self.ip(role, "link set lo down");
+        self.ip(role, "addr flush dev lo");
+        self.ip(role, &format!("route add 127.0.0.0/8 via {gateway}"));
+        self.write_sysctl(role, "net/ipv4/conf/all/route_localnet", "1");
+        self.write_sysctl(role, "net/ipv4/conf/eth0/route_localnet", "1");
     }
 }
 
