@@ -364,12 +364,22 @@ pub fn run_writers(soak: &SoakLab, secs: u64, kill: bool, seed: u64) -> Stats {
     stats.into_inner().unwrap()
 }
 
-/// After the writers stopped: one more command (a publish of a port nobody used, then a
-/// listing) must succeed, and then every invariant must hold and the host's loopback
+/// After the writers stopped. With `quiescent`, the state the writers left must already
+/// satisfy (a) to (d): the last commit was planned from what the others committed, so
+/// nothing is left for a later command to repair (not so after SIGKILL, where only the
+/// next command can repair). Then one more command (a publish of a port nobody used, then
+/// a listing) must succeed, and then every invariant must hold and the host's loopback
 /// services must be out of a neighbour's reach.
-pub fn finish(soak: &SoakLab) -> Vec<String> {
+pub fn finish(soak: &SoakLab, quiescent: bool) -> Vec<String> {
     let lab = &soak.lab;
     let mut violations = Vec::new();
+    if quiescent {
+        violations.extend(
+            invariants::check_state(lab)
+                .into_iter()
+                .map(|v| format!("at quiescence: {v}")),
+        );
+    }
     let spec = format!("{FINAL_PORT}:3000");
     let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), &spec]);
     if !output.status.success() {
@@ -394,9 +404,55 @@ pub fn finish(soak: &SoakLab) -> Vec<String> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    violations.extend(invariants::check(lab));
+    violations.extend(
+        invariants::check(lab)
+            .into_iter()
+            .map(|v| format!("after the final command: {v}")),
+    );
     if lab.neighbour_reads_host_loopback() {
         violations.push("ns2 reads a service bound to the host's 127.0.0.1".into());
     }
+    if !violations.is_empty() {
+        // What the checker saw, for the closing note and for debugging.
+        let table = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns("host"),
+                "nft",
+                "list",
+                "table",
+                "inet",
+                "nsport",
+            ])
+            .output()
+            .unwrap();
+        println!(
+            "end state: route_localnet {:?}\n{}",
+            invariants::route_localnet(lab),
+            lab.normalize(&String::from_utf8_lossy(&table.stdout))
+        );
+    }
     violations
+}
+
+/// The writers' violations grouped by command kind and reason, with one example each:
+/// a soak may see the same failure hundreds of times.
+pub fn grouped(violations: &[String]) -> Vec<String> {
+    let mut groups: BTreeMap<String, (usize, &String)> = BTreeMap::new();
+    for v in violations {
+        // "`rm 4001`: ENOENT (exit …": the command's first word and the reason.
+        let command = v
+            .trim_start_matches('`')
+            .split([' ', '`'])
+            .next()
+            .unwrap_or("");
+        let reason = v.split("`: ").nth(1).and_then(|r| r.split(" (").next());
+        let key = format!("{command}: {}", reason.unwrap_or(v));
+        groups.entry(key).or_insert((0, v)).0 += 1;
+    }
+    groups
+        .into_iter()
+        .map(|(key, (count, example))| format!("{count}× {key}, e.g. {example}"))
+        .collect()
 }
