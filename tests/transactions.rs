@@ -368,7 +368,8 @@ fn apply_with_a_bad_via_changes_nothing() {
     bad["netns"] = Value::Null;
     bad["netns_inode"] = Value::Null;
     bad["via"] = "nosuch0".into();
-    let file = lab.state_dir().with_extension("apply.json");
+    let file = TempFile(lab.state_dir().with_extension("apply.json"));
+    let file = &file.0;
     let mut violations = Vec::new();
     let before = kernel_state(&lab);
     for (what, mappings) in [
@@ -378,7 +379,7 @@ fn apply_with_a_bad_via_changes_nothing() {
         ),
         ("replacing the existing mapping", vec![bad.clone()]),
     ] {
-        std::fs::write(&file, serde_json::to_string(&mappings).unwrap()).unwrap();
+        std::fs::write(file, serde_json::to_string(&mappings).unwrap()).unwrap();
         let output = lab.nsport(&["apply", file.to_str().unwrap()]);
         println!(
             "apply, bad via {what}: exit {:?}: {}",
@@ -399,7 +400,6 @@ fn apply_with_a_bad_via_changes_nothing() {
             lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "3000"]);
         }
     }
-    let _ = std::fs::remove_file(&file);
     violations.extend(invariants::check(&lab));
     invariants::assert_none(&violations, "apply with a bad via");
 }

@@ -562,6 +562,15 @@ impl Lab {
     }
 }
 
+/// A file removed when dropped, even on panic.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Where Debian installs the CNI plugins.
 pub const CNI_PLUGINS: &str = "/usr/lib/cni";
 

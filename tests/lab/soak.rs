@@ -28,8 +28,14 @@ pub fn soak_secs() -> u64 {
         .unwrap_or(30)
 }
 
-/// How many writer processes run at once.
-pub const WRITERS: usize = 8;
+/// How many writer processes run at once: 8, the figure. `NSPORT_SOAK_WRITERS`
+/// changes it for control runs only (one writer: what is left is not a race).
+pub fn writers() -> usize {
+    std::env::var("NSPORT_SOAK_WRITERS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(8)
+}
 
 /// The host ports the writers share: few, so that they collide often.
 pub const POOL: std::ops::Range<u16> = 4000..4008;
@@ -192,7 +198,11 @@ impl SoakLab {
                 let role = rng.pick(&NAMESPACES);
                 let mut args = vec!["add".into(), "--netns".into(), lab.ns(role)];
                 for _ in 0..=rng.below(2) {
-                    args.push(Self::host_spec(rng).0);
+                    // The same spec twice would be refused as bad input, not a race.
+                    let spec = Self::host_spec(rng).0;
+                    if !args.contains(&spec) {
+                        args.push(spec);
+                    }
                 }
                 (Kind::Add, args)
             }
@@ -229,12 +239,15 @@ impl SoakLab {
                 let mut mappings = Vec::new();
                 for _ in 0..=rng.below(2) {
                     let port = POOL.start + rng.below(POOL.len() as u64) as u16;
-                    mappings.push(match rng.below(3) {
+                    let mapping = match rng.below(3) {
                         0 => json!({"hostPort": port, "containerPort": 53, "protocol": "udp"}),
                         1 => json!({"hostPort": port, "containerPort": 3000,
                                     "protocol": "tcp", "hostIP": "127.0.0.1"}),
                         _ => json!({"hostPort": port, "containerPort": 3000, "protocol": "tcp"}),
-                    });
+                    };
+                    if !mappings.contains(&mapping) {
+                        mappings.push(mapping);
+                    }
                 }
                 let config = self.cni_config(container, Value::Array(mappings));
                 let child = lab.cni_spawn(
@@ -319,14 +332,14 @@ pub struct Stats {
     pub violations: Vec<String>,
 }
 
-/// Runs `WRITERS` writer threads for `secs` seconds, each starting one command after the
+/// Runs `writers()` writer threads for `secs` seconds, each starting one command after the
 /// other; with `kill`, each command is sent SIGKILL 0–20 ms after it started (when it has
 /// not ended by then).
 pub fn run_writers(soak: &SoakLab, secs: u64, kill: bool, seed: u64) -> Stats {
     let stats = Mutex::new(Stats::default());
     let deadline = Instant::now() + Duration::from_secs(secs);
     std::thread::scope(|scope| {
-        for writer in 0..WRITERS as u64 {
+        for writer in 0..writers() as u64 {
             let stats = &stats;
             scope.spawn(move || {
                 let mut rng = Rng::new(seed ^ (writer + 1));
