@@ -201,7 +201,7 @@ fn concurrent_rm_of_unrelated_ports_never_fails_with_enoent() {
     let _ns1 = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
     let _ns3 = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 3000);
     let mut violations = Vec::new();
-    for round in 0..10 {
+    for round in 0..20 {
         let ns1 = lab.ns("ns1");
         let mut add = vec!["add", "--netns", &ns1];
         add.extend(["5000:3000", "5001:3000", "5002:3000", "5003:3000"]);
@@ -220,9 +220,15 @@ fn concurrent_rm_of_unrelated_ports_never_fails_with_enoent() {
             "127.0.0.1:5006",
             "127.0.0.1:5007",
         ];
+        // Started a few milliseconds apart (round r: r ms), so that later ones read what
+        // earlier ones committed as well as racing them: every interleaving of read and
+        // commit occurs over the rounds.
         let children: Vec<_> = specs
             .iter()
-            .map(|spec| (spec, lab.spawn_nsport(&["rm", spec])))
+            .map(|spec| {
+                std::thread::sleep(Duration::from_millis(round));
+                (spec, lab.spawn_nsport(&["rm", spec]))
+            })
             .collect();
         let mut kept = Vec::new();
         for (spec, child) in children {
