@@ -12,6 +12,9 @@
 //! would, so that tests can prove the loopback guard holds.
 #![allow(dead_code)]
 
+pub mod invariants;
+pub mod soak;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -376,6 +379,203 @@ impl Drop for Lab {
         }
     }
 }
+
+/// Helpers added for the concurrency, crash and transaction tests; they only add to the
+/// lab above and change none of its helpers.
+impl Lab {
+    /// The command that runs nsport in the host namespace with this lab's state directory;
+    /// callers may change its environment (another state directory) or its stdio.
+    pub fn nsport_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .env("NSPORT_STATE_DIR", self.state_dir())
+            .args(["netns", "exec", &self.ns("host")])
+            .arg(env!("CARGO_BIN_EXE_nsport"))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        command
+    }
+
+    /// Adds namespace `role` behind the host's bridge br0 through veth `port`, at `addr`/24
+    /// with 172.18.0.1 as its gateway, like ns1 and ns2. When the namespace was deleted
+    /// (to recreate one of the same name), it is made again with the same name, port and
+    /// address.
+    pub fn bridge_namespace(&mut self, role: &'static str, port: &str, addr: Ipv4Addr) {
+        let ns = self.ns(role);
+        if !std::path::Path::new(&format!("/run/netns/{ns}")).exists() {
+            sh(&["ip", "netns", "add", &ns]);
+        }
+        if !self.roles.contains(&role) {
+            self.roles.push(role);
+        }
+        // A deleted namespace goes away in the background, and its veth pair with it: wait
+        // (boundedly) until the old host side is gone before making one of the same name.
+        let host = self.ns("host");
+        for _ in 0..500 {
+            let gone = !Command::new("ip")
+                .args(["-n", &host, "link", "show", port])
+                .output()
+                .expect("ip")
+                .status
+                .success();
+            if gone {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.ip(
+            "host",
+            &format!("link add {port} type veth peer name eth0 netns {ns}"),
+        );
+        self.ip(role, "link set lo up");
+        self.ip(role, &format!("addr add {addr}/24 dev eth0"));
+        self.ip(role, "link set eth0 up");
+        self.ip(role, "route add default via 172.18.0.1");
+        self.ip("host", &format!("link set {port} master br0"));
+        self.ip("host", &format!("link set {port} up"));
+    }
+
+    /// The inode of a role's namespace, as nsport records it (`ino=` in the comment).
+    pub fn netns_inode(&self, role: &str) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(format!("/run/netns/{}", self.ns(role)))
+            .expect("lab namespace")
+            .ino()
+    }
+
+    /// The command that runs a CNI plugin (nsport or one of Debian's) in the host
+    /// namespace, as libcni would: CNI_* in the environment, the configuration on stdin
+    /// (written by `cni_spawn`). `netns` is a namespace name under /run/netns.
+    pub fn cni_command(
+        &self,
+        program: &str,
+        command: &str,
+        container: &str,
+        netns: &str,
+    ) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.ns("host"), program])
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container)
+            .env("CNI_NETNS", format!("/run/netns/{netns}"))
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", CNI_PLUGINS)
+            .env("NSPORT_STATE_DIR", self.state_dir())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+
+    /// Starts a CNI plugin with `config` on its stdin, which is then closed.
+    pub fn cni_spawn(
+        &self,
+        program: &str,
+        command: &str,
+        container: &str,
+        netns: &str,
+        config: &serde_json::Value,
+    ) -> std::process::Child {
+        let mut child = self
+            .cni_command(program, command, container, netns)
+            .spawn()
+            .expect("start a CNI plugin");
+        // A plugin killed early closes its end; the write may fail then, which is fine.
+        let _ = child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.to_string().as_bytes());
+        child
+    }
+
+    /// Runs a CNI plugin to the end.
+    pub fn cni(
+        &self,
+        program: &str,
+        command: &str,
+        container: &str,
+        netns: &str,
+        config: &serde_json::Value,
+    ) -> Output {
+        self.cni_spawn(program, command, container, netns, config)
+            .wait_with_output()
+            .unwrap()
+    }
+
+    /// Attaches namespace `netns` to the lab's cni0 bridge (10.22.0.0/24) with Debian's
+    /// `bridge` and `host-local` plugins; returns their result, the `prevResult` nsport
+    /// gets.
+    pub fn cni_attach(&self, container: &str, netns: &str) -> serde_json::Value {
+        let config = serde_json::json!({
+            "cniVersion": "1.0.0",
+            "name": "labnet",
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "hairpinMode": true,
+            "ipam": {
+                "type": "host-local",
+                "subnet": "10.22.0.0/24",
+                "dataDir": self.state_dir().join("ipam"),
+                "routes": [{"dst": "0.0.0.0/0"}],
+            },
+        });
+        let output = self.cni(
+            &format!("{CNI_PLUGINS}/bridge"),
+            "ADD",
+            container,
+            netns,
+            &config,
+        );
+        assert!(
+            output.status.success(),
+            "bridge ADD: {}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
+    /// Whether a neighbour namespace (ns2, which routes 127/8 to the host) can read a
+    /// service bound to the host namespace's 127.0.0.1: what the guard must prevent.
+    pub fn neighbour_reads_host_loopback(&self) -> bool {
+        self.reads_host_loopback("ns2")
+    }
+
+    /// Whether `role` can read a service bound to the host namespace's 127.0.0.1.
+    pub fn reads_host_loopback(&self, role: &str) -> bool {
+        let _secret = self.serve_tcp("host", LOCALHOST, SECRET_PORT);
+        self.tcp(role, LOCALHOST, SECRET_PORT).is_some()
+    }
+
+    /// Makes `role` an attacker like ns2 and out: it routes 127.0.0.0/8 to the host
+    /// through `gateway` and accepts replies from 127/8. Its loopback goes down without
+    /// its address (a downed loopback keeps its local routes), so 127/8 is not local there.
+    pub fn make_attacker(&self, role: &str, gateway: Ipv4Addr) {
+        self.ip(role, "link set lo down");
+        self.ip(role, "addr flush dev lo");
+        self.ip(role, &format!("route add 127.0.0.0/8 via {gateway}"));
+        self.write_sysctl(role, "net/ipv4/conf/all/route_localnet", "1");
+        self.write_sysctl(role, "net/ipv4/conf/eth0/route_localnet", "1");
+    }
+}
+
+/// A file removed when dropped, even on panic.
+pub struct TempFile(pub std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Where Debian installs the CNI plugins.
+pub const CNI_PLUGINS: &str = "/usr/lib/cni";
+
+/// The port of the host-loopback-only service that neighbours must never reach.
+pub const SECRET_PORT: u16 = 7000;
 
 /// A server thread, stopped and joined on drop.
 pub struct Server {
