@@ -376,7 +376,7 @@ mod checker {
             &[("via=br0 netns=ns1", "172.18.0.2")],
             &[
                 ("hairpin4", &["172.18.0.2 . 172.18.0.2"]),
-                ("ifaces", &["br0"]),
+                ("reach4", &["br0 . 172.18.0.2"]),
                 ("targets4", &["172.18.0.2"]),
             ],
             true,
@@ -391,7 +391,7 @@ mod checker {
             &[("via=br0", "172.18.0.2")],
             &[
                 ("hairpin4", &["172.18.0.9 . 172.18.0.9"]),
-                ("ifaces", &["v3"]),
+                ("reach4", &["v3 . 172.18.0.2"]),
                 ("targets4", &[]),
             ],
             false,
@@ -400,10 +400,10 @@ mod checker {
         let all = v.join("\n");
         for needle in [
             "lacks `172.18.0.2 . 172.18.0.2` in hairpin4",
-            "lacks br0 in ifaces",
+            "lacks `br0 . 172.18.0.2` in reach4",
             "lacks 172.18.0.2 in targets4",
             "hairpin4 holds 172.18.0.9 . 172.18.0.9",
-            "ifaces holds v3",
+            "reach4 holds v3 . 172.18.0.2",
             "route_localnet is 1 on v3",
             "route_localnet is 0 on br0",
             "chain guard does not hold exactly",
@@ -415,7 +415,7 @@ mod checker {
             &[("via=br0 direct=allow", "172.18.0.2")],
             &[
                 ("hairpin4", &["172.18.0.2 . 172.18.0.2"]),
-                ("ifaces", &["br0"]),
+                ("reach4", &["br0 . 172.18.0.2"]),
                 ("targets4", &["172.18.0.2"]),
             ],
             true,

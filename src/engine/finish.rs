@@ -81,8 +81,11 @@ fn finish(
         settings.put_back_everything()?;
     }
     let needs = target_needs(&committed.added, ports)?;
-    let exposing = committed.added.iter().any(Mapping::serves_loopback);
+    let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
     settings.turn_on(&needs)?;
+    if let Some(needed) = &committed.still_needed {
+        exposing |= settings.turn_on_missing(needed)?;
+    }
     if exposing {
         verify_guard(kernel, committed.genid, &mut settings)?;
     }

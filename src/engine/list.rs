@@ -13,6 +13,7 @@ use crate::host::netns::Namespace;
 use crate::host::settings::Settings;
 use crate::host::sockets::HostSockets;
 use crate::host::state;
+use crate::host::sysctl::Sysctl;
 use crate::netlink::NetlinkError;
 use crate::ruleset::metadata::is_digest;
 use crate::ruleset::{self, Element, Mapping};
@@ -50,15 +51,25 @@ pub fn list() -> Result<Vec<Mapping>, Error> {
 /// left on for a table someone deleted is put back, and chains someone emptied or edited
 /// get nsport's rules again. A read-only command does this before it answers, so that what
 /// it reports is what protects the host.
-fn repair_found(snapshot: &Snapshot) -> Result<(), Error> {
-    if snapshot.exists && snapshot.damaged.is_empty() {
+fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
+    let localnet_off = || {
+        first_look
+            .still_needed()
+            .loopback_vias
+            .iter()
+            .any(|via| Sysctl::route_localnet(via).read().is_ok_and(|v| v != "1"))
+    };
+    if first_look.exists && first_look.damaged.is_empty() && !localnet_off() {
         return Ok(());
     }
-    if !snapshot.exists && !state::dir().exists() {
+    if !first_look.exists && !state::dir().exists() {
         return Ok(());
     }
+    // What was seen without the lock may be stale by now (an `add` may have created the
+    // table since): decide from a read made under the lock.
     let lock = writer_lock()?;
     let mut kernel = Netlink;
+    let snapshot = table::read(&mut kernel, false)?;
     if !snapshot.exists {
         let mut settings = Settings::load(&lock, Vec::new())?;
         if !settings.originals.is_empty() {
@@ -70,16 +81,27 @@ fn repair_found(snapshot: &Snapshot) -> Result<(), Error> {
         }
         return Ok(());
     }
+    if snapshot.damaged.is_empty() {
+        // Intact: only settings an interrupted nsport left off to turn on.
+        let mut settings = Settings::load(&lock, Vec::new())?;
+        settings.turn_on_missing(&snapshot.still_needed())?;
+        return Ok(());
+    }
     let declarations = table::Declarations::new();
-    let changes = declarations.repairs(snapshot);
+    let changes = declarations.repairs(&snapshot);
     log::warn!(
         "table inet nsport was changed by something else (chain {}); restoring what nsport wrote",
         snapshot.damaged.join(", chain ")
     );
     match kernel.commit(&changes, Some(snapshot.genid)) {
-        // Someone changed the ruleset since the read: the next command repairs from a
-        // fresh read.
-        Ok(()) | Err(NetlinkError::Stale) => Ok(()),
+        Ok(()) => {
+            let mut settings = Settings::load(&lock, Vec::new())?;
+            settings.turn_on_missing(&snapshot.still_needed())?;
+            Ok(())
+        }
+        // Someone outside nsport changed the ruleset since the read: the next command
+        // repairs from a fresh read.
+        Err(NetlinkError::Stale) => Ok(()),
         Err(error) => Err(kernel_error(error)),
     }
 }

@@ -52,6 +52,11 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The settings the helpers say are needed now.
+    pub fn still_needed(&self) -> StillNeeded {
+        self.still_needed_after(&[], &[])
+    }
+
     /// The settings the helpers say are still needed, once `changes` (helper elements
     /// deleted, then added with their new counts) are applied.
     pub fn still_needed_after(&self, deleted: &[Element], added: &[Element]) -> StillNeeded {

@@ -36,8 +36,8 @@ pub const TRIES: u32 = 10;
 #[derive(Debug, Default)]
 pub struct Committed {
     pub plan: Plan,
-    /// What the table still needs of the settings after the change; `None` after an
-    /// addition, which only ever needs more.
+    /// What the table still needs of the settings after the change, from its mappings or
+    /// from the counts its helper elements keep.
     pub still_needed: Option<StillNeeded>,
     /// Mappings that are new or changed, and mappings that went (or were replaced).
     pub added: Vec<Mapping>,
@@ -150,6 +150,7 @@ pub fn create(
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
             Ok(()) => Ok(Try::Done(Some(Committed {
+                still_needed: Some(snapshot.still_needed_after(&delete, &add)),
                 plan: Plan {
                     create_table: !snapshot.exists,
                     delete,

@@ -174,6 +174,38 @@ impl<'a> Settings<'a> {
         Ok(())
     }
 
+    /// Turns route_localnet on where a mapping in the table needs it and it is off: what
+    /// an nsport killed between its commit and its settings left behind. Returns whether
+    /// it turned anything on. The guard is in the table that says these mappings exist.
+    pub fn turn_on_missing(&mut self, needed: &StillNeeded) -> Result<bool, Error> {
+        let mut missing = Vec::new();
+        for via in &needed.loopback_vias {
+            let sysctl = Sysctl::route_localnet(via);
+            // An interface that is gone has no setting to repair.
+            let Ok(now) = sysctl.read() else { continue };
+            if now != "1" {
+                self.originals
+                    .route_localnet
+                    .entry(via.clone())
+                    .or_insert(now);
+                missing.push(sysctl);
+            }
+        }
+        if missing.is_empty() {
+            return Ok(false);
+        }
+        self.save()?;
+        for sysctl in &missing {
+            log::warn!(
+                "{} was off although a 127.0.0.1 mapping goes through it (an earlier nsport \
+                 was interrupted); turning it on",
+                sysctl.name()
+            );
+            sysctl.write("1").map_err(sysctl_error(sysctl))?;
+        }
+        Ok(true)
+    }
+
     /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
     /// remaining loopback mapping goes through, hairpin mode of ports none of whose targets
     /// is published.

@@ -5,8 +5,8 @@
 //! Every check returns the list of violations, so that one failure shows all of them.
 //!
 //! (a) every mapping (an element of any4, addr4, any6 or addr6) has its helper elements:
-//!     `T . T` in hairpin4/hairpin6, its `via` in `ifaces`, and T in targets4/targets6
-//!     unless its comment says `direct=allow`;
+//!     `T . T` in hairpin4/hairpin6, `VIA . T` in reach4/reach6, and T in
+//!     targets4/targets6 unless its comment says `direct=allow`;
 //! (b) no helper element exists without a mapping that needs it;
 //! (c) route_localnet is 1 only on interfaces an IPv4 mapping serving 127.0.0.1 goes
 //!     through (and is 1 on those), and wherever it is 1 the chain `guard` exists as a
@@ -320,6 +320,7 @@ pub fn check_state_given(
     };
     let hairpin = |m: &Mapping| if m.is_ipv6() { "hairpin6" } else { "hairpin4" };
     let targets = |m: &Mapping| if m.is_ipv6() { "targets6" } else { "targets4" };
+    let reach = |m: &Mapping| if m.is_ipv6() { "reach6" } else { "reach4" };
     // (a)
     for m in &table.mappings {
         let t = m.to_addr.to_string();
@@ -332,9 +333,9 @@ pub fn check_state_given(
         }
         match m.via() {
             None => violations.push(format!("(a) {} has no via= in its comment", m.label())),
-            Some(via) if !table.set("ifaces").contains(via) => {
-                violations.push(format!("(a) {} lacks {via} in ifaces", m.label()))
-            }
+            Some(via) if !table.set(reach(m)).contains(&format!("{via} . {t}")) => violations.push(
+                format!("(a) {} lacks `{via} . {t}` in {}", m.label(), reach(m)),
+            ),
             Some(_) => {}
         }
         if !m.allow_direct() && !table.set(targets(m)).contains(&t) {
@@ -365,11 +366,18 @@ pub fn check_state_given(
             }
         }
     }
-    for element in table.set("ifaces") {
-        if !table.mappings.iter().any(|m| m.via() == Some(&element)) {
-            violations.push(format!(
-                "(b) ifaces holds {element} without a mapping via it"
-            ));
+    for set in ["reach4", "reach6"] {
+        for element in table.set(set) {
+            let needed = table.mappings.iter().any(|m| {
+                reach(m) == set
+                    && m.via()
+                        .is_some_and(|via| element == format!("{via} . {}", m.to_addr))
+            });
+            if !needed {
+                violations.push(format!(
+                    "(b) {set} holds {element} without a mapping to it through that interface"
+                ));
+            }
         }
     }
     // (c)
