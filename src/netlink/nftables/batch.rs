@@ -127,7 +127,7 @@ pub fn commit_to(
     // is the one reported, and the rest (a refused batch can queue thousands) are dropped
     // with the socket.
     let mut buffer = AlignedBuffer::new(crate::netlink::socket::RECEIVE_BUFFER);
-    let mut first_error: Option<(u32, i32)> = None;
+    let mut first_error: Option<(u32, i32, Option<u32>)> = None;
     'answers: loop {
         let len = match receive(&socket, &mut buffer, false) {
             Ok(len) => len,
@@ -139,7 +139,7 @@ pub fn commit_to(
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             if reply.kind == NLMSG_ERROR && reply.errno != 0 {
-                first_error = Some((reply.seq, reply.errno));
+                first_error = Some((reply.seq, reply.errno, reply.bad_attr));
                 break 'answers;
             }
             if reply.seq == batch.end_seq {
@@ -150,10 +150,11 @@ pub fn commit_to(
     match first_error {
         None => Ok(()),
         // A stale generation is answered on the begin message, and nothing is applied.
-        Some((seq, ERESTART)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
-        // A message of several elements names its first; the caller finds which one.
-        Some((seq, errno)) => Err(NetlinkError::Kernel {
-            index: batch.change_of(seq),
+        Some((seq, ERESTART, _)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
+        // In a message of several elements, the kernel names the refused one by its
+        // offset; without that (kernels before 4.12), the message's first stands for all.
+        Some((seq, errno, bad_attr)) => Err(NetlinkError::Kernel {
+            index: batch.change_of(seq, bad_attr),
             error: io::Error::from_raw_os_error(errno),
         }),
     }
@@ -167,14 +168,41 @@ pub(super) struct EncodedBatch {
     /// For the n-th message after the begin message (sequence number `begin_seq + 1 + n`),
     /// the index in `changes` of its first change.
     pub(super) first_change: Vec<usize>,
+    /// For the n-th message, the offset in it of each of its elements, in order: element
+    /// k is change `first_change[n] + k`. Empty for other messages.
+    pub(super) element_offsets: Vec<Vec<u32>>,
 }
 
 impl EncodedBatch {
-    /// The index of the first change in the message with sequence number `seq`.
-    fn change_of(&self, seq: u32) -> Option<usize> {
-        let n = seq.checked_sub(self.begin_seq + 1)?;
-        self.first_change.get(n as usize).copied()
+    /// The index of the change refused in the message with sequence number `seq`: the
+    /// element at `bad_attr` when the kernel named one, else the message's first change.
+    fn change_of(&self, seq: u32, bad_attr: Option<u32>) -> Option<usize> {
+        let n = seq.checked_sub(self.begin_seq.checked_add(1)?)? as usize;
+        let first = *self.first_change.get(n)?;
+        let element =
+            bad_attr.and_then(|offset| self.element_offsets[n].iter().position(|&at| at == offset));
+        Some(first + element.unwrap_or(0))
     }
+}
+
+/// Where each element of an element message starts: the children of its
+/// NFTA_SET_ELEM_LIST_ELEMENTS attribute, which the kernel names when it refuses one.
+fn element_offsets(message: &[u8]) -> Vec<u32> {
+    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    let header = encode::MESSAGE_HEADER;
+    let Some(list) = message
+        .get(header..)
+        .and_then(|attrs| attributes::find(attrs, NFTA_SET_ELEM_LIST_ELEMENTS))
+    else {
+        return Vec::new();
+    };
+    // `list.value` lies inside `message`; its distance from the start is its offset.
+    let start = list.value.as_ptr() as usize - message.as_ptr() as usize;
+    attributes::attributes(list.value)
+        .map(|element| {
+            (start + (element.raw.as_ptr() as usize - list.value.as_ptr() as usize)) as u32
+        })
+        .collect()
 }
 
 /// What an element message does.
@@ -264,9 +292,15 @@ pub(super) fn encode_batch(
     let mut bytes = frame(NFNL_MSG_BATCH_BEGIN, begin_seq, genid)?;
     let mut buffer = AlignedBuffer::new(MESSAGE_BUFFER);
     let mut seq = begin_seq;
+    let mut offsets = Vec::with_capacity(messages.len());
     for (_, part) in &messages {
         seq = seq.wrapping_add(1);
-        bytes.extend_from_slice(write_message(&mut buffer, table, part, seq)?);
+        let message = write_message(&mut buffer, table, part, seq)?;
+        offsets.push(match part {
+            Part::Elements { .. } => element_offsets(message),
+            Part::Object(_) => Vec::new(),
+        });
+        bytes.extend_from_slice(message);
     }
     let end_seq = seq.wrapping_add(1);
     bytes.extend(frame(NFNL_MSG_BATCH_END, end_seq, None)?);
@@ -275,6 +309,7 @@ pub(super) fn encode_batch(
         begin_seq,
         end_seq,
         first_change: messages.iter().map(|(index, _)| *index).collect(),
+        element_offsets: offsets,
     })
 }
 
