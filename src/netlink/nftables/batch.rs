@@ -69,8 +69,11 @@ fn describe(change: &Change) -> String {
 ///
 /// With `genid`, the kernel applies the batch only while the ruleset is still at that
 /// generation (`generation()`), and otherwise refuses all of it with `NetlinkError::Stale`.
-/// On any failure the kernel has applied none of it; a refusal names the index in `changes`
-/// of the first message the kernel refused.
+/// On any failure the kernel has applied none of it. A refusal (`NetlinkError::Kernel`)
+/// names the index in `changes` of the first change the kernel refused: in a message of
+/// many elements the refused element itself, as the kernel reports it (Linux 4.12 and
+/// later), or else the message's first change. Values that would not fit their fields
+/// are refused before anything is sent (`TooLong`, `Nul`).
 pub fn commit(changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
     commit_to(TABLE, changes, genid)
 }
