@@ -232,7 +232,7 @@ enum Part<'a> {
 /// Splits changes into messages: consecutive additions (or deletions) of elements of one
 /// set share a message, which saves the kernel and libnftnl per-message work, for as long
 /// as the message stays inside `MESSAGE_BUDGET` bytes. Each message remembers the index of
-/// its first change. Every element is checked here, before anything is encoded.
+/// its first change. Every change is checked here, before anything is encoded.
 fn messages<'a>(
     table: &str,
     changes: &[Change<'a>],
@@ -244,6 +244,7 @@ fn messages<'a>(
             Change::CreateElement(element) => (ElementOp::Create, element),
             Change::DelElement(element) => (ElementOp::Delete, element),
             other => {
+                check_object(table, &other)?;
                 messages.push((index, Part::Object(other)));
                 continue;
             }
@@ -280,6 +281,20 @@ fn messages<'a>(
         ));
     }
     Ok(messages)
+}
+
+/// Checks the names and values of a change to an object, as `messages` checks elements,
+/// so that a batch is refused before any of it is encoded.
+fn check_object(table: &str, change: &Change) -> Result<(), NetlinkError> {
+    match change {
+        Change::AddTable { .. } | Change::DelTable => encode::name("table", table).map(drop),
+        Change::AddChain(chain) | Change::FlushChain(chain) | Change::DelChain(chain) => {
+            encode::name("chain", chain.name).map(drop)
+        }
+        Change::AddSet(set) => encode::check_set(table, set),
+        Change::AddRule(rule) => encode::check_rule(table, rule).map(drop),
+        Change::AddElement(_) | Change::CreateElement(_) | Change::DelElement(_) => Ok(()),
+    }
 }
 
 /// Encodes a whole batch, begin and end included, exactly as `commit_to` sends it; the
