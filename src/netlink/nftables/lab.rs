@@ -142,6 +142,14 @@ fn rules_read_back_equal_what_nsport_writes_and_edits_do_not() {
             assert_eq!(read, written, "chain {}", chain.name);
         }
         assert!(dumped.iter().all(|rule| rule.handle > 0));
+        // Another table's rules and chains are not this table's; a missing one has none.
+        nft("add table inet other");
+        nft("add chain inet other c");
+        nft("add rule inet other c accept");
+        assert_eq!(dump_rules(TABLE).unwrap().len(), rules.len());
+        assert!(dump_rules("missing").unwrap().is_empty());
+        assert!(dump_chains("missing").unwrap().is_empty());
+        assert_eq!(dump_chains("other").unwrap(), ["c"]);
         let names: Vec<String> = chains.iter().map(|chain| chain.name.to_string()).collect();
         let mut read = dump_chains(TABLE).unwrap();
         read.sort();
