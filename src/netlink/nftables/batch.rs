@@ -20,10 +20,10 @@ use crate::ruleset::{ChainDef, Element, RuleDef, SetDef, TABLE};
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_BATCH_GENID: u16 = 1;
 const NFNETLINK_V0: u8 = 0;
-pub(super) const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
 const ERESTART: i32 = libc::ERESTART;
 
 /// One change to `table inet nsport`; a batch of them is applied by the kernel atomically.
