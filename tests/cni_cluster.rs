@@ -750,9 +750,12 @@ fn check_verifies_every_access_path() {
     assert!(msg.contains("hairpin4"), "{msg}");
     readd(&lab, &config);
     // The interface element gone.
-    lab.nft("host", "delete element inet nsport ifaces { \"cni0\" }");
-    let msg = broken(&lab, &config, "no ifaces element");
-    assert!(msg.contains("ifaces"), "{msg}");
+    lab.nft(
+        "host",
+        &format!("delete element inet nsport reach4 {{ \"cni0\" . {ip} }}"),
+    );
+    let msg = broken(&lab, &config, "no reach element");
+    assert!(msg.contains("reach4"), "{msg}");
     readd(&lab, &config);
     // The guard chain gone.
     lab.nft("host", "delete chain inet nsport guard");

@@ -26,8 +26,8 @@ use crate::host::sysctl::Sysctl;
 use crate::netlink::nftables;
 use crate::netns::Namespace;
 use crate::ruleset::{
-    CHAIN_GUARD, Element, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_IFACES, SET_TARGETS4,
-    SET_TARGETS6, TABLE,
+    CHAIN_GUARD, Element, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6,
+    SET_TARGETS4, SET_TARGETS6, TABLE,
 };
 use crate::{Error, Target, list};
 
@@ -302,7 +302,8 @@ fn check(config: &Value, attachment: &Attachment, netns: Option<&str>) -> Result
     };
     if !wanted.is_empty() {
         for set in [
-            SET_IFACES,
+            SET_REACH4,
+            SET_REACH6,
             SET_HAIRPIN4,
             SET_TARGETS4,
             SET_HAIRPIN6,

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::config::{Family, PortMapping};
 use super::{CniError, code, fail};
 use crate::Error;
-use crate::engine::host_label;
+use crate::engine::{helpers_for, host_label};
 use crate::ruleset::metadata::same_name;
 use crate::ruleset::{Element, Mapping};
 use crate::spec::with_port;
@@ -203,7 +203,7 @@ pub(super) fn gc(current: &[Mapping], network: &str, valid: &[(String, String)])
 #[derive(Debug, Default)]
 pub(super) struct Observed {
     pub mappings: Vec<Mapping>,
-    /// The elements of the helper sets (`ifaces`, `hairpin4/6`, `targets4/6`).
+    /// The elements of the helper sets (`reach4/6`, `hairpin4/6`, `targets4/6`).
     pub helpers: Vec<Element>,
     /// Whether the guard chain of the table exists.
     pub guard: bool,
@@ -212,8 +212,9 @@ pub(super) struct Observed {
 }
 
 /// CHECK: each wanted mapping is in the table for this attachment, and so is every path
-/// it needs: its interface in `ifaces`, its hairpin pair, its target when direct access is
-/// denied, the guard chain, and route_localnet on its interface when it serves 127.0.0.1.
+/// it needs: its target behind its interface in `reach`, its hairpin pair, its target when
+/// direct access is denied, the guard chain, and route_localnet on its interface when it
+/// serves 127.0.0.1.
 pub(super) fn check(
     observed: &Observed,
     attachment: &Attachment,
@@ -260,27 +261,17 @@ pub(super) fn check(
             }
             Some(_) => {}
         }
-        let mut needed = vec![
-            (
-                Element::iface(&mapping.via),
-                format!("interface {:?}", mapping.via),
-            ),
-            (
-                Element::hairpin(mapping.to_addr),
-                format!("hairpin pair of {}", mapping.to_addr),
-            ),
-        ];
-        if !mapping.allow_direct {
-            needed.push((
-                Element::target(mapping.to_addr),
-                format!("target {}", mapping.to_addr),
-            ));
-        }
-        for (element, what) in needed {
+        // The helper elements the engine writes for this mapping (`reach`, `hairpin`,
+        // and `targets` when direct access is denied), whatever the layout.
+        for (element, _) in helpers_for([mapping]) {
             if !has(&element) {
+                let nft = element.nft_add();
+                let key = nft
+                    .split_once(" { ")
+                    .map_or("", |(_, key)| key.trim_end_matches(" }"));
                 return Err(missing(
                     mapping,
-                    format!("{what} is missing from set {}", element.set),
+                    format!("element {{ {key} }} is missing from set {}", element.set),
                 ));
             }
         }
@@ -393,7 +384,7 @@ mod tests {
         let to: IpAddr = "10.22.0.2".parse().unwrap();
         let mut observed = Observed {
             mappings: wanted.clone(),
-            helpers: vec![Element::iface("cni0"), Element::hairpin(to)],
+            helpers: vec![Element::reach("cni0", to), Element::hairpin(to)],
             guard: true,
             route_localnet: HashMap::from([("cni0".to_string(), Some("1".to_string()))]),
         };
