@@ -180,6 +180,24 @@ pub fn run(invocation: &Invocation) -> Result<String, CniError> {
         )
     })?;
     let version = config::version(&config)?;
+    // CHECK came with 0.4.0, GC and STATUS with 1.1.0 (as libcni's skel refuses them).
+    let since = match invocation.command {
+        "CHECK" => "0.4.0",
+        "GC" | "STATUS" => "1.1.0",
+        _ => "0.3.0",
+    };
+    if SUPPORTED_VERSIONS.iter().position(|v| *v == version)
+        < SUPPORTED_VERSIONS.iter().position(|v| *v == since)
+    {
+        return Err(fail(
+            code::INCOMPATIBLE_VERSION,
+            format!(
+                "cniVersion {version} does not allow {}: it needs {since} or later",
+                invocation.command
+            ),
+            "",
+        ));
+    }
     match invocation.command {
         "ADD" | "CHECK" => {
             config::refuse_conditions(&config)?;
@@ -385,6 +403,27 @@ mod tests {
             let json: Value = serde_json::from_str(&error.to_json("1.0.0")).unwrap();
             assert_eq!(json["code"], expected);
         }
+    }
+
+    #[test]
+    fn commands_newer_than_the_configuration_are_refused() {
+        for (command, config) in [
+            ("CHECK", r#"{"cniVersion":"0.3.1","name":"n"}"#),
+            ("GC", r#"{"cniVersion":"1.0.0","name":"n"}"#),
+            ("STATUS", r#"{"cniVersion":"0.4.0","name":"n"}"#),
+        ] {
+            let error = invoke(command, config).expect_err(command);
+            assert_eq!(
+                error.code,
+                code::INCOMPATIBLE_VERSION,
+                "{command}: {error:?}"
+            );
+            assert!(error.msg.contains(command), "{}", error.msg);
+        }
+        assert_eq!(
+            invoke("STATUS", r#"{"cniVersion":"1.1.0","name":"n"}"#),
+            Ok(String::new())
+        );
     }
 
     #[test]
