@@ -849,3 +849,146 @@ fn restarted_pod_takes_its_host_port_over_within_its_network() {
     // The refused ADD left the pod's mappings as they were.
     assert_eq!(lab.tcp("out", HOST_OUT, 8080), some(OUT));
 }
+
+/// What a client sees on each of portmap's integration-test paths, for one cniVersion,
+/// one attaching plugin (`bridge` or `ptp`) and one publisher (`portmap` or `nsport`).
+fn portmap_cases(
+    lab: &mut Lab,
+    kind: &str,
+    publisher: &str,
+    version: &str,
+    role: &'static str,
+) -> Vec<(String, bool)> {
+    let mut net = network(
+        lab,
+        &format!("{kind}net"),
+        kind,
+        "cni0",
+        &["10.40.0.0/24"],
+        true,
+    );
+    net["cniVersion"] = json!(version);
+    let att = Att {
+        id: role,
+        role,
+        ifname: "eth0",
+    };
+    let result = attach(lab, &net, att);
+    let mut config = ports(
+        &format!("{kind}net"),
+        &result,
+        json!([
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+            {"hostPort": 5353, "containerPort": 53, "protocol": "udp"},
+            {"hostPort": 4000, "containerPort": 80, "protocol": "tcp", "hostIP": "127.0.0.1"},
+        ]),
+    );
+    config["cniVersion"] = json!(version);
+    config["type"] = json!(publisher);
+    config["snat"] = json!(true);
+    let program = if publisher == "nsport" {
+        nsport().to_string()
+    } else {
+        format!("{PLUGINS}/portmap")
+    };
+    let out = run(lab, &program, "ADD", att, &config.to_string());
+    assert!(out.ok, "{publisher} ADD {kind} {version}: {}", out.stdout);
+    let result_version = out.json()["cniVersion"].clone();
+    let _tcp = lab.serve_tcp(role, Ipv4Addr::UNSPECIFIED, 80);
+    let _udp = lab.serve_udp(role, Ipv4Addr::UNSPECIFIED, 53);
+    let mut seen = vec![
+        (
+            "result in the config's version".to_string(),
+            result_version == json!(version),
+        ),
+        (
+            "outside -> host:8080/tcp, client kept".into(),
+            lab.tcp("out", HOST_OUT, 8080) == some(OUT),
+        ),
+        (
+            "outside -> host:5353/udp".into(),
+            lab.udp("out", HOST_OUT, 5353).is_some(),
+        ),
+        (
+            "host -> own address:8080".into(),
+            lab.tcp("host", HOST_OUT, 8080).is_some(),
+        ),
+        (
+            "host -> 127.0.0.1:8080".into(),
+            lab.tcp("host", LOCALHOST, 8080).is_some(),
+        ),
+        (
+            "host -> 127.0.0.1:4000 (hostIP)".into(),
+            lab.tcp("host", LOCALHOST, 4000).is_some(),
+        ),
+        (
+            "container -> host:8080 (hairpin)".into(),
+            lab.tcp(role, HOST_OUT, 8080).is_some(),
+        ),
+    ];
+    // A UDP flow running through the published port when DEL comes.
+    let flow = lab.udp_socket("out");
+    let answered = |socket: &std::net::UdpSocket| {
+        let mut buf = [0; 64];
+        (0..5).any(|_| {
+            socket.send_to(b"?", (HOST_OUT, 5353)).is_ok() && socket.recv_from(&mut buf).is_ok()
+        })
+    };
+    seen.push(("a UDP flow runs before DEL".into(), answered(&flow)));
+    let out = run(lab, &program, "DEL", att, &config.to_string());
+    seen.push(("DEL succeeds".into(), out.ok));
+    seen.push((
+        "after DEL: the running UDP flow is cut".into(),
+        !answered(&flow),
+    ));
+    seen.push((
+        "after DEL: outside -> host:8080 refused".into(),
+        lab.tcp("out", HOST_OUT, 8080).is_none(),
+    ));
+    seen
+}
+
+/// portmap's own integration test (plugins/meta/portmap/portmap_integ_test.go) as a
+/// table: every cniVersion Debian's plugins speak, bridge and ptp, TCP and UDP, each
+/// access path and DEL, run with portmap and with nsport on the same configuration. Both
+/// outcomes are printed; nsport must pass every case, so every case portmap passes.
+fn portmap_parity(kind: &str) {
+    let mut rows = Vec::new();
+    for (publisher, role_prefix) in [("portmap", "p"), ("nsport", "n")] {
+        let mut lab = Lab::new(BrNetfilter::Off);
+        forwarding_on(&lab);
+        for (i, version) in ["0.3.0", "0.3.1", "0.4.0", "1.0.0"].into_iter().enumerate() {
+            let role: &'static str = Box::leak(format!("{role_prefix}{i}").into_boxed_str());
+            for (path, ok) in portmap_cases(&mut lab, kind, publisher, version, role) {
+                rows.push((format!("{kind} {version} {path}"), publisher, ok));
+            }
+        }
+        // portmap leaves its chains behind; the lab goes with its namespaces.
+    }
+    let (portmap, nsport): (Vec<_>, Vec<_>) =
+        rows.into_iter().partition(|(_, p, _)| *p == "portmap");
+    println!("{:<64} {:>8} {:>8}", "case", "portmap", "nsport");
+    for ((case, _, with_portmap), (_, _, with_nsport)) in portmap.iter().zip(&nsport) {
+        println!("{case:<64} {with_portmap:>8} {with_nsport:>8}");
+    }
+    for ((case, _, with_portmap), (_, _, with_nsport)) in portmap.iter().zip(&nsport) {
+        assert!(*with_nsport, "nsport fails: {case}");
+        // Recorded with Debian's containernetworking-plugins 1.1.1: portmap leaves the
+        // conntrack entry of a running UDP flow (containernetworking/plugins#123).
+        if case.contains("UDP flow is cut") {
+            assert!(!with_portmap, "portmap now cuts running UDP flows: {case}");
+        } else {
+            assert!(*with_portmap, "portmap fails: {case}");
+        }
+    }
+}
+
+#[test]
+fn portmap_parity_with_bridge() {
+    portmap_parity("bridge");
+}
+
+#[test]
+fn portmap_parity_with_ptp() {
+    portmap_parity("ptp");
+}
