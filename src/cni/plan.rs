@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::config::{Family, PortMapping};
 use super::{CniError, code, fail};
 use crate::Error;
-use crate::engine::{helpers_for, host_label};
+use crate::engine::helpers_for;
 use crate::ruleset::metadata::same_name;
 use crate::ruleset::{Element, Mapping};
 use crate::spec::with_port;
@@ -100,7 +100,7 @@ pub(super) fn wanted(
                         code::INVALID_CONFIG,
                         format!(
                             "runtimeConfig.portMappings publishes host port {} twice, to {} and {}",
-                            host_label(&mapping),
+                            mapping.host_label(),
                             with_port(first.to_addr, first.to_port),
                             with_port(mapping.to_addr, mapping.to_port)
                         ),
@@ -153,13 +153,13 @@ pub(super) fn add(
         let held = &desired[at];
         if held.container.is_none() || !attachment.same_network(held) {
             return Err(Error::Conflict {
-                host: host_label(mapping),
+                host: mapping.host_label(),
                 existing: holder(held),
             });
         }
         log::warn!(
             "host port {} taken over from {}",
-            host_label(mapping),
+            mapping.host_label(),
             holder(held)
         );
         desired.remove(at);
@@ -225,7 +225,7 @@ pub(super) fn check(
             code::MAPPING_MISSING,
             format!(
                 "port mapping {} to {}: {what}",
-                host_label(mapping),
+                mapping.host_label(),
                 with_port(mapping.to_addr, mapping.to_port)
             ),
             "run ADD again",
