@@ -258,28 +258,10 @@ fn wanted(
             .map(|ns| ns.inode),
         allow_direct,
     };
-    let mappings = plan::wanted(&ports, &ips, &vias, &origin)?;
-    for mapping in &mappings {
-        let comment = mapping.comment();
-        if comment.len() > MAX_COMMENT {
-            return Err(fail(
-                code::INVALID_CONFIG,
-                format!(
-                    "the record of container {} on network {} is {} bytes, more than the {MAX_COMMENT} an element comment holds",
-                    config::quote(attachment.id),
-                    config::quote(attachment.network.unwrap_or_default()),
-                    comment.len()
-                ),
-                "use a shorter network name",
-            ));
-        }
-    }
-    Ok(mappings)
+    // Names that do not fit an element comment are recorded as digests
+    // (`ruleset::metadata`), which `Attachment::owns` matches.
+    plan::wanted(&ports, &ips, &vias, &origin)
 }
-
-/// The longest element comment: nftables user data is at most 256 bytes, the comment's
-/// record header and terminating NUL included.
-const MAX_COMMENT: usize = 253;
 
 /// ADD: publish the attachment's port mappings (replacing any it had, taking over host
 /// ports of replaced sandboxes on the same network) and pass `prevResult` on in the
@@ -437,6 +419,13 @@ mod tests {
         for errno in [libc::ERESTART, libc::EBUSY, libc::EAGAIN, libc::ENOBUFS] {
             assert_eq!(CniError::from(netlink(errno)).code, code::TRY_AGAIN_LATER);
         }
+        // The engine gave up retrying a stale generation; or rolled back after EBUSY.
+        assert_eq!(
+            CniError::from(Error::Busy { tries: 8 }).code,
+            code::TRY_AGAIN_LATER
+        );
+        let rolled_back = Error::RolledBack(Box::new(netlink(libc::EBUSY)));
+        assert_eq!(CniError::from(rolled_back).code, code::TRY_AGAIN_LATER);
         assert_eq!(CniError::from(netlink(libc::EINVAL)).code, code::IO_FAILURE);
         let conflict = Error::Conflict {
             host: "8080/tcp".into(),
