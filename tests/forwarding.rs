@@ -115,7 +115,10 @@ fn namespaces_on_separate_networks_gain_nothing_from_each_others_publish() {
     assert_eq!(lab.tcp("ns1", NS3, 2222), None);
     assert_eq!(lab.tcp("ns3", NS1, 2222), None);
     // Control: the protection of ns3 is what keeps ns1 out.
-    lab.nft("host", &format!("delete element inet nsport targets4 {{ {NS3} }}"));
+    lab.nft(
+        "host",
+        &format!("delete element inet nsport targets4 {{ {NS3} }}"),
+    );
     assert_eq!(lab.tcp("ns1", NS3, 2222), some(NS1));
 }
 
@@ -153,7 +156,12 @@ fn send_router_advertisement(lab: &Lab, role: &str) {
                 (&to as *const libc::sockaddr_in6).cast(),
                 std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
             );
-            assert_eq!(sent, ra.len() as isize, "{}", std::io::Error::last_os_error());
+            assert_eq!(
+                sent,
+                ra.len() as isize,
+                "{}",
+                std::io::Error::last_os_error()
+            );
             libc::close(fd);
         }
     });
@@ -182,7 +190,10 @@ fn ipv6_forwarding_keeps_router_advertisements_coming() {
     assert_eq!(lab.read_sysctl("host", FORWARD6), "1");
     assert_eq!(lab.read_sysctl("host", accept_ra), "2");
     send_router_advertisement(&lab, "out");
-    assert!(host_learnt_default_route(&lab), "the advertisement was ignored");
+    assert!(
+        host_learnt_default_route(&lab),
+        "the advertisement was ignored"
+    );
     // Control: with accept_ra 1, forwarding makes the host ignore advertisements.
     lab.ip("host", "-6 route flush proto ra");
     lab.write_sysctl("host", accept_ra, "1");

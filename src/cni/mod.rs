@@ -20,15 +20,12 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
-use crate::engine::{resolve, update};
+use crate::engine::{HELPER_SETS, resolve, update};
 use crate::error::kernel;
 use crate::host::sysctl::Sysctl;
 use crate::netlink::nftables;
 use crate::netns::Namespace;
-use crate::ruleset::{
-    CHAIN_GUARD, Element, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6,
-    SET_TARGETS4, SET_TARGETS6, TABLE,
-};
+use crate::ruleset::{CHAIN_GUARD, Element, Mapping, TABLE};
 use crate::{Error, Target, list};
 
 pub use config::DIRECT_ACCESS;
@@ -301,14 +298,7 @@ fn check(config: &Value, attachment: &Attachment, netns: Option<&str>) -> Result
         ..plan::Observed::default()
     };
     if !wanted.is_empty() {
-        for set in [
-            SET_REACH4,
-            SET_REACH6,
-            SET_HAIRPIN4,
-            SET_TARGETS4,
-            SET_HAIRPIN6,
-            SET_TARGETS6,
-        ] {
+        for set in HELPER_SETS {
             for element in nftables::dump_elements(set).map_err(kernel)? {
                 observed.helpers.extend(Element::helper(set, &element.key));
             }

@@ -384,7 +384,7 @@ mod tests {
         let to: IpAddr = "10.22.0.2".parse().unwrap();
         let mut observed = Observed {
             mappings: wanted.clone(),
-            helpers: vec![Element::reach("cni0", to), Element::hairpin(to)],
+            helpers: helpers_for(&wanted).into_iter().map(|(e, _)| e).collect(),
             guard: true,
             route_localnet: HashMap::from([("cni0".to_string(), Some("1".to_string()))]),
         };
@@ -401,7 +401,8 @@ mod tests {
         observed
             .route_localnet
             .insert("cni0".into(), Some("1".into()));
-        observed.helpers.pop();
+        let hairpin = Element::hairpin(to);
+        observed.helpers.retain(|e| e.key != hairpin.key);
         assert!(
             check(&observed, &att, &wanted)
                 .unwrap_err()
