@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use super::counts::Counts;
 use super::kernel::Kernel;
 use super::resolve::bridge_port_of;
 use super::transaction::{self, Committed};
 use super::{flows, kernel_error, table};
 use crate::error::{Error, kernel};
 use crate::host::settings::{self, Settings, TargetNeeds};
-use crate::host::state::WriterLock;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::Change;
 use crate::netlink::rtnetlink;
@@ -33,11 +33,13 @@ pub(super) fn with_notes(committed: Committed) -> Plan {
 /// either did all it was asked or, as far as it can, nothing.
 pub(super) fn finish_or_roll_back(
     kernel: &mut impl Kernel,
-    lock: &WriterLock,
+    settings: &mut Settings<'_>,
+    counts: &mut Option<Counts>,
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
-    let error = match finish(kernel, lock, committed, ports) {
+    settings.originals.counts = counts.as_ref().map(Counts::to_record);
+    let error = match finish(kernel, settings, committed, ports) {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
@@ -45,7 +47,7 @@ pub(super) fn finish_or_roll_back(
         return Err(Error::Unfinished(Box::new(error)));
     }
     let added = &committed.added;
-    let undo = transaction::update(kernel, false, |current| {
+    let undo = transaction::update(kernel, counts, false, |current| {
         Ok(current
             .iter()
             .filter(|m| !added.contains(m))
@@ -53,10 +55,10 @@ pub(super) fn finish_or_roll_back(
             .collect())
     });
     let put_back = undo.and_then(|undone| {
-        let mut settings = Settings::load(lock, Vec::new())?;
+        settings.originals.counts = counts.as_ref().map(Counts::to_record);
         match &undone.still_needed {
             Some(needed) => settings.put_back_unneeded(needed).map(drop),
-            None => Ok(()),
+            None => settings.save(),
         }
     });
     match put_back {
@@ -70,13 +72,13 @@ pub(super) fn finish_or_roll_back(
 
 fn finish(
     kernel: &mut impl Kernel,
-    lock: &WriterLock,
+    settings: &mut Settings<'_>,
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
-    let vias = committed.added.iter().map(|m| m.via.clone());
-    let mut settings = Settings::load(lock, vias)?;
-    if !committed.existed && !settings.originals.is_empty() {
+    // The counts first: whatever fails later, they describe the table as committed.
+    settings.save()?;
+    if !committed.existed && !settings.originals.changes_nothing() {
         // What the record names was set for a table someone else deleted since.
         log::warn!(
             "table inet nsport was deleted by something else; putting back {}",
@@ -100,7 +102,7 @@ fn finish(
         exposing |= settings.turn_on_missing(needed)?;
     }
     if exposing {
-        verify_guard(kernel, committed.genid, &mut settings)?;
+        verify_guard(kernel, committed.genid, settings)?;
     }
     if let Some(needed) = &committed.still_needed {
         let reopened = settings.put_back_unneeded(needed)?;

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::finish::{finish_or_roll_back, with_notes};
 use super::kernel::Netlink;
 use super::list::stale_flags;
-use super::{change, transaction, without, writer_lock};
+use super::{change, record, transaction, without, writer_lock};
 use crate::error::Error;
 use crate::host::netns::{Namespace, NamespaceError};
 use crate::host::state;
@@ -66,12 +66,19 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     };
     let mut kernel = Netlink;
     if dry_run {
-        let committed = transaction::remove(&mut kernel, &keys, true, choose)?;
+        let committed = transaction::remove(&mut kernel, &mut None, &keys, true, choose)?;
         return Ok(with_notes(committed));
     }
     let lock = writer_lock()?;
-    let committed = transaction::remove(&mut kernel, &keys, false, choose)?;
-    finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
+    let (mut settings, mut counts) = record(&lock)?;
+    let committed = transaction::remove(&mut kernel, &mut counts, &keys, false, choose)?;
+    finish_or_roll_back(
+        &mut kernel,
+        &mut settings,
+        &mut counts,
+        &committed,
+        &HashMap::new(),
+    )?;
     Ok(committed.plan)
 }
 

@@ -66,16 +66,16 @@ impl<'a> Settings<'a> {
     /// Reads the record. An unreadable one is moved aside with a warning naming it, and
     /// replaced by the safe assumption: route_localnet was 0 on every interface in
     /// `table_ifaces` that has it on now, so putting back turns it off.
-    pub fn load(
+    pub fn load<I: IntoIterator<Item = String>>(
         lock: &'a WriterLock,
-        table_ifaces: impl IntoIterator<Item = String>,
+        table_ifaces: impl FnOnce() -> I,
     ) -> Result<Settings<'a>, Error> {
         let path = lock.record_path().to_path_buf();
         let originals = match lock.load().map_err(state(path))? {
             Loaded::Read(originals) => originals,
             Loaded::Corrupt { path, error } => {
                 let mut originals = Originals::default();
-                for iface in table_ifaces {
+                for iface in table_ifaces() {
                     if Sysctl::route_localnet(&iface)
                         .read()
                         .is_ok_and(|v| v == "1")
@@ -107,7 +107,8 @@ impl<'a> Settings<'a> {
         Ok(Settings { lock, originals })
     }
 
-    fn save(&self) -> Result<(), Error> {
+    /// Writes the record as it is now.
+    pub fn save(&self) -> Result<(), Error> {
         let path = self.lock.record_path().to_path_buf();
         self.lock.save(&self.originals).map_err(state(path))
     }
@@ -300,8 +301,8 @@ impl<'a> Settings<'a> {
 
     /// Puts back everything recorded, as `flush` does before it deletes the table.
     pub fn put_back_everything(&mut self) -> Result<(), Error> {
-        if self.originals.is_empty() {
-            return Ok(());
+        if self.originals.changes_nothing() {
+            return self.save();
         }
         for (iface, was) in std::mem::take(&mut self.originals.route_localnet) {
             restore_route_localnet(&iface, &was)?;

@@ -60,11 +60,27 @@ pub struct Originals {
     /// value before nsport changed them.
     #[serde(default)]
     pub sysctls: BTreeMap<String, String>,
+    /// How many mappings need each helper element, at the generation nsport's last
+    /// change made (see the engine's `counts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RecordedCounts>,
+}
+
+/// Helper element counts as recorded: `SET/HEXKEY` to mappings and loopback users.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedCounts {
+    pub genid: u32,
+    pub helpers: BTreeMap<String, [u32; 2]>,
 }
 
 impl Originals {
-    pub fn is_empty(&self) -> bool {
+    /// Whether nsport changed no setting that must go back.
+    pub fn changes_nothing(&self) -> bool {
         self.route_localnet.is_empty() && self.hairpin.is_empty() && self.sysctls.is_empty()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.changes_nothing() && self.counts.is_none()
     }
 }
 

@@ -134,46 +134,6 @@ pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
     }
 }
 
-/// How many mappings need a helper element, and how many of those serve the host's
-/// 127.0.0.1 (counted on `reach` elements only).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Users {
-    pub mappings: u32,
-    pub loopback: u32,
-}
-
-impl Users {
-    pub fn plus(self, other: Users) -> Option<Users> {
-        Some(Users {
-            mappings: self.mappings.checked_add(other.mappings)?,
-            loopback: self.loopback.checked_add(other.loopback)?,
-        })
-    }
-
-    /// `None` below zero: the count was wrong, and the caller reads everything instead.
-    pub fn minus(self, other: Users) -> Option<Users> {
-        Some(Users {
-            mappings: self.mappings.checked_sub(other.mappings)?,
-            loopback: self.loopback.checked_sub(other.loopback)?,
-        })
-    }
-
-    /// Read from a helper element's comment; `None` when it holds no count (a table
-    /// written by hand, or by an older nsport).
-    pub fn of(element: &Element) -> Option<Users> {
-        let comment = element.comment.as_deref()?;
-        let mut users = Users::default();
-        let mut fields = comment.split(' ');
-        users.mappings = fields.next()?.strip_prefix("mappings=")?.parse().ok()?;
-        match fields.next() {
-            Some(field) => users.loopback = field.strip_prefix("loopback=")?.parse().ok()?,
-            None if matches!(element.set, SET_REACH4 | SET_REACH6) => return None,
-            None => {}
-        }
-        Some(users)
-    }
-}
-
 /// One element to add to or delete from a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
@@ -236,20 +196,6 @@ impl Element {
         }
     }
 
-    /// The same helper element, recording how many mappings need it (`mappings=N`, and
-    /// for `reach`, how many of them serve the host's 127.0.0.1: `loopback=L`). That is
-    /// what lets a removal know, without reading every mapping, whether the helper and
-    /// route_localnet must go with it.
-    pub fn used_by(self, users: Users) -> Element {
-        let mut comment = format!("mappings={}", users.mappings);
-        if matches!(self.set, SET_REACH4 | SET_REACH6) {
-            comment.push_str(&format!(" loopback={}", users.loopback));
-        }
-        Element {
-            comment: Some(comment),
-            ..self
-        }
-    }
     /// The key as nft writes it, read back from its bytes.
     fn key_text(&self) -> String {
         match self.set {

@@ -34,7 +34,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, Users, host_key, host_sets};
+pub use element::{Element, host_key, host_sets};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
