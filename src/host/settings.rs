@@ -60,6 +60,8 @@ impl StillNeeded {
 pub struct Settings<'a> {
     lock: &'a WriterLock,
     pub originals: Originals,
+    /// The settings part of the record as last synced to disk.
+    synced: Originals,
 }
 
 impl<'a> Settings<'a> {
@@ -99,18 +101,40 @@ impl<'a> Settings<'a> {
                         ifaces.join(", ")
                     }
                 );
-                let settings = Settings { lock, originals };
+                let synced = Originals::default();
+                let mut settings = Settings {
+                    lock,
+                    originals,
+                    synced,
+                };
                 settings.save()?;
                 return Ok(settings);
             }
         };
-        Ok(Settings { lock, originals })
+        let synced = Originals {
+            counts: None,
+            ..originals.clone()
+        };
+        Ok(Settings {
+            lock,
+            originals,
+            synced,
+        })
     }
 
     /// Writes the record as it is now.
-    pub fn save(&self) -> Result<(), Error> {
+    pub fn save(&mut self) -> Result<(), Error> {
         let path = self.lock.record_path().to_path_buf();
-        self.lock.save(&self.originals).map_err(state(path))
+        let settings = Originals {
+            counts: None,
+            ..self.originals.clone()
+        };
+        let durable = settings != self.synced;
+        self.lock
+            .save(&self.originals, durable)
+            .map_err(state(path))?;
+        self.synced = settings;
+        Ok(())
     }
 
     /// Turns on what `needs` require. Every value found is recorded durably before the

@@ -176,7 +176,10 @@ impl WriterLock {
     }
 
     /// Replaces the record durably; an empty record removes the file.
-    pub fn save(&self, originals: &Originals) -> io::Result<()> {
+    /// With `durable`, the new record is on disk before this returns (the file and the
+    /// rename synced): what a setting's old value needs before the setting changes. The
+    /// counts alone need no sync: the generation they carry tells when they are stale.
+    pub fn save(&self, originals: &Originals, durable: bool) -> io::Result<()> {
         if originals.is_empty() {
             return match fs::remove_file(&self.record_path) {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -190,10 +193,15 @@ impl WriterLock {
         let written = (|| {
             let mut file = File::create(&temporary)?;
             file.write_all(&text)?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
             fs::rename(&temporary, &self.record_path)?;
             // The rename itself is durable once the directory is.
-            File::open(dir())?.sync_all()
+            if durable {
+                File::open(dir())?.sync_all()?;
+            }
+            Ok(())
         })();
         if written.is_err() {
             let _ = fs::remove_file(&temporary);
