@@ -84,7 +84,7 @@ fn change(
 /// unreadable record falls back to what the table names (see `Settings::load`).
 fn record(lock: &WriterLock) -> Result<(Settings<'_>, Option<Counts>), Error> {
     let settings = Settings::load(lock, || {
-        table::read(&mut Netlink, false)
+        table::read(&mut Netlink, true)
             .map(|snapshot| table::table_interfaces(&snapshot))
             .unwrap_or_default()
     })?;

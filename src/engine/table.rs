@@ -46,7 +46,7 @@ pub struct Snapshot {
     pub chains: Vec<ChainDump>,
     /// The mappings with their counters, when asked for.
     pub mappings: Vec<(Mapping, Counter)>,
-    /// The helper elements there are.
+    /// The helper elements there are, when the mappings were read.
     pub helpers: HashSet<HelperKey>,
 }
 
@@ -66,7 +66,8 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
 }
 
 /// Reads the generation, then the table's chains and rules and, with `with_mappings`,
-/// every element: all of it at that generation unless a commit against it is refused.
+/// every element (mappings and helpers): all of it at that generation unless a commit
+/// against it is refused.
 pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
     let genid = kernel.generation().map_err(self::kernel_error)?;
     let chains = kernel.base_chains().map_err(self::kernel_error)?;
@@ -80,7 +81,9 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
     };
     let mut mappings = Vec::new();
     let mut helpers = HashSet::new();
-    if exists {
+    // Only a full read needs the helpers: adding one that is there changes nothing, and a
+    // removal by key goes by the counts.
+    if with_mappings && exists {
         for set in HELPER_SETS {
             for element in kernel.elements(set).map_err(self::kernel_error)? {
                 helpers.insert((set, element.key));

@@ -413,7 +413,7 @@ fn publishing_deletes_nothing() {
     publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
     let committed = publish(&mut fake, &[mapping(4002, "10.77.0.2", "br0")]).unwrap();
     assert!(committed.plan.delete.is_empty());
-    assert_eq!(committed.plan.add.len(), 1);
+    assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
     let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
     assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(2));
 }

@@ -160,13 +160,9 @@ pub fn create(
     let needed = helpers_for(&mappings);
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
-        // Only the helpers that are missing: adding what is there changes nothing, and
+        // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
-        let add: Vec<Element> = needed
-            .iter()
-            .filter(|(e, _)| !snapshot.helpers.contains(&(e.set, e.key.clone())))
-            .map(|(e, _)| e.clone())
-            .collect();
+        let add: Vec<Element> = needed.iter().map(|(e, _)| e.clone()).collect();
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
