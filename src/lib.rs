@@ -36,6 +36,7 @@ pub use engine::{
     prune, publish, publish_dry_run, unpublish, unpublish_netns,
 };
 pub use error::Error;
+pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
 pub use host::netns::{self, NamespaceError};
 pub use host::sysctl;
 pub use plan::Plan;

@@ -42,20 +42,27 @@ enum Command {
         dry_run: bool,
     },
     /// Unpublish the mappings whose namespace no longer exists
-    Prune,
-    /// Print the current mappings as a file for `apply` (or as an nft script)
+    Prune {
+        /// Print what would change, as nft commands, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the mappings as a file for `apply`: what was asked for, not counters or state
     Export {
         /// An `nft -f` script that recreates the whole table
         #[arg(long)]
         nft: bool,
     },
-    /// Make the published mappings exactly those of FILE (`ls --json` output; - for stdin)
+    /// Make the published mappings exactly those of FILE (what `export` writes; - for stdin)
     Apply {
         /// The mappings file
         file: String,
         /// Print what would change, as nft commands, and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Leave out, with a warning, the entries whose namespace does not exist (yet)
+        #[arg(long)]
+        skip_missing: bool,
     },
     /// Check what publishing needs and what breaks it, with the fix for each problem
     Doctor {
@@ -252,19 +259,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print(plan.nft())?;
             }
         }
-        Command::Prune => {
-            for mapping in nsport::prune()? {
-                log::info!("unpublished stale {}", mapping.comment());
+        Command::Prune { dry_run } => {
+            let (pruned, plan) = nsport::prune(dry_run)?;
+            if dry_run {
+                print(plan.nft())?;
+            } else {
+                for mapping in pruned {
+                    log::info!("unpublished stale {}", mapping.comment());
+                }
             }
         }
         Command::Export { nft } => {
             print(if nft {
                 nsport::export_nft()?
             } else {
-                to_json(&nsport::list_status()?)?
+                nsport::MappingsFile::export()?.to_json()
             })?;
         }
-        Command::Apply { file, dry_run } => {
+        Command::Apply {
+            file,
+            dry_run,
+            skip_missing,
+        } => {
             let text = if file == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -276,11 +292,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let desired = nsport::parse_mappings(&text)?;
             // A long apply says so on a terminal; scripts and logs stay quiet.
-            let long = desired.len() >= 1000 && std::io::stderr().is_terminal();
+            let long = desired.mappings.len() >= 1000 && std::io::stderr().is_terminal();
             if long && !dry_run {
-                eprintln!("nsport: applying {} mappings…", desired.len());
+                eprintln!("nsport: applying {} entries…", desired.mappings.len());
             }
-            let plan = nsport::apply(&desired, dry_run)?;
+            let plan = nsport::apply(&desired, skip_missing, dry_run)?;
             if dry_run {
                 print(plan.nft())?;
             } else if long {
