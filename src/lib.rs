@@ -36,9 +36,9 @@ pub use engine::{
     prune, publish, publish_dry_run, unpublish, unpublish_netns,
 };
 pub use error::Error;
-pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
 pub use host::netns::{self, NamespaceError};
 pub use host::sysctl;
+pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
 pub use plan::Plan;
 pub use ruleset::Mapping;
 pub use spec::{HostSpec, Proto, PublishSpec, SpecError, with_port};

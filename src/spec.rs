@@ -47,8 +47,9 @@ impl fmt::Display for Proto {
 impl FromStr for Proto {
     type Err = SpecError;
 
+    /// Case-insensitive, as Docker reads it: `tcp`, `TCP`, `Udp`.
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             other => Err(SpecError::Protocol(other.to_string())),

@@ -208,10 +208,29 @@ fn export_nft_recreates_the_table_elsewhere() {
         without_counter_values(&copy),
         without_counter_values(&original)
     );
-    // And the export file is the listing.
-    assert_eq!(
-        json(&lab.nsport_ok(&["export"])),
-        json(&lab.nsport_ok(&["ls", "--json"]))
+    // And the export file records the same mappings as intent: names and specs.
+    let file = json(&lab.nsport_ok(&["export"]));
+    assert_eq!(file["version"], 1, "{file}");
+    let entries = file["mappings"].as_array().unwrap();
+    let ns1 = lab.ns("ns1");
+    for (netns, publish) in [
+        (ns1.as_str(), "3000:3000/tcp"),
+        (&ns1, "127.0.0.1:4000:3000/tcp"),
+        (&ns1, "[2001:db8::1]:8443:3000/tcp"),
+        (&ns1, "5353:53/udp"),
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["netns"] == netns && e["publish"] == publish),
+            "{publish}: {file}"
+        );
+    }
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.get("netns_inode").is_none() && e.get("packets").is_none()),
+        "{file}"
     );
 }
 

@@ -196,8 +196,8 @@ impl MappingsFile {
         let mut rows: Vec<(Key, u16, u16)> = Vec::new();
         for m in mappings.iter().filter(|m| m.container.is_none()) {
             let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
-            let via = (default_via(m.to_addr).as_deref() != Some(m.via.as_str()))
-                .then(|| m.via.clone());
+            let via =
+                (default_via(m.to_addr).as_deref() != Some(m.via.as_str())).then(|| m.via.clone());
             let host_addr = match (m.host_addr, &netns, &via) {
                 // A namespace's wildcard through a given interface stays in its family:
                 // the interface is that family's.
@@ -352,7 +352,10 @@ mod tests {
             r#"{"version": 1, "mappings": [{"netns": "ns1", "publish": "8080:80"}]}"#,
         )
         .unwrap();
-        assert_eq!(file.mappings[0].target(), Ok(EntryTarget::Netns("ns1".into())));
+        assert_eq!(
+            file.mappings[0].target(),
+            Ok(EntryTarget::Netns("ns1".into()))
+        );
         assert_eq!(file.mappings[0].spec().unwrap().host_ports.start, 8080);
         for (text, named) in [
             (r#"{"version": 2, "mappings": []}"#, "version 2"),
