@@ -247,10 +247,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ls { json } => {
             let listings = nsport::list_status()?;
+            let mappings: Vec<nsport::Mapping> =
+                listings.iter().map(|l| l.mapping.clone()).collect();
+            let problems = nsport::doctor::path_problems(&mappings)?;
             print(if json {
-                to_json(&listings)?
+                let rows: Vec<Row> = listings
+                    .iter()
+                    .zip(&problems)
+                    .map(|(listing, problem)| Row {
+                        listing,
+                        family: if listing.mapping.is_ipv6() {
+                            "ipv6"
+                        } else {
+                            "ipv4"
+                        },
+                        problem: problem.as_ref(),
+                    })
+                    .collect();
+                to_json(&rows)?
             } else {
-                table(&listings)
+                table(&listings, &problems)
             })?;
         }
         Command::Flush { dry_run } => {
@@ -349,6 +365,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One mapping as `ls --json` prints it: the listing, its address family, and what stops
+/// one of its paths from working (with the fix), if anything.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    listing: &'a Listing,
+    family: &'static str,
+    problem: Option<&'a nsport::doctor::Problem>,
+}
+
 fn to_json(value: &impl serde::Serialize) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)? + "\n")
 }
@@ -376,19 +402,23 @@ impl log::Log for StderrLogger {
 }
 
 /// The human listing: one aligned row per mapping.
-fn table(listings: &[Listing]) -> String {
+fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
     let header = [
         "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
     ]
     .map(String::from);
     let rows: Vec<[String; 8]> = listings
         .iter()
-        .map(|listing| {
+        .zip(problems)
+        .map(|(listing, problem)| {
             let m = &listing.mapping;
-            let status = match (&listing.shadows, listing.stale) {
-                (_, true) => "stale: namespace gone".to_string(),
-                (Some(owner), false) => format!("shadows {owner}"),
-                (None, false) => "ok".to_string(),
+            let status = match (&listing.shadows, listing.stale, problem) {
+                (_, true, _) => "stale: namespace gone".to_string(),
+                (Some(owner), false, _) => format!("shadows {owner}"),
+                (None, false, Some(problem)) => {
+                    format!("{} (fix: {})", problem.status, problem.fix)
+                }
+                (None, false, None) => "ok".to_string(),
             };
             let host = match m.host_addr {
                 Some(addr) => with_port(addr, m.host_port),

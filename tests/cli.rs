@@ -63,11 +63,13 @@ fn listing_shows_every_field() {
         {"proto": "tcp", "host_addr": null, "host_port": 8080, "to_addr": "172.18.0.2",
          "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
-         "container": null, "container_ifname": null, "network": null},
+         "container": null, "container_ifname": null, "network": null, "family": "ipv4",
+         "problem": null},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
          "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
-         "container": null, "container_ifname": null, "network": null},
+         "container": null, "container_ifname": null, "network": null, "family": "ipv4",
+         "problem": null},
     ]);
     assert_eq!(listing, expected);
     let human = lab.nsport_ok(&["ls"]);

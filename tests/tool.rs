@@ -291,7 +291,7 @@ fn doctor_passes_a_healthy_host_and_names_planted_problems() {
     for name in [
         "privilege",
         "nftables",
-        "forwarding",
+        "ipv4 forwarding",
         "br_netfilter",
         "other firewalls",
         "stale mappings",

@@ -272,3 +272,132 @@ fn previews_tell_the_truth() {
     lab.nsport_ok(&["prune"]);
     assert_eq!(lab.ruleset(), before, "prune did what it previewed");
 }
+
+/// The failing checks of `doctor --json`, as (check, fix).
+fn doctor_failures(lab: &Lab) -> Vec<(String, String)> {
+    let output = lab.nsport(&["doctor", "--json"]);
+    let checks = json(&String::from_utf8_lossy(&output.stdout));
+    let failed: Vec<(String, String)> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| {
+            (
+                c["check"].as_str().unwrap().to_string(),
+                c["fix"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(output.status.success(), failed.is_empty(), "{checks}");
+    failed
+}
+
+/// doctor judges other tables' forward chains by effect: a chain that drops by policy
+/// but accepts DNATed traffic by rule (the fix doctor itself gives) is fine, and ip6 and
+/// inet tables are read as well as ip ones. Each planted case is checked against real
+/// traffic. Before issue 17, doctor kept failing after its own fix was applied (and `add`
+/// kept warning), and an ip6 chain that dropped was never looked at.
+#[test]
+fn doctor_judges_forward_chains_by_effect() {
+    let lab = Lab::dual_stack(BrNetfilter::Off);
+    let _server = lab.serve_tcp("ns1", ANY, 3000);
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "3000"]);
+    assert_eq!(doctor_failures(&lab), []);
+    for (family, addr) in [
+        ("ip", std::net::IpAddr::from(HOST_OUT)),
+        ("ip6", v6::HOST_OUT.into()),
+        ("inet", HOST_OUT.into()),
+    ] {
+        let table = format!("{family} filter");
+        lab.nft("host", &format!("add table {table}"));
+        lab.nft(
+            "host",
+            &format!(
+                "add chain {table} FORWARD {{ type filter hook forward priority 0 ; policy drop ; }}"
+            ),
+        );
+        let fix = format!("nft insert rule {table} FORWARD ct status dnat accept");
+        assert!(
+            lab.tcp("out", addr, 3000).is_none(),
+            "{family}: planted drop"
+        );
+        assert_eq!(
+            doctor_failures(&lab),
+            [("other firewalls".to_string(), fix.clone())],
+            "{family}"
+        );
+        let warned = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "3001:3000"]);
+        assert!(
+            stderr(&warned).contains(&fix),
+            "{family}: {}",
+            stderr(&warned)
+        );
+        lab.nsport_ok(&["rm", "3001"]);
+        // doctor's own fix: traffic flows, and doctor and add agree.
+        lab.nft("host", fix.strip_prefix("nft ").unwrap());
+        assert!(
+            lab.tcp("out", addr, 3000).is_some(),
+            "{family}: after the fix"
+        );
+        assert_eq!(doctor_failures(&lab), [], "{family}: after the fix");
+        let quiet = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "3001:3000"]);
+        assert_eq!(stderr(&quiet), "", "{family}");
+        lab.nsport_ok(&["rm", "3001"]);
+        lab.nft("host", &format!("delete table {table}"));
+    }
+}
+
+/// A mapping whose path cannot work is reported with its fix: route_localnet off for a
+/// 127.0.0.1 mapping (as after loading `export --nft` on a fresh host) by `doctor`, and
+/// `ls` puts it back under the guard; hairpin mode off behind a bridge with br_netfilter
+/// on, by `doctor` and in the STATUS column and `problem` field of `ls`.
+#[test]
+fn broken_paths_are_reported_by_doctor_and_ls() {
+    let lab = Lab::new(BrNetfilter::On);
+    let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &lab.ns("ns1"),
+        "3000",
+        "127.0.0.1:4000:3000",
+    ]);
+    assert_eq!(doctor_failures(&lab), []);
+    lab.write_sysctl("host", "net/ipv4/conf/br0/route_localnet", "0");
+    assert_eq!(lab.tcp("host", LOCALHOST, 4000), None, "planted");
+    let failed = doctor_failures(&lab);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0].0, "loopback path");
+    assert!(
+        failed[0].1.contains("net.ipv4.conf.br0.route_localnet=1"),
+        "{failed:?}"
+    );
+    let ls = lab.nsport(&["ls"]);
+    assert!(
+        stderr(&ls).contains("route_localnet"),
+        "ls says what it repaired"
+    );
+    assert_eq!(lab.tcp("host", LOCALHOST, 4000), some(HOST_BR));
+    assert_eq!(doctor_failures(&lab), []);
+
+    lab.ip("host", "link set v1 type bridge_slave hairpin off");
+    assert_eq!(lab.tcp("ns1", HOST_OUT, 3000), None, "planted");
+    let fix = "ip link set v1 type bridge_slave hairpin on";
+    assert_eq!(
+        doctor_failures(&lab),
+        [("br_netfilter".to_string(), fix.to_string())]
+    );
+    let listed = listing(&lab);
+    for m in &listed {
+        assert_eq!(m["problem"]["fix"], fix, "{m}");
+        assert_eq!(m["family"], "ipv4", "{m}");
+    }
+    let human = lab.nsport_ok(&["ls"]);
+    assert!(
+        human.contains("hairpin off on v1 (fix: ip link set v1"),
+        "{human}"
+    );
+    lab.ip("host", "link set v1 type bridge_slave hairpin on");
+    assert!(listing(&lab).iter().all(|m| m["problem"].is_null()));
+}
