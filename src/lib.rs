@@ -41,4 +41,4 @@ pub use host::sysctl;
 pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
 pub use plan::Plan;
 pub use ruleset::Mapping;
-pub use spec::{HostSpec, Proto, PublishSpec, SpecError, with_port};
+pub use spec::{HostSpec, Proto, PublishRequest, PublishSpec, SpecError, with_port};

@@ -7,13 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target, with_port};
+use nsport::{HostSpec, Listing, PublishOptions, PublishRequest, PublishSpec, Target, with_port};
 
 #[derive(Parser)]
 #[command(
     name = "nsport",
     version,
-    about = "Publish ports of Linux network namespaces on the host, with nftables over netlink"
+    about = "Publish ports of Linux network namespaces on the host, with nftables over netlink",
+    arg_required_else_help = true
 )]
 struct Cli {
     /// Log each sysctl and hairpin change and each kernel exchange to stderr
@@ -106,9 +107,18 @@ struct AddArgs {
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
-    /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp
-    #[arg(required = true, value_name = "PUBLISH")]
-    publish: Vec<PublishSpec>,
+    /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp,
+    /// ::80 (a free host port, printed)
+    #[arg(value_name = "PUBLISH", required_unless_present = "publish_option")]
+    publish: Vec<PublishRequest>,
+    /// PUBLISH given as in `docker run`: -p 8080:80 (may be repeated)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        id = "publish_option",
+        value_name = "PUBLISH"
+    )]
+    publish_option: Vec<PublishRequest>,
 }
 
 #[derive(Args)]
@@ -177,8 +187,21 @@ fn main() -> ExitCode {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
-        Err(error) => {
+        // A bad value (a malformed PUBLISH, an address that is not one) is one line
+        // naming it, like every other error about a value; a command line of the wrong
+        // shape (a missing argument, an unknown option, no command at all) keeps clap's
+        // usage and hint lines.
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
             eprintln!("nsport: {}", one_line(&error.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            let _ = error.print();
             return ExitCode::from(2);
         }
     };
@@ -230,16 +253,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_direct: args.allow_direct,
                 force: args.force,
             };
-            if args.dry_run {
-                print(nsport::publish_dry_run(&target, &options, &args.publish)?.nft())?;
-            } else {
-                nsport::publish(&target, &options, &args.publish)?;
+            let requests: Vec<PublishRequest> = args
+                .publish
+                .into_iter()
+                .chain(args.publish_option)
+                .collect();
+            let mut avoid = Vec::new();
+            // A chosen port that another command published meanwhile is chosen again.
+            for attempt in 0.. {
+                let (specs, chosen) = choose_host_ports(&requests, &avoid)?;
+                let result = if args.dry_run {
+                    nsport::publish_dry_run(&target, &options, &specs).map(|plan| {
+                        let notes: String = chosen
+                            .iter()
+                            .map(|spec| format!("# host port chosen: {spec}\n"))
+                            .collect();
+                        notes + &plan.nft()
+                    })
+                } else {
+                    nsport::publish(&target, &options, &specs)
+                        .map(|_| chosen.iter().map(|spec| format!("{spec}\n")).collect())
+                };
+                match result {
+                    Ok(text) => {
+                        print(text)?;
+                        break;
+                    }
+                    Err(nsport::Error::Conflict { .. }) if !chosen.is_empty() && attempt < 5 => {
+                        avoid.extend(chosen.iter().flat_map(|spec| {
+                            spec.host_ports.ports().map(move |port| (spec.proto, port))
+                        }));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
         Command::Rm(args) => {
             let plan = match args.what.netns {
                 Some(netns) => nsport::unpublish_netns(&netns, args.dry_run)?,
-                None => nsport::unpublish(&args.what.host, args.dry_run)?,
+                None => {
+                    check_namespace_sides(&args.what.host)?;
+                    nsport::unpublish(&args.what.host, args.dry_run)?
+                }
             };
             if args.dry_run {
                 print(plan.nft())?;
@@ -373,6 +428,123 @@ struct Row<'a> {
     listing: &'a Listing,
     family: &'static str,
     problem: Option<&'a nsport::doctor::Problem>,
+}
+
+/// The specs to publish, with a free host port put in where a request leaves it to
+/// nsport (`::80`, `127.0.0.1::80`), and those chosen. Chosen as Docker chooses: the first
+/// port (or run of ports) of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`)
+/// that no host socket holds on that address (a bind tells), that nsport has not
+/// published, that this command does not name, and that is not in `avoid`.
+fn choose_host_ports(
+    requests: &[PublishRequest],
+    avoid: &[(nsport::Proto, u16)],
+) -> anyhow::Result<(Vec<PublishSpec>, Vec<PublishSpec>)> {
+    if requests.iter().all(|r| r.host_ports.is_some()) {
+        return Ok((
+            requests.iter().filter_map(PublishRequest::spec).collect(),
+            Vec::new(),
+        ));
+    }
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let mut taken: std::collections::HashSet<(nsport::Proto, u16)> =
+        avoid.iter().copied().collect();
+    for mapping in nsport::list()? {
+        taken.insert((mapping.proto, mapping.host_port));
+    }
+    for request in requests {
+        if let Some(spec) = request.spec() {
+            taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
+        }
+    }
+    let mut specs = Vec::new();
+    let mut chosen = Vec::new();
+    for request in requests {
+        if let Some(spec) = request.spec() {
+            specs.push(spec);
+            continue;
+        }
+        let len = request.ns_ports.len() as u16;
+        let free = |port: u16| {
+            !taken.contains(&(request.proto, port))
+                && bindable(request.host_addr, request.proto, port)
+        };
+        let start = (low..=high.saturating_sub(len - 1))
+            .find(|&start| (start..start + len).all(free))
+            .with_context(|| {
+                format!(
+                    "no {len} free host ports for {request} in the ephemeral range {low}-{high}"
+                )
+            })?;
+        let spec = request.with_host_start(start);
+        taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
+        specs.push(spec);
+        chosen.push(spec);
+    }
+    Ok((specs, chosen))
+}
+
+/// Whether no host socket holds `port` on `addr` (every address when `None`): a bind
+/// succeeds. Only "in use" counts as taken; any other refusal (an address that is not the
+/// host's) is left for the publish to report.
+fn bindable(addr: Option<IpAddr>, proto: nsport::Proto, port: u16) -> bool {
+    let addrs: Vec<IpAddr> = match addr {
+        Some(addr) => vec![addr],
+        // [::] without IPV6_V6ONLY covers both families; 0.0.0.0 where IPv6 is off.
+        None => vec![
+            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        ],
+    };
+    for addr in addrs {
+        let bound = match proto {
+            nsport::Proto::Tcp => std::net::TcpListener::bind((addr, port)).map(drop),
+            nsport::Proto::Udp => std::net::UdpSocket::bind((addr, port)).map(drop),
+        };
+        match bound {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => return false,
+            Err(_) => {}
+        }
+    }
+    true
+}
+
+/// `rm HOST:NS` names a mapping by both sides: refused (exit 2) when the mapping on that
+/// host port leads to another namespace port, instead of removing it anyway.
+fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
+    if specs.iter().all(|spec| spec.ns_ports.is_none()) {
+        return Ok(());
+    }
+    let mappings = nsport::list()?;
+    for spec in specs {
+        for port in spec.ports.ports() {
+            let Some(ns_port) = spec.ns_port_for(port) else {
+                continue;
+            };
+            let wrong = mappings.iter().find(|m| {
+                m.proto == spec.proto
+                    && m.host_port == port
+                    && m.host_addr == spec.host_addr.filter(|a| !a.is_unspecified())
+                    && m.to_port != ns_port
+            });
+            if let Some(mapping) = wrong {
+                return Err(nsport::Error::NotPublished(format!(
+                    "{} to namespace port {ns_port} (host port {} leads to {})",
+                    mapping.host_label(),
+                    mapping.host_label(),
+                    mapping.target_label()
+                ))
+                .into());
+            }
+        }
+    }
+    Ok(())
 }
 
 fn to_json(value: &impl serde::Serialize) -> anyhow::Result<String> {

@@ -183,9 +183,13 @@ fn bad_input_is_refused_and_changes_nothing() {
         (&["add", "--netns", &ns1], "PUBLISH"),
         (&["frobnicate"], "frobnicate"),
     ];
-    let cases = cases.iter().map(|(args, named)| (args.as_slice(), *named));
-    for (args, named) in cases.chain(more) {
+    for (args, named) in cases.iter().map(|(args, named)| (args.as_slice(), *named)) {
         one_line(&fails(&lab, args, 2, named));
+    }
+    // A command line of the wrong shape keeps clap's usage and hint lines.
+    for (args, named) in more {
+        let stderr = fails(&lab, args, 2, named);
+        assert!(stderr.contains("Usage: nsport"), "{args:?}: {stderr}");
     }
     assert_eq!(lab.ruleset(), before);
     assert_eq!(lab.read_sysctl("host", "net/ipv4/ip_forward"), forward);

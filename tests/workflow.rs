@@ -401,3 +401,110 @@ fn broken_paths_are_reported_by_doctor_and_ls() {
     lab.ip("host", "link set v1 type bridge_slave hairpin on");
     assert!(listing(&lab).iter().all(|m| m["problem"].is_null()));
 }
+
+/// Docker's forms: `HOST_ADDR::NS_PORT` and `::NS_PORT` choose a free host port from the
+/// ephemeral range (skipping one a host socket holds and one nsport published), print it
+/// and list it; protocols are case-insensitive; `-p SPEC` works; `rm HOST:NS` refuses a
+/// mapping whose namespace side differs; `127.0.0.1:8081` is `127.0.0.1:8081:8081`, as
+/// `[2001:db8::1]:8081` is. Before issue 17 each of these was refused, or (`rm 8080:9999`)
+/// removed the 8080:80 mapping.
+#[test]
+fn dockers_forms() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let ns1 = lab.ns("ns1");
+    let _web = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 80);
+    let range = lab.read_sysctl("host", "net/ipv4/ip_local_port_range");
+    let low: u16 = range.split_whitespace().next().unwrap().parse().unwrap();
+    let _squatter = lab.serve_tcp("host", Ipv4Addr::UNSPECIFIED, low);
+
+    let printed = lab.nsport_ok(&["add", "--netns", &ns1, "127.0.0.1::80"]);
+    assert_eq!(printed, format!("127.0.0.1:{}:80/tcp\n", low + 1));
+    let printed = lab.nsport_ok(&["add", "--netns", &ns1, "-p", "::80/TCP"]);
+    assert_eq!(printed, format!("{}:80/tcp\n", low + 2));
+    assert_eq!(lab.tcp("host", LOCALHOST, low + 1), some(HOST_BR));
+    assert_eq!(lab.tcp("out", HOST_OUT, low + 2), some(OUT));
+    let listed: Vec<(serde_json::Value, serde_json::Value)> = listing(&lab)
+        .iter()
+        .map(|m| (m["host_addr"].clone(), m["host_port"].clone()))
+        .collect();
+    assert!(
+        listed.contains(&(serde_json::Value::Null, (low + 2).into())),
+        "{listed:?}"
+    );
+    assert!(
+        listed.contains(&("127.0.0.1".into(), (low + 1).into())),
+        "{listed:?}"
+    );
+    // A preview says which port it would choose.
+    let preview = lab.nsport_ok(&["add", "--dry-run", "--netns", &ns1, "::80"]);
+    assert!(
+        preview.starts_with(&format!("# host port chosen: {}:80/tcp\n", low + 3)),
+        "{preview}"
+    );
+
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "-p",
+        "8080:80/Tcp",
+        "-p",
+        "127.0.0.1:8081",
+    ]);
+    let m = listing(&lab);
+    assert!(
+        m.iter().any(|m| m["host_addr"] == "127.0.0.1"
+            && m["host_port"] == 8081
+            && m["to_port"] == 8081),
+        "{m:?}"
+    );
+    let before = lab.ruleset();
+    let refused = lab.nsport(&["rm", "8080:9999"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("9999"), "{}", stderr(&refused));
+    assert_eq!(stderr(&refused).lines().count(), 1);
+    assert_eq!(lab.ruleset(), before);
+    lab.nsport_ok(&["rm", "8080:80", "127.0.0.1:8081"]);
+    assert_eq!(lab.tcp("out", HOST_OUT, 8080), None);
+
+    // The file records chosen ports as ports; a file cannot leave one to choose.
+    let file = save(
+        &lab,
+        "choose.json",
+        &serde_json::json!({"version": 1, "mappings": [{"netns": ns1, "publish": "::80"}]})
+            .to_string(),
+    );
+    let output = lab.nsport(&["apply", &file]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("only `nsport add`"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Plain `nsport` prints usage; a command line of the wrong shape keeps clap's usage and
+/// hint lines (exit 2); a bad value stays one line naming it.
+#[test]
+fn usage_errors_keep_clap_hints() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let bare = lab.nsport(&[]);
+    assert_eq!(bare.status.code(), Some(2));
+    assert!(stderr(&bare).contains("Usage: nsport"), "{}", stderr(&bare));
+    assert!(stderr(&bare).contains("Commands:"), "{}", stderr(&bare));
+    for args in [
+        vec!["add", "80"],
+        vec!["frobnicate"],
+        vec!["add", "--to", "10.77.0.2"],
+    ] {
+        let output = lab.nsport(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        let text = stderr(&output);
+        assert!(text.contains("Usage: nsport"), "{args:?}: {text}");
+        assert!(text.contains("--help"), "{args:?}: {text}");
+    }
+    let bad = lab.nsport(&["add", "--to", "10.77.0.2", "-p", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("\"0\""), "{}", stderr(&bad));
+}
