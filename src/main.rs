@@ -6,6 +6,8 @@ use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod manual;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use nsport::{HostSpec, Listing, PublishOptions, PublishRequest, PublishSpec, Target, with_port};
 
@@ -26,13 +28,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Publish ports: [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]
+    /// Publish ports: [HOST_ADDR:][HOST_PORT[-END]]:NS_PORT[-END][/PROTO]
     Add(AddArgs),
     /// Unpublish ports by their host side, or every port of a namespace
     Rm(RmCommand),
     /// List what is published, with counters and status
     Ls {
-        /// Print one JSON array (the format `apply` reads)
+        /// Print one JSON array, with counters, status and problems (apply reads it too)
         #[arg(long)]
         json: bool,
     },
@@ -56,7 +58,7 @@ enum Command {
     },
     /// Make the published mappings exactly those of FILE (what `export` writes; - for stdin)
     Apply {
-        /// The mappings file
+        /// The mappings file (see THE MAPPINGS FILE in nsport(1)); - for stdin
         file: String,
         /// Print what would change, as nft commands, and change nothing
         #[arg(long)]
@@ -72,12 +74,22 @@ enum Command {
         json: bool,
     },
     /// Print a shell completion script: nsport completions bash > /etc/bash_completion.d/nsport
+    ///
+    /// The scripts complete namespace names after --netns, interface names after --via and
+    /// published ports after rm, by asking nsport itself while completing.
     Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// Print the manual page (roff): nsport man | man -l -
     Man,
+    /// Print completion candidates, one a line (what the completion scripts ask)
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(value_enum)]
+        kind: manual::Kind,
+    },
 }
 
 #[derive(Args)]
@@ -127,7 +139,8 @@ struct RmArgs {
     /// Unpublish every mapping to this namespace's address
     #[arg(long, value_name = "NAME|PATH")]
     netns: Option<String>,
-    /// The host side of what to unpublish: [HOST_ADDR:]HOST_PORT[-END][/PROTO]
+    /// What to unpublish: its host side, [HOST_ADDR:]HOST_PORT[-END][/PROTO], or a whole
+    /// PUBLISH, whose namespace side must then match
     #[arg(value_name = "PUBLISH")]
     host: Vec<HostSpec>,
 }
@@ -405,17 +418,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "nsport", &mut script);
-            print(String::from_utf8(script).context("completion script")?)?;
+            print(manual::completions(shell, &mut Cli::command()))?;
         }
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut page)
-                .context("cannot render the manual page")?;
-            print(String::from_utf8(page).context("manual page")?)?;
-        }
+        Command::Man => print(manual::page(&Cli::command()))?,
+        Command::Complete { kind } => print(manual::candidates(kind))?,
     }
     Ok(())
 }
