@@ -41,6 +41,14 @@ fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) 
     }
 }
 
+/// `1 mapping`, `2 mappings`.
+fn plural(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        _ => format!("{count} {noun}s"),
+    }
+}
+
 /// CAP_NET_ADMIN is bit 12 of the effective capability set.
 fn has_net_admin() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -209,8 +217,8 @@ fn loopback_path(mappings: &[Mapping], problems: &[Option<Problem>]) -> Option<C
         None => pass(
             "loopback path",
             format!(
-                "route_localnet is on for every interface of the {} mappings served on 127.0.0.1",
-                loopback.len()
+                "route_localnet is on for every interface of the {} served on 127.0.0.1",
+                plural(loopback.len(), "mapping")
             ),
         ),
         Some(first) => fail(
@@ -353,7 +361,7 @@ pub fn run() -> Vec<Check> {
         checks.push(if stale.is_empty() {
             pass(
                 "stale mappings",
-                format!("{} mappings, none stale", mappings.len()),
+                format!("{}, none stale", plural(mappings.len(), "mapping")),
             )
         } else {
             fail(

@@ -1,6 +1,7 @@
 //! The `nsport` command: parses arguments, calls the library, prints, and maps errors to
 //! exit codes (2 for bad input, 1 for everything else).
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
@@ -579,12 +580,38 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// The names under /run/netns, by the inode of their namespace.
+fn netns_names() -> HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let inode = std::fs::metadata(entry.path()).ok()?.ino();
+                    Some((inode, entry.file_name().to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The human listing: one aligned row per mapping.
 fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
     let header = [
         "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
     ]
     .map(String::from);
+    let names = if listings.iter().any(|l| {
+        l.mapping
+            .netns
+            .as_deref()
+            .is_some_and(|n| n.starts_with('/'))
+    }) {
+        netns_names()
+    } else {
+        HashMap::new()
+    };
     let rows: Vec<[String; 8]> = listings
         .iter()
         .zip(problems)
@@ -612,6 +639,11 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 match (&m.container, &m.netns) {
                     // Container IDs are long; twelve characters name one, as Docker shows.
                     (Some(id), _) => format!("cni:{}", &id[..id.len().min(12)]),
+                    // A path such as /proc/PID/ns/net: the name, when the namespace has one.
+                    (None, Some(netns)) if netns.starts_with('/') => m
+                        .netns_inode
+                        .and_then(|inode| names.get(&inode).cloned())
+                        .unwrap_or_else(|| netns.clone()),
                     (None, Some(netns)) => netns.clone(),
                     (None, None) => "-".into(),
                 },

@@ -203,7 +203,7 @@ pub fn page(cmd: &Command) -> String {
     item(
         &mut out,
         "-v, --verbose",
-        "Log each change (elements, sysctls, hairpin mode) to stderr. On the first publish of a table the elements are logged twice: once as the plan, once as the batch that creates the table with them.",
+        "Log each change to stderr: every message of the netlink batch (the table, its chains, sets and rules when it is created, then each element), each sysctl and hairpin change, and the conntrack entries deleted.",
     );
     item(
         &mut out,

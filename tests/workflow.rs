@@ -508,3 +508,69 @@ fn usage_errors_keep_clap_hints() {
     assert_eq!(stderr(&bad).lines().count(), 1, "{}", stderr(&bad));
     assert!(stderr(&bad).contains("\"0\""), "{}", stderr(&bad));
 }
+
+/// The issue's smaller items: `--netns` naming a file that is not a namespace is bad
+/// input (exit 2, "not a network namespace"), not "Invalid argument" with exit 1; the NETNS
+/// column names a namespace given by /proc path when it has a name; doctor counts "1
+/// mapping"; doctor's checks have distinct names.
+#[test]
+fn smaller_items() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let before = lab.ruleset();
+    let output = lab.nsport(&["add", "--netns", "/etc/passwd", "80"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("\"/etc/passwd\" is not a network namespace"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(lab.ruleset(), before);
+
+    let mut sleeper = std::process::Command::new("ip")
+        .args(["netns", "exec", &lab.ns("ns1"), "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let path = format!("/proc/{}/ns/net", sleeper.id());
+    // `ip netns exec` execs sleep in place: wait until the process is in the namespace.
+    for _ in 0..100 {
+        if std::fs::metadata(&path)
+            .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+            .ok()
+            == Some(lab.netns_inode("ns1"))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    lab.nsport_ok(&["add", "--netns", &path, "3000"]);
+    let human = lab.nsport_ok(&["ls"]);
+    let row: Vec<String> = lab
+        .normalize(human.lines().nth(1).unwrap())
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(row[4], "ns1", "{human}");
+
+    let checks = json(&String::from_utf8_lossy(
+        &lab.nsport(&["doctor", "--json"]).stdout,
+    ));
+    let names: Vec<&str> = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["check"].as_str().unwrap())
+        .collect();
+    let mut unique = names.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), names.len(), "{names:?}");
+    let stale = checks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "stale mappings")
+        .unwrap();
+    assert_eq!(stale["detail"], "1 mapping, none stale", "{stale}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}

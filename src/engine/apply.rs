@@ -96,7 +96,14 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             Err(error @ (Error::Namespace(NamespaceError::NotFound(_)) | Error::NoAddress(_)))
                 if skip_missing =>
             {
-                log::warn!("skipped {} mappings: {error}", specs.len());
+                log::warn!(
+                    "skipped {} of the file: {error}",
+                    specs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
                 continue;
             }
             Err(error) => return Err(error),
