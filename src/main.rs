@@ -231,7 +231,8 @@ fn main() -> ExitCode {
             eprintln!("nsport: {err:#}");
             let usage = err
                 .downcast_ref::<nsport::Error>()
-                .is_some_and(nsport::Error::is_usage);
+                .is_some_and(nsport::Error::is_usage)
+                || err.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -522,6 +523,18 @@ fn bindable(addr: Option<IpAddr>, proto: nsport::Proto, port: u16) -> bool {
     true
 }
 
+/// Bad input found by the command itself rather than the library: exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 /// `rm HOST:NS` names a mapping by both sides: refused (exit 2) when the mapping on that
 /// host port leads to another namespace port, instead of removing it anyway.
 fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
@@ -541,9 +554,13 @@ fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
                     && m.to_port != ns_port
             });
             if let Some(mapping) = wrong {
-                return Err(nsport::Error::NotPublished(format!(
-                    "{} to namespace port {ns_port} (host port {} leads to {})",
-                    mapping.host_label(),
+                return Err(UsageError(format!(
+                    "{}:{ns_port}/{} is not published: host port {} leads to {}",
+                    match mapping.host_addr {
+                        Some(addr) => with_port(addr, port),
+                        None => port.to_string(),
+                    },
+                    spec.proto,
                     mapping.host_label(),
                     mapping.target_label()
                 ))
