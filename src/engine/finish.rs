@@ -13,12 +13,16 @@ use crate::error::{Error, kernel};
 use crate::host::settings::{self, Settings, TargetNeeds};
 use crate::host::state::WriterLock;
 use crate::netlink::NetlinkError;
+use crate::netlink::nftables::Change;
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
-use crate::ruleset::{self, Mapping};
+use crate::ruleset::{self, Element, Mapping};
 
 pub(super) fn with_notes(committed: Committed) -> Plan {
     let mut plan = committed.plan;
+    let opening = settings::forwarding_off(&committed.added);
+    plan.add
+        .extend(opening.iter().map(|ipv6| Element::closed(*ipv6)));
     plan.notes.extend(settings::would_turn_on(&committed.added));
     plan
 }
@@ -51,7 +55,7 @@ pub(super) fn finish_or_roll_back(
     let put_back = undo.and_then(|undone| {
         let mut settings = Settings::load(lock, Vec::new())?;
         match &undone.still_needed {
-            Some(needed) => settings.put_back_unneeded(needed),
+            Some(needed) => settings.put_back_unneeded(needed).map(drop),
             None => Ok(()),
         }
     });
@@ -82,6 +86,15 @@ fn finish(
     }
     let needs = target_needs(&committed.added, ports)?;
     let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
+    // Forwarding that nsport turns on must open nothing but the published ports: the
+    // family is closed in the table before the setting goes on.
+    let opening = settings::forwarding_off(&committed.added);
+    if !opening.is_empty() {
+        let closed: Vec<Element> = opening.iter().map(|v6| Element::closed(*v6)).collect();
+        let changes: Vec<Change> = closed.iter().map(Change::AddElement).collect();
+        kernel.commit(&changes, None).map_err(kernel_error)?;
+        exposing = true;
+    }
     settings.turn_on(&needs)?;
     if let Some(needed) = &committed.still_needed {
         exposing |= settings.turn_on_missing(needed)?;
@@ -90,7 +103,16 @@ fn finish(
         verify_guard(kernel, committed.genid, &mut settings)?;
     }
     if let Some(needed) = &committed.still_needed {
-        settings.put_back_unneeded(needed)?;
+        let reopened = settings.put_back_unneeded(needed)?;
+        // Forwarding is back off: the family's closing goes after it, as protections do.
+        let closed: Vec<Element> = reopened.iter().map(|v6| Element::closed(*v6)).collect();
+        let changes: Vec<Change> = closed.iter().map(Change::DelElement).collect();
+        if !changes.is_empty()
+            && let Err(error) = kernel.commit(&changes, None)
+            && error.errno() != Some(libc::ENOENT)
+        {
+            return Err(kernel_error(error));
+        }
     }
     flows::forget(&committed.removed, &committed.added);
     Ok(())

@@ -16,7 +16,7 @@ use crate::host::state;
 use crate::host::sysctl::Sysctl;
 use crate::netlink::NetlinkError;
 use crate::ruleset::metadata::is_digest;
-use crate::ruleset::{self, Element, Mapping};
+use crate::ruleset::{self, Element, Mapping, SET_CLOSED};
 use crate::spec::Proto;
 
 /// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
@@ -168,7 +168,8 @@ pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
 /// The whole table as an `nft -f` script that recreates it, for persisting through
 /// nftables.service.
 pub fn export_nft() -> Result<String, Error> {
-    let snapshot = table::read(&mut Netlink, true)?;
+    let mut kernel = Netlink;
+    let snapshot = table::read(&mut kernel, true)?;
     let mut out = ruleset::table_script();
     for (mapping, _) in &snapshot.mappings {
         out.push_str(&Element::mapping(mapping).nft_add());
@@ -185,6 +186,12 @@ pub fn export_nft() -> Result<String, Error> {
             out.push_str(&helper.nft_add());
             out.push('\n');
         }
+    }
+    // Which families' forwarding nsport turned on stays closed in the copy too.
+    for closed in kernel.elements(SET_CLOSED).map_err(kernel_error)? {
+        let ipv6 = closed.key.first() == Some(&(libc::NFPROTO_IPV6 as u8));
+        out.push_str(&Element::closed(ipv6).nft_add());
+        out.push('\n');
     }
     Ok(out)
 }

@@ -32,6 +32,7 @@ pub use publish::{publish, publish_dry_run};
 pub use remove::{prune, unpublish, unpublish_netns};
 pub use resolve::{PublishOptions, Target};
 pub(crate) use resolve::{bridge_port_of, resolve};
+pub(crate) use table::{HELPER_SETS, helpers_for};
 
 use crate::error::{Error, kernel, state};
 use crate::host::state::{self, WriterLock};

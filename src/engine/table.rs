@@ -12,21 +12,22 @@ use crate::host::settings::StillNeeded;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
     self, ChainDef, Element, Hook, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
-    Users,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    SetDef, TABLE, Users,
 };
 
 /// The maps that hold mappings.
 pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
-pub const HELPER_SETS: [&str; 6] = [
+pub const HELPER_SETS: [&str; 7] = [
     SET_HAIRPIN4,
     SET_REACH4,
     SET_TARGETS4,
     SET_HAIRPIN6,
     SET_REACH6,
     SET_TARGETS6,
+    SET_INSIDE,
 ];
 
 /// Packets and bytes.
@@ -89,6 +90,11 @@ fn still_needed<'a>(
             mappings: 1,
             loopback: 1,
         });
+        match set {
+            SET_REACH4 if users.mappings > 0 => needed.ipv4 = true,
+            SET_REACH6 if users.mappings > 0 => needed.ipv6 = true,
+            _ => {}
+        }
         match set {
             SET_REACH4 | SET_REACH6 if users.loopback > 0 => {
                 let name = element.key[..ruleset::IFNAME_LEN]
@@ -300,6 +306,11 @@ pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<(
         ];
         if !mapping.allow_direct {
             needed.push((Element::target(mapping.to_addr), 0));
+        }
+        // The interface toward a namespace (not toward a host nsport only forwards to) is
+        // one that new forwarded connections may come from.
+        if mapping.netns.is_some() || mapping.container.is_some() {
+            needed.push((Element::inside(&mapping.via), 0));
         }
         for (element, loopback) in needed {
             let at = *index

@@ -247,7 +247,8 @@ fn the_diff_touches_only_what_changes() {
         .collect();
     publish(&mut fake, &many).unwrap();
     let committed = remove(&mut fake, 1234).unwrap();
-    // One mapping goes; the target's three helpers are written again with one fewer.
+    // One mapping goes; the target's four helpers (hairpin, reach, protection, and its
+    // interface as one toward a namespace) are written again with one fewer.
     let mappings_deleted = committed
         .plan
         .delete
@@ -255,8 +256,8 @@ fn the_diff_touches_only_what_changes() {
         .filter(|e| e.set == SET_ANY4)
         .count();
     assert_eq!(mappings_deleted, 1);
-    assert_eq!(committed.plan.delete.len(), 4);
-    assert_eq!(committed.plan.add.len(), 3);
+    assert_eq!(committed.plan.delete.len(), 5);
+    assert_eq!(committed.plan.add.len(), 4);
     assert_eq!(fake.elements_of(SET_ANY4).len(), 4999);
     assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
     assert_eq!(fake.elements_of(SET_TARGETS4).len(), 1);

@@ -56,11 +56,15 @@ pub struct Originals {
     /// Bridge port name to its hairpin mode before nsport turned it on.
     #[serde(default)]
     pub hairpin: BTreeMap<String, HairpinChange>,
+    /// Other settings (forwarding, accept_ra) by their path under /proc/sys, with the
+    /// value before nsport changed them.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
 }
 
 impl Originals {
     pub fn is_empty(&self) -> bool {
-        self.route_localnet.is_empty() && self.hairpin.is_empty()
+        self.route_localnet.is_empty() && self.hairpin.is_empty() && self.sysctls.is_empty()
     }
 }
 

@@ -3,6 +3,7 @@
 //! tables back.
 //!
 //! - `encode`: the checks every length passes before libnftnl sees it, and the objects;
+//!   `expr`: the expressions of rules;
 //! - `batch`: `Change`, the byte-bounded split into messages, the batch frame, `commit`
 //!   and `generation`;
 //! - `dump`: reading tables, chains, sets, elements and rules back, and `rule_exprs_text`,
@@ -11,6 +12,7 @@
 mod batch;
 mod dump;
 mod encode;
+mod expr;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]

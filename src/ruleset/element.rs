@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id,
-    ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
+    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from,
+    declarations::set_id, ifname_bytes,
 };
 use crate::model::Mapping;
 use crate::spec::Proto;
@@ -214,6 +214,28 @@ impl Element {
         }
     }
 
+    /// An interface toward published namespaces.
+    pub fn inside(via: &str) -> Element {
+        Element {
+            set: SET_INSIDE,
+            key: ifname_bytes(via).to_vec(),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// A family whose forwarding nsport turned on.
+    pub fn closed(ipv6: bool) -> Element {
+        const NFPROTO_IPV4: u8 = 2;
+        const NFPROTO_IPV6: u8 = 10;
+        Element {
+            set: SET_CLOSED,
+            key: vec![if ipv6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+            data: None,
+            comment: None,
+        }
+    }
+
     /// The same helper element, recording how many mappings need it (`mappings=N`, and
     /// for `reach`, how many of them serve the host's 127.0.0.1: `loopback=L`). That is
     /// what lets a removal know, without reading every mapping, whether the helper and
@@ -231,6 +253,14 @@ impl Element {
     /// The key as nft writes it, read back from its bytes.
     fn key_text(&self) -> String {
         match self.set {
+            SET_INSIDE => {
+                let name = self.key.split(|b| *b == 0).next().unwrap_or_default();
+                format!("{:?}", String::from_utf8_lossy(name))
+            }
+            SET_CLOSED => match self.key.first() {
+                Some(10) => "ipv6".to_string(),
+                _ => "ipv4".to_string(),
+            },
             SET_REACH4 | SET_REACH6 => {
                 let (name, addr) = self.key.split_at(IFNAME_LEN.min(self.key.len()));
                 let name = name.split(|b| *b == 0).next().unwrap_or_default();
@@ -270,6 +300,10 @@ impl Element {
     pub fn helper(set: &str, key: &[u8]) -> Option<Element> {
         let half = key.len() / 2;
         match set {
+            SET_INSIDE => {
+                let name = key.split(|b| *b == 0).next()?;
+                Some(Element::inside(std::str::from_utf8(name).ok()?))
+            }
             SET_REACH4 | SET_REACH6 if key.len() > IFNAME_LEN => {
                 let (name, addr) = key.split_at(IFNAME_LEN);
                 let name = name.split(|b| *b == 0).next()?;
