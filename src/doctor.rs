@@ -144,10 +144,13 @@ pub fn path_problems(mappings: &[Mapping]) -> Result<Vec<Option<Problem>>, Error
     let mut problems = Vec::with_capacity(mappings.len());
     for mapping in mappings {
         if mapping.serves_loopback() {
+            // An interface that is gone (its namespace was deleted) has no setting: the
+            // stale check reports that mapping.
             let on = *localnet.entry(mapping.via.clone()).or_insert_with(|| {
-                Sysctl::route_localnet(&mapping.via)
-                    .read()
-                    .is_ok_and(|v| v == "1")
+                !matches!(
+                    Sysctl::route_localnet(&mapping.via).read().as_deref(),
+                    Ok("0")
+                )
             });
             if !on {
                 let sysctl = Sysctl::route_localnet(&mapping.via).name();

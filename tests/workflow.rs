@@ -98,7 +98,7 @@ fn apply_of_an_export_follows_a_recreated_namespace() {
         serde_json::json!({"version": 1, "mappings": [
             {"netns": name, "publish": "3000:3000/tcp"},
             {"netns": name, "publish": "127.0.0.1:4000:3000/tcp"},
-            {"to": "10.77.0.2", "publish": "5353:53/udp", "allow_direct": true},
+            {"to": "10.77.0.2", "publish": "5353:53/udp"},
         ]}),
         "{exported}"
     );

@@ -209,12 +209,15 @@ impl MappingsFile {
                 (addr, _, _) => addr,
             };
             let key = Key {
-                target: match netns {
+                target: match netns.clone() {
                     Some(name) => EntryTarget::Netns(name),
                     None => EntryTarget::Addr(m.to_addr),
                 },
                 via,
-                allow_direct: m.allow_direct,
+                // A fixed address allows direct access whatever is asked (`add --to` does
+                // not protect a host that may sit on a network that is not nsport's): the
+                // file says so only for a namespace.
+                allow_direct: m.allow_direct && netns.is_some(),
                 proto: m.proto,
                 host_addr,
             };
@@ -331,7 +334,7 @@ mod tests {
                 {"netns": "ns1", "publish": "8080:80/tcp"},
                 {"netns": "ns1", "publish": "20000-20002:30000-30002/tcp"},
                 {"netns": "ns1", "publish": "127.0.0.1:4000:3000/tcp"},
-                {"to": "10.77.0.2", "publish": "5353:53/udp", "allow_direct": true},
+                {"to": "10.77.0.2", "publish": "5353:53/udp"},
             ]})
         );
         assert_eq!(MappingsFile::parse(&file.to_json()), Ok(file));
