@@ -58,7 +58,7 @@ impl FromStr for Proto {
 }
 
 /// An inclusive range of ports; a single port is a range of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortRange {
     pub start: u16,
     pub end: u16,
@@ -127,7 +127,7 @@ pub enum SpecError {
 }
 
 /// One `PUBLISH` argument of `nsport add`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublishSpec {
     /// `None` publishes on every local address of the host, 127.0.0.1 included.
     pub host_addr: Option<IpAddr>,

@@ -65,6 +65,7 @@ type Resolved = (
 fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
     type Group = (EntryTarget, Option<String>, bool, bool);
     let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
+    let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
     let mut order: Vec<Group> = Vec::new();
     for (index, entry) in file.mappings.iter().enumerate() {
         let at = |why: String| Error::File(format!("mapping {}: {why}", index + 1));
@@ -73,13 +74,14 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             .spec()
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
         let group = (target, entry.via.clone(), entry.allow_direct, entry.force);
+        if !seen.insert((group.clone(), spec)) {
+            continue;
+        }
         let specs = groups.entry(group.clone()).or_default();
         if specs.is_empty() {
             order.push(group);
         }
-        if !specs.contains(&spec) {
-            specs.push(spec);
-        }
+        specs.push(spec);
     }
     let mut desired = Vec::new();
     let mut forced = HashSet::new();
