@@ -111,10 +111,11 @@ pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
 }
 
 /// Unpublishes every mapping whose namespace no longer exists, and removes the settings
-/// records of network namespaces that are gone.
-pub fn prune() -> Result<Vec<Mapping>, Error> {
+/// records of network namespaces that are gone; with `dry_run`, only says what it would
+/// unpublish.
+pub fn prune(dry_run: bool) -> Result<(Vec<Mapping>, Plan), Error> {
     let mut pruned = Vec::new();
-    change(false, |all| {
+    let plan = change(dry_run, |all| {
         let stale = stale_flags(all);
         pruned = all
             .iter()
@@ -124,8 +125,10 @@ pub fn prune() -> Result<Vec<Mapping>, Error> {
             .collect();
         Ok(without(all, &pruned))
     })?;
-    remove_gone_records();
-    Ok(pruned)
+    if !dry_run {
+        remove_gone_records();
+    }
+    Ok((pruned, plan))
 }
 
 pub(super) fn remove_gone_records() {
