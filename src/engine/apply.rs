@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::finish::{finish_or_roll_back, with_notes};
 use super::kernel::Netlink;
 use super::resolve::{self, Target, resolve};
-use super::{list, transaction, writer_lock};
+use super::{list, record, transaction, writer_lock};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
@@ -41,11 +41,13 @@ pub fn apply(file: &MappingsFile, skip_missing: bool, dry_run: bool) -> Result<P
     let decide = |current: &[Mapping]| decide(current, &desired, &forced);
     let mut kernel = Netlink;
     if dry_run {
-        return Ok(with_notes(transaction::update(&mut kernel, true, decide)?));
+        let committed = transaction::update(&mut kernel, &mut None, true, decide)?;
+        return Ok(with_notes(committed));
     }
     let lock = writer_lock()?;
-    let committed = transaction::update(&mut kernel, false, decide)?;
-    finish_or_roll_back(&mut kernel, &lock, &committed, &ports)?;
+    let (mut settings, mut counts) = record(&lock)?;
+    let committed = transaction::update(&mut kernel, &mut counts, false, decide)?;
+    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, &ports)?;
     if !committed.added.is_empty() {
         for warning in firewalls::dropping_forward_chains(&committed.chains) {
             log::warn!("{warning}");
