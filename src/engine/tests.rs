@@ -182,7 +182,11 @@ fn a_taken_host_port_is_a_named_conflict_and_changes_nothing() {
     let mut fake = Fake::default();
     publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
     let before = fake.table.clone();
-    let error = publish(&mut fake, &[mapping(4001, "10.77.0.9", "br0")]).unwrap_err();
+    let elsewhere = Mapping {
+        netns: Some("d".into()),
+        ..mapping(4001, "10.77.0.9", "br0")
+    };
+    let error = publish(&mut fake, &[elsewhere]).unwrap_err();
     assert!(
         matches!(&error, Error::Conflict { host, existing }
             if host == "4001/tcp" && existing.contains("10.77.0.2:3000 via br0")),
@@ -429,4 +433,29 @@ fn removing_what_is_not_published_names_it_and_changes_nothing() {
         "{error}"
     );
     assert_eq!(fake.table, before);
+}
+
+#[test]
+fn republishing_a_namespace_that_came_back_with_a_new_address_retargets_it() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let moved = Mapping {
+        netns_inode: Some(8),
+        ..mapping(4001, "10.77.0.9", "br0")
+    };
+    publish(&mut fake, std::slice::from_ref(&moved)).unwrap();
+    let (data, _) = fake.elements_of(SET_ANY4).into_values().next().unwrap();
+    assert_eq!(data, moved.data());
+    // The old address's helpers went with it.
+    assert!(!has(&fake, &Element::hairpin("10.77.0.2".parse().unwrap())));
+    assert!(has(&fake, &Element::hairpin("10.77.0.9".parse().unwrap())));
+    // Another namespace on the same port is still a conflict.
+    let other = Mapping {
+        netns: Some("d".into()),
+        ..mapping(4001, "10.77.0.5", "br0")
+    };
+    assert!(matches!(
+        publish(&mut fake, &[other]),
+        Err(Error::Conflict { .. })
+    ));
 }

@@ -332,7 +332,8 @@ fn commit(
 }
 
 /// `current` with `wanted` put in: a mapping of the same host side with the same target is
-/// replaced (its metadata refreshed), one with another target is a conflict.
+/// replaced (its metadata refreshed), and so is one made for the same namespace, whose
+/// address changed when it was made again; one with another target is a conflict.
 pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, Error> {
     let mut by_key: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
     let mut out: Vec<Mapping> = current.to_vec();
@@ -341,7 +342,9 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, E
     }
     for mapping in wanted {
         match by_key.get(&(mapping.set(), mapping.key())) {
-            Some(&index) if out[index].data() != mapping.data() => {
+            Some(&index)
+                if out[index].data() != mapping.data() && !same_namespace(&out[index], mapping) =>
+            {
                 return Err(Error::Conflict {
                     host: mapping.host_label(),
                     existing: out[index].target_label(),
@@ -355,6 +358,18 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, E
         }
     }
     Ok(out)
+}
+
+/// Whether `wanted` is `existing` again after its namespace was made anew with another
+/// address: made for the same namespace by name (not by the CNI plugin, whose containers
+/// own their ports through their IDs), to the same port, in the same family.
+fn same_namespace(existing: &Mapping, wanted: &Mapping) -> bool {
+    existing.netns.is_some()
+        && existing.netns == wanted.netns
+        && existing.to_port == wanted.to_port
+        && existing.is_ipv6() == wanted.is_ipv6()
+        && existing.container.is_none()
+        && wanted.container.is_none()
 }
 
 fn warn_repairs(snapshot: &Snapshot) {
