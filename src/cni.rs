@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::engine::{resolve, update};
 use crate::netns::Namespace;
 use crate::ruleset::Mapping;
+use crate::ruleset::metadata::same_name;
 use crate::spec::Proto;
 use crate::{Error, Target, list};
 
@@ -185,8 +186,12 @@ struct Container<'a> {
 
 impl Container<'_> {
     fn owns(&self, mapping: &Mapping) -> bool {
-        mapping.container.as_deref() == Some(self.id)
-            && mapping.container_ifname.as_deref() == Some(self.ifname)
+        // Long IDs (every runtime's 64 hex digits) are recorded as digests.
+        mapping
+            .container
+            .as_deref()
+            .is_some_and(|id| same_name(id, self.id))
+            && (mapping.container_ifname.as_deref()).is_some_and(|i| same_name(i, self.ifname))
     }
 }
 
@@ -424,7 +429,10 @@ fn gc(config: &Value) -> Result<(), CniError> {
             .iter()
             .filter(|m| match (&m.container, &m.container_ifname) {
                 (Some(id), ifname) => valid.iter().any(|(vid, vif)| {
-                    vid == id && ifname.as_deref().is_none_or(|ifname| ifname == vif)
+                    same_name(id, vid)
+                        && ifname
+                            .as_deref()
+                            .is_none_or(|ifname| same_name(ifname, vif))
                 }),
                 (None, _) => true,
             })
