@@ -70,6 +70,8 @@ enum Command {
     },
     /// Print the manual page (roff): nsport man | man -l -
     Man,
+    /// Print per-mapping packet and byte counters in the Prometheus text format
+    Metrics,
 }
 
 #[derive(Args)]
@@ -322,6 +324,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "nsport", &mut script);
             print(String::from_utf8(script).context("completion script")?)?;
         }
+        Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
         Command::Man => {
             let mut page = Vec::new();
             clap_mangen::Man::new(Cli::command())
