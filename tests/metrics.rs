@@ -258,4 +258,41 @@ fn metrics_after_real_traffic_parse_back_with_stable_labels() {
         .find(|s| s.name == "nsport_mappings")
         .unwrap();
     assert_eq!(total.value, 4.0);
+
+    // The metrics unit's own command (systemd's `$$` is one `$`), with a directory of the
+    // test's in place of node_exporter's: it leaves one complete .prom file and no other.
+    let unit = include_str!("../packaging/nsport-metrics.service");
+    let line = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart=/bin/sh -c '"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("ExecStart=/bin/sh -c '…'");
+    let dir = TextfileDir(std::env::temp_dir().join(lab.ns("textfile")));
+    std::fs::create_dir(&dir.0).unwrap();
+    let script = line
+        .replace("$$", "$")
+        .replace("@BINDIR@/nsport", env!("CARGO_BIN_EXE_nsport"))
+        .replace("/var/lib/prometheus/node-exporter", dir.0.to_str().unwrap());
+    let state = format!("NSPORT_STATE_DIR={}", lab.state_dir().display());
+    let host = lab.ns("host");
+    sh(&[
+        "ip", "netns", "exec", &host, "env", &state, "/bin/sh", "-c", &script,
+    ]);
+    let files: Vec<String> = std::fs::read_dir(&dir.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(files, ["nsport.prom"]);
+    let written = std::fs::read_to_string(dir.0.join("nsport.prom")).unwrap();
+    let (again, _) = parse(&written).unwrap_or_else(|e| panic!("{e}\n{written}"));
+    assert_eq!(again.len(), samples.len());
+}
+
+/// A directory removed with its files when dropped.
+struct TextfileDir(std::path::PathBuf);
+
+impl Drop for TextfileDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
