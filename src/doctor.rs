@@ -2,7 +2,9 @@
 //! It only reads: nothing is repaired, and the nftables probe is a throwaway table created
 //! and deleted in the same batch.
 
+use std::collections::HashMap;
 use std::fs;
+use std::net::IpAddr;
 
 use crate::engine::{bridge_port_of, damaged_chains, stale_flags};
 use crate::error::{Error, kernel};
@@ -36,6 +38,14 @@ fn fail(check: &'static str, detail: impl Into<String>, fix: impl Into<String>) 
         ok: false,
         detail: detail.into(),
         fix: Some(fix.into()),
+    }
+}
+
+/// `1 mapping`, `2 mappings`.
+fn plural(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        _ => format!("{count} {noun}s"),
     }
 }
 
@@ -91,24 +101,139 @@ fn probe() -> Check {
 
 fn forwarding(mappings: &[Mapping]) -> Vec<Check> {
     let mut checks = Vec::new();
-    for (ipv6, sysctl) in [
-        (false, Sysctl::ip_forward()),
-        (true, Sysctl::ipv6_forwarding()),
+    for (ipv6, check, sysctl) in [
+        (false, "ipv4 forwarding", Sysctl::ip_forward()),
+        (true, "ipv6 forwarding", Sysctl::ipv6_forwarding()),
     ] {
         if !mappings.iter().any(|m| m.is_ipv6() == ipv6) {
             continue;
         }
         let name = sysctl.name();
         checks.push(match sysctl.read().as_deref() {
-            Ok("1") => pass("forwarding", format!("{name} is 1")),
+            Ok("1") => pass(check, format!("{name} is 1")),
             _ => fail(
-                "forwarding",
+                check,
                 format!("{name} is not 1: published ports are unreachable from outside"),
                 format!("sysctl -w {name}=1 (nsport add sets it)"),
             ),
         });
     }
     checks
+}
+
+/// What stops one mapping's path from working, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// Short, for the STATUS column of `ls`.
+    pub status: String,
+    pub detail: String,
+    pub fix: String,
+}
+
+/// For each mapping, what stops one of its paths from working: route_localnet off on the
+/// interface of a mapping served on 127.0.0.1 (the kernel drops DNATed loopback traffic),
+/// or, with br_netfilter on, hairpin mode off on the bridge port of its namespace (the
+/// namespace cannot reach its own published port). Looked up once per interface and
+/// target.
+pub fn path_problems(mappings: &[Mapping]) -> Result<Vec<Option<Problem>>, Error> {
+    let br_netfilter = fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables")
+        .is_ok_and(|value| value.trim() == "1");
+    let mut localnet: HashMap<String, bool> = HashMap::new();
+    let mut links: HashMap<String, Option<rtnetlink::Link>> = HashMap::new();
+    let mut hairpin: HashMap<(String, IpAddr, Option<u64>), Option<String>> = HashMap::new();
+    let mut problems = Vec::with_capacity(mappings.len());
+    for mapping in mappings {
+        if mapping.serves_loopback() {
+            // An interface that is gone (its namespace was deleted) has no setting: the
+            // stale check reports that mapping.
+            let on = *localnet.entry(mapping.via.clone()).or_insert_with(|| {
+                !matches!(
+                    Sysctl::route_localnet(&mapping.via).read().as_deref(),
+                    Ok("0")
+                )
+            });
+            if !on {
+                let sysctl = Sysctl::route_localnet(&mapping.via).name();
+                problems.push(Some(Problem {
+                    status: format!("route_localnet off on {}", mapping.via),
+                    detail: format!(
+                        "{sysctl} is 0, so {} is unreachable through 127.0.0.1",
+                        mapping.host_label()
+                    ),
+                    fix: format!(
+                        "nsport ls (turns it back on under the guard), or sysctl -w {sysctl}=1"
+                    ),
+                }));
+                continue;
+            }
+        }
+        if br_netfilter && mapping.netns.is_some() {
+            let key = (mapping.via.clone(), mapping.to_addr, mapping.netns_inode);
+            let off = match hairpin.get(&key) {
+                Some(off) => off.clone(),
+                None => {
+                    if !links.contains_key(&mapping.via) {
+                        let link = rtnetlink::link_by_name(&mapping.via).map_err(kernel)?;
+                        links.insert(mapping.via.clone(), link);
+                    }
+                    let off = match &links[&mapping.via] {
+                        Some(via) => bridge_port_of(mapping, via)?
+                            .filter(|port| port.hairpin != Some(true))
+                            .map(|port| port.name),
+                        None => None,
+                    };
+                    hairpin.insert(key, off.clone());
+                    off
+                }
+            };
+            if let Some(port) = off {
+                problems.push(Some(Problem {
+                    status: format!("hairpin off on {port}"),
+                    detail: format!(
+                        "br_netfilter is on and bridge port {port} has hairpin mode off, so \
+                         {} cannot reach {} itself",
+                        mapping.to_addr,
+                        mapping.host_label()
+                    ),
+                    fix: format!("ip link set {port} type bridge_slave hairpin on"),
+                }));
+                continue;
+            }
+        }
+        problems.push(None);
+    }
+    Ok(problems)
+}
+
+/// Every mapping served on 127.0.0.1 needs route_localnet on its interface.
+fn loopback_path(mappings: &[Mapping], problems: &[Option<Problem>]) -> Option<Check> {
+    let loopback: Vec<&Mapping> = mappings.iter().filter(|m| m.serves_loopback()).collect();
+    if loopback.is_empty() {
+        return None;
+    }
+    let broken: Vec<&Problem> = problems
+        .iter()
+        .flatten()
+        .filter(|p| p.status.starts_with("route_localnet"))
+        .collect();
+    Some(match broken.first() {
+        None => pass(
+            "loopback path",
+            format!(
+                "route_localnet is on for every interface of the {} served on 127.0.0.1",
+                plural(loopback.len(), "mapping")
+            ),
+        ),
+        Some(first) => fail(
+            "loopback path",
+            broken
+                .iter()
+                .map(|p| p.detail.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+            first.fix.clone(),
+        ),
+    })
 }
 
 fn br_netfilter(mappings: &[Mapping]) -> Result<Vec<Check>, Error> {
@@ -218,19 +343,18 @@ pub fn run() -> Vec<Check> {
         let mut checks = forwarding(&mappings);
         checks.extend(br_netfilter(&mappings)?);
         let chains = nftables::dump_base_chains().map_err(kernel)?;
-        let dropping = firewalls::dropping_forward_chains(&chains);
-        if dropping.is_empty() {
+        let blocking = firewalls::blocking_forward_chains(&chains);
+        if blocking.is_empty() {
             checks.push(pass(
                 "other firewalls",
-                "no other table drops forwarded traffic by default",
+                "no other table's forward chain (ip, ip6, inet) drops DNATed traffic",
             ));
         }
-        for warning in dropping {
-            let (detail, fix) = warning
-                .split_once("; allow them with: ")
-                .unwrap_or((&warning, ""));
-            checks.push(fail("other firewalls", detail, fix));
+        for chain in blocking {
+            checks.push(fail("other firewalls", chain.detail(), chain.fix()));
         }
+        let problems = path_problems(&mappings)?;
+        checks.extend(loopback_path(&mappings, &problems));
         let stale: Vec<String> = mappings
             .iter()
             .zip(stale_flags(&mappings))
@@ -240,7 +364,7 @@ pub fn run() -> Vec<Check> {
         checks.push(if stale.is_empty() {
             pass(
                 "stale mappings",
-                format!("{} mappings, none stale", mappings.len()),
+                format!("{}, none stale", plural(mappings.len(), "mapping")),
             )
         } else {
             fail(

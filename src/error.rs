@@ -96,7 +96,7 @@ impl Error {
         matches!(
             self,
             Error::Spec(_)
-                | Error::Namespace(NamespaceError::NotFound(_))
+                | Error::Namespace(NamespaceError::NotFound(_) | NamespaceError::NotANamespace(_))
                 | Error::NoAddress(_)
                 | Error::FamilyMismatch { .. }
                 | Error::IfaceTooLong(_)

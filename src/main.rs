@@ -1,19 +1,23 @@
 //! The `nsport` command: parses arguments, calls the library, prints, and maps errors to
 //! exit codes (2 for bad input, 1 for everything else).
 
+use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
+
+mod manual;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use nsport::{HostSpec, Listing, PublishOptions, PublishSpec, Target, with_port};
+use nsport::{HostSpec, Listing, PublishOptions, PublishRequest, PublishSpec, Target, with_port};
 
 #[derive(Parser)]
 #[command(
     name = "nsport",
     version,
-    about = "Publish ports of Linux network namespaces on the host, with nftables over netlink"
+    about = "Publish ports of Linux network namespaces on the host, with nftables over netlink",
+    arg_required_else_help = true
 )]
 struct Cli {
     /// Log each sysctl and hairpin change and each kernel exchange to stderr
@@ -25,13 +29,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Publish ports: [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]
+    /// Publish ports: [HOST_ADDR:][HOST_PORT[-END]]:NS_PORT[-END][/PROTO]
     Add(AddArgs),
     /// Unpublish ports by their host side, or every port of a namespace
     Rm(RmCommand),
     /// List what is published, with counters and status
     Ls {
-        /// Print one JSON array (the format `apply` reads)
+        /// Print one JSON array, with counters, status and problems (apply reads it too)
         #[arg(long)]
         json: bool,
     },
@@ -42,20 +46,27 @@ enum Command {
         dry_run: bool,
     },
     /// Unpublish the mappings whose namespace no longer exists
-    Prune,
-    /// Print the current mappings as a file for `apply` (or as an nft script)
+    Prune {
+        /// Print what would change, as nft commands, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the mappings as a file for `apply`: what was asked for, not counters or state
     Export {
         /// An `nft -f` script that recreates the whole table
         #[arg(long)]
         nft: bool,
     },
-    /// Make the published mappings exactly those of FILE (`ls --json` output; - for stdin)
+    /// Make the published mappings exactly those of FILE (what `export` writes; - for stdin)
     Apply {
-        /// The mappings file
+        /// The mappings file (see THE MAPPINGS FILE in nsport(1)); - for stdin
         file: String,
         /// Print what would change, as nft commands, and change nothing
         #[arg(long)]
         dry_run: bool,
+        /// Leave out, with a warning, the entries whose namespace does not exist (yet)
+        #[arg(long)]
+        skip_missing: bool,
     },
     /// Check what publishing needs and what breaks it, with the fix for each problem
     Doctor {
@@ -64,7 +75,11 @@ enum Command {
         json: bool,
     },
     /// Print a shell completion script: nsport completions bash > /etc/bash_completion.d/nsport
+    ///
+    /// The scripts complete namespace names after --netns, interface names after --via and
+    /// published ports after rm, by asking nsport itself while completing.
     Completions {
+        /// The shell: bash, zsh, fish, elvish or powershell
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
@@ -72,6 +87,12 @@ enum Command {
     Man,
     /// Print per-mapping packet and byte counters in the Prometheus text format
     Metrics,
+    /// Print completion candidates, one a line (what the completion scripts ask)
+    #[command(name = "__complete", hide = true)]
+    Complete {
+        #[arg(value_enum)]
+        kind: manual::Kind,
+    },
 }
 
 #[derive(Args)]
@@ -101,9 +122,18 @@ struct AddArgs {
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
-    /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp
-    #[arg(required = true, value_name = "PUBLISH")]
-    publish: Vec<PublishSpec>,
+    /// What to publish, as in `docker run -p`: 3000, 8080:80, 127.0.0.1:4000:3000, 5353:53/udp,
+    /// ::80 (a free host port, printed)
+    #[arg(value_name = "PUBLISH", required_unless_present = "publish_option")]
+    publish: Vec<PublishRequest>,
+    /// PUBLISH given as in `docker run`: -p 8080:80 (may be repeated)
+    #[arg(
+        short = 'p',
+        long = "publish",
+        id = "publish_option",
+        value_name = "PUBLISH"
+    )]
+    publish_option: Vec<PublishRequest>,
 }
 
 #[derive(Args)]
@@ -112,7 +142,8 @@ struct RmArgs {
     /// Unpublish every mapping to this namespace's address
     #[arg(long, value_name = "NAME|PATH")]
     netns: Option<String>,
-    /// The host side of what to unpublish: [HOST_ADDR:]HOST_PORT[-END][/PROTO]
+    /// What to unpublish: its host side, [HOST_ADDR:]HOST_PORT[-END][/PROTO], or a whole
+    /// PUBLISH, whose namespace side must then match
     #[arg(value_name = "PUBLISH")]
     host: Vec<HostSpec>,
 }
@@ -172,8 +203,21 @@ fn main() -> ExitCode {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
-        Err(error) => {
+        // A bad value (a malformed PUBLISH, an address that is not one) is one line
+        // naming it, like every other error about a value; a command line of the wrong
+        // shape (a missing argument, an unknown option, no command at all) keeps clap's
+        // usage and hint lines.
+        Err(error)
+            if matches!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation | clap::error::ErrorKind::InvalidValue
+            ) =>
+        {
             eprintln!("nsport: {}", one_line(&error.render().to_string()));
+            return ExitCode::from(2);
+        }
+        Err(error) => {
+            let _ = error.print();
             return ExitCode::from(2);
         }
     };
@@ -189,7 +233,8 @@ fn main() -> ExitCode {
             eprintln!("nsport: {err:#}");
             let usage = err
                 .downcast_ref::<nsport::Error>()
-                .is_some_and(nsport::Error::is_usage);
+                .is_some_and(nsport::Error::is_usage)
+                || err.downcast_ref::<UsageError>().is_some();
             ExitCode::from(if usage { 2 } else { 1 })
         }
     }
@@ -225,16 +270,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_direct: args.allow_direct,
                 force: args.force,
             };
-            if args.dry_run {
-                print(nsport::publish_dry_run(&target, &options, &args.publish)?.nft())?;
-            } else {
-                nsport::publish(&target, &options, &args.publish)?;
+            let requests: Vec<PublishRequest> = args
+                .publish
+                .into_iter()
+                .chain(args.publish_option)
+                .collect();
+            let mut avoid = Vec::new();
+            // A chosen port that another command published meanwhile is chosen again.
+            for attempt in 0.. {
+                let (specs, chosen) = choose_host_ports(&requests, &avoid)?;
+                let result = if args.dry_run {
+                    nsport::publish_dry_run(&target, &options, &specs).map(|plan| {
+                        let notes: String = chosen
+                            .iter()
+                            .map(|spec| format!("# host port chosen: {spec}\n"))
+                            .collect();
+                        notes + &plan.nft()
+                    })
+                } else {
+                    nsport::publish(&target, &options, &specs)
+                        .map(|_| chosen.iter().map(|spec| format!("{spec}\n")).collect())
+                };
+                match result {
+                    Ok(text) => {
+                        print(text)?;
+                        break;
+                    }
+                    Err(nsport::Error::Conflict { .. }) if !chosen.is_empty() && attempt < 5 => {
+                        avoid.extend(chosen.iter().flat_map(|spec| {
+                            spec.host_ports.ports().map(move |port| (spec.proto, port))
+                        }));
+                    }
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
         Command::Rm(args) => {
             let plan = match args.what.netns {
                 Some(netns) => nsport::unpublish_netns(&netns, args.dry_run)?,
-                None => nsport::unpublish(&args.what.host, args.dry_run)?,
+                None => {
+                    check_namespace_sides(&args.what.host)?;
+                    nsport::unpublish(&args.what.host, args.dry_run)?
+                }
             };
             if args.dry_run {
                 print(plan.nft())?;
@@ -242,10 +319,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Ls { json } => {
             let listings = nsport::list_status()?;
+            let mappings: Vec<nsport::Mapping> =
+                listings.iter().map(|l| l.mapping.clone()).collect();
+            let problems = nsport::doctor::path_problems(&mappings)?;
             print(if json {
-                to_json(&listings)?
+                let rows: Vec<Row> = listings
+                    .iter()
+                    .zip(&problems)
+                    .map(|(listing, problem)| Row {
+                        listing,
+                        family: if listing.mapping.is_ipv6() {
+                            "ipv6"
+                        } else {
+                            "ipv4"
+                        },
+                        problem: problem.as_ref(),
+                    })
+                    .collect();
+                to_json(&rows)?
             } else {
-                table(&listings)
+                table(&listings, &problems)
             })?;
         }
         Command::Flush { dry_run } => {
@@ -254,19 +347,28 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print(plan.nft())?;
             }
         }
-        Command::Prune => {
-            for mapping in nsport::prune()? {
-                log::info!("unpublished stale {}", mapping.comment());
+        Command::Prune { dry_run } => {
+            let (pruned, plan) = nsport::prune(dry_run)?;
+            if dry_run {
+                print(plan.nft())?;
+            } else {
+                for mapping in pruned {
+                    log::info!("unpublished stale {}", mapping.comment());
+                }
             }
         }
         Command::Export { nft } => {
             print(if nft {
                 nsport::export_nft()?
             } else {
-                to_json(&nsport::list_status()?)?
+                nsport::MappingsFile::export()?.to_json()
             })?;
         }
-        Command::Apply { file, dry_run } => {
+        Command::Apply {
+            file,
+            dry_run,
+            skip_missing,
+        } => {
             let text = if file == "-" {
                 let mut text = String::new();
                 std::io::stdin()
@@ -278,11 +380,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             let desired = nsport::parse_mappings(&text)?;
             // A long apply says so on a terminal; scripts and logs stay quiet.
-            let long = desired.len() >= 1000 && std::io::stderr().is_terminal();
+            let long = desired.mappings.len() >= 1000 && std::io::stderr().is_terminal();
             if long && !dry_run {
-                eprintln!("nsport: applying {} mappings…", desired.len());
+                eprintln!("nsport: applying {} entries…", desired.mappings.len());
             }
-            let plan = nsport::apply(&desired, dry_run)?;
+            let plan = nsport::apply(&desired, skip_missing, dry_run)?;
             if dry_run {
                 print(plan.nft())?;
             } else if long {
@@ -320,17 +422,153 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Completions { shell } => {
-            let mut script = Vec::new();
-            clap_complete::generate(shell, &mut Cli::command(), "nsport", &mut script);
-            print(String::from_utf8(script).context("completion script")?)?;
+            print(manual::completions(shell, &mut Cli::command()))?;
         }
         Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
-        Command::Man => {
-            let mut page = Vec::new();
-            clap_mangen::Man::new(Cli::command())
-                .render(&mut page)
-                .context("cannot render the manual page")?;
-            print(String::from_utf8(page).context("manual page")?)?;
+        Command::Man => print(manual::page(&Cli::command()))?,
+        Command::Complete { kind } => print(manual::candidates(kind))?,
+    }
+    Ok(())
+}
+
+/// One mapping as `ls --json` prints it: the listing, its address family, and what stops
+/// one of its paths from working (with the fix), if anything.
+#[derive(serde::Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    listing: &'a Listing,
+    family: &'static str,
+    problem: Option<&'a nsport::doctor::Problem>,
+}
+
+/// The specs to publish, with a free host port put in where a request leaves it to
+/// nsport (`::80`, `127.0.0.1::80`), and those chosen. Chosen as Docker chooses: the first
+/// port (or run of ports) of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`)
+/// that no host socket holds on that address (a bind tells), that nsport has not
+/// published, that this command does not name, and that is not in `avoid`.
+fn choose_host_ports(
+    requests: &[PublishRequest],
+    avoid: &[(nsport::Proto, u16)],
+) -> anyhow::Result<(Vec<PublishSpec>, Vec<PublishSpec>)> {
+    if requests.iter().all(|r| r.host_ports.is_some()) {
+        return Ok((
+            requests.iter().filter_map(PublishRequest::spec).collect(),
+            Vec::new(),
+        ));
+    }
+    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| {
+            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((parts.next()??, parts.next()??))
+        })
+        .unwrap_or((32768, 60999));
+    let mut taken: std::collections::HashSet<(nsport::Proto, u16)> =
+        avoid.iter().copied().collect();
+    for mapping in nsport::list()? {
+        taken.insert((mapping.proto, mapping.host_port));
+    }
+    for request in requests {
+        if let Some(spec) = request.spec() {
+            taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
+        }
+    }
+    let mut specs = Vec::new();
+    let mut chosen = Vec::new();
+    for request in requests {
+        if let Some(spec) = request.spec() {
+            specs.push(spec);
+            continue;
+        }
+        let len = request.ns_ports.len() as u16;
+        let free = |port: u16| {
+            !taken.contains(&(request.proto, port))
+                && bindable(request.host_addr, request.proto, port)
+        };
+        let start = (low..=high.saturating_sub(len - 1))
+            .find(|&start| (start..start + len).all(free))
+            .with_context(|| {
+                format!(
+                    "no {len} free host ports for {request} in the ephemeral range {low}-{high}"
+                )
+            })?;
+        let spec = request.with_host_start(start);
+        taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
+        specs.push(spec);
+        chosen.push(spec);
+    }
+    Ok((specs, chosen))
+}
+
+/// Whether no host socket holds `port` on `addr` (every address when `None`): a bind
+/// succeeds. Only "in use" counts as taken; any other refusal (an address that is not the
+/// host's) is left for the publish to report.
+fn bindable(addr: Option<IpAddr>, proto: nsport::Proto, port: u16) -> bool {
+    let addrs: Vec<IpAddr> = match addr {
+        Some(addr) => vec![addr],
+        // [::] without IPV6_V6ONLY covers both families; 0.0.0.0 where IPv6 is off.
+        None => vec![
+            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        ],
+    };
+    for addr in addrs {
+        let bound = match proto {
+            nsport::Proto::Tcp => std::net::TcpListener::bind((addr, port)).map(drop),
+            nsport::Proto::Udp => std::net::UdpSocket::bind((addr, port)).map(drop),
+        };
+        match bound {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => return false,
+            Err(_) => {}
+        }
+    }
+    true
+}
+
+/// Bad input found by the command itself rather than the library: exit code 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// `rm HOST:NS` names a mapping by both sides: refused (exit 2) when the mapping on that
+/// host port leads to another namespace port, instead of removing it anyway.
+fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
+    if specs.iter().all(|spec| spec.ns_ports.is_none()) {
+        return Ok(());
+    }
+    let mappings = nsport::list()?;
+    for spec in specs {
+        for port in spec.ports.ports() {
+            let Some(ns_port) = spec.ns_port_for(port) else {
+                continue;
+            };
+            let wrong = mappings.iter().find(|m| {
+                m.proto == spec.proto
+                    && m.host_port == port
+                    && m.host_addr == spec.host_addr.filter(|a| !a.is_unspecified())
+                    && m.to_port != ns_port
+            });
+            if let Some(mapping) = wrong {
+                return Err(UsageError(format!(
+                    "{}:{ns_port}/{} is not published: host port {} leads to {}",
+                    match mapping.host_addr {
+                        Some(addr) => with_port(addr, port),
+                        None => port.to_string(),
+                    },
+                    spec.proto,
+                    mapping.host_label(),
+                    mapping.target_label()
+                ))
+                .into());
+            }
         }
     }
     Ok(())
@@ -362,20 +600,50 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
+/// The names under /run/netns, by the inode of their namespace.
+fn netns_names() -> HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir("/run/netns")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let inode = std::fs::metadata(entry.path()).ok()?.ino();
+                    Some((inode, entry.file_name().to_string_lossy().into_owned()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The human listing: one aligned row per mapping.
-fn table(listings: &[Listing]) -> String {
+fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
     let header = [
         "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
     ]
     .map(String::from);
+    let names = if listings.iter().any(|l| {
+        l.mapping
+            .netns
+            .as_deref()
+            .is_some_and(|n| n.starts_with('/'))
+    }) {
+        netns_names()
+    } else {
+        HashMap::new()
+    };
     let rows: Vec<[String; 8]> = listings
         .iter()
-        .map(|listing| {
+        .zip(problems)
+        .map(|(listing, problem)| {
             let m = &listing.mapping;
-            let status = match (&listing.shadows, listing.stale) {
-                (_, true) => "stale: namespace gone".to_string(),
-                (Some(owner), false) => format!("shadows {owner}"),
-                (None, false) => "ok".to_string(),
+            let status = match (&listing.shadows, listing.stale, problem) {
+                (_, true, _) => "stale: namespace gone".to_string(),
+                (Some(owner), false, _) => format!("shadows {owner}"),
+                (None, false, Some(problem)) => {
+                    format!("{} (fix: {})", problem.status, problem.fix)
+                }
+                (None, false, None) => "ok".to_string(),
             };
             let host = match m.host_addr {
                 Some(addr) => with_port(addr, m.host_port),
@@ -391,6 +659,11 @@ fn table(listings: &[Listing]) -> String {
                 match (&m.container, &m.netns) {
                     // Container IDs are long; twelve characters name one, as Docker shows.
                     (Some(id), _) => format!("cni:{}", &id[..id.len().min(12)]),
+                    // A path such as /proc/PID/ns/net: the name, when the namespace has one.
+                    (None, Some(netns)) if netns.starts_with('/') => m
+                        .netns_inode
+                        .and_then(|inode| names.get(&inode).cloned())
+                        .unwrap_or_else(|| netns.clone()),
                     (None, Some(netns)) => netns.clone(),
                     (None, None) => "-".into(),
                 },

@@ -3,6 +3,18 @@
 
 use crate::ruleset::{self, Element, TABLE};
 
+/// The table's creation as a preview shows it: `ruleset::table_script` without the
+/// `delete table` that makes that script safe to load twice. A preview of the first
+/// publish creates a table that is not there; there is nothing to delete.
+pub fn creation_script() -> String {
+    let script = ruleset::table_script();
+    let replace = format!("table inet {TABLE}\ndelete table inet {TABLE}\n\n");
+    match script.strip_prefix(&replace) {
+        Some(rest) => rest.to_string(),
+        None => script,
+    }
+}
+
 /// The changes one command makes to `table inet nsport`, and the settings it would touch.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
@@ -24,7 +36,7 @@ impl Plan {
     pub fn nft(&self) -> String {
         let mut out = String::new();
         if self.create_table {
-            out.push_str(&ruleset::table_script());
+            out.push_str(&creation_script());
         }
         if self.delete_table {
             out.push_str(&format!("delete table inet {TABLE}\n"));
@@ -44,5 +56,21 @@ impl Plan {
             out.push_str("# nothing to change\n");
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_first_publish_previews_creation_without_a_delete() {
+        let plan = Plan {
+            create_table: true,
+            ..Plan::default()
+        };
+        let text = plan.nft();
+        assert!(text.starts_with("table inet nsport {\n"), "{text}");
+        assert!(!text.contains("delete"), "{text}");
     }
 }

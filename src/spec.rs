@@ -47,8 +47,9 @@ impl fmt::Display for Proto {
 impl FromStr for Proto {
     type Err = SpecError;
 
+    /// Case-insensitive, as Docker reads it: `tcp`, `TCP`, `Udp`.
     fn from_str(s: &str) -> Result<Self, SpecError> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
             other => Err(SpecError::Protocol(other.to_string())),
@@ -57,7 +58,7 @@ impl FromStr for Proto {
 }
 
 /// An inclusive range of ports; a single port is a range of one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PortRange {
     pub start: u16,
     pub end: u16,
@@ -119,10 +120,14 @@ pub enum SpecError {
         "invalid publish spec {0:?}: expected [HOST_ADDR:]HOST_PORT[-END]:NS_PORT[-END][/PROTO]"
     )]
     Shape(String),
+    #[error(
+        "{0:?} leaves the host port for nsport to choose, which only `nsport add` does: give the host port"
+    )]
+    HostPortToChoose(String),
 }
 
 /// One `PUBLISH` argument of `nsport add`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublishSpec {
     /// `None` publishes on every local address of the host, 127.0.0.1 included.
     pub host_addr: Option<IpAddr>,
@@ -142,19 +147,88 @@ impl FromStr for PublishSpec {
     type Err = SpecError;
 
     fn from_str(text: &str) -> Result<Self, SpecError> {
+        let request: PublishRequest = text.parse()?;
+        request
+            .spec()
+            .ok_or_else(|| SpecError::HostPortToChoose(text.to_string()))
+    }
+}
+
+/// A `PUBLISH` argument that may leave the host port for nsport to choose, as Docker's
+/// `HOST_ADDR::NS_PORT` and `::NS_PORT` do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRequest {
+    pub host_addr: Option<IpAddr>,
+    /// `None`: a free host port (or run of ports, as long as `ns_ports`) is to be chosen.
+    pub host_ports: Option<PortRange>,
+    pub ns_ports: PortRange,
+    pub proto: Proto,
+}
+
+impl PublishRequest {
+    /// The spec, when the host port is given.
+    pub fn spec(&self) -> Option<PublishSpec> {
+        Some(PublishSpec {
+            host_addr: self.host_addr,
+            host_ports: self.host_ports?,
+            ns_ports: self.ns_ports,
+            proto: self.proto,
+        })
+    }
+
+    /// The spec with the host ports chosen to start at `start`.
+    pub fn with_host_start(&self, start: u16) -> PublishSpec {
+        let len = self.ns_ports.end - self.ns_ports.start;
+        PublishSpec {
+            host_addr: self.host_addr,
+            host_ports: PortRange {
+                start,
+                end: start + len,
+            },
+            ns_ports: self.ns_ports,
+            proto: self.proto,
+        }
+    }
+}
+
+impl fmt::Display for PublishRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.spec() {
+            Some(spec) => spec.fmt(f),
+            None => {
+                match self.host_addr {
+                    Some(addr) => write_host_addr(f, addr)?,
+                    None => f.write_str(":")?,
+                }
+                write!(f, ":{}/{}", self.ns_ports, self.proto)
+            }
+        }
+    }
+}
+
+impl FromStr for PublishRequest {
+    type Err = SpecError;
+
+    fn from_str(text: &str) -> Result<Self, SpecError> {
         let (body, proto) = split_proto(text)?;
         let (host_addr, ports) = split_host_addr(body, text)?;
         let (host, ns) = match ports.split_once(':') {
             Some((host, ns)) => (host, ns),
-            // `3000` alone means `3000:3000`, as in Docker.
+            // `3000` alone means `3000:3000` (Docker would choose the host port).
             None => (ports, ports),
         };
-        if host.is_empty() || ns.is_empty() || ns.contains(':') {
+        if ns.is_empty() || ns.contains(':') {
             return Err(SpecError::Shape(text.to_string()));
         }
-        let host_ports = parse_range(host)?;
         let ns_ports = parse_range(ns)?;
-        if host_ports.len() != ns_ports.len() {
+        // An empty host port (`::80`, `127.0.0.1::80`): nsport chooses one, as Docker does.
+        let host_ports = match host {
+            "" => None,
+            host => Some(parse_range(host)?),
+        };
+        if let Some(host_ports) = host_ports
+            && host_ports.len() != ns_ports.len()
+        {
             return Err(SpecError::MismatchedRanges {
                 host: host.to_string(),
                 ns: ns.to_string(),
@@ -162,7 +236,7 @@ impl FromStr for PublishSpec {
                 ns_len: ns_ports.len(),
             });
         }
-        Ok(PublishSpec {
+        Ok(PublishRequest {
             host_addr,
             host_ports,
             ns_ports,
@@ -196,19 +270,42 @@ impl fmt::Display for PublishSpec {
     }
 }
 
-/// The host side of a mapping, which is all `nsport rm` needs to name it.
+/// The host side of a mapping, which is all `nsport rm` needs to name it; a whole publish
+/// spec also gives the namespace side, which the mapping must then have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostSpec {
     pub host_addr: Option<IpAddr>,
     pub ports: PortRange,
     pub proto: Proto,
+    /// The namespace ports, when a whole publish spec was given.
+    pub ns_ports: Option<PortRange>,
+}
+
+impl From<PublishSpec> for HostSpec {
+    fn from(spec: PublishSpec) -> HostSpec {
+        HostSpec {
+            host_addr: spec.host_addr,
+            ports: spec.host_ports,
+            proto: spec.proto,
+            ns_ports: Some(spec.ns_ports),
+        }
+    }
+}
+
+impl HostSpec {
+    /// The namespace port a mapping on host port `port` must lead to, when the spec says.
+    pub fn ns_port_for(&self, port: u16) -> Option<u16> {
+        let ns = self.ns_ports?;
+        Some(ns.start + (port - self.ports.start))
+    }
 }
 
 impl FromStr for HostSpec {
     type Err = SpecError;
 
     /// Accepts the host side alone (`[HOST_ADDR:]HOST_PORT[-END][/PROTO]`) or a whole
-    /// publish spec, whose namespace side is then ignored.
+    /// publish spec (`HOST_PORT:NS_PORT`, `HOST_ADDR:HOST_PORT:NS_PORT`), whose namespace
+    /// side the mapping must then match.
     fn from_str(text: &str) -> Result<Self, SpecError> {
         let (body, proto) = split_proto(text)?;
         let (host_addr, ports) = if body.starts_with('[') {
@@ -222,29 +319,18 @@ impl FromStr for HostSpec {
                 }
                 None => (None, body),
                 // Otherwise a whole publish spec.
-                Some(_) => {
-                    let spec: PublishSpec = text.parse()?;
-                    return Ok(HostSpec {
-                        host_addr: spec.host_addr,
-                        ports: spec.host_ports,
-                        proto: spec.proto,
-                    });
-                }
+                Some(_) => return Ok(text.parse::<PublishSpec>()?.into()),
             }
         };
         if ports.contains(':') {
             // A bracketed address followed by both sides of a publish spec.
-            let spec: PublishSpec = text.parse()?;
-            return Ok(HostSpec {
-                host_addr: spec.host_addr,
-                ports: spec.host_ports,
-                proto: spec.proto,
-            });
+            return Ok(text.parse::<PublishSpec>()?.into());
         }
         Ok(HostSpec {
             host_addr,
             ports: parse_range(ports)?,
             proto,
+            ns_ports: None,
         })
     }
 }
@@ -286,8 +372,10 @@ fn split_bracketed(body: &str) -> Result<(IpAddr, &str), SpecError> {
     Ok((IpAddr::V6(v6), rest))
 }
 
-/// Splits off the host address: a bracketed IPv6 address, or the part before the first
-/// colon when two colons follow it.
+/// Splits off the host address: a bracketed IPv6 address, the part before the first colon
+/// when two colons follow it (empty in `::80`: no address), or an IPv4 address before the
+/// only colon (`127.0.0.1:8080`, like `[2001:db8::1]:8080`). What is left are the ports,
+/// `HOST:NS`, `PORT`, or `:NS` when the host port is left to choose.
 fn split_host_addr<'a>(body: &'a str, whole: &str) -> Result<(Option<IpAddr>, &'a str), SpecError> {
     if body.starts_with('[') {
         let (addr, rest) = split_bracketed(body)?;
@@ -302,10 +390,20 @@ fn split_host_addr<'a>(body: &'a str, whole: &str) -> Result<(Option<IpAddr>, &'
             Err(_) => SpecError::Shape(whole.to_string()),
         });
     }
-    if colons < 2 {
+    if colons == 1 {
+        let (first, rest) = body.split_once(':').expect("one colon was counted");
+        return Ok(match first.parse::<Ipv4Addr>() {
+            Ok(v4) => (Some(IpAddr::V4(v4)), rest),
+            Err(_) => (None, body),
+        });
+    }
+    if colons == 0 {
         return Ok((None, body));
     }
     let (addr, ports) = body.split_once(':').expect("two colons were counted");
+    if addr.is_empty() {
+        return Ok((None, ports));
+    }
     match addr.parse::<Ipv4Addr>() {
         Ok(v4) => Ok((Some(IpAddr::V4(v4)), ports)),
         Err(_) => Err(SpecError::Address(addr.to_string())),
@@ -480,6 +578,48 @@ mod tests {
         for bad in ["0", "70000/tcp", "3000/sctp", "1.2.3:80", "[::1]:80"] {
             assert!(bad.parse::<HostSpec>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn docker_forms() {
+        let choose = |text: &str| text.parse::<PublishRequest>().unwrap();
+        for (text, addr) in [
+            ("::80", None),
+            (":80", None),
+            ("127.0.0.1::80", Some("127.0.0.1")),
+            ("[2001:db8::1]::80", Some("2001:db8::1")),
+        ] {
+            let request = choose(text);
+            assert_eq!(request.host_ports, None, "{text}");
+            assert_eq!(request.ns_ports, range(80, 80), "{text}");
+            assert_eq!(
+                request.host_addr,
+                addr.map(|a| a.parse().unwrap()),
+                "{text}"
+            );
+            let err = publish(text).unwrap_err().to_string();
+            assert!(err.contains("only `nsport add`"), "{text}: {err}");
+            assert_eq!(choose(&request.to_string()), request, "{text}");
+        }
+        assert_eq!(
+            choose("::80-82").with_host_start(40000).host_ports,
+            range(40000, 40002)
+        );
+        // IPv4 ADDR:PORT is ADDR:PORT:PORT, as [IPv6]:PORT is.
+        let spec = publish("127.0.0.1:8080").unwrap();
+        assert_eq!(spec.host_addr, Some(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        assert_eq!(
+            (spec.host_ports, spec.ns_ports),
+            (range(8080, 8080), range(8080, 8080))
+        );
+        assert_eq!(publish("8080:80/TCP").unwrap().proto, Proto::Tcp);
+        assert_eq!(publish("53/Udp").unwrap().proto, Proto::Udp);
+        // rm's whole specs keep their namespace side.
+        let side: HostSpec = "8080:9999".parse().unwrap();
+        assert_eq!(side.ns_ports, Some(range(9999, 9999)));
+        assert_eq!("8080".parse::<HostSpec>().unwrap().ns_ports, None);
+        let side: HostSpec = "3000-3001:80-81".parse().unwrap();
+        assert_eq!(side.ns_port_for(3001), Some(81));
     }
 
     #[test]

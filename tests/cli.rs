@@ -63,11 +63,13 @@ fn listing_shows_every_field() {
         {"proto": "tcp", "host_addr": null, "host_port": 8080, "to_addr": "172.18.0.2",
          "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
-         "container": null, "container_ifname": null, "network": null},
+         "container": null, "container_ifname": null, "network": null, "family": "ipv4",
+         "problem": null},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
          "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
-         "container": null, "container_ifname": null, "network": null},
+         "container": null, "container_ifname": null, "network": null, "family": "ipv4",
+         "problem": null},
     ]);
     assert_eq!(listing, expected);
     let human = lab.nsport_ok(&["ls"]);
@@ -181,9 +183,13 @@ fn bad_input_is_refused_and_changes_nothing() {
         (&["add", "--netns", &ns1], "PUBLISH"),
         (&["frobnicate"], "frobnicate"),
     ];
-    let cases = cases.iter().map(|(args, named)| (args.as_slice(), *named));
-    for (args, named) in cases.chain(more) {
+    for (args, named) in cases.iter().map(|(args, named)| (args.as_slice(), *named)) {
         one_line(&fails(&lab, args, 2, named));
+    }
+    // A command line of the wrong shape keeps clap's usage and hint lines.
+    for (args, named) in more {
+        let stderr = fails(&lab, args, 2, named);
+        assert!(stderr.contains("Usage: nsport"), "{args:?}: {stderr}");
     }
     assert_eq!(lab.ruleset(), before);
     assert_eq!(lab.read_sysctl("host", "net/ipv4/ip_forward"), forward);

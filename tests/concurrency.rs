@@ -82,8 +82,18 @@ fn rm_and_add_on_one_target_keep_its_helpers() {
     let mut violations = Vec::new();
     for round in 0..40 {
         lab.nsport_ok(&["add", "--netns", &ns1, "4001:3000"]);
-        let rm = lab.spawn_nsport(&["rm", "4001"]);
-        let add = lab.spawn_nsport(&["add", "--netns", &ns1, "4002:3000"]);
+        // Which starts first alternates, and the other follows within 0–1 ms: the window
+        // between one's read and its commit is hit from both sides.
+        let delay = Duration::from_micros(round / 2 % 4 * 300);
+        let (rm, add) = if round % 2 == 0 {
+            let rm = lab.spawn_nsport(&["rm", "4001"]);
+            std::thread::sleep(delay);
+            (rm, lab.spawn_nsport(&["add", "--netns", &ns1, "4002:3000"]))
+        } else {
+            let add = lab.spawn_nsport(&["add", "--netns", &ns1, "4002:3000"]);
+            std::thread::sleep(delay);
+            (lab.spawn_nsport(&["rm", "4001"]), add)
+        };
         for (what, child) in [("rm 4001", rm), ("add 4002:3000", add)] {
             let output = child.wait_with_output().unwrap();
             // Different ports: neither has anything to conflict with.

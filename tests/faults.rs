@@ -255,8 +255,12 @@ fn unpublished_ports_are_not_reachable_directly_once_forwarding_is_on() {
     // Control: without the forward chain the neighbour does get in.
     lab.nft("host", "delete chain inet nsport forward");
     assert_eq!(lab.tcp("out", NS1, 2222), some(OUT));
-    // The documented opt-out.
+    // flush puts forwarding back as nsport found it.
     lab.nsport_ok(&["flush"]);
+    assert_eq!(lab.read_sysctl("host", "net/ipv4/ip_forward"), "0");
+    // The documented opt-out, for a host that routes to its namespaces on purpose: its
+    // forwarding is on before nsport (which then closes nothing), and --allow-direct.
+    lab.write_sysctl("host", "net/ipv4/ip_forward", "1");
     lab.nsport_ok(&["add", "--allow-direct", "--netns", &lab.ns("ns1"), "3000"]);
     assert_eq!(lab.tcp("out", NS1, 2222), some(OUT));
     assert_eq!(lab.tcp("out", HOST_OUT, 3000), some(OUT));

@@ -208,10 +208,29 @@ fn export_nft_recreates_the_table_elsewhere() {
         without_counter_values(&copy),
         without_counter_values(&original)
     );
-    // And the export file is the listing.
-    assert_eq!(
-        json(&lab.nsport_ok(&["export"])),
-        json(&lab.nsport_ok(&["ls", "--json"]))
+    // And the export file records the same mappings as intent: names and specs.
+    let file = json(&lab.nsport_ok(&["export"]));
+    assert_eq!(file["version"], 1, "{file}");
+    let entries = file["mappings"].as_array().unwrap();
+    let ns1 = lab.ns("ns1");
+    for (netns, publish) in [
+        (ns1.as_str(), "3000:3000/tcp"),
+        (&ns1, "127.0.0.1:4000:3000/tcp"),
+        (&ns1, "[2001:db8::1]:8443:3000/tcp"),
+        (&ns1, "5353:53/udp"),
+    ] {
+        assert!(
+            entries
+                .iter()
+                .any(|e| e["netns"] == netns && e["publish"] == publish),
+            "{publish}: {file}"
+        );
+    }
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.get("netns_inode").is_none() && e.get("packets").is_none()),
+        "{file}"
     );
 }
 
@@ -272,7 +291,7 @@ fn doctor_passes_a_healthy_host_and_names_planted_problems() {
     for name in [
         "privilege",
         "nftables",
-        "forwarding",
+        "ipv4 forwarding",
         "br_netfilter",
         "other firewalls",
         "stale mappings",
@@ -335,15 +354,117 @@ fn completions_and_manual_page() {
             script.contains("nsport") && script.contains("apply"),
             "{shell}"
         );
+        assert!(script.contains("nsport __complete"), "{shell}");
+        for kind in ["netns", "iface", "published"] {
+            assert!(script.contains(kind), "{shell} completes {kind}");
+        }
     }
+    // The manual: a page of its own, with what clap cannot generate, that man renders
+    // without a warning.
     let page = lab.nsport_ok(&["man"]);
+    for section in [
+        ".SH SYNOPSIS",
+        ".SH PUBLISH",
+        ".SH COMMANDS",
+        ".SH THE MAPPINGS FILE",
+        ".SH EXAMPLES",
+        ".SH EXIT STATUS",
+        ".SH FILES",
+        ".SH SEE ALSO",
+    ] {
+        assert!(page.contains(section), "{section} missing");
+    }
+    for command in [
+        "add", "rm", "ls", "flush", "prune", "export", "apply", "doctor",
+    ] {
+        assert!(
+            page.contains(&format!("\\fBnsport {command}\\fR")),
+            "{command} missing"
+        );
+    }
     assert!(
-        page.starts_with(".ie") || page.contains(".TH nsport"),
-        "{}",
-        &page[..200]
+        !page.contains("nsport-add(1)"),
+        "no pages that do not exist"
     );
-    assert!(page.contains("doctor"));
+    let path = save(&lab, "nsport.1", &page);
+    let rendered = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww", &path])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&rendered.stderr),
+        "",
+        "groff warnings"
+    );
+    // Without grotty's overstriking (bold is `c\bc`).
+    let mut text = String::new();
+    for c in String::from_utf8_lossy(&rendered.stdout).chars() {
+        if c == '\u{8}' {
+            text.pop();
+        } else {
+            text.push(c);
+        }
+    }
+    assert!(
+        text.contains("::80, 127.0.0.1::80"),
+        "the PUBLISH forms: {text}"
+    );
     assert_eq!(lab.nsport(&["completions", "tcsh"]).status.code(), Some(2));
+}
+
+/// The completion scripts complete namespace names, interface names and published ports,
+/// asking nsport while completing: bash, driven as bash drives it.
+#[test]
+fn bash_completes_namespaces_interfaces_and_published_ports() {
+    let lab = Lab::new(BrNetfilter::Off);
+    lab.nsport_ok(&[
+        "add",
+        "--to",
+        "10.77.0.2",
+        "3000",
+        "127.0.0.1:4000:3000/udp",
+    ]);
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_nsport"))
+        .parent()
+        .unwrap();
+    let complete = |words: &[&str]| -> Vec<String> {
+        let script = format!(
+            "source <(nsport completions bash); COMP_WORDS=({}); COMP_CWORD={}; \
+             _nsport_dynamic nsport; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            words
+                .iter()
+                .map(|w| format!("'{w}'"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            words.len() - 1
+        );
+        let output = std::process::Command::new("ip")
+            .args(["netns", "exec", &lab.ns("host"), "bash", "-c", &script])
+            .env(
+                "PATH",
+                format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+            )
+            .env("NSPORT_STATE_DIR", lab.state_dir())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    let prefix = lab.ns("ns");
+    let namespaces = complete(&["nsport", "add", "--netns", &prefix]);
+    assert!(namespaces.contains(&lab.ns("ns1")), "{namespaces:?}");
+    assert!(
+        namespaces.iter().all(|n| n.starts_with(&prefix)),
+        "{namespaces:?}"
+    );
+    assert_eq!(complete(&["nsport", "add", "--via", "br"]), ["br0"]);
+    assert_eq!(
+        complete(&["nsport", "rm", ""]),
+        ["3000/tcp", "127.0.0.1:4000/udp"]
+    );
 }
 
 #[test]

@@ -361,7 +361,7 @@ fn apply_with_a_bad_via_changes_nothing() {
     let lab = Lab::new(BrNetfilter::Off);
     let _ns1 = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "3000"]);
-    let saved: Vec<Value> = serde_json::from_str(&lab.nsport_ok(&["export"])).unwrap();
+    let saved: Vec<Value> = serde_json::from_str(&lab.nsport_ok(&["ls", "--json"])).unwrap();
     let mut bad = saved[0].clone();
     bad["host_port"] = 3001.into();
     bad["to_addr"] = "10.77.0.2".into();

@@ -1,73 +1,202 @@
-//! `apply`: making the table hold exactly what a saved listing holds.
+//! `apply` and `export`: making the table hold exactly what a mappings file asks for, and
+//! writing the file that asks for what the table holds.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
 
-use super::{change, resolve};
+use super::finish::{finish_or_roll_back, with_notes};
+use super::kernel::Netlink;
+use super::resolve::{self, Target, resolve};
+use super::{list, record, transaction, writer_lock};
 use crate::error::{Error, kernel};
+use crate::host::firewalls;
+use crate::host::netns::NamespaceError;
+use crate::model::{EntryTarget, MappingsFile};
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
+use crate::spec::PublishSpec;
 
-/// Makes the table hold exactly `desired`, in one batch: the file format is what
-/// `nsport ls --json` prints, so a listing saved earlier is applied back unchanged.
+/// Makes nsport's own mappings exactly those `file` asks for, in one batch. Each entry is
+/// resolved as `nsport add` resolves it, now: a namespace's addresses, the interface
+/// toward it and its bridge port are read when `apply` runs, so a namespace that was
+/// recreated (or got another address) is followed, and a mapping whose namespace was
+/// recreated is repaired (its record refreshed, hairpin mode set on the new bridge port).
+/// A namespace that does not exist is an error naming it, unless `skip_missing`, which
+/// leaves its entries out with a warning. Mappings that match the file are left alone
+/// (and their connections and counters with them); CNI mappings are never touched.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let saved = std::fs::read_to_string("/etc/nsport/mappings.json")?;
-/// let desired = nsport::parse_mappings(&saved)?;
-/// let plan = nsport::apply(&desired, false)?;
+/// let file = nsport::parse_mappings(&saved)?;
+/// let plan = nsport::apply(&file, false, false)?;
 /// println!("{} added, {} removed", plan.add.len(), plan.delete.len());
 /// # Ok(())
 /// # }
 /// ```
-pub fn apply(desired: &[Mapping], dry_run: bool) -> Result<Plan, Error> {
-    check_mappings(desired)?;
-    let mut seen: HashMap<&str, ()> = HashMap::new();
-    for mapping in desired {
-        if seen.insert(&mapping.via, ()).is_none()
-            && rtnetlink::link_by_name(&mapping.via)
-                .map_err(kernel)?
-                .is_none()
-        {
-            return Err(Error::NoSuchIface(mapping.via.clone()));
+pub fn apply(file: &MappingsFile, skip_missing: bool, dry_run: bool) -> Result<Plan, Error> {
+    let (desired, forced, ports) = resolve_file(file, skip_missing)?;
+    check_mappings(&desired)?;
+    let decide = |current: &[Mapping]| decide(current, &desired, &forced);
+    let mut kernel = Netlink;
+    if dry_run {
+        let committed = transaction::update(&mut kernel, &mut None, true, decide)?;
+        return Ok(with_notes(committed));
+    }
+    let lock = writer_lock()?;
+    let (mut settings, mut counts) = record(&lock)?;
+    let committed = transaction::update(&mut kernel, &mut counts, false, decide)?;
+    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, &ports)?;
+    if !committed.added.is_empty() {
+        for warning in firewalls::dropping_forward_chains(&committed.chains) {
+            log::warn!("{warning}");
         }
     }
-    change(dry_run, |_| Ok(desired.to_vec()))
+    Ok(committed.plan)
 }
 
-/// Reads mappings in the format of `nsport ls --json`; fields it does not need (counters,
-/// status) are ignored.
-pub fn parse_mappings(text: &str) -> Result<Vec<Mapping>, Error> {
-    serde_json::from_str(text).map_err(|error| Error::File(error.to_string()))
+type Resolved = (
+    Vec<Mapping>,
+    HashSet<Mapping>,
+    HashMap<IpAddr, Option<rtnetlink::Link>>,
+);
+
+/// Every entry resolved to mappings, through the same steps as `add`; entries with the
+/// same target and options are resolved together (one namespace lookup).
+fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
+    type Group = (EntryTarget, Option<String>, bool, bool);
+    let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
+    let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
+    let mut order: Vec<Group> = Vec::new();
+    for (index, entry) in file.mappings.iter().enumerate() {
+        let at = |why: String| Error::File(format!("mapping {}: {why}", index + 1));
+        let target = entry.target().map_err(at)?;
+        let spec = entry
+            .spec()
+            .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
+        let group = (target, entry.via.clone(), entry.allow_direct, entry.force);
+        if !seen.insert((group.clone(), spec)) {
+            continue;
+        }
+        let specs = groups.entry(group.clone()).or_default();
+        if specs.is_empty() {
+            order.push(group);
+        }
+        specs.push(spec);
+    }
+    let mut desired = Vec::new();
+    let mut forced = HashSet::new();
+    let mut ports = HashMap::new();
+    for group in order {
+        let (target, via, allow_direct, force) = &group;
+        let specs = &groups[&group];
+        let target = match target {
+            EntryTarget::Netns(name) => Target::Netns(name.clone()),
+            EntryTarget::Addr(addr) => Target::Addr(*addr),
+        };
+        let resolved = match resolve(&target, via.as_deref()) {
+            Ok(resolved) => resolved,
+            Err(error @ (Error::Namespace(NamespaceError::NotFound(_)) | Error::NoAddress(_)))
+                if skip_missing =>
+            {
+                log::warn!(
+                    "skipped {} of the file: {error}",
+                    specs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        resolve::check_local(specs)?;
+        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct)?;
+        for r in resolved {
+            ports.insert(r.addr, r.bridge_port);
+        }
+        if *force {
+            forced.extend(mappings.iter().map(Mapping::as_recorded));
+        }
+        desired.extend(mappings);
+    }
+    // The same mapping asked for twice (by entries that differ only in `force`) is one.
+    let mut seen = HashSet::new();
+    desired.retain(|m: &Mapping| seen.insert(m.clone()));
+    Ok((desired, forced, ports))
 }
 
-/// Refuses a file that could not have come from nsport.
+/// The table's mappings after `apply`: the CNI plugin's as they are, nsport's own those of
+/// the file. A host port the file publishes anew must not be held by a host socket
+/// (unless the entry says `force`) nor by a CNI mapping.
+fn decide(
+    current: &[Mapping],
+    desired: &[Mapping],
+    forced: &HashSet<Mapping>,
+) -> Result<Vec<Mapping>, Error> {
+    let cni: Vec<&Mapping> = current.iter().filter(|m| m.container.is_some()).collect();
+    let cni_keys: HashMap<(&'static str, Vec<u8>), &Mapping> =
+        cni.iter().map(|m| ((m.set(), m.key()), *m)).collect();
+    let present: HashSet<(&'static str, Vec<u8>)> =
+        current.iter().map(|m| (m.set(), m.key())).collect();
+    let mut new = Vec::new();
+    for mapping in desired {
+        if let Some(holder) = cni_keys.get(&(mapping.set(), mapping.key())) {
+            return Err(Error::Conflict {
+                host: mapping.host_label(),
+                existing: holder.target_label(),
+            });
+        }
+        if !present.contains(&(mapping.set(), mapping.key()))
+            && !forced.contains(&mapping.as_recorded())
+        {
+            new.push(mapping.clone());
+        }
+    }
+    resolve::check_host_ports(&new)?;
+    Ok(cni
+        .into_iter()
+        .cloned()
+        .chain(desired.iter().cloned())
+        .collect())
+}
+
+/// Reads a mappings file: version 1 (what `export` writes) or the array `ls --json`
+/// prints.
+pub fn parse_mappings(text: &str) -> Result<MappingsFile, Error> {
+    MappingsFile::parse(text).map_err(Error::File)
+}
+
+impl MappingsFile {
+    /// What the table holds now, as a file for `apply`: intent only (see
+    /// `MappingsFile::from_mappings`).
+    pub fn export() -> Result<MappingsFile, Error> {
+        let mappings = list()?;
+        let mut vias: HashMap<IpAddr, Option<String>> = HashMap::new();
+        for mapping in &mappings {
+            if vias.contains_key(&mapping.to_addr) {
+                continue;
+            }
+            let via = match rtnetlink::route_output_interface(mapping.to_addr).map_err(kernel)? {
+                Some(index) => rtnetlink::link_by_index(index)
+                    .map_err(kernel)?
+                    .map(|link| link.name),
+                None => None,
+            };
+            vias.insert(mapping.to_addr, via);
+        }
+        Ok(MappingsFile::from_mappings(&mappings, |addr| {
+            vias.get(&addr).cloned().flatten()
+        }))
+    }
+}
+
+/// Refuses what two entries ask for in contradiction: one host port to two targets.
 fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
     let mut seen: HashMap<(&'static str, Vec<u8>), &Mapping> = HashMap::new();
     for mapping in mappings {
-        resolve::check_ifname(&mapping.via)?;
-        resolve::check_target(mapping.to_addr)?;
-        if let Some(ifname) = &mapping.container_ifname {
-            resolve::check_ifname(ifname)?;
-        }
-        if mapping.via.is_empty() {
-            return Err(Error::File(format!(
-                "{} has no \"via\" interface",
-                mapping.host_label()
-            )));
-        }
-        if mapping
-            .host_addr
-            .is_some_and(|addr| addr.is_ipv6() != mapping.is_ipv6())
-        {
-            return Err(Error::File(format!(
-                "{} mixes IPv4 and IPv6",
-                mapping.host_label()
-            )));
-        }
-        if mapping.host_port == 0 || mapping.to_port == 0 {
-            return Err(Error::File(format!("{} has port 0", mapping.host_label())));
-        }
         if let Some(first) = seen.insert((mapping.set(), mapping.key()), mapping)
             && first != mapping
         {

@@ -41,6 +41,8 @@ pub struct Fake {
     pub refused_stale: usize,
     /// Sets whose dump fails the test: a change that must not read every mapping.
     pub forbidden_dumps: Vec<&'static str>,
+    /// The counts this host's settings record would keep.
+    pub counts: Option<super::counts::Counts>,
 }
 
 fn refused(index: usize, errno: i32) -> NetlinkError {

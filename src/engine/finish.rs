@@ -5,20 +5,24 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
+use super::counts::Counts;
 use super::kernel::Kernel;
 use super::resolve::bridge_port_of;
 use super::transaction::{self, Committed};
 use super::{flows, kernel_error, table};
 use crate::error::{Error, kernel};
 use crate::host::settings::{self, Settings, TargetNeeds};
-use crate::host::state::WriterLock;
 use crate::netlink::NetlinkError;
+use crate::netlink::nftables::Change;
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
-use crate::ruleset::{self, Mapping};
+use crate::ruleset::{self, Element, Mapping};
 
 pub(super) fn with_notes(committed: Committed) -> Plan {
     let mut plan = committed.plan;
+    let opening = settings::forwarding_off(&committed.added);
+    plan.add
+        .extend(opening.iter().map(|ipv6| Element::closed(*ipv6)));
     plan.notes.extend(settings::would_turn_on(&committed.added));
     plan
 }
@@ -29,11 +33,13 @@ pub(super) fn with_notes(committed: Committed) -> Plan {
 /// either did all it was asked or, as far as it can, nothing.
 pub(super) fn finish_or_roll_back(
     kernel: &mut impl Kernel,
-    lock: &WriterLock,
+    settings: &mut Settings<'_>,
+    counts: &mut Option<Counts>,
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
-    let error = match finish(kernel, lock, committed, ports) {
+    settings.originals.counts = counts.as_ref().map(Counts::to_record);
+    let error = match finish(kernel, settings, committed, ports) {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
@@ -41,7 +47,7 @@ pub(super) fn finish_or_roll_back(
         return Err(Error::Unfinished(Box::new(error)));
     }
     let added = &committed.added;
-    let undo = transaction::update(kernel, false, |current| {
+    let undo = transaction::update(kernel, counts, false, |current| {
         Ok(current
             .iter()
             .filter(|m| !added.contains(m))
@@ -49,10 +55,10 @@ pub(super) fn finish_or_roll_back(
             .collect())
     });
     let put_back = undo.and_then(|undone| {
-        let mut settings = Settings::load(lock, Vec::new())?;
+        settings.originals.counts = counts.as_ref().map(Counts::to_record);
         match &undone.still_needed {
-            Some(needed) => settings.put_back_unneeded(needed),
-            None => Ok(()),
+            Some(needed) => settings.put_back_unneeded(needed).map(drop),
+            None => settings.save(),
         }
     });
     match put_back {
@@ -66,13 +72,13 @@ pub(super) fn finish_or_roll_back(
 
 fn finish(
     kernel: &mut impl Kernel,
-    lock: &WriterLock,
+    settings: &mut Settings<'_>,
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
-    let vias = committed.added.iter().map(|m| m.via.clone());
-    let mut settings = Settings::load(lock, vias)?;
-    if !committed.existed && !settings.originals.is_empty() {
+    // The counts first: whatever fails later, they describe the table as committed.
+    settings.save()?;
+    if !committed.existed && !settings.originals.changes_nothing() {
         // What the record names was set for a table someone else deleted since.
         log::warn!(
             "table inet nsport was deleted by something else; putting back {}",
@@ -82,15 +88,33 @@ fn finish(
     }
     let needs = target_needs(&committed.added, ports)?;
     let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
+    // Forwarding that nsport turns on must open nothing but the published ports: the
+    // family is closed in the table before the setting goes on.
+    let opening = settings::forwarding_off(&committed.added);
+    if !opening.is_empty() {
+        let closed: Vec<Element> = opening.iter().map(|v6| Element::closed(*v6)).collect();
+        let changes: Vec<Change> = closed.iter().map(Change::AddElement).collect();
+        kernel.commit(&changes, None).map_err(kernel_error)?;
+        exposing = true;
+    }
     settings.turn_on(&needs)?;
     if let Some(needed) = &committed.still_needed {
         exposing |= settings.turn_on_missing(needed)?;
     }
     if exposing {
-        verify_guard(kernel, committed.genid, &mut settings)?;
+        verify_guard(kernel, committed.genid, settings)?;
     }
     if let Some(needed) = &committed.still_needed {
-        settings.put_back_unneeded(needed)?;
+        let reopened = settings.put_back_unneeded(needed)?;
+        // Forwarding is back off: the family's closing goes after it, as protections do.
+        let closed: Vec<Element> = reopened.iter().map(|v6| Element::closed(*v6)).collect();
+        let changes: Vec<Change> = closed.iter().map(Change::DelElement).collect();
+        if !changes.is_empty()
+            && let Err(error) = kernel.commit(&changes, None)
+            && error.errno() != Some(libc::ENOENT)
+        {
+            return Err(kernel_error(error));
+        }
     }
     flows::forget(&committed.removed, &committed.added);
     Ok(())

@@ -29,7 +29,8 @@ pub fn flush(dry_run: bool) -> Result<Plan, Error> {
     let mut snapshot = table::read(&mut kernel, true)?;
     let mut ifaces = table::table_interfaces(&snapshot);
     ifaces.extend(snapshot.mappings.iter().map(|(m, _)| m.via.clone()));
-    let mut settings = Settings::load(&lock, ifaces)?;
+    let mut settings = Settings::load(&lock, || ifaces)?;
+    settings.originals.counts = None;
     let plan = Plan {
         delete_table: snapshot.exists,
         notes: settings.would_put_back(),

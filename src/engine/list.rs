@@ -10,13 +10,13 @@ use super::table::{self, Counter, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
 use crate::host::netns::Namespace;
-use crate::host::settings::Settings;
+use crate::host::settings::{Settings, StillNeeded};
 use crate::host::sockets::HostSockets;
 use crate::host::state;
 use crate::host::sysctl::Sysctl;
 use crate::netlink::NetlinkError;
 use crate::ruleset::metadata::is_digest;
-use crate::ruleset::{self, Element, Mapping};
+use crate::ruleset::{self, Element, Mapping, SET_CLOSED};
 use crate::spec::Proto;
 
 /// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
@@ -52,9 +52,12 @@ pub fn list() -> Result<Vec<Mapping>, Error> {
 /// get nsport's rules again. A read-only command does this before it answers, so that what
 /// it reports is what protects the host.
 fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
+    let still_needed = |snapshot: &Snapshot| {
+        let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
+        StillNeeded::of_mappings(&mappings)
+    };
     let localnet_off = || {
-        first_look
-            .still_needed()
+        still_needed(first_look)
             .loopback_vias
             .iter()
             .any(|via| Sysctl::route_localnet(via).read().is_ok_and(|v| v != "1"))
@@ -69,22 +72,22 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     // table since): decide from a read made under the lock.
     let lock = writer_lock()?;
     let mut kernel = Netlink;
-    let snapshot = table::read(&mut kernel, false)?;
+    let snapshot = table::read(&mut kernel, true)?;
+    let mut settings = Settings::load(&lock, || table::table_interfaces(&snapshot))?;
     if !snapshot.exists {
-        let mut settings = Settings::load(&lock, Vec::new())?;
-        if !settings.originals.is_empty() {
+        if !settings.originals.changes_nothing() {
             log::warn!(
                 "table inet nsport was deleted by something else; putting back {}",
                 settings.put_back_summary()
             );
-            settings.put_back_everything()?;
         }
+        settings.originals.counts = None;
+        settings.put_back_everything()?;
         return Ok(());
     }
     if snapshot.damaged.is_empty() {
         // Intact: only settings an interrupted nsport left off to turn on.
-        let mut settings = Settings::load(&lock, Vec::new())?;
-        settings.turn_on_missing(&snapshot.still_needed())?;
+        settings.turn_on_missing(&still_needed(&snapshot))?;
         return Ok(());
     }
     let declarations = table::Declarations::new();
@@ -95,8 +98,7 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     );
     match kernel.commit(&changes, Some(snapshot.genid)) {
         Ok(()) => {
-            let mut settings = Settings::load(&lock, Vec::new())?;
-            settings.turn_on_missing(&snapshot.still_needed())?;
+            settings.turn_on_missing(&still_needed(&snapshot))?;
             Ok(())
         }
         // Someone outside nsport changed the ruleset since the read: the next command
@@ -168,23 +170,26 @@ pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
 /// The whole table as an `nft -f` script that recreates it, for persisting through
 /// nftables.service.
 pub fn export_nft() -> Result<String, Error> {
-    let snapshot = table::read(&mut Netlink, true)?;
+    let mut kernel = Netlink;
+    let snapshot = table::read(&mut kernel, true)?;
     let mut out = ruleset::table_script();
     for (mapping, _) in &snapshot.mappings {
         out.push_str(&Element::mapping(mapping).nft_add());
         out.push('\n');
     }
     let mut helpers: Vec<_> = snapshot.helpers.iter().collect();
-    helpers.sort_by(|a, b| a.0.cmp(b.0));
-    for ((set, key), users) in helpers {
+    helpers.sort();
+    for (set, key) in helpers {
         if let Some(helper) = Element::helper(set, key) {
-            let helper = match users {
-                Some(users) => helper.used_by(*users),
-                None => helper,
-            };
             out.push_str(&helper.nft_add());
             out.push('\n');
         }
+    }
+    // Which families' forwarding nsport turned on stays closed in the copy too.
+    for closed in kernel.elements(SET_CLOSED).map_err(kernel_error)? {
+        let ipv6 = closed.key.first() == Some(&(libc::NFPROTO_IPV6 as u8));
+        out.push_str(&Element::closed(ipv6).nft_add());
+        out.push('\n');
     }
     Ok(out)
 }

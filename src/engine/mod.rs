@@ -4,6 +4,7 @@
 //! puts them back in the order that keeps the host safe at every crash point (`finish`).
 
 mod apply;
+mod counts;
 mod finish;
 mod flows;
 mod flush;
@@ -23,6 +24,7 @@ mod tests;
 use std::collections::HashMap;
 
 pub use apply::{apply, parse_mappings};
+use counts::Counts;
 use finish::{finish_or_roll_back, with_notes};
 pub use flush::flush;
 use kernel::Netlink;
@@ -32,8 +34,10 @@ pub use publish::{publish, publish_dry_run};
 pub use remove::{prune, unpublish, unpublish_netns};
 pub use resolve::{PublishOptions, Target};
 pub(crate) use resolve::{bridge_port_of, resolve};
+pub(crate) use table::{HELPER_SETS, helpers_for};
 
 use crate::error::{Error, kernel, state};
+use crate::host::settings::Settings;
 use crate::host::state::{self, WriterLock};
 use crate::netlink::NetlinkError;
 use crate::plan::Plan;
@@ -60,12 +64,36 @@ fn change(
 ) -> Result<Plan, Error> {
     let mut kernel = Netlink;
     if dry_run {
-        return Ok(with_notes(transaction::update(&mut kernel, true, decide)?));
+        let committed = transaction::update(&mut kernel, &mut None, true, decide)?;
+        return Ok(with_notes(committed));
     }
     let lock = writer_lock()?;
-    let committed = transaction::update(&mut kernel, false, decide)?;
-    finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
+    let (mut settings, mut counts) = record(&lock)?;
+    let committed = transaction::update(&mut kernel, &mut counts, false, decide)?;
+    finish_or_roll_back(
+        &mut kernel,
+        &mut settings,
+        &mut counts,
+        &committed,
+        &HashMap::new(),
+    )?;
     Ok(committed.plan)
+}
+
+/// The settings record, read under the writer lock, with the counts it keeps. An
+/// unreadable record falls back to what the table names (see `Settings::load`).
+fn record(lock: &WriterLock) -> Result<(Settings<'_>, Option<Counts>), Error> {
+    let settings = Settings::load(lock, || {
+        table::read(&mut Netlink, true)
+            .map(|snapshot| table::table_interfaces(&snapshot))
+            .unwrap_or_default()
+    })?;
+    let counts = settings
+        .originals
+        .counts
+        .as_ref()
+        .and_then(Counts::from_record);
+    Ok((settings, counts))
 }
 
 /// The CNI plugin's way in: a change decided from every mapping there is.

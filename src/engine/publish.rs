@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::finish::{finish_or_roll_back, with_notes};
 use super::kernel::Netlink;
 use super::resolve::{self, PublishOptions, Target, resolve};
-use super::{transaction, writer_lock};
+use super::{record, transaction, writer_lock};
 use crate::error::Error;
 use crate::host::firewalls;
 use crate::netlink::rtnetlink;
@@ -35,13 +35,14 @@ pub fn publish(
 ) -> Result<Vec<Mapping>, Error> {
     let (resolved, mappings) = prepare_publish(target, options, specs)?;
     let lock = writer_lock()?;
+    let (mut settings, mut counts) = record(&lock)?;
     let mut kernel = Netlink;
-    let committed = transaction::create(&mut kernel, &mappings, false)?;
+    let committed = transaction::create(&mut kernel, &mut counts, &mappings, false)?;
     let ports: HashMap<IpAddr, Option<rtnetlink::Link>> = resolved
         .into_iter()
         .map(|r| (r.addr, r.bridge_port))
         .collect();
-    finish_or_roll_back(&mut kernel, &lock, &committed, &ports)?;
+    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, &ports)?;
     for warning in firewalls::dropping_forward_chains(&committed.chains) {
         log::warn!("{warning}");
     }
@@ -71,6 +72,6 @@ pub fn publish_dry_run(
     specs: &[PublishSpec],
 ) -> Result<Plan, Error> {
     let (_, mappings) = prepare_publish(target, options, specs)?;
-    let committed = transaction::create(&mut Netlink, &mappings, true)?;
+    let committed = transaction::create(&mut Netlink, &mut None, &mappings, true)?;
     Ok(with_notes(committed))
 }

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use super::finish::{finish_or_roll_back, with_notes};
 use super::kernel::Netlink;
 use super::list::stale_flags;
-use super::{change, transaction, without, writer_lock};
+use super::{change, record, transaction, without, writer_lock};
 use crate::error::Error;
 use crate::host::netns::{Namespace, NamespaceError};
 use crate::host::state;
@@ -66,12 +66,19 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     };
     let mut kernel = Netlink;
     if dry_run {
-        let committed = transaction::remove(&mut kernel, &keys, true, choose)?;
+        let committed = transaction::remove(&mut kernel, &mut None, &keys, true, choose)?;
         return Ok(with_notes(committed));
     }
     let lock = writer_lock()?;
-    let committed = transaction::remove(&mut kernel, &keys, false, choose)?;
-    finish_or_roll_back(&mut kernel, &lock, &committed, &HashMap::new())?;
+    let (mut settings, mut counts) = record(&lock)?;
+    let committed = transaction::remove(&mut kernel, &mut counts, &keys, false, choose)?;
+    finish_or_roll_back(
+        &mut kernel,
+        &mut settings,
+        &mut counts,
+        &committed,
+        &HashMap::new(),
+    )?;
     Ok(committed.plan)
 }
 
@@ -104,10 +111,11 @@ pub fn unpublish_netns(name: &str, dry_run: bool) -> Result<Plan, Error> {
 }
 
 /// Unpublishes every mapping whose namespace no longer exists, and removes the settings
-/// records of network namespaces that are gone.
-pub fn prune() -> Result<Vec<Mapping>, Error> {
+/// records of network namespaces that are gone; with `dry_run`, only says what it would
+/// unpublish.
+pub fn prune(dry_run: bool) -> Result<(Vec<Mapping>, Plan), Error> {
     let mut pruned = Vec::new();
-    change(false, |all| {
+    let plan = change(dry_run, |all| {
         let stale = stale_flags(all);
         pruned = all
             .iter()
@@ -117,8 +125,10 @@ pub fn prune() -> Result<Vec<Mapping>, Error> {
             .collect();
         Ok(without(all, &pruned))
     })?;
-    remove_gone_records();
-    Ok(pruned)
+    if !dry_run {
+        remove_gone_records();
+    }
+    Ok((pruned, plan))
 }
 
 pub(super) fn remove_gone_records() {

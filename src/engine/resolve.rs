@@ -220,7 +220,9 @@ pub fn mappings_for(
                     via: target.via.name.clone(),
                     netns: target.netns.as_ref().map(|(name, _)| name.clone()),
                     netns_inode: target.netns.as_ref().map(|(_, inode)| *inode),
-                    allow_direct,
+                    // Plain forwarding to a host given by address protects nothing of
+                    // that host's: it may sit on a network nsport does not own.
+                    allow_direct: allow_direct || target.netns.is_none(),
                     container: None,
                     container_ifname: None,
                     network: None,

@@ -3,30 +3,30 @@
 //! and its helper elements. What the engine plans from is read here, and the generation
 //! read first is the one its batch is committed against.
 
-use std::collections::{BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
+use super::counts::Users;
 use super::kernel::Kernel;
 use crate::error::{Error, kernel};
-use crate::host::settings::StillNeeded;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
     self, ChainDef, Element, Hook, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
-    Users,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    SetDef, TABLE,
 };
 
 /// The maps that hold mappings.
 pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
-pub const HELPER_SETS: [&str; 6] = [
+pub const HELPER_SETS: [&str; 7] = [
     SET_HAIRPIN4,
     SET_REACH4,
     SET_TARGETS4,
     SET_HAIRPIN6,
     SET_REACH6,
     SET_TARGETS6,
+    SET_INSIDE,
 ];
 
 /// Packets and bytes.
@@ -46,76 +46,8 @@ pub struct Snapshot {
     pub chains: Vec<ChainDump>,
     /// The mappings with their counters, when asked for.
     pub mappings: Vec<(Mapping, Counter)>,
-    /// The helper elements, with the number of mappings each says need it (`None`: it
-    /// says nothing, as in a table written by hand).
-    pub helpers: HashMap<HelperKey, Option<Users>>,
-}
-
-impl Snapshot {
-    /// The settings the helpers say are needed now.
-    pub fn still_needed(&self) -> StillNeeded {
-        self.still_needed_after(&[], &[])
-    }
-
-    /// The settings the helpers say are still needed, once `changes` (helper elements
-    /// deleted, then added with their new counts) are applied.
-    pub fn still_needed_after(&self, deleted: &[Element], added: &[Element]) -> StillNeeded {
-        let mut helpers = self.helpers.clone();
-        for element in deleted {
-            helpers.remove(&(element.set, element.key.clone()));
-        }
-        for element in added {
-            helpers.insert((element.set, element.key.clone()), Users::of(element));
-        }
-        still_needed(
-            helpers
-                .iter()
-                .map(|((set, key), users)| (*set, key.as_slice(), *users)),
-        )
-    }
-}
-
-/// What the helper elements say settings are needed for: route_localnet on interfaces that
-/// `reach` elements count loopback mappings on, hairpin mode for targets with mappings.
-fn still_needed<'a>(
-    helpers: impl Iterator<Item = (&'static str, &'a [u8], Option<Users>)>,
-) -> StillNeeded {
-    let mut needed = StillNeeded::default();
-    for (set, key, users) in helpers {
-        let Some(element) = Element::helper(set, key) else {
-            continue;
-        };
-        let users = users.unwrap_or(Users {
-            mappings: 1,
-            loopback: 1,
-        });
-        match set {
-            SET_REACH4 | SET_REACH6 if users.loopback > 0 => {
-                let name = element.key[..ruleset::IFNAME_LEN]
-                    .split(|b| *b == 0)
-                    .next()
-                    .unwrap_or_default();
-                needed
-                    .loopback_vias
-                    .insert(String::from_utf8_lossy(name).into_owned());
-            }
-            SET_HAIRPIN4 | SET_HAIRPIN6 if users.mappings > 0 => {
-                if let Some(addr) = hairpin_target(&element.key) {
-                    needed.targets.insert(addr);
-                }
-            }
-            _ => {}
-        }
-    }
-    needed
-}
-
-fn hairpin_target(key: &[u8]) -> Option<IpAddr> {
-    match key.len() {
-        8 => Some(IpAddr::from(<[u8; 4]>::try_from(&key[..4]).ok()?)),
-        32 => Some(IpAddr::from(<[u8; 16]>::try_from(&key[..16]).ok()?)),
-        _ => None,
-    }
+    /// The helper elements there are, when the mappings were read.
+    pub helpers: HashSet<HelperKey>,
 }
 
 /// The interfaces the table names (in its `reach` elements), for the safe fallback when
@@ -123,8 +55,8 @@ fn hairpin_target(key: &[u8]) -> Option<IpAddr> {
 pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
     snapshot
         .helpers
-        .keys()
-        .filter(|(set, _)| matches!(*set, SET_REACH4 | SET_REACH6))
+        .iter()
+        .filter(|(set, _)| matches!(*set, SET_REACH4 | SET_REACH6 | SET_INSIDE))
         .filter_map(|(_, key)| key.get(..ruleset::IFNAME_LEN))
         .map(|name| {
             let name = name.split(|b| *b == 0).next().unwrap_or_default();
@@ -134,7 +66,8 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
 }
 
 /// Reads the generation, then the table's chains and rules and, with `with_mappings`,
-/// every element: all of it at that generation unless a commit against it is refused.
+/// every element (mappings and helpers): all of it at that generation unless a commit
+/// against it is refused.
 pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
     let genid = kernel.generation().map_err(self::kernel_error)?;
     let chains = kernel.base_chains().map_err(self::kernel_error)?;
@@ -147,18 +80,13 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         Vec::new()
     };
     let mut mappings = Vec::new();
-    let mut helpers = HashMap::new();
-    if exists {
+    let mut helpers = HashSet::new();
+    // Only a full read needs the helpers: adding one that is there changes nothing, and a
+    // removal by key goes by the counts.
+    if with_mappings && exists {
         for set in HELPER_SETS {
             for element in kernel.elements(set).map_err(self::kernel_error)? {
-                let element = Element {
-                    set,
-                    key: element.key,
-                    data: None,
-                    comment: element.comment,
-                };
-                let users = Users::of(&element);
-                helpers.insert((set, element.key), users);
+                helpers.insert((set, element.key));
             }
         }
     }
@@ -300,6 +228,11 @@ pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<(
         ];
         if !mapping.allow_direct {
             needed.push((Element::target(mapping.to_addr), 0));
+        }
+        // The interface toward a namespace (not toward a host nsport only forwards to) is
+        // one that new forwarded connections may come from.
+        if mapping.netns.is_some() || mapping.container.is_some() {
+            needed.push((Element::inside(&mapping.via), 0));
         }
         for (element, loopback) in needed {
             let at = *index

@@ -3,12 +3,13 @@
 
 use std::net::IpAddr;
 
+use super::counts::{Counts, Users};
 use super::fake::Fake;
 use super::transaction::{self, Committed};
 use crate::Error;
 use crate::netlink::nftables::Change;
 use crate::ruleset::{
-    self, CHAIN_GUARD, Element, Mapping, SET_ANY4, SET_HAIRPIN4, SET_REACH4, SET_TARGETS4, Users,
+    self, CHAIN_GUARD, Element, Mapping, SET_ANY4, SET_HAIRPIN4, SET_REACH4, SET_TARGETS4,
 };
 use crate::spec::Proto;
 
@@ -29,13 +30,31 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
     }
 }
 
+/// Runs a change with the counts the fake host's record keeps, and keeps them back.
+fn with_counts<T>(fake: &mut Fake, change: impl FnOnce(&mut Fake, &mut Option<Counts>) -> T) -> T {
+    let mut counts = fake.counts.take();
+    let result = change(fake, &mut counts);
+    fake.counts = counts;
+    result
+}
+
 fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
-    transaction::create(fake, mappings, false)
+    with_counts(fake, |fake, counts| {
+        transaction::create(fake, counts, mappings, false)
+    })
 }
 
 /// Removes by reading everything, as `rm --netns` and `apply` do.
 fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
-    transaction::update(fake, false, |all| {
+    with_counts(fake, |fake, counts| update_without(fake, counts, host_port))
+}
+
+fn update_without(
+    fake: &mut Fake,
+    counts: &mut Option<Counts>,
+    host_port: u16,
+) -> Result<Committed, Error> {
+    transaction::update(fake, counts, false, |all| {
         Ok(all
             .iter()
             .filter(|m| m.host_port != host_port)
@@ -47,18 +66,21 @@ fn remove(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
 /// Removes by key, reading only what it removes and the helpers, as `rm PORT` does.
 fn remove_by_key(fake: &mut Fake, host_port: u16) -> Result<Committed, Error> {
     let keys = vec![(SET_ANY4, ruleset::host_key(Proto::Tcp, None, host_port))];
-    transaction::remove(fake, &keys, false, |found| match found {
-        [Some(mapping)] => Ok(vec![mapping.clone()]),
-        _ => Err(Error::NotPublished(host_port.to_string())),
+    with_counts(fake, |fake, counts| {
+        transaction::remove(fake, counts, &keys, false, |found| match found {
+            [Some(mapping)] => Ok(vec![mapping.clone()]),
+            _ => Err(Error::NotPublished(host_port.to_string())),
+        })
     })
 }
 
+/// What the fake host's record counts for a helper element.
 fn users(fake: &Fake, element: &Element) -> Option<Users> {
-    let (_, comment) = fake.elements_of(element.set).remove(&element.key)?;
-    Users::of(&Element {
-        comment,
-        ..element.clone()
-    })
+    fake.counts
+        .as_ref()?
+        .helpers
+        .get(&(element.set, element.key.clone()))
+        .copied()
 }
 
 fn has(fake: &Fake, element: &Element) -> bool {
@@ -247,16 +269,9 @@ fn the_diff_touches_only_what_changes() {
         .collect();
     publish(&mut fake, &many).unwrap();
     let committed = remove(&mut fake, 1234).unwrap();
-    // One mapping goes; the target's three helpers are written again with one fewer.
-    let mappings_deleted = committed
-        .plan
-        .delete
-        .iter()
-        .filter(|e| e.set == SET_ANY4)
-        .count();
-    assert_eq!(mappings_deleted, 1);
-    assert_eq!(committed.plan.delete.len(), 4);
-    assert_eq!(committed.plan.add.len(), 3);
+    // One mapping goes, and nothing else: the target's helpers stay for the others.
+    assert_eq!(committed.plan.delete.len(), 1);
+    assert!(committed.plan.add.is_empty());
     assert_eq!(fake.elements_of(SET_ANY4).len(), 4999);
     assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
     assert_eq!(fake.elements_of(SET_TARGETS4).len(), 1);
@@ -279,7 +294,10 @@ fn allowing_direct_access_drops_the_targets_protection_when_no_mapping_needs_it(
         allow_direct: true,
         ..mapping(4001, "10.77.0.2", "br0")
     };
-    transaction::update(&mut fake, false, |_| Ok(vec![direct.clone()])).unwrap();
+    with_counts(&mut fake, |fake, counts| {
+        transaction::update(fake, counts, false, |_| Ok(vec![direct.clone()]))
+    })
+    .unwrap();
     assert!(!has(&fake, &Element::target("10.77.0.2".parse().unwrap())));
     assert!(has(&fake, &Element::hairpin("10.77.0.2".parse().unwrap())));
 }
@@ -334,7 +352,7 @@ fn removing_by_key_keeps_helpers_another_writer_came_to_need() {
     fake.between_read_and_commit = Some(Box::new(move |fake: &mut Fake| {
         if !done {
             done = true;
-            transaction::create(fake, std::slice::from_ref(&other), false).unwrap();
+            publish(fake, std::slice::from_ref(&other)).unwrap();
         }
     }));
     remove_by_key(&mut fake, 4001).unwrap();
@@ -347,35 +365,57 @@ fn removing_by_key_keeps_helpers_another_writer_came_to_need() {
 }
 
 #[test]
-fn helpers_without_counts_are_recounted_from_every_mapping() {
-    // A table whose helpers carry no counts (an older nsport, or nft by hand): removing by
-    // key cannot trust them, reads everything, and writes exact counts back.
+fn counts_of_another_generation_are_not_trusted() {
+    // Another writer changed the ruleset after nsport last counted (here: deleted a
+    // mapping by hand). Removing by key cannot trust the counts, reads everything, and
+    // counts afresh.
     let mut fake = Fake::default();
     publish(
         &mut fake,
         &[
             mapping(4001, "10.77.0.2", "br0"),
             mapping(4002, "10.77.0.2", "br0"),
+            mapping(4003, "10.77.0.2", "br0"),
         ],
     )
     .unwrap();
-    for set in [SET_HAIRPIN4, SET_REACH4, SET_TARGETS4] {
-        for (_, comment) in fake
-            .table
-            .as_mut()
-            .unwrap()
-            .sets
-            .get_mut(set)
-            .unwrap()
-            .values_mut()
-        {
-            *comment = None;
-        }
-    }
+    let by_hand = Element::mapping(&mapping(4003, "10.77.0.2", "br0"));
+    fake.commit_as_other(&[Change::DelElement(&by_hand)]);
     remove_by_key(&mut fake, 4001).unwrap();
     let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
     assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(1));
     assert_eq!(fake.elements_of(SET_ANY4).len(), 1);
+    // And the last one takes the helpers with it.
+    remove_by_key(&mut fake, 4002).unwrap();
+    assert!(!has(&fake, &hairpin));
+}
+
+#[test]
+fn counts_lost_with_the_record_are_counted_again() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    publish(&mut fake, &[mapping(4002, "10.77.0.2", "br0")]).unwrap();
+    // An unreadable record, or a crash between a commit and the record.
+    fake.counts = None;
+    remove_by_key(&mut fake, 4001).unwrap();
+    for helper in helpers_of("10.77.0.2", "br0") {
+        assert!(has(&fake, &helper), "{helper:?} was stripped");
+    }
+    let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(1));
+}
+
+#[test]
+fn publishing_deletes_nothing() {
+    // A batch that deletes makes the process wait a grace period when its socket closes:
+    // publishing to a target that has helpers already only adds.
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(4001, "10.77.0.2", "br0")]).unwrap();
+    let committed = publish(&mut fake, &[mapping(4002, "10.77.0.2", "br0")]).unwrap();
+    assert!(committed.plan.delete.is_empty());
+    assert_eq!(fake.elements_of(SET_HAIRPIN4).len(), 1);
+    let hairpin = Element::hairpin("10.77.0.2".parse().unwrap());
+    assert_eq!(users(&fake, &hairpin).map(|u| u.mappings), Some(2));
 }
 
 #[test]

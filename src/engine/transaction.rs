@@ -8,18 +8,21 @@
 //!
 //! Three ways in, by what a change must read:
 //! - `update` reads every mapping: `apply`, `rm --netns`, `prune`, the CNI plugin.
-//! - `create` reads only the helper elements (one per target): adding cannot take away
-//!   what another writer needs, so publishing costs the same at 50,000 mappings as at none.
-//! - `remove` reads the mappings it removes by key, and the helper elements: each helper
-//!   records how many mappings need it, so removing one mapping needs no full read either.
+//! - `create` reads only the helper elements (one per target) and only ever adds: adding
+//!   cannot take away what another writer needs, so publishing costs the same at 50,000
+//!   mappings as at none.
+//! - `remove` reads the mappings it removes by key; the counts the settings record keeps
+//!   (`counts`) say which helpers no other mapping needs.
 //!
-//! `create` and `remove` fall back to `update` when the table cannot answer them exactly:
-//! a host port already taken (a conflict to name, or a re-publish to refresh), or helper
-//! elements without counts (written by hand, or by an older nsport).
+//! Every way in brings the counts up to date with the generation its commit made.
+//! `create` and `remove` fall back to `update` when they cannot answer exactly: a host port
+//! already taken (a conflict to name, or a re-publish to refresh), or counts that do not
+//! describe the ruleset as it is (another writer came by, or a crash).
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::counts::Counts;
 use super::kernel::Kernel;
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
@@ -27,7 +30,7 @@ use crate::host::settings::StillNeeded;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::{ChainDump, Change};
 use crate::plan::Plan;
-use crate::ruleset::{Element, Mapping, Users};
+use crate::ruleset::{Element, Mapping};
 
 /// How many times a change is read, planned and committed before giving up.
 pub const TRIES: u32 = 10;
@@ -37,7 +40,7 @@ pub const TRIES: u32 = 10;
 pub struct Committed {
     pub plan: Plan,
     /// What the table still needs of the settings after the change, from its mappings or
-    /// from the counts its helper elements keep.
+    /// from the counts; `None` when neither is known exactly.
     pub still_needed: Option<StillNeeded>,
     /// Mappings that are new or changed, and mappings that went (or were replaced).
     pub added: Vec<Mapping>,
@@ -89,11 +92,12 @@ fn retrying<T>(mut attempt: impl FnMut() -> Result<Try<T>, Error>) -> Result<T, 
 /// when another writer got in between. `decide` may run more than once.
 pub fn update(
     kernel: &mut impl Kernel,
+    counts: &mut Option<Counts>,
     dry_run: bool,
     mut decide: impl FnMut(&[Mapping]) -> Result<Vec<Mapping>, Error>,
 ) -> Result<Committed, Error> {
     let declarations = Declarations::new();
-    retrying(|| {
+    let committed = retrying(|| {
         let snapshot = table::read(kernel, true)?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
@@ -109,15 +113,31 @@ pub fn update(
             chains: snapshot.chains.clone(),
         };
         if dry_run || changes.is_empty() {
-            return Ok(Try::Done(committed));
+            return Ok(Try::Done((committed, desired, false)));
         }
         Ok(
             match commit(kernel, &changes, &snapshot, &committed.added)? {
-                true => Try::Done(committed),
+                true => Try::Done((committed, desired, true)),
                 false => Try::Again,
             },
         )
-    })
+    })?;
+    let (committed, desired, changed) = committed;
+    if !dry_run {
+        *counts = after(kernel, committed.genid, changed).map(|genid| Counts::of(&desired, genid));
+    }
+    Ok(committed)
+}
+
+/// The generation the ruleset is at after this change, if the change's own commit is the
+/// last one (or there was none): what the counts can be trusted at.
+fn after(kernel: &mut impl Kernel, genid: u32, committed: bool) -> Option<u32> {
+    let expected = if committed {
+        genid.wrapping_add(1)
+    } else {
+        genid
+    };
+    kernel.generation().ok().filter(|now| *now == expected)
 }
 
 /// Adds `mappings` and the helpers they need, reading only the helper elements: each
@@ -126,34 +146,32 @@ pub fn update(
 /// reads everything and names the conflict.
 pub fn create(
     kernel: &mut impl Kernel,
+    counts: &mut Option<Counts>,
     mappings: &[Mapping],
     dry_run: bool,
 ) -> Result<Committed, Error> {
     let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
     let merge = |current: &[Mapping]| merged(current, &mappings);
     if dry_run {
-        return update(kernel, true, merge);
+        return update(kernel, counts, true, merge);
     }
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     let needed = helpers_for(&mappings);
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
-        let Some((delete, add)) = recount(&snapshot, &needed, |old, new| old.plus(new)) else {
-            return Ok(Try::Done(None));
-        };
+        // Every helper the mappings need: adding one that is there changes nothing, and
+        // nothing is ever deleted here.
+        let add: Vec<Element> = needed.iter().map(|(e, _)| e.clone()).collect();
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
-        changes.extend(delete.iter().map(Change::DelElement));
         changes.extend(elements.iter().map(Change::CreateElement));
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
             Ok(()) => Ok(Try::Done(Some(Committed {
-                still_needed: Some(snapshot.still_needed_after(&delete, &add)),
                 plan: Plan {
                     create_table: !snapshot.exists,
-                    delete,
                     add: elements.iter().chain(&add).cloned().collect(),
                     ..Plan::default()
                 },
@@ -168,18 +186,30 @@ pub fn create(
                 index: Some(index),
                 error,
             }) if error.raw_os_error() == Some(libc::EEXIST)
-                && index >= first_mapping + delete.len()
-                && index < first_mapping + delete.len() + elements.len() =>
+                && (first_mapping..first_mapping + elements.len()).contains(&index) =>
             {
                 Ok(Try::Done(None))
             }
             Err(error) => Err(kernel_error(error)),
         }
     })?;
-    match outcome {
-        Some(committed) => Ok(committed),
-        None => update(kernel, false, merge),
-    }
+    let Some(mut committed) = outcome else {
+        return update(kernel, counts, false, merge);
+    };
+    // A first publish starts the counts; later ones carry them on while nothing else
+    // changed the ruleset since nsport last wrote them.
+    let base = match Counts::valid_at(counts, committed.genid) {
+        Some(valid) => Some(valid.clone()),
+        None if !committed.existed => Some(Counts::default()),
+        None => None,
+    };
+    *counts = base.and_then(|mut base| {
+        base.add(&needed)?;
+        base.genid = after(kernel, committed.genid, true)?;
+        Some(base)
+    });
+    committed.still_needed = counts.as_ref().map(Counts::still_needed);
+    Ok(committed)
 }
 
 /// Removes the mappings `choose` picks among those `keys` find (each a map and a key),
@@ -187,6 +217,7 @@ pub fn create(
 /// order, the mapping found there, if any, and may refuse (a port not published).
 pub fn remove(
     kernel: &mut impl Kernel,
+    counts: &mut Option<Counts>,
     keys: &[(&'static str, Vec<u8>)],
     dry_run: bool,
     choose: impl Fn(&[Option<Mapping>]) -> Result<Vec<Mapping>, Error>,
@@ -206,10 +237,16 @@ pub fn remove(
             .collect())
     };
     if dry_run {
-        return update(kernel, true, from_all);
+        return update(kernel, counts, true, from_all);
     }
+    let declarations = Declarations::new();
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
+        // Without counts that describe this very ruleset, only a full read can tell which
+        // helpers another mapping still needs.
+        let Some(valid) = Counts::valid_at(counts, snapshot.genid) else {
+            return Ok(Try::Done(None));
+        };
         let mut found = Vec::with_capacity(keys.len());
         for (set, key) in keys {
             let element = match snapshot.exists {
@@ -219,22 +256,20 @@ pub fn remove(
             found.push(element.and_then(|element| mapping_of(set, &element)));
         }
         let removed = choose(&found)?;
-        let gone = helpers_for(&removed);
-        let Some((delete_helpers, add)) = recount(&snapshot, &gone, |old, gone| old.minus(gone))
-        else {
+        let mut after_removal = valid.clone();
+        let Some(unneeded) = after_removal.remove(&helpers_for(&removed)) else {
             return Ok(Try::Done(None));
         };
         let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
-        delete.extend(delete_helpers);
-        let declarations = Declarations::new();
+        delete.extend(unneeded);
         let changes = if removed.is_empty() {
             Vec::new()
         } else {
-            with_repairs(&declarations, &snapshot, &delete, &add)
+            with_repairs(&declarations, &snapshot, &delete, &[])
         };
         let committed = Committed {
-            plan: plan_of(&snapshot, &changes, &delete, &add),
-            still_needed: Some(snapshot.still_needed_after(&delete, &add)),
+            plan: plan_of(&snapshot, &changes, &delete, &[]),
+            still_needed: Some(after_removal.still_needed()),
             removed,
             genid: snapshot.genid,
             existed: snapshot.exists,
@@ -242,45 +277,23 @@ pub fn remove(
             ..Committed::default()
         };
         if changes.is_empty() {
-            return Ok(Try::Done(Some(committed)));
+            return Ok(Try::Done(Some((committed, after_removal, false))));
         }
         Ok(match commit(kernel, &changes, &snapshot, &[])? {
-            true => Try::Done(Some(committed)),
+            true => Try::Done(Some((committed, after_removal, true))),
             false => Try::Again,
         })
     })?;
     match outcome {
-        Some(committed) => Ok(committed),
-        None => update(kernel, false, from_all),
-    }
-}
-
-/// The helper changes that take each helper in `changed` from its recorded count to
-/// `apply(old, change)`: deleted at zero, else deleted and added again with the new count.
-/// `None` when a helper's count is unknown, or would go below zero: the table does not
-/// answer exactly, and the caller reads everything instead.
-fn recount(
-    snapshot: &Snapshot,
-    changed: &[(Element, Users)],
-    apply: impl Fn(Users, Users) -> Option<Users>,
-) -> Option<(Vec<Element>, Vec<Element>)> {
-    let mut delete = Vec::new();
-    let mut add = Vec::new();
-    for (element, change) in changed {
-        let old = match snapshot.helpers.get(&(element.set, element.key.clone())) {
-            None => Users::default(),
-            Some(None) => return None,
-            Some(Some(users)) => {
-                delete.push(element.clone());
-                *users
-            }
-        };
-        let new = apply(old, *change)?;
-        if new.mappings > 0 {
-            add.push(element.clone().used_by(new));
+        Some((committed, mut after_removal, changed)) => {
+            *counts = after(kernel, committed.genid, changed).map(|genid| {
+                after_removal.genid = genid;
+                after_removal
+            });
+            Ok(committed)
         }
+        None => update(kernel, counts, false, from_all),
     }
-    Some((delete, add))
 }
 
 /// The table's repairs (or its creation), then the element changes: deletions first, so
@@ -421,13 +434,8 @@ struct Diff {
 
 impl Diff {
     /// Hashed: linear in the number of mappings. A mapping whose host side stays but
-    /// whose target or metadata changes is deleted and added again in the same batch; a
-    /// helper whose count changes is too.
-    fn between(
-        current: &[Mapping],
-        helpers: &HashMap<HelperKey, Option<Users>>,
-        desired: &[Mapping],
-    ) -> Diff {
+    /// whose target or metadata changes is deleted and added again in the same batch.
+    fn between(current: &[Mapping], helpers: &HashSet<HelperKey>, desired: &[Mapping]) -> Diff {
         let desired_set: HashSet<&Mapping> = desired.iter().collect();
         let current_set: HashSet<&Mapping> = current.iter().collect();
         let removed: Vec<Mapping> = current
@@ -447,7 +455,7 @@ impl Diff {
             .collect();
         let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
         let mut unneeded: Vec<&HelperKey> = helpers
-            .keys()
+            .iter()
             .filter(|(set, key)| !needed_keys.contains(&(*set, key.as_slice())))
             .collect();
         unneeded.sort();
@@ -457,14 +465,12 @@ impl Diff {
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
         let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
-        for (element, users) in needed {
-            match helpers.get(&(element.set, element.key.clone())) {
-                Some(Some(old)) if *old == users => continue,
-                Some(_) => delete.push(element.clone()),
-                None => {}
-            }
-            add.push(element.used_by(users));
-        }
+        add.extend(
+            needed
+                .into_iter()
+                .map(|(element, _)| element)
+                .filter(|e| !helpers.contains(&(e.set, e.key.clone()))),
+        );
         Diff {
             added,
             removed,

@@ -31,6 +31,10 @@ pub struct Namespace {
 pub enum NamespaceError {
     #[error("network namespace {0:?} does not exist")]
     NotFound(String),
+    #[error(
+        "{0:?} is not a network namespace (expected a name under /run/netns or a path such as /proc/PID/ns/net)"
+    )]
+    NotANamespace(String),
     #[error("cannot open network namespace {name:?}")]
     Open {
         name: String,
@@ -75,6 +79,13 @@ impl Namespace {
                 error,
             },
         })?;
+        // A namespace file is on nsfs; anything else (a regular file, a directory) is the
+        // user's mistake, named as such rather than as the EINVAL setns() would give.
+        match nix::sys::statfs::fstatfs(&file) {
+            Ok(fs) if fs.filesystem_type() == nix::sys::statfs::NSFS_MAGIC => {}
+            Ok(_) => return Err(NamespaceError::NotANamespace(name.to_string())),
+            Err(_) => {}
+        }
         let inode = file
             .metadata()
             .map_err(|error| NamespaceError::Open {

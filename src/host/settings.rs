@@ -36,6 +36,9 @@ pub struct TargetNeeds<'a> {
 pub struct StillNeeded {
     pub loopback_vias: BTreeSet<String>,
     pub targets: BTreeSet<IpAddr>,
+    /// Whether mappings of each family remain, which keep its forwarding on.
+    pub ipv4: bool,
+    pub ipv6: bool,
 }
 
 impl StillNeeded {
@@ -47,6 +50,8 @@ impl StillNeeded {
                 .map(|m| m.via.clone())
                 .collect(),
             targets: mappings.iter().map(|m| m.to_addr).collect(),
+            ipv4: mappings.iter().any(|m| !m.is_ipv6()),
+            ipv6: mappings.iter().any(Mapping::is_ipv6),
         }
     }
 }
@@ -55,22 +60,24 @@ impl StillNeeded {
 pub struct Settings<'a> {
     lock: &'a WriterLock,
     pub originals: Originals,
+    /// The settings part of the record as last synced to disk.
+    synced: Originals,
 }
 
 impl<'a> Settings<'a> {
     /// Reads the record. An unreadable one is moved aside with a warning naming it, and
     /// replaced by the safe assumption: route_localnet was 0 on every interface in
     /// `table_ifaces` that has it on now, so putting back turns it off.
-    pub fn load(
+    pub fn load<I: IntoIterator<Item = String>>(
         lock: &'a WriterLock,
-        table_ifaces: impl IntoIterator<Item = String>,
+        table_ifaces: impl FnOnce() -> I,
     ) -> Result<Settings<'a>, Error> {
         let path = lock.record_path().to_path_buf();
         let originals = match lock.load().map_err(state(path))? {
             Loaded::Read(originals) => originals,
             Loaded::Corrupt { path, error } => {
                 let mut originals = Originals::default();
-                for iface in table_ifaces {
+                for iface in table_ifaces() {
                     if Sysctl::route_localnet(&iface)
                         .read()
                         .is_ok_and(|v| v == "1")
@@ -94,33 +101,75 @@ impl<'a> Settings<'a> {
                         ifaces.join(", ")
                     }
                 );
-                let settings = Settings { lock, originals };
+                let synced = Originals::default();
+                let mut settings = Settings {
+                    lock,
+                    originals,
+                    synced,
+                };
                 settings.save()?;
                 return Ok(settings);
             }
         };
-        Ok(Settings { lock, originals })
+        let synced = Originals {
+            counts: None,
+            ..originals.clone()
+        };
+        Ok(Settings {
+            lock,
+            originals,
+            synced,
+        })
     }
 
-    fn save(&self) -> Result<(), Error> {
+    /// Writes the record as it is now.
+    pub fn save(&mut self) -> Result<(), Error> {
         let path = self.lock.record_path().to_path_buf();
-        self.lock.save(&self.originals).map_err(state(path))
+        let settings = Originals {
+            counts: None,
+            ..self.originals.clone()
+        };
+        let durable = settings != self.synced;
+        self.lock
+            .save(&self.originals, durable)
+            .map_err(state(path))?;
+        self.synced = settings;
+        Ok(())
     }
 
     /// Turns on what `needs` require. Every value found is recorded durably before the
     /// first write; when the record cannot be saved (a full /run), nothing is written.
     pub fn turn_on(&mut self, needs: &[TargetNeeds<'_>]) -> Result<(), Error> {
         let all = || needs.iter().flat_map(|need| need.mappings.iter().copied());
-        let mut forwarding = Vec::new();
-        if all().any(|m| !m.is_ipv6()) {
-            forwarding.push(Sysctl::ip_forward());
-        }
-        if all().any(Mapping::is_ipv6) {
-            forwarding.push(Sysctl::ipv6_forwarding());
-        }
         let mut localnet = Vec::new();
         let mut hairpin = Vec::new();
         let mut changed = false;
+        // Forwarding first on the list, and accept_ra=2 before IPv6 forwarding, so that
+        // interfaces that learn their routes from router advertisements keep learning.
+        let mut others: Vec<(Sysctl, &str)> = Vec::new();
+        for ipv6 in [false, true] {
+            if !all().any(|m| m.is_ipv6() == ipv6) {
+                continue;
+            }
+            let forward = forwarding(ipv6);
+            let was = forward.read().map_err(sysctl_error(&forward))?;
+            if was == "1" {
+                continue;
+            }
+            if ipv6 {
+                for accept_ra in Sysctl::every_accept_ra() {
+                    if accept_ra.read().is_ok_and(|v| v == "1") {
+                        self.originals
+                            .sysctls
+                            .entry(accept_ra.key())
+                            .or_insert_with(|| "1".to_string());
+                        others.push((accept_ra, "2"));
+                    }
+                }
+            }
+            self.originals.sysctls.entry(forward.key()).or_insert(was);
+            others.push((forward, "1"));
+        }
         for need in needs {
             if need.mappings.iter().any(|m| m.serves_loopback()) {
                 let sysctl = Sysctl::route_localnet(need.via);
@@ -156,13 +205,11 @@ impl<'a> Settings<'a> {
                 changed |= change.targets.insert(mapping.to_addr);
             }
         }
-        if changed || !localnet.is_empty() || !hairpin.is_empty() {
+        if changed || !localnet.is_empty() || !hairpin.is_empty() || !others.is_empty() {
             self.save()?;
         }
-        for forward in &forwarding {
-            if forward.read().map_err(sysctl_error(forward))? != "1" {
-                forward.write("1").map_err(sysctl_error(forward))?;
-            }
+        for (sysctl, value) in &others {
+            sysctl.write(value).map_err(sysctl_error(sysctl))?;
         }
         for sysctl in &localnet {
             sysctl.write("1").map_err(sysctl_error(sysctl))?;
@@ -209,7 +256,15 @@ impl<'a> Settings<'a> {
     /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
     /// remaining loopback mapping goes through, hairpin mode of ports none of whose targets
     /// is published.
-    pub fn put_back_unneeded(&mut self, needed: &StillNeeded) -> Result<(), Error> {
+    /// Returns the families whose forwarding it put back.
+    pub fn put_back_unneeded(&mut self, needed: &StillNeeded) -> Result<Vec<bool>, Error> {
+        let mut families = Vec::new();
+        for ipv6 in [false, true] {
+            let family_needed = if ipv6 { needed.ipv6 } else { needed.ipv4 };
+            if !family_needed && self.put_back_forwarding(ipv6)? {
+                families.push(ipv6);
+            }
+        }
         let unneeded_localnet: Vec<(String, String)> = self
             .originals
             .route_localnet
@@ -225,7 +280,10 @@ impl<'a> Settings<'a> {
             .map(|(port, change)| (port.clone(), change.was_on))
             .collect();
         if unneeded_localnet.is_empty() && unneeded_hairpin.is_empty() {
-            return Ok(());
+            if !families.is_empty() {
+                self.save()?;
+            }
+            return Ok(families);
         }
         for (iface, was) in &unneeded_localnet {
             restore_route_localnet(iface, was)?;
@@ -235,19 +293,54 @@ impl<'a> Settings<'a> {
             restore_hairpin(port, *was_on)?;
             self.originals.hairpin.remove(port);
         }
-        self.save()
+        self.save()?;
+        Ok(families)
+    }
+
+    /// Puts one family's forwarding back when nsport turned it on (and, for IPv6, the
+    /// accept_ra values it raised to keep router advertisements coming). Whether it did.
+    fn put_back_forwarding(&mut self, ipv6: bool) -> Result<bool, Error> {
+        let forward = forwarding(ipv6);
+        let Some(was) = self.originals.sysctls.remove(&forward.key()) else {
+            return Ok(false);
+        };
+        restore(&forward, &was)?;
+        if ipv6 {
+            let accept_ra: Vec<String> = self
+                .originals
+                .sysctls
+                .keys()
+                .filter(|key| key.ends_with("/accept_ra"))
+                .cloned()
+                .collect();
+            for key in accept_ra {
+                let was = self.originals.sysctls.remove(&key).expect("listed above");
+                if let Some(sysctl) = Sysctl::from_key(&key) {
+                    restore(&sysctl, &was)?;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Puts back everything recorded, as `flush` does before it deletes the table.
     pub fn put_back_everything(&mut self) -> Result<(), Error> {
-        if self.originals.is_empty() {
-            return Ok(());
+        if self.originals.changes_nothing() {
+            return self.save();
         }
         for (iface, was) in std::mem::take(&mut self.originals.route_localnet) {
             restore_route_localnet(&iface, &was)?;
         }
         for (port, change) in std::mem::take(&mut self.originals.hairpin) {
             restore_hairpin(&port, change.was_on)?;
+        }
+        for ipv6 in [false, true] {
+            self.put_back_forwarding(ipv6)?;
+        }
+        for (key, was) in std::mem::take(&mut self.originals.sysctls) {
+            if let Some(sysctl) = Sysctl::from_key(&key) {
+                restore(&sysctl, &was)?;
+            }
         }
         self.save()
     }
@@ -282,7 +375,15 @@ impl<'a> Settings<'a> {
             let mode = if change.was_on { "on" } else { "off" };
             format!("hairpin {mode} for bridge port {port}")
         });
-        localnet.chain(hairpin).collect()
+        let others = self
+            .originals
+            .sysctls
+            .iter()
+            .map(|(key, was)| match Sysctl::from_key(key) {
+                Some(sysctl) => format!("sysctl {}={was}", sysctl.name()),
+                None => format!("sysctl {key}={was}"),
+            });
+        localnet.chain(hairpin).chain(others).collect()
     }
 }
 
@@ -309,12 +410,33 @@ pub fn would_turn_on(mappings: &[Mapping]) -> Vec<String> {
 }
 
 fn restore_route_localnet(iface: &str, was: &str) -> Result<(), Error> {
-    let localnet = Sysctl::route_localnet(iface);
+    restore(&Sysctl::route_localnet(iface), was)
+}
+
+fn restore(sysctl: &Sysctl, was: &str) -> Result<(), Error> {
     // The interface may be gone, and its setting with it.
-    match localnet.read() {
-        Ok(now) if now != was => localnet.write(was).map_err(sysctl_error(&localnet)),
+    match sysctl.read() {
+        Ok(now) if now != was => sysctl.write(was).map_err(sysctl_error(sysctl)),
         _ => Ok(()),
     }
+}
+
+fn forwarding(ipv6: bool) -> Sysctl {
+    if ipv6 {
+        Sysctl::ipv6_forwarding()
+    } else {
+        Sysctl::ip_forward()
+    }
+}
+
+/// The families among `mappings` whose forwarding is off now: turning it on must wait for
+/// the table to close what forwarding would open.
+pub fn forwarding_off(mappings: &[Mapping]) -> Vec<bool> {
+    [false, true]
+        .into_iter()
+        .filter(|ipv6| mappings.iter().any(|m| m.is_ipv6() == *ipv6))
+        .filter(|ipv6| forwarding(*ipv6).read().is_ok_and(|v| v != "1"))
+        .collect()
 }
 
 fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {

@@ -56,11 +56,31 @@ pub struct Originals {
     /// Bridge port name to its hairpin mode before nsport turned it on.
     #[serde(default)]
     pub hairpin: BTreeMap<String, HairpinChange>,
+    /// Other settings (forwarding, accept_ra) by their path under /proc/sys, with the
+    /// value before nsport changed them.
+    #[serde(default)]
+    pub sysctls: BTreeMap<String, String>,
+    /// How many mappings need each helper element, at the generation nsport's last
+    /// change made (see the engine's `counts`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub counts: Option<RecordedCounts>,
+}
+
+/// Helper element counts as recorded: `SET/HEXKEY` to mappings and loopback users.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedCounts {
+    pub genid: u32,
+    pub helpers: BTreeMap<String, [u32; 2]>,
 }
 
 impl Originals {
+    /// Whether nsport changed no setting that must go back.
+    pub fn changes_nothing(&self) -> bool {
+        self.route_localnet.is_empty() && self.hairpin.is_empty() && self.sysctls.is_empty()
+    }
+
     pub fn is_empty(&self) -> bool {
-        self.route_localnet.is_empty() && self.hairpin.is_empty()
+        self.changes_nothing() && self.counts.is_none()
     }
 }
 
@@ -156,7 +176,10 @@ impl WriterLock {
     }
 
     /// Replaces the record durably; an empty record removes the file.
-    pub fn save(&self, originals: &Originals) -> io::Result<()> {
+    /// With `durable`, the new record is on disk before this returns (the file and the
+    /// rename synced): what a setting's old value needs before the setting changes. The
+    /// counts alone need no sync: the generation they carry tells when they are stale.
+    pub fn save(&self, originals: &Originals, durable: bool) -> io::Result<()> {
         if originals.is_empty() {
             return match fs::remove_file(&self.record_path) {
                 Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -170,10 +193,15 @@ impl WriterLock {
         let written = (|| {
             let mut file = File::create(&temporary)?;
             file.write_all(&text)?;
-            file.sync_all()?;
+            if durable {
+                file.sync_all()?;
+            }
             fs::rename(&temporary, &self.record_path)?;
             // The rename itself is durable once the directory is.
-            File::open(dir())?.sync_all()
+            if durable {
+                File::open(dir())?.sync_all()?;
+            }
+            Ok(())
         })();
         if written.is_err() {
             let _ = fs::remove_file(&temporary);

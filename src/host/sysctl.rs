@@ -30,6 +30,45 @@ impl Sysctl {
         )))
     }
 
+    /// `net.ipv6.conf.IFACE.accept_ra`: 2 keeps accepting router advertisements once
+    /// IPv6 forwarding is on (1 stops).
+    pub fn accept_ra(iface: &str) -> Sysctl {
+        Sysctl(PathBuf::from(format!(
+            "/proc/sys/net/ipv6/conf/{iface}/accept_ra"
+        )))
+    }
+
+    /// Every interface's `accept_ra`, and `default`'s (what new interfaces get), but not
+    /// `all`'s, which the kernel does not consult for it.
+    pub fn every_accept_ra() -> Vec<Sysctl> {
+        let Ok(dir) = fs::read_dir("/proc/sys/net/ipv6/conf") else {
+            return Vec::new();
+        };
+        let mut all: Vec<Sysctl> = dir
+            .flatten()
+            .filter(|entry| entry.file_name() != "all")
+            .map(|entry| Sysctl(entry.path().join("accept_ra")))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The path under /proc/sys, which is how the settings record names a setting (an
+    /// interface name may hold a dot, so the dotted name cannot be turned back).
+    pub fn key(&self) -> String {
+        let relative = self.0.strip_prefix("/proc/sys").unwrap_or(&self.0);
+        relative
+            .to_string_lossy()
+            .trim_start_matches('/')
+            .to_string()
+    }
+
+    /// The setting a record's key names; `None` for a key outside /proc/sys/net.
+    pub fn from_key(key: &str) -> Option<Sysctl> {
+        let safe = key.starts_with("net/") && !key.split('/').any(|part| part == "..");
+        safe.then(|| Sysctl(PathBuf::from("/proc/sys").join(key)))
+    }
+
     /// The dotted name, as `sysctl` prints it.
     pub fn name(&self) -> String {
         let relative = self.0.strip_prefix("/proc/sys").unwrap_or(&self.0);

@@ -3,6 +3,7 @@
 //! tables back.
 //!
 //! - `encode`: the checks every length passes before libnftnl sees it, and the objects;
+//!   `expr`: the expressions of rules;
 //! - `batch`: `Change`, the byte-bounded split into messages, the batch frame, `commit`
 //!   and `generation`;
 //! - `dump`: reading tables, chains, sets, elements and rules back, and `rule_exprs_text`,
@@ -11,6 +12,7 @@
 mod batch;
 mod dump;
 mod encode;
+mod expr;
 #[cfg(test)]
 mod fuzz;
 #[cfg(test)]
@@ -19,7 +21,7 @@ mod lab;
 pub use batch::{Change, commit, commit_to, generation};
 pub use dump::{
     ChainDump, ElementDump, RuleDump, chain_exists, dump_base_chains, dump_chains, dump_elements,
-    dump_rules, get_element, rule_exprs_text, table_exists,
+    dump_family_rules, dump_rules, get_element, rule_exprs_text, table_exists,
 };
 pub use encode::{
     COMMENT_MAX, ELEMENT_USERDATA_MAX, MESSAGE_BUDGET, NAME_MAX, USERDATA_MAX, VALUE_MAX,

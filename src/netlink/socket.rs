@@ -39,7 +39,10 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(set_error)?;
     // Errors then carry the refused message's header only, not all of it: a refused
     // message of hundreds of elements would otherwise be echoed whole.
-    socket::setsockopt(&fd, NetlinkCapAck, &true).map_err(set_error)?;
+    socket::setsockopt(&fd, NetlinkFlag(NETLINK_CAP_ACK), &true).map_err(set_error)?;
+    // And they say which attribute was refused (NLMSGERR_ATTR_OFFS): for a message of many
+    // elements, which element. Kernels before 4.12 do not know the option and say nothing.
+    let _ = socket::setsockopt(&fd, NetlinkFlag(NETLINK_EXT_ACK), &true);
     // Past the default socket buffers (about 200 KiB), large batches would fail with
     // EMSGSIZE and their acknowledgements with ENOBUFS; root may raise both.
     if send_bytes > DEFAULT_SOCKET_BUFFER {
@@ -52,23 +55,32 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     Ok(socket)
 }
 
-/// `NETLINK_CAP_ACK`, which nix does not name.
-#[derive(Clone, Copy)]
-struct NetlinkCapAck;
+const NETLINK_CAP_ACK: libc::c_int = 10;
+const NETLINK_EXT_ACK: libc::c_int = 11;
+/// An error message whose echo of the refused message is its header alone.
+const NLM_F_CAPPED: u16 = 0x100;
+/// An error message followed by extended-ack attributes.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+/// The extended-ack attribute giving the refused attribute's offset in its message.
+const NLMSGERR_ATTR_OFFS: u16 = 2;
 
-impl socket::SetSockOpt for NetlinkCapAck {
+/// A boolean SOL_NETLINK option (`NETLINK_CAP_ACK`, `NETLINK_EXT_ACK`), which nix does not
+/// name.
+#[derive(Clone, Copy)]
+struct NetlinkFlag(libc::c_int);
+
+impl socket::SetSockOpt for NetlinkFlag {
     type Val = bool;
 
     fn set<F: std::os::fd::AsFd>(&self, fd: &F, value: &bool) -> nix::Result<()> {
         const SOL_NETLINK: libc::c_int = 270;
-        const NETLINK_CAP_ACK: libc::c_int = 10;
         let value = libc::c_int::from(*value);
         // SAFETY: setsockopt reads one c_int from a live local.
         let result = unsafe {
             libc::setsockopt(
                 std::os::fd::AsRawFd::as_raw_fd(&fd.as_fd()),
                 SOL_NETLINK,
-                NETLINK_CAP_ACK,
+                self.0,
                 (&value as *const libc::c_int).cast(),
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             )
@@ -112,6 +124,9 @@ pub(super) struct Reply<'a> {
     pub(super) kind: u16,
     pub(super) seq: u32,
     pub(super) errno: i32,
+    /// For an error, the offset in the refused message of the attribute refused, when the
+    /// kernel says.
+    pub(super) bad_attr: Option<u32>,
     pub(super) message: &'a [u8],
 }
 
@@ -121,24 +136,43 @@ pub(super) fn replies(bytes: &[u8]) -> impl Iterator<Item = Result<Reply<'_>, Ne
         // libmnl only yields messages whose length covers at least their header.
         let word = |at: usize| u32::from_ne_bytes(message[at..at + 4].try_into().unwrap());
         let kind = u16::from_ne_bytes([message[4], message[5]]);
-        let errno = if kind == NLMSG_ERROR {
+        let flags = u16::from_ne_bytes([message[6], message[7]]);
+        let (errno, bad_attr) = if kind == NLMSG_ERROR {
             if message.len() < 20 {
                 return Err(NetlinkError::Receive(io::Error::new(
                     io::ErrorKind::InvalidData,
                     "truncated netlink error message",
                 )));
             }
-            -(word(16) as i32)
+            (-(word(16) as i32), error_offset(message, flags))
         } else {
-            0
+            (0, None)
         };
         Ok(Reply {
             kind,
             seq: word(8),
             errno,
+            bad_attr,
             message,
         })
     })
+}
+
+/// The NLMSGERR_ATTR_OFFS of an error message: its attributes follow the error code and the
+/// echo of the refused message, whole or (capped) its header only.
+fn error_offset(message: &[u8], flags: u16) -> Option<u32> {
+    if flags & NLM_F_ACK_TLVS == 0 {
+        return None;
+    }
+    let echoed = if flags & NLM_F_CAPPED != 0 {
+        16
+    } else {
+        let len = message.get(20..24)?;
+        u32::from_ne_bytes(len.try_into().ok()?) as usize
+    };
+    let attrs = message.get((20 + echoed).next_multiple_of(4)..)?;
+    let offset = super::attributes::find(attrs, NLMSGERR_ATTR_OFFS)?;
+    Some(u32::from_ne_bytes(offset.value.get(..4)?.try_into().ok()?))
 }
 
 /// Sends one request and hands each answer message to `on_message`. Returns false when the

@@ -3,8 +3,8 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
+    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -15,6 +15,7 @@ mod datatype {
     pub const INET_PROTOCOL: u32 = 12;
     pub const INET_SERVICE: u32 = 13;
     pub const IFNAME: u32 = 41;
+    pub const NFPROTO: u32 = 2;
 
     pub const fn concat(types: &[u32]) -> u32 {
         let mut packed = 0;
@@ -206,6 +207,31 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
 pub fn sets() -> Vec<SetDef> {
     let mut sets = family_sets(false, [1, 2, 3, 4, 5]).to_vec();
     sets.extend(family_sets(true, [6, 7, 8, 9, 10]));
+    sets.extend([
+        // set inside { type ifname; }: interfaces toward published namespaces, the only
+        // ones new forwarded connections may come from once nsport turned forwarding on.
+        SetDef {
+            name: SET_INSIDE,
+            nft_type: "ifname",
+            id: 11,
+            key_type: datatype::IFNAME,
+            key_len: IFNAME_LEN as u32,
+            data: None,
+            counter: false,
+            userdata: set_userdata(1, None, false),
+        },
+        // set closed { type nf_proto; }: the families whose forwarding nsport turned on.
+        SetDef {
+            name: SET_CLOSED,
+            nft_type: "nf_proto",
+            id: 12,
+            key_type: datatype::NFPROTO,
+            key_len: 1,
+            data: None,
+            counter: false,
+            userdata: set_userdata(0, None, false),
+        },
+    ]);
     sets
 }
 

@@ -5,9 +5,9 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id,
-    ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
+    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from,
+    declarations::set_id, ifname_bytes,
 };
 use crate::model::Mapping;
 use crate::spec::Proto;
@@ -134,46 +134,6 @@ pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
     }
 }
 
-/// How many mappings need a helper element, and how many of those serve the host's
-/// 127.0.0.1 (counted on `reach` elements only).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Users {
-    pub mappings: u32,
-    pub loopback: u32,
-}
-
-impl Users {
-    pub fn plus(self, other: Users) -> Option<Users> {
-        Some(Users {
-            mappings: self.mappings.checked_add(other.mappings)?,
-            loopback: self.loopback.checked_add(other.loopback)?,
-        })
-    }
-
-    /// `None` below zero: the count was wrong, and the caller reads everything instead.
-    pub fn minus(self, other: Users) -> Option<Users> {
-        Some(Users {
-            mappings: self.mappings.checked_sub(other.mappings)?,
-            loopback: self.loopback.checked_sub(other.loopback)?,
-        })
-    }
-
-    /// Read from a helper element's comment; `None` when it holds no count (a table
-    /// written by hand, or by an older nsport).
-    pub fn of(element: &Element) -> Option<Users> {
-        let comment = element.comment.as_deref()?;
-        let mut users = Users::default();
-        let mut fields = comment.split(' ');
-        users.mappings = fields.next()?.strip_prefix("mappings=")?.parse().ok()?;
-        match fields.next() {
-            Some(field) => users.loopback = field.strip_prefix("loopback=")?.parse().ok()?,
-            None if matches!(element.set, SET_REACH4 | SET_REACH6) => return None,
-            None => {}
-        }
-        Some(users)
-    }
-}
-
 /// One element to add to or delete from a set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
@@ -214,23 +174,39 @@ impl Element {
         }
     }
 
-    /// The same helper element, recording how many mappings need it (`mappings=N`, and
-    /// for `reach`, how many of them serve the host's 127.0.0.1: `loopback=L`). That is
-    /// what lets a removal know, without reading every mapping, whether the helper and
-    /// route_localnet must go with it.
-    pub fn used_by(self, users: Users) -> Element {
-        let mut comment = format!("mappings={}", users.mappings);
-        if matches!(self.set, SET_REACH4 | SET_REACH6) {
-            comment.push_str(&format!(" loopback={}", users.loopback));
-        }
+    /// An interface toward published namespaces.
+    pub fn inside(via: &str) -> Element {
         Element {
-            comment: Some(comment),
-            ..self
+            set: SET_INSIDE,
+            key: ifname_bytes(via).to_vec(),
+            data: None,
+            comment: None,
         }
     }
+
+    /// A family whose forwarding nsport turned on.
+    pub fn closed(ipv6: bool) -> Element {
+        const NFPROTO_IPV4: u8 = 2;
+        const NFPROTO_IPV6: u8 = 10;
+        Element {
+            set: SET_CLOSED,
+            key: vec![if ipv6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+            data: None,
+            comment: None,
+        }
+    }
+
     /// The key as nft writes it, read back from its bytes.
     fn key_text(&self) -> String {
         match self.set {
+            SET_INSIDE => {
+                let name = self.key.split(|b| *b == 0).next().unwrap_or_default();
+                format!("{:?}", String::from_utf8_lossy(name))
+            }
+            SET_CLOSED => match self.key.first() {
+                Some(10) => "ipv6".to_string(),
+                _ => "ipv4".to_string(),
+            },
             SET_REACH4 | SET_REACH6 => {
                 let (name, addr) = self.key.split_at(IFNAME_LEN.min(self.key.len()));
                 let name = name.split(|b| *b == 0).next().unwrap_or_default();
@@ -270,6 +246,10 @@ impl Element {
     pub fn helper(set: &str, key: &[u8]) -> Option<Element> {
         let half = key.len() / 2;
         match set {
+            SET_INSIDE => {
+                let name = key.split(|b| *b == 0).next()?;
+                Some(Element::inside(std::str::from_utf8(name).ok()?))
+            }
             SET_REACH4 | SET_REACH6 if key.len() > IFNAME_LEN => {
                 let (name, addr) = key.split_at(IFNAME_LEN);
                 let name = name.split(|b| *b == 0).next()?;

@@ -34,7 +34,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, Users, host_key, host_sets};
+pub use element::{Element, host_key, host_sets};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -52,6 +52,8 @@ pub const SET_ANY6: &str = "any6";
 pub const SET_ADDR6: &str = "addr6";
 pub const SET_HAIRPIN6: &str = "hairpin6";
 pub const SET_REACH6: &str = "reach6";
+pub const SET_INSIDE: &str = "inside";
+pub const SET_CLOSED: &str = "closed";
 pub const SET_TARGETS6: &str = "targets6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in

@@ -446,6 +446,7 @@ fn base_rules() -> Vec<RuleDef> {
     rules.extend([false, true].map(neighbour_masquerade));
     rules.extend(forward_accepts());
     rules.extend([false, true].map(direct_access_drop));
+    rules.push(closed_forwarding_drop());
     rules
 }
 
@@ -604,5 +605,29 @@ fn direct_access_drop(v6: bool) -> RuleDef {
             ],
         ]
         .concat(),
+    }
+}
+
+/// Forwarding that nsport turned on opens nothing but the published ports: in a family
+/// whose forwarding was off before, a forwarded connection that no published port started
+/// may only come from an interface toward a published namespace (its own connections
+/// out, and bridged traffic, which br_netfilter shows as coming from the bridge).
+fn closed_forwarding_drop() -> RuleDef {
+    RuleDef {
+        chain: CHAIN_FORWARD,
+        nft: "meta nfproto @closed iifname != @inside drop",
+        exprs: vec![
+            meta(MetaKey::Nfproto, REG_1),
+            lookup(SET_CLOSED, REG_1, None),
+            meta(MetaKey::Iifname, REG_1),
+            Expr::Lookup {
+                set: SET_INSIDE,
+                set_id: set_id(SET_INSIDE),
+                sreg: REG_1,
+                dreg: None,
+                invert: true,
+            },
+            Expr::Verdict(Verdict::Drop),
+        ],
     }
 }

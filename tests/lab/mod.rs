@@ -260,6 +260,14 @@ impl Lab {
         sh(&full);
     }
 
+    /// Runs `ip` in `role` and returns what it printed.
+    pub fn ip_output(&self, role: &str, args: &str) -> String {
+        let ns = self.ns(role);
+        let mut full = vec!["ip", "-n", &ns];
+        full.extend(args.split_whitespace());
+        String::from_utf8_lossy(&sh(&full).stdout).into_owned()
+    }
+
     /// Runs nsport and asserts success; returns stdout.
     pub fn nsport_ok(&self, args: &[&str]) -> String {
         let output = self.nsport(args);

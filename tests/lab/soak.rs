@@ -316,6 +316,8 @@ pub fn judge(kind: Kind, label: &str, output: &Output, killed: bool) -> Option<S
                 _ => bad("CNI failure that is not a conflict"),
             }
         }
+        // A listing conflicts with nothing; it may only give up retrying a repair.
+        1 if kind == Kind::Ls && stderr.to_lowercase().contains("try again") => None,
         1 if kind != Kind::Ls && is_conflict(&stderr) => None,
         2 if kind == Kind::Rm && stderr.contains("is not published") => None,
         _ => bad("unexpected failure"),

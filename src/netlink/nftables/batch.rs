@@ -20,10 +20,10 @@ use crate::ruleset::{ChainDef, Element, RuleDef, SetDef, TABLE};
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
-pub(super) const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_BATCH_GENID: u16 = 1;
 const NFNETLINK_V0: u8 = 0;
-pub(super) const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
+const NLM_F_REQUEST: u16 = libc::NLM_F_REQUEST as u16;
 const ERESTART: i32 = libc::ERESTART;
 
 /// One change to `table inet nsport`; a batch of them is applied by the kernel atomically.
@@ -69,8 +69,11 @@ fn describe(change: &Change) -> String {
 ///
 /// With `genid`, the kernel applies the batch only while the ruleset is still at that
 /// generation (`generation()`), and otherwise refuses all of it with `NetlinkError::Stale`.
-/// On any failure the kernel has applied none of it; a refusal names the index in `changes`
-/// of the first message the kernel refused.
+/// On any failure the kernel has applied none of it. A refusal (`NetlinkError::Kernel`)
+/// names the index in `changes` of the first change the kernel refused: in a message of
+/// many elements the refused element itself, as the kernel reports it (Linux 4.12 and
+/// later), or else the message's first change. Values that would not fit their fields
+/// are refused before anything is sent (`TooLong`, `Nul`).
 pub fn commit(changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
     commit_to(TABLE, changes, genid)
 }
@@ -127,7 +130,7 @@ pub fn commit_to(
     // is the one reported, and the rest (a refused batch can queue thousands) are dropped
     // with the socket.
     let mut buffer = AlignedBuffer::new(crate::netlink::socket::RECEIVE_BUFFER);
-    let mut first_error: Option<(u32, i32)> = None;
+    let mut first_error: Option<(u32, i32, Option<u32>)> = None;
     'answers: loop {
         let len = match receive(&socket, &mut buffer, false) {
             Ok(len) => len,
@@ -139,7 +142,7 @@ pub fn commit_to(
         for reply in replies(&buffer.bytes()[..len]) {
             let reply = reply?;
             if reply.kind == NLMSG_ERROR && reply.errno != 0 {
-                first_error = Some((reply.seq, reply.errno));
+                first_error = Some((reply.seq, reply.errno, reply.bad_attr));
                 break 'answers;
             }
             if reply.seq == batch.end_seq {
@@ -150,10 +153,11 @@ pub fn commit_to(
     match first_error {
         None => Ok(()),
         // A stale generation is answered on the begin message, and nothing is applied.
-        Some((seq, ERESTART)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
-        // A message of several elements names its first; the caller finds which one.
-        Some((seq, errno)) => Err(NetlinkError::Kernel {
-            index: batch.change_of(seq),
+        Some((seq, ERESTART, _)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
+        // In a message of several elements, the kernel names the refused one by its
+        // offset; without that (kernels before 4.12), the message's first stands for all.
+        Some((seq, errno, bad_attr)) => Err(NetlinkError::Kernel {
+            index: batch.change_of(seq, bad_attr),
             error: io::Error::from_raw_os_error(errno),
         }),
     }
@@ -167,14 +171,41 @@ pub(super) struct EncodedBatch {
     /// For the n-th message after the begin message (sequence number `begin_seq + 1 + n`),
     /// the index in `changes` of its first change.
     pub(super) first_change: Vec<usize>,
+    /// For the n-th message, the offset in it of each of its elements, in order: element
+    /// k is change `first_change[n] + k`. Empty for other messages.
+    pub(super) element_offsets: Vec<Vec<u32>>,
 }
 
 impl EncodedBatch {
-    /// The index of the first change in the message with sequence number `seq`.
-    fn change_of(&self, seq: u32) -> Option<usize> {
-        let n = seq.checked_sub(self.begin_seq + 1)?;
-        self.first_change.get(n as usize).copied()
+    /// The index of the change refused in the message with sequence number `seq`: the
+    /// element at `bad_attr` when the kernel named one, else the message's first change.
+    fn change_of(&self, seq: u32, bad_attr: Option<u32>) -> Option<usize> {
+        let n = seq.checked_sub(self.begin_seq.checked_add(1)?)? as usize;
+        let first = *self.first_change.get(n)?;
+        let element =
+            bad_attr.and_then(|offset| self.element_offsets[n].iter().position(|&at| at == offset));
+        Some(first + element.unwrap_or(0))
     }
+}
+
+/// Where each element of an element message starts: the children of its
+/// NFTA_SET_ELEM_LIST_ELEMENTS attribute, which the kernel names when it refuses one.
+fn element_offsets(message: &[u8]) -> Vec<u32> {
+    const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+    let header = encode::MESSAGE_HEADER;
+    let Some(list) = message
+        .get(header..)
+        .and_then(|attrs| attributes::find(attrs, NFTA_SET_ELEM_LIST_ELEMENTS))
+    else {
+        return Vec::new();
+    };
+    // `list.value` lies inside `message`; its distance from the start is its offset.
+    let start = list.value.as_ptr() as usize - message.as_ptr() as usize;
+    attributes::attributes(list.value)
+        .map(|element| {
+            (start + (element.raw.as_ptr() as usize - list.value.as_ptr() as usize)) as u32
+        })
+        .collect()
 }
 
 /// What an element message does.
@@ -201,7 +232,7 @@ enum Part<'a> {
 /// Splits changes into messages: consecutive additions (or deletions) of elements of one
 /// set share a message, which saves the kernel and libnftnl per-message work, for as long
 /// as the message stays inside `MESSAGE_BUDGET` bytes. Each message remembers the index of
-/// its first change. Every element is checked here, before anything is encoded.
+/// its first change. Every change is checked here, before anything is encoded.
 fn messages<'a>(
     table: &str,
     changes: &[Change<'a>],
@@ -213,6 +244,7 @@ fn messages<'a>(
             Change::CreateElement(element) => (ElementOp::Create, element),
             Change::DelElement(element) => (ElementOp::Delete, element),
             other => {
+                check_object(table, &other)?;
                 messages.push((index, Part::Object(other)));
                 continue;
             }
@@ -251,6 +283,20 @@ fn messages<'a>(
     Ok(messages)
 }
 
+/// Checks the names and values of a change to an object, as `messages` checks elements,
+/// so that a batch is refused before any of it is encoded.
+fn check_object(table: &str, change: &Change) -> Result<(), NetlinkError> {
+    match change {
+        Change::AddTable { .. } | Change::DelTable => encode::name("table", table).map(drop),
+        Change::AddChain(chain) | Change::FlushChain(chain) | Change::DelChain(chain) => {
+            encode::name("chain", chain.name).map(drop)
+        }
+        Change::AddSet(set) => encode::check_set(table, set),
+        Change::AddRule(rule) => encode::check_rule(table, rule).map(drop),
+        Change::AddElement(_) | Change::CreateElement(_) | Change::DelElement(_) => Ok(()),
+    }
+}
+
 /// Encodes a whole batch, begin and end included, exactly as `commit_to` sends it; the
 /// begin message has sequence number `begin_seq` and the others follow it.
 pub(super) fn encode_batch(
@@ -264,9 +310,15 @@ pub(super) fn encode_batch(
     let mut bytes = frame(NFNL_MSG_BATCH_BEGIN, begin_seq, genid)?;
     let mut buffer = AlignedBuffer::new(MESSAGE_BUFFER);
     let mut seq = begin_seq;
+    let mut offsets = Vec::with_capacity(messages.len());
     for (_, part) in &messages {
         seq = seq.wrapping_add(1);
-        bytes.extend_from_slice(write_message(&mut buffer, table, part, seq)?);
+        let message = write_message(&mut buffer, table, part, seq)?;
+        offsets.push(match part {
+            Part::Elements { .. } => element_offsets(message),
+            Part::Object(_) => Vec::new(),
+        });
+        bytes.extend_from_slice(message);
     }
     let end_seq = seq.wrapping_add(1);
     bytes.extend(frame(NFNL_MSG_BATCH_END, end_seq, None)?);
@@ -275,6 +327,7 @@ pub(super) fn encode_batch(
         begin_seq,
         end_seq,
         first_change: messages.iter().map(|(index, _)| *index).collect(),
+        element_offsets: offsets,
     })
 }
 

@@ -276,6 +276,12 @@ unsafe fn elem_attr(elem: *mut sys::nftnl_set_elem, attr: u16) -> Vec<u8> {
 /// Every rule of the inet table `table`, chain by chain in the kernel's order, in one dump.
 /// A missing table has none.
 pub fn dump_rules(table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
+    dump_family_rules(FAMILY_INET, table)
+}
+
+/// The same for a table of any family (`NFPROTO_IPV4`, `NFPROTO_IPV6`, …): what `doctor`
+/// reads of other tables' forward chains.
+pub fn dump_family_rules(family: u16, table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
     // A rule naming only its table: the kernel then dumps that table's rules alone.
     let filter = Rule::alloc();
     let name = encode::name("table", table)?;
@@ -285,10 +291,10 @@ pub fn dump_rules(table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
         sys::nftnl_rule_set_u32(
             filter.ptr(),
             sys::NFTNL_RULE_FAMILY as u16,
-            u32::from(FAMILY_INET),
+            u32::from(family),
         );
     }
-    let request = build_request(libc::NFT_MSG_GETRULE, FAMILY_INET, true, |nlh| {
+    let request = build_request(libc::NFT_MSG_GETRULE, family, true, |nlh| {
         // SAFETY: `filter` is live; one checked name fits the buffer.
         unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, filter.ptr()) }
     });

@@ -405,3 +405,68 @@ fn whole_tables_encode_to_well_formed_messages() {
         assert_eq!(message.seq, 101 + n as u32);
     }
 }
+
+/// Names and values that would not fit their fields refuse the whole batch before any of
+/// it is encoded, wherever in the batch they are.
+#[test]
+fn overlong_names_and_values_refuse_the_batch() {
+    use super::encode::{NAME_MAX, USERDATA_MAX};
+    use crate::ruleset::ChainDef;
+    // Names of ruleset values are &'static str: static bytes, not leaked strings, which
+    // valgrind would rightly report.
+    static LONG: [u8; NAME_MAX + 1] = [b'n'; NAME_MAX + 1];
+    let long_name = std::str::from_utf8(&LONG).unwrap();
+    let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+    let long_chain = ChainDef {
+        name: long_name,
+        base: None,
+    };
+    let nul_chain = ChainDef {
+        name: "a\0b",
+        base: None,
+    };
+    let mut long_set = sets[0].clone();
+    long_set.name = long_name;
+    let mut long_userdata = sets[0].clone();
+    long_userdata.userdata = vec![0; USERDATA_MAX + 1];
+    let mut long_cmp = rules[0].clone();
+    long_cmp.exprs.push(crate::ruleset::Expr::Cmp {
+        op: crate::ruleset::CmpOp::Eq,
+        sreg: 1,
+        data: vec![0; 65],
+    });
+    let element = element(
+        &sets,
+        &Draw {
+            set: 0,
+            op: 0,
+            seed: 1,
+            comment: None,
+        },
+    );
+    let mut long_key = element.clone();
+    long_key.key = vec![0; 65];
+    for (bad, what) in [
+        (Change::AddChain(&long_chain), "chain name"),
+        (Change::DelChain(&long_chain), "chain name"),
+        (Change::FlushChain(&nul_chain), "NUL"),
+        (Change::AddSet(&long_set), "set name"),
+        (Change::AddSet(&long_userdata), "user data"),
+        (Change::AddRule(&long_cmp), "compared value"),
+        (Change::DelElement(&long_key), "key"),
+    ] {
+        let mut changes = vec![Change::AddTable { exclusive: false }];
+        changes.extend(chains.iter().map(Change::AddChain));
+        changes.push(Change::AddElement(&element));
+        changes.push(bad);
+        let error = match encode_batch(TABLE, &changes, None, 1) {
+            Err(error) => error,
+            Ok(_) => panic!("{bad:?} was encoded"),
+        };
+        assert!(error.to_string().contains(what), "{what}: {error}");
+    }
+    assert!(matches!(
+        encode_batch(&"t".repeat(NAME_MAX + 1), &[Change::DelTable], None, 1),
+        Err(NetlinkError::TooLong { .. })
+    ));
+}

@@ -142,6 +142,14 @@ fn rules_read_back_equal_what_nsport_writes_and_edits_do_not() {
             assert_eq!(read, written, "chain {}", chain.name);
         }
         assert!(dumped.iter().all(|rule| rule.handle > 0));
+        // Another table's rules and chains are not this table's; a missing one has none.
+        nft("add table inet other");
+        nft("add chain inet other c");
+        nft("add rule inet other c accept");
+        assert_eq!(dump_rules(TABLE).unwrap().len(), rules.len());
+        assert!(dump_rules("missing").unwrap().is_empty());
+        assert!(dump_chains("missing").unwrap().is_empty());
+        assert_eq!(dump_chains("other").unwrap(), ["c"]);
         let names: Vec<String> = chains.iter().map(|chain| chain.name.to_string()).collect();
         let mut read = dump_chains(TABLE).unwrap();
         read.sort();
@@ -198,8 +206,32 @@ fn create_is_exclusive_and_add_is_not() {
         )
         .unwrap_err();
         assert_eq!(error.errno(), Some(libc::EEXIST));
-        assert!(matches!(error, NetlinkError::Kernel { index: Some(_), .. }));
+        // Both share a message; the kernel names the element it refused.
+        assert!(
+            matches!(error, NetlinkError::Kernel { index: Some(1), .. }),
+            "{error:?}"
+        );
         assert_eq!(get_element(map.name, &other.key).unwrap(), None);
+
+        // Deep inside a batch of messages of hundreds of elements, the index is still the
+        // refused element's own.
+        let many: Vec<Element> = (1000..3000)
+            .map(|n| super::lab::element(&map, n, Some(format!("netns={n}"))))
+            .collect();
+        let mut changes: Vec<Change> = many.iter().map(Change::CreateElement).collect();
+        changes.insert(1234, Change::CreateElement(&element));
+        let error = commit(&changes, None).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                NetlinkError::Kernel {
+                    index: Some(1234),
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(dump_elements(map.name).unwrap().len(), 1, "nothing applied");
     });
 }
 

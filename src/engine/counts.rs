@@ -1,0 +1,192 @@
+//! How many mappings need each helper element, kept in the settings record rather than in
+//! the table.
+//!
+//! Removing one mapping must know whether another still needs its target's helpers;
+//! reading every mapping to find out costs what the number of mappings does. The counts
+//! answer it in one lookup. They live in the record, not in the elements' comments,
+//! because a comment cannot be changed in place: bumping a count in the table means
+//! deleting and adding the element again, and a batch that deletes anything makes the
+//! process wait a whole RCU grace period when its netlink socket closes. Publishing, which
+//! only ever adds, would pay that on every call.
+//!
+//! The counts are exact at the generation they name: every nsport change writes them with
+//! the generation its own commit made, and the next change trusts them only while the
+//! ruleset is still at that generation. Any other writer, a crash between a commit and the
+//! record, or an unreadable record, and the next removal reads everything and counts
+//! afresh.
+
+use std::collections::{BTreeMap, HashMap};
+
+use super::table::{HelperKey, helpers_for};
+use crate::host::settings::StillNeeded;
+use crate::host::state::RecordedCounts;
+use crate::ruleset::{
+    Element, IFNAME_LEN, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6,
+};
+
+/// How many mappings need a helper element, and how many of those serve the host's
+/// 127.0.0.1 (which is what route_localnet on its interface depends on).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Users {
+    pub mappings: u32,
+    pub loopback: u32,
+}
+
+impl Users {
+    fn plus(self, other: Users) -> Option<Users> {
+        Some(Users {
+            mappings: self.mappings.checked_add(other.mappings)?,
+            loopback: self.loopback.checked_add(other.loopback)?,
+        })
+    }
+
+    /// `None` below zero: the counts were wrong.
+    fn minus(self, other: Users) -> Option<Users> {
+        Some(Users {
+            mappings: self.mappings.checked_sub(other.mappings)?,
+            loopback: self.loopback.checked_sub(other.loopback)?,
+        })
+    }
+}
+
+/// Every helper element's users, exact at generation `genid`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub genid: u32,
+    pub helpers: HashMap<HelperKey, Users>,
+}
+
+impl Counts {
+    /// The counts of exactly `mappings`.
+    pub fn of<'a>(mappings: impl IntoIterator<Item = &'a Mapping>, genid: u32) -> Counts {
+        Counts {
+            genid,
+            helpers: helpers_for(mappings)
+                .into_iter()
+                .map(|(element, users)| ((element.set, element.key), users))
+                .collect(),
+        }
+    }
+
+    /// The counts if they describe the ruleset at `genid`.
+    pub fn valid_at(counts: &Option<Counts>, genid: u32) -> Option<&Counts> {
+        counts.as_ref().filter(|counts| counts.genid == genid)
+    }
+
+    /// These counts with `mappings` added: returns the helpers that are new.
+    pub fn add(&mut self, needed: &[(Element, Users)]) -> Option<Vec<Element>> {
+        let mut new = Vec::new();
+        for (element, users) in needed {
+            let key = (element.set, element.key.clone());
+            match self.helpers.get_mut(&key) {
+                Some(old) => *old = old.plus(*users)?,
+                None => {
+                    self.helpers.insert(key, *users);
+                    new.push(element.clone());
+                }
+            }
+        }
+        Some(new)
+    }
+
+    /// These counts with `gone` taken away: returns the helpers no mapping needs any more.
+    /// `None` when a count would go below zero, or a helper is not counted at all.
+    pub fn remove(&mut self, gone: &[(Element, Users)]) -> Option<Vec<Element>> {
+        let mut unneeded = Vec::new();
+        for (element, users) in gone {
+            let key = (element.set, element.key.clone());
+            let left = self.helpers.get(&key)?.minus(*users)?;
+            if left.mappings == 0 {
+                self.helpers.remove(&key);
+                unneeded.push(element.clone());
+            } else {
+                self.helpers.insert(key, left);
+            }
+        }
+        Some(unneeded)
+    }
+
+    /// What the settings must stay on for: route_localnet on interfaces with loopback
+    /// users, hairpin mode for targets with mappings, forwarding for families with any.
+    pub fn still_needed(&self) -> StillNeeded {
+        let mut needed = StillNeeded::default();
+        for ((set, key), users) in &self.helpers {
+            match *set {
+                SET_REACH4 | SET_REACH6 => {
+                    if *set == SET_REACH4 {
+                        needed.ipv4 = true;
+                    } else {
+                        needed.ipv6 = true;
+                    }
+                    if users.loopback > 0 {
+                        let name = key[..IFNAME_LEN.min(key.len())]
+                            .split(|b| *b == 0)
+                            .next()
+                            .unwrap_or_default();
+                        needed
+                            .loopback_vias
+                            .insert(String::from_utf8_lossy(name).into_owned());
+                    }
+                }
+                SET_HAIRPIN4 | SET_HAIRPIN6 => {
+                    let half = key.len() / 2;
+                    let addr = match half {
+                        4 => <[u8; 4]>::try_from(&key[..4])
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        16 => <[u8; 16]>::try_from(&key[..16])
+                            .ok()
+                            .map(std::net::IpAddr::from),
+                        _ => None,
+                    };
+                    needed.targets.extend(addr);
+                }
+                _ => {}
+            }
+        }
+        needed
+    }
+
+    /// As the settings record keeps them: `SET/HEXKEY` to mappings and loopback users.
+    pub fn to_record(&self) -> RecordedCounts {
+        let helpers: BTreeMap<String, [u32; 2]> = self
+            .helpers
+            .iter()
+            .map(|((set, key), users)| {
+                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+                (format!("{set}/{hex}"), [users.mappings, users.loopback])
+            })
+            .collect();
+        RecordedCounts {
+            genid: self.genid,
+            helpers,
+        }
+    }
+
+    /// Read back from the record; `None` for anything this nsport did not write.
+    pub fn from_record(recorded: &RecordedCounts) -> Option<Counts> {
+        let mut helpers = HashMap::new();
+        for (name, [mappings, loopback]) in &recorded.helpers {
+            let (set, hex) = name.split_once('/')?;
+            let set = *super::table::HELPER_SETS.iter().find(|s| **s == set)?;
+            if hex.len() % 2 != 0 {
+                return None;
+            }
+            let key: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            helpers.insert(
+                (set, key?),
+                Users {
+                    mappings: *mappings,
+                    loopback: *loopback,
+                },
+            );
+        }
+        Some(Counts {
+            genid: recorded.genid,
+            helpers,
+        })
+    }
+}
