@@ -85,6 +85,8 @@ enum Command {
     },
     /// Print the manual page (roff): nsport man | man -l -
     Man,
+    /// Print per-mapping packet and byte counters in the Prometheus text format
+    Metrics,
     /// Print completion candidates, one a line (what the completion scripts ask)
     #[command(name = "__complete", hide = true)]
     Complete {
@@ -422,6 +424,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => {
             print(manual::completions(shell, &mut Cli::command()))?;
         }
+        Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
         Command::Man => print(manual::page(&Cli::command()))?,
         Command::Complete { kind } => print(manual::candidates(kind))?,
     }
