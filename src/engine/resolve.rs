@@ -49,7 +49,7 @@ pub fn check_ifname(name: &str) -> Result<(), Error> {
         return Err(Error::IfaceTooLong(name.to_string()));
     }
     let bad_byte =
-        |b: u8| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control();
+        |b: u8| b"/:\"\\\xa0".contains(&b) || b.is_ascii_whitespace() || b.is_ascii_control();
     if name.is_empty() || name == "." || name == ".." || name.bytes().any(bad_byte) {
         return Err(Error::BadIfaceName(name.to_string()));
     }

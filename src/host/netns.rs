@@ -73,7 +73,9 @@ impl Namespace {
             PathBuf::from(NETNS_RUN_DIR).join(name)
         };
         let file = File::open(&path).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => NamespaceError::NotFound(name.to_string()),
+            io::ErrorKind::NotFound
+            | io::ErrorKind::InvalidFilename
+            | io::ErrorKind::NotADirectory => NamespaceError::NotFound(name.to_string()),
             _ => NamespaceError::Open {
                 name: name.to_string(),
                 error,
