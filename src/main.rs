@@ -616,6 +616,16 @@ fn netns_names() -> HashMap<u64, String> {
         .unwrap_or_default()
 }
 
+/// A cell as a terminal can show it: a name holding a control character (a newline that
+/// would fake a row, an escape sequence) is shown escaped, as Rust writes it.
+fn printable(cell: String) -> String {
+    if cell.chars().any(char::is_control) {
+        cell.escape_default().to_string()
+    } else {
+        cell
+    }
+}
+
 /// The human listing: one aligned row per mapping.
 fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
     let header = [
@@ -658,7 +668,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 m.via.clone(),
                 match (&m.container, &m.netns) {
                     // Container IDs are long; twelve characters name one, as Docker shows.
-                    (Some(id), _) => format!("cni:{}", &id[..id.len().min(12)]),
+                    (Some(id), _) => format!("cni:{}", id.chars().take(12).collect::<String>()),
                     // A path such as /proc/PID/ns/net: the name, when the namespace has one.
                     (None, Some(netns)) if netns.starts_with('/') => m
                         .netns_inode
@@ -672,6 +682,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 status,
             ]
         })
+        .map(|row: [String; 8]| row.map(printable))
         .collect();
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
@@ -695,6 +706,13 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cannot_fake_rows_or_drive_the_terminal() {
+        assert_eq!(printable("ns1".into()), "ns1");
+        assert_eq!(printable("new\nline".into()), "new\\nline");
+        assert_eq!(printable("a\u{1b}[31mred".into()), "a\\u{1b}[31mred");
+    }
 
     #[test]
     fn clap_errors_fold_into_one_line() {

@@ -166,7 +166,10 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
                 }
             };
             if via.is_loopback {
-                return Err(Error::TargetIsLocal(addr));
+                return Err(match given_via {
+                    Some(_) => Error::LoopbackVia(via.name.clone()),
+                    None => Error::TargetIsLocal(addr),
+                });
             }
             // Behind a bridge, the target's own port needs hairpin mode for the namespace
             // to reach itself when br_netfilter bridges the DNATed packet back. The veth

@@ -171,3 +171,18 @@ pub fn inode_is_alive(inode: u64) -> bool {
                 std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|m| m.ino() == inode)
             })
 }
+
+/// The names under /run/netns by the inode of the namespace each holds.
+pub fn names_by_inode() -> std::collections::HashMap<u64, String> {
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let inode = std::fs::metadata(entry.path()).ok()?.ino();
+                    Some((inode, entry.file_name().to_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
