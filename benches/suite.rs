@@ -623,6 +623,9 @@ fn throughput(rows: &mut Vec<Row>) {
             let _ = stream.write_all(b"done");
         }
     });
+    // The direct path is a host routing to its namespace on purpose: its forwarding is on
+    // before nsport (which then closes nothing), and the target allows direct access.
+    lab.write_sysctl("host", "net/ipv4/ip_forward", "1");
     lab.run_in("host", || {
         run(
             &lab,
