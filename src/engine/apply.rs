@@ -4,10 +4,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use super::finish::{finish_or_roll_back, with_notes};
-use super::kernel::Netlink;
 use super::resolve::{self, Target, resolve};
-use super::{list, record, transaction, writer_lock};
+use super::{list, transact, transaction};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
@@ -40,16 +38,10 @@ pub fn apply(file: &MappingsFile, skip_missing: bool, dry_run: bool) -> Result<P
     let (desired, forced, ports) = resolve_file(file, skip_missing)?;
     check_mappings(&desired)?;
     let decide = |current: &[Mapping]| decide(current, &desired, &forced);
-    let mut kernel = Netlink;
-    if dry_run {
-        let committed = transaction::update(&mut kernel, &mut None, true, decide)?;
-        return Ok(with_notes(committed));
-    }
-    let lock = writer_lock()?;
-    let (mut settings, mut counts) = record(&lock)?;
-    let committed = transaction::update(&mut kernel, &mut counts, false, decide)?;
-    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, &ports)?;
-    if !committed.added.is_empty() {
+    let committed = transact(dry_run, &ports, |kernel, counts, dry_run| {
+        transaction::update(kernel, counts, dry_run, decide)
+    })?;
+    if !dry_run && !committed.added.is_empty() {
         for warning in firewalls::dropping_forward_chains(&committed.chains) {
             log::warn!("{warning}");
         }

@@ -18,12 +18,11 @@ use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::{self, Element, Mapping};
 
-pub(super) fn with_notes(committed: Committed) -> Plan {
-    let mut plan = committed.plan;
-    let opening = settings::forwarding_off(&committed.added);
+pub(super) fn with_notes(mut plan: Plan, added: &[Mapping]) -> Plan {
+    let opening = settings::forwarding_off(added);
     plan.add
         .extend(opening.iter().map(|ipv6| Element::closed(*ipv6)));
-    plan.notes.extend(settings::would_turn_on(&committed.added));
+    plan.notes.extend(settings::would_turn_on(added));
     plan
 }
 

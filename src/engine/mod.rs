@@ -24,6 +24,8 @@ mod tests;
 use std::collections::HashMap;
 
 pub use apply::{apply, parse_mappings};
+use std::net::IpAddr;
+
 use counts::Counts;
 use finish::{finish_or_roll_back, with_notes};
 pub use flush::flush;
@@ -35,11 +37,13 @@ pub use remove::{prune, unpublish, unpublish_netns};
 pub use resolve::{PublishOptions, Target};
 pub(crate) use resolve::{bridge_port_of, resolve};
 pub(crate) use table::{HELPER_SETS, helpers_for};
+use transaction::Committed;
 
 use crate::error::{Error, kernel, state};
 use crate::host::settings::Settings;
 use crate::host::state::{self, WriterLock};
 use crate::netlink::NetlinkError;
+use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
 
@@ -62,22 +66,33 @@ fn change(
     dry_run: bool,
     decide: impl FnMut(&[Mapping]) -> Result<Vec<Mapping>, Error>,
 ) -> Result<Plan, Error> {
+    let committed = transact(dry_run, &HashMap::new(), |kernel, counts, dry_run| {
+        transaction::update(kernel, counts, dry_run, decide)
+    })?;
+    Ok(committed.plan)
+}
+
+/// Runs one transaction as every change does. A dry run only reads and plans, and its plan
+/// gets the notes of what the change would turn on. A real one takes the writer lock and
+/// the settings record, commits, then turns settings on or puts them back (`finish`).
+fn transact(
+    dry_run: bool,
+    ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
+    run: impl FnOnce(&mut Netlink, &mut Option<Counts>, bool) -> Result<Committed, Error>,
+) -> Result<Committed, Error> {
     let mut kernel = Netlink;
     if dry_run {
-        let committed = transaction::update(&mut kernel, &mut None, true, decide)?;
-        return Ok(with_notes(committed));
+        let committed = run(&mut kernel, &mut None, true)?;
+        return Ok(Committed {
+            plan: with_notes(committed.plan.clone(), &committed.added),
+            ..committed
+        });
     }
     let lock = writer_lock()?;
     let (mut settings, mut counts) = record(&lock)?;
-    let committed = transaction::update(&mut kernel, &mut counts, false, decide)?;
-    finish_or_roll_back(
-        &mut kernel,
-        &mut settings,
-        &mut counts,
-        &committed,
-        &HashMap::new(),
-    )?;
-    Ok(committed.plan)
+    let committed = run(&mut kernel, &mut counts, false)?;
+    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, ports)?;
+    Ok(committed)
 }
 
 /// The settings record, read under the writer lock, with the counts it keeps. An

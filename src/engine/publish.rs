@@ -3,10 +3,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::finish::{finish_or_roll_back, with_notes};
-use super::kernel::Netlink;
 use super::resolve::{self, PublishOptions, Target, resolve};
-use super::{record, transaction, writer_lock};
+use super::{transact, transaction};
 use crate::error::Error;
 use crate::host::firewalls;
 use crate::netlink::rtnetlink;
@@ -34,15 +32,13 @@ pub fn publish(
     specs: &[PublishSpec],
 ) -> Result<Vec<Mapping>, Error> {
     let (resolved, mappings) = prepare_publish(target, options, specs)?;
-    let lock = writer_lock()?;
-    let (mut settings, mut counts) = record(&lock)?;
-    let mut kernel = Netlink;
-    let committed = transaction::create(&mut kernel, &mut counts, &mappings, false)?;
     let ports: HashMap<IpAddr, Option<rtnetlink::Link>> = resolved
         .into_iter()
         .map(|r| (r.addr, r.bridge_port))
         .collect();
-    finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, &ports)?;
+    let committed = transact(false, &ports, |kernel, counts, dry_run| {
+        transaction::create(kernel, counts, &mappings, dry_run)
+    })?;
     for warning in firewalls::dropping_forward_chains(&committed.chains) {
         log::warn!("{warning}");
     }
@@ -72,6 +68,8 @@ pub fn publish_dry_run(
     specs: &[PublishSpec],
 ) -> Result<Plan, Error> {
     let (_, mappings) = prepare_publish(target, options, specs)?;
-    let committed = transaction::create(&mut Netlink, &mut None, &mappings, true)?;
-    Ok(with_notes(committed))
+    let committed = transact(true, &HashMap::new(), |kernel, counts, dry_run| {
+        transaction::create(kernel, counts, &mappings, dry_run)
+    })?;
+    Ok(committed.plan)
 }

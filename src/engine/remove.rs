@@ -4,10 +4,8 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use super::finish::{finish_or_roll_back, with_notes};
-use super::kernel::Netlink;
 use super::list::stale_flags;
-use super::{change, record, transaction, without, writer_lock};
+use super::{change, transact, transaction, without};
 use crate::error::Error;
 use crate::host::netns::{Namespace, NamespaceError};
 use crate::host::state;
@@ -64,21 +62,9 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
         }
         Ok(chosen)
     };
-    let mut kernel = Netlink;
-    if dry_run {
-        let committed = transaction::remove(&mut kernel, &mut None, &keys, true, choose)?;
-        return Ok(with_notes(committed));
-    }
-    let lock = writer_lock()?;
-    let (mut settings, mut counts) = record(&lock)?;
-    let committed = transaction::remove(&mut kernel, &mut counts, &keys, false, choose)?;
-    finish_or_roll_back(
-        &mut kernel,
-        &mut settings,
-        &mut counts,
-        &committed,
-        &HashMap::new(),
-    )?;
+    let committed = transact(dry_run, &HashMap::new(), |kernel, counts, dry_run| {
+        transaction::remove(kernel, counts, &keys, dry_run, choose)
+    })?;
     Ok(committed.plan)
 }
 
