@@ -42,14 +42,16 @@ pub struct Resolved {
     pub bridge_port: Option<rtnetlink::Link>,
 }
 
-/// Refuses what Linux would never accept as an interface name: empty, longer than
-/// IFNAMSIZ allows, `.` or `..`, or holding `/`, `:`, whitespace or a control byte.
+/// Refuses what Linux would never accept as an interface name (empty, longer than IFNAMSIZ
+/// allows, `.` or `..`, holding `/`, `:` or whitespace), and what nft could not read back
+/// from an export: anything but printable ASCII, a quote, a backslash or a `*`.
 pub fn check_ifname(name: &str) -> Result<(), Error> {
     if name.len() > MAX_IFNAME {
         return Err(Error::IfaceTooLong(name.to_string()));
     }
-    let bad_byte =
-        |b: u8| b"/:\"\\\xa0".contains(&b) || b.is_ascii_whitespace() || b.is_ascii_control();
+    // Printable ASCII only, and not `*` (nft's wildcard in interface names) nor what
+    // breaks nft's quoting: a name that `nft -f` could not load back is refused here.
+    let bad_byte = |b: u8| b"/:\"\\*".contains(&b) || !b.is_ascii_graphic();
     if name.is_empty() || name == "." || name == ".." || name.bytes().any(bad_byte) {
         return Err(Error::BadIfaceName(name.to_string()));
     }

@@ -120,36 +120,51 @@ impl Metadata {
     pub fn to_comment(&self) -> String {
         let mut shrink = [false; 4];
         let mut keep_netns = true;
+        let mut keep_inode = true;
         loop {
-            let comment = self.write(shrink, keep_netns);
+            let comment = self.write(shrink, keep_netns, keep_inode);
             if comment.len() <= COMMENT_MAX {
                 return comment;
             }
+            // The longest field as written (`/` in a CNI field takes three bytes there)
+            // that its digest would make shorter.
+            let written = |i: usize, value: Option<&str>| {
+                value.map_or(0, |v| {
+                    let recorded = recorded(v, false);
+                    if i == 1 || i == 2 {
+                        recorded.replace('/', "%2F").len()
+                    } else {
+                        recorded.len()
+                    }
+                })
+            };
             let lengths = [
-                self.netns.as_deref().filter(|_| keep_netns),
-                self.container.as_deref(),
-                self.container_ifname.as_deref(),
-                self.network.as_deref(),
-            ]
-            .map(|value| value.map_or(0, |v| recorded(v, false).len()));
+                written(0, self.netns.as_deref().filter(|_| keep_netns)),
+                written(1, self.container.as_deref()),
+                written(2, self.container_ifname.as_deref()),
+                written(3, self.network.as_deref()),
+            ];
             match (0..4)
                 .filter(|&i| !shrink[i] && lengths[i] > DIGEST_PREFIX + 18)
                 .max_by_key(|&i| lengths[i])
             {
                 Some(longest) => shrink[longest] = true,
                 None if keep_netns && self.netns.is_some() => keep_netns = false,
+                // A CNI mapping is tracked by its container: its namespace's inode is the
+                // last thing to give up for room.
+                None if keep_inode && self.container.is_some() => keep_inode = false,
                 None => return comment,
             }
         }
     }
 
-    fn write(&self, shrink: [bool; 4], keep_netns: bool) -> String {
+    fn write(&self, shrink: [bool; 4], keep_netns: bool, keep_inode: bool) -> String {
         let mut comment = format!("via={}", encode(&self.via));
         if let Some(netns) = self.netns.as_deref().filter(|_| keep_netns) {
             comment.push_str(" netns=");
             comment.push_str(&recorded(netns, shrink[0]));
         }
-        if let Some(inode) = self.netns_inode {
+        if let Some(inode) = self.netns_inode.filter(|_| keep_inode) {
             comment.push_str(&format!(" ino={inode}"));
         }
         if self.allow_direct {
@@ -288,7 +303,8 @@ mod tests {
             prop_assert!(!comment.contains('"'));
             let back = Metadata::parse(&comment);
             prop_assert_eq!(&back.via, "br-x_1");
-            prop_assert_eq!(back.netns_inode, Some(inode));
+            // Only a CNI mapping gives up its inode, and only for room.
+            prop_assert!(back.netns_inode == Some(inode) || container.is_some());
             prop_assert_eq!(back.allow_direct, direct);
             if let Some(recorded) = &back.netns {
                 prop_assert!(same_name(recorded, &netns));
