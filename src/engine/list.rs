@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use super::kernel::{Kernel, Netlink};
+use super::layout::Layout;
 use super::table::{self, Counter, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
@@ -65,6 +66,11 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     if first_look.exists && first_look.damaged.is_empty() && !localnet_off() {
         return Ok(());
     }
+    // A table of another layout is not this nsport's to repair: an older one is migrated
+    // by the next change, a newer one is left alone.
+    if first_look.exists && !first_look.layout.is_current() {
+        return Ok(());
+    }
     if !first_look.exists && !state::dir().exists() {
         return Ok(());
     }
@@ -74,6 +80,9 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     let mut kernel = Netlink;
     let snapshot = table::read(&mut kernel, true)?;
     let mut settings = Settings::load(&lock, || table::table_interfaces(&snapshot))?;
+    if snapshot.exists && !snapshot.layout.is_current() {
+        return Ok(());
+    }
     if !snapshot.exists {
         if !settings.originals.changes_nothing() {
             log::warn!(
@@ -161,10 +170,16 @@ pub(crate) fn stale_flags(mappings: &[Mapping]) -> Vec<bool> {
 }
 
 /// Which chains of the table are not what nsport wrote (none when intact), and whether
-/// the table exists: what `doctor` reports.
+/// the table exists: what `doctor` reports. A table of another layout is not judged.
 pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
     let snapshot = table::read(&mut Netlink, false)?;
     Ok(snapshot.exists.then_some(snapshot.damaged))
+}
+
+/// The layout of `table inet nsport`, when it exists.
+pub fn table_layout() -> Result<Option<Layout>, Error> {
+    let snapshot = table::read(&mut Netlink, false)?;
+    Ok(snapshot.exists.then_some(snapshot.layout))
 }
 
 /// The whole table as an `nft -f` script that recreates it, for persisting through
