@@ -1,13 +1,13 @@
 //! `ls`, `export` and what `doctor` reads: the mappings with their status, the table as an
 //! `nft -f` script, and repairs of what protects them before any of it is reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::kernel::{Kernel, Netlink};
 use super::layout::Layout;
-use super::table::{self, Counter, Snapshot};
+use super::table::{self, Counter, HelperKey, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
 use crate::host::netns::Namespace;
@@ -187,12 +187,27 @@ pub fn table_layout() -> Result<Option<Layout>, Error> {
 pub fn export_nft() -> Result<String, Error> {
     let mut kernel = Netlink;
     let snapshot = table::read(&mut kernel, true)?;
+    // A script of this layout could not say what a newer table holds.
+    snapshot.layout.check_changeable()?;
     let mut out = ruleset::table_script();
     for (mapping, _) in &snapshot.mappings {
         out.push_str(&Element::mapping(mapping).nft_add());
         out.push('\n');
     }
-    let mut helpers: Vec<_> = snapshot.helpers.iter().collect();
+    // An older table's helpers are of its own layout: the script has the ones its
+    // mappings need in this one, as a migration would write them.
+    let derived: HashSet<HelperKey>;
+    let helpers = if snapshot.layout.is_current() {
+        &snapshot.helpers
+    } else {
+        let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
+        derived = table::helpers_for(&mappings)
+            .into_iter()
+            .map(|(element, _)| (element.set, element.key))
+            .collect();
+        &derived
+    };
+    let mut helpers: Vec<_> = helpers.iter().collect();
     helpers.sort();
     for (set, key) in helpers {
         if let Some(helper) = Element::helper(set, key) {
