@@ -33,6 +33,8 @@ pub enum Error {
         "network namespace name {0:?} is not accepted: names starting with # are reserved for the digests of long names"
     )]
     BadNetnsName(String),
+    #[error("interface {0:?} is the host's loopback: give the interface toward the target")]
+    LoopbackVia(String),
     #[error("interface {0:?} does not exist")]
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
@@ -107,6 +109,7 @@ impl Error {
                 | Error::FamilyMismatch { .. }
                 | Error::IfaceTooLong(_)
                 | Error::BadIfaceName(_)
+                | Error::LoopbackVia(_)
                 | Error::BadNetnsName(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)

@@ -25,6 +25,7 @@ pub mod doctor;
 mod engine;
 mod error;
 mod host;
+pub mod metrics;
 mod model;
 pub mod netlink;
 mod plan;

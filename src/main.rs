@@ -94,6 +94,8 @@ enum Command {
     },
     /// Print the manual page (roff): nsport man | man -l -
     Man,
+    /// Print per-mapping packet and byte counters in the Prometheus text format
+    Metrics,
     /// Print completion candidates, one a line (what the completion scripts ask)
     #[command(name = "__complete", hide = true)]
     Complete {
@@ -446,6 +448,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => {
             print(manual::completions(shell, &mut Cli::command()))?;
         }
+        Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
         Command::Man => print(manual::page(&Cli::command()))?,
         Command::Complete { kind } => print(manual::candidates(kind))?,
     }
@@ -637,6 +640,16 @@ fn netns_names() -> HashMap<u64, String> {
         .unwrap_or_default()
 }
 
+/// A cell as a terminal can show it: a name holding a control character (a newline that
+/// would fake a row, an escape sequence) is shown escaped, as Rust writes it.
+fn printable(cell: String) -> String {
+    if cell.chars().any(char::is_control) {
+        cell.escape_default().to_string()
+    } else {
+        cell
+    }
+}
+
 /// The human listing: one aligned row per mapping.
 fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
     let header = [
@@ -679,7 +692,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 m.via.clone(),
                 match (&m.container, &m.netns) {
                     // Container IDs are long; twelve characters name one, as Docker shows.
-                    (Some(id), _) => format!("cni:{}", &id[..id.len().min(12)]),
+                    (Some(id), _) => format!("cni:{}", id.chars().take(12).collect::<String>()),
                     // A path such as /proc/PID/ns/net: the name, when the namespace has one.
                     (None, Some(netns)) if netns.starts_with('/') => m
                         .netns_inode
@@ -693,6 +706,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 status,
             ]
         })
+        .map(|row: [String; 8]| row.map(printable))
         .collect();
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
@@ -716,6 +730,13 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_cannot_fake_rows_or_drive_the_terminal() {
+        assert_eq!(printable("ns1".into()), "ns1");
+        assert_eq!(printable("new\nline".into()), "new\\nline");
+        assert_eq!(printable("a\u{1b}[31mred".into()), "a\\u{1b}[31mred");
+    }
 
     #[test]
     fn clap_errors_fold_into_one_line() {

@@ -812,6 +812,16 @@ fn restarted_pod_takes_its_host_port_over_within_its_network() {
     // The old sandbox is dead: nothing answers there.
     assert_eq!(lab.tcp("out", HOST_OUT, 8080), None);
 
+    // While the old sandbox's namespace lives, its ports stay its own.
+    let out = ns(&lab, "ADD", new, &new_config);
+    assert_eq!(out.code(), 100, "{}", out.stdout);
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("old-sandbox"),
+        "{}",
+        out.stdout
+    );
+    // Once it is gone (the runtime tore it down before its DEL came), the new one takes over.
+    lab.ip_netns_del("old");
     let out = ns(&lab, "ADD", new, &new_config);
     assert!(out.ok, "{}", out.stdout);
     assert_eq!(lab.tcp("out", HOST_OUT, 8080), some(OUT));

@@ -128,7 +128,7 @@ pub(super) fn ifname(name: &str) -> Result<(), CniError> {
         && name != ".."
         && !name
             .bytes()
-            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0);
+            .any(|b| b"/:\"\\\xa0".contains(&b) || b.is_ascii_whitespace() || b.is_ascii_control());
     if valid {
         Ok(())
     } else {

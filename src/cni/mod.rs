@@ -271,7 +271,11 @@ fn add(
 ) -> Result<String, CniError> {
     let wanted = wanted(config, attachment, netns)?;
     if !wanted.is_empty() || list()?.iter().any(|m| attachment.owns(m)) {
-        update(false, |current| plan::add(current, attachment, &wanted))?;
+        // A holder is gone when the namespace it recorded no longer exists.
+        let gone = |held: &Mapping| crate::engine::stale_flags(std::slice::from_ref(held))[0];
+        update(false, |current| {
+            plan::add(current, attachment, &wanted, gone)
+        })?;
     }
     let result = match config.get("prevResult") {
         Some(prev) => result::convert(prev, version)?,

@@ -131,12 +131,16 @@ fn holder(mapping: &Mapping) -> String {
 }
 
 /// ADD: the table with the attachment's mappings replaced by `wanted`. A host port held by
-/// another container on the same network is taken over (its sandbox was replaced before
-/// its DEL came); one held by the CLI or another network is a conflict (code 100).
+/// another container on the same network whose namespace is gone (`gone`) is taken over:
+/// its sandbox was replaced before its DEL came. One held by a live container, by the CLI
+/// or by another network is a conflict (code 100): taking a live container's port would
+/// cut it off, and its runtime's cleanup of the refused newcomer would then delete the
+/// port for both (as Podman does after its own bind fails).
 pub(super) fn add(
     current: &[Mapping],
     attachment: &Attachment,
     wanted: &[Mapping],
+    gone: impl Fn(&Mapping) -> bool,
 ) -> Result<Vec<Mapping>, Error> {
     let mut desired: Vec<Mapping> = current
         .iter()
@@ -151,7 +155,7 @@ pub(super) fn add(
             continue;
         };
         let held = &desired[at];
-        if held.container.is_none() || !attachment.same_network(held) {
+        if held.container.is_none() || !attachment.same_network(held) || !gone(held) {
             return Err(Error::Conflict {
                 host: mapping.host_label(),
                 existing: holder(held),
@@ -340,12 +344,22 @@ mod tests {
             mapping(3000, "172.18.0.2", None),
             mapping(9090, "10.23.0.2", Some(other)),
         ];
-        let desired = add(&current, &new, &[mapping(8080, "10.22.0.3", Some(new))]).unwrap();
+        let wanted = [mapping(8080, "10.22.0.3", Some(new))];
+        // The old sandbox still lives: its port stays its own.
+        let error = add(&current, &new, &wanted, |_| false).unwrap_err();
+        assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
+        let desired = add(&current, &new, &wanted, |_| true).unwrap();
         assert_eq!(desired.len(), 4);
         assert!(desired.contains(&mapping(8080, "10.22.0.3", Some(new))));
         assert!(desired.contains(&mapping(8081, "10.22.0.2", Some(old))));
         for port in [3000, 9090] {
-            let error = add(&current, &new, &[mapping(port, "10.22.0.3", Some(new))]).unwrap_err();
+            let error = add(
+                &current,
+                &new,
+                &[mapping(port, "10.22.0.3", Some(new))],
+                |_| true,
+            )
+            .unwrap_err();
             assert!(matches!(error, Error::Conflict { .. }), "{error:?}");
         }
         // The old sandbox's late DEL leaves the taken-over port alone.

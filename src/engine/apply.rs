@@ -15,6 +15,7 @@ use crate::model::{EntryTarget, MappingsFile};
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
+use crate::ruleset::metadata::{is_digest, same_name};
 use crate::spec::PublishSpec;
 
 /// Makes nsport's own mappings exactly those `file` asks for, in one batch. Each entry is
@@ -173,7 +174,19 @@ impl MappingsFile {
     /// What the table holds now, as a file for `apply`: intent only (see
     /// `MappingsFile::from_mappings`).
     pub fn export() -> Result<MappingsFile, Error> {
-        let mappings = list()?;
+        let mut mappings = list()?;
+        // A namespace whose name was too long to record is written by its name again,
+        // found by the inode it recorded: written by its address instead, it would come
+        // back as plain forwarding, without the namespace's protection.
+        let names = crate::host::netns::names_by_inode();
+        for mapping in &mut mappings {
+            if let (Some(recorded), Some(inode)) = (&mapping.netns, mapping.netns_inode)
+                && is_digest(recorded)
+                && let Some(name) = names.get(&inode).filter(|name| same_name(recorded, name))
+            {
+                mapping.netns = Some(name.clone());
+            }
+        }
         let mut vias: HashMap<IpAddr, Option<String>> = HashMap::new();
         for mapping in &mappings {
             if vias.contains_key(&mapping.to_addr) {

@@ -49,7 +49,7 @@ pub fn check_ifname(name: &str) -> Result<(), Error> {
         return Err(Error::IfaceTooLong(name.to_string()));
     }
     let bad_byte =
-        |b: u8| b == b'/' || b == b':' || b.is_ascii_whitespace() || b.is_ascii_control();
+        |b: u8| b"/:\"\\\xa0".contains(&b) || b.is_ascii_whitespace() || b.is_ascii_control();
     if name.is_empty() || name == "." || name == ".." || name.bytes().any(bad_byte) {
         return Err(Error::BadIfaceName(name.to_string()));
     }
@@ -79,6 +79,35 @@ pub fn check_target(addr: IpAddr) -> Result<(), Error> {
     }
 }
 
+/// Refuses the broadcast address of a network the host is on (`172.18.0.255` on a /24):
+/// DNAT to it would reach every host there, or none.
+fn check_not_a_subnet_broadcast(addr: IpAddr) -> Result<(), Error> {
+    let IpAddr::V4(v4) = addr else {
+        return Ok(());
+    };
+    let on_a_network_edge = rtnetlink::addresses()
+        .map_err(kernel)?
+        .into_iter()
+        .filter_map(|local| match local.addr {
+            IpAddr::V4(local_v4) if (1..=30).contains(&local.prefix_len) => {
+                Some((local_v4, local.prefix_len))
+            }
+            _ => None,
+        })
+        .any(|(local, len)| {
+            let host_bits = u32::MAX >> len;
+            let network = u32::from(local) & !host_bits;
+            u32::from(v4) == network | host_bits
+        });
+    match on_a_network_edge {
+        true => Err(Error::BadTarget {
+            addr,
+            why: "the broadcast address of a network of this host",
+        }),
+        false => Ok(()),
+    }
+}
+
 /// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
 /// mark of a digest that stands for a name too long to record.
 pub fn check_netns_name(name: &str) -> Result<(), Error> {
@@ -97,6 +126,7 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
     let (targets, netns) = match target {
         Target::Addr(addr) => {
             check_target(*addr)?;
+            check_not_a_subnet_broadcast(*addr)?;
             (vec![(*addr, None)], None)
         }
         Target::Netns(name) => {
@@ -136,7 +166,10 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
                 }
             };
             if via.is_loopback {
-                return Err(Error::TargetIsLocal(addr));
+                return Err(match given_via {
+                    Some(_) => Error::LoopbackVia(via.name.clone()),
+                    None => Error::TargetIsLocal(addr),
+                });
             }
             // Behind a bridge, the target's own port needs hairpin mode for the namespace
             // to reach itself when br_netfilter bridges the DNATed packet back. The veth

@@ -73,7 +73,9 @@ impl Namespace {
             PathBuf::from(NETNS_RUN_DIR).join(name)
         };
         let file = File::open(&path).map_err(|error| match error.kind() {
-            io::ErrorKind::NotFound => NamespaceError::NotFound(name.to_string()),
+            io::ErrorKind::NotFound
+            | io::ErrorKind::InvalidFilename
+            | io::ErrorKind::NotADirectory => NamespaceError::NotFound(name.to_string()),
             _ => NamespaceError::Open {
                 name: name.to_string(),
                 error,
@@ -168,4 +170,19 @@ pub fn inode_is_alive(inode: u64) -> bool {
             .any(|entry| {
                 std::fs::metadata(entry.path().join("ns/net")).is_ok_and(|m| m.ino() == inode)
             })
+}
+
+/// The names under /run/netns by the inode of the namespace each holds.
+pub fn names_by_inode() -> std::collections::HashMap<u64, String> {
+    std::fs::read_dir(NETNS_RUN_DIR)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| {
+                    let inode = std::fs::metadata(entry.path()).ok()?.ino();
+                    Some((inode, entry.file_name().to_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -216,6 +216,9 @@ impl WriterLock {
             Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
             _ => {}
         }
+        let mut inode = self.lock_path.clone();
+        inode.set_extension("inode");
+        let _ = fs::remove_file(inode);
         match fs::remove_file(&self.lock_path) {
             Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
             _ => Ok(()),
@@ -226,10 +229,9 @@ impl WriterLock {
 /// Removes the records and locks of network namespaces that no longer exist: a record is
 /// only useful while its namespace lives, since the settings it names go with it.
 ///
-/// A namespace is alive while a process is in it or a mount (`ip netns add`) holds it;
-/// records name namespaces by cookie, and each record's lock file remembers the inode of
-/// its namespace in its name-less metadata, so liveness is read from the lock file's
-/// `ns_inode` line.
+/// Records name namespaces by cookie, which cannot be looked up; each namespace's
+/// `netns-COOKIE.inode` file holds the inode of its nsfs file instead, and `alive` says
+/// whether a namespace with that inode is still held by a process or a mount.
 pub fn remove_records_of_gone_namespaces(alive: &dyn Fn(u64) -> bool) -> io::Result<usize> {
     let mut removed = 0;
     let Ok(entries) = fs::read_dir(dir()) else {

@@ -120,37 +120,46 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
     if doomed.is_empty() {
         return Ok(0);
     }
-    let mut request = Vec::new();
-    for (seq, (family, key)) in doomed.iter().enumerate() {
-        let payload = [header(*family), key.clone()].concat();
-        request.extend(attributes::message(
-            kind(IPCTNL_MSG_CT_DELETE),
-            NLM_F_REQUEST | NLM_F_ACK,
-            seq as u32 + 1,
-            &payload,
-        )?);
-    }
-    let socket = open(request.len(), doomed.len())?;
-    socket.send(&request).map_err(NetlinkError::Send)?;
-    let mut answered = 0;
-    while answered < doomed.len() {
-        let len = receive(&socket, &mut buffer, true)?;
-        for reply in replies(&buffer.bytes()[..len]) {
-            let reply = reply?;
-            if reply.kind != NLMSG_ERROR {
-                continue;
-            }
-            answered += 1;
-            if reply.errno != 0 && reply.errno != libc::ENOENT {
-                return Err(NetlinkError::Kernel {
-                    index: None,
-                    error: io::Error::from_raw_os_error(reply.errno),
-                });
+    // In bounded batches: one request for 230,000 flows would need a socket buffer of
+    // acknowledgements the kernel cannot give (ENOBUFS), and the dump is done by now.
+    let socket = open(DELETE_BATCH * DELETE_BYTES, DELETE_BATCH)?;
+    for (batch, chunk) in doomed.chunks(DELETE_BATCH).enumerate() {
+        let mut request = Vec::with_capacity(chunk.len() * DELETE_BYTES);
+        for (seq, (family, key)) in chunk.iter().enumerate() {
+            let payload = [header(*family), key.clone()].concat();
+            request.extend(attributes::message(
+                kind(IPCTNL_MSG_CT_DELETE),
+                NLM_F_REQUEST | NLM_F_ACK,
+                (batch * DELETE_BATCH + seq) as u32 + 1,
+                &payload,
+            )?);
+        }
+        socket.send(&request).map_err(NetlinkError::Send)?;
+        let mut answered = 0;
+        while answered < chunk.len() {
+            let len = receive(&socket, &mut buffer, true)?;
+            for reply in replies(&buffer.bytes()[..len]) {
+                let reply = reply?;
+                if reply.kind != NLMSG_ERROR {
+                    continue;
+                }
+                answered += 1;
+                // A flow that expired on its own meanwhile is not an error.
+                if reply.errno != 0 && reply.errno != libc::ENOENT {
+                    return Err(NetlinkError::Kernel {
+                        index: None,
+                        error: io::Error::from_raw_os_error(reply.errno),
+                    });
+                }
             }
         }
     }
     Ok(doomed.len())
 }
+
+/// How many flows one request deletes, and about how many bytes each takes.
+const DELETE_BATCH: usize = 512;
+const DELETE_BYTES: usize = 128;
 
 #[cfg(test)]
 mod tests {

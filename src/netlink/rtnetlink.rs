@@ -19,6 +19,8 @@ use super::NetlinkError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceAddress {
     pub addr: IpAddr,
+    /// The length of the network prefix the address is on.
+    pub prefix_len: u8,
     pub ifindex: u32,
     pub global: bool,
 }
@@ -114,6 +116,7 @@ pub fn addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
             })?;
             Some(InterfaceAddress {
                 addr,
+                prefix_len: message.header.prefix_len,
                 ifindex: message.header.index,
                 global: message.header.scope == AddressScope::Universe,
             })

@@ -184,6 +184,11 @@ impl Lab {
         self.roles.push(role);
     }
 
+    /// Deletes one of the lab's namespaces before the lab goes.
+    pub fn ip_netns_del(&self, role: &str) {
+        sh(&["ip", "netns", "del", &self.ns(role)]);
+    }
+
     /// The namespace name of a role.
     pub fn ns(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
