@@ -283,6 +283,47 @@ fn br_netfilter(mappings: &[Mapping]) -> Result<Vec<Check>, Error> {
     Ok(checks)
 }
 
+/// Which layout the table is written in, and whether a migration is pending.
+fn layout() -> Result<Check, Error> {
+    let current = crate::ruleset::LAYOUT;
+    Ok(match crate::table_layout()? {
+        None => pass(
+            "table layout",
+            format!("no table yet; nsport writes layout {current}"),
+        ),
+        Some(layout) if layout.is_current() => pass(
+            "table layout",
+            format!(
+                "layout {current}, the one this nsport writes{}; no migration pending",
+                if layout.recorded {
+                    ""
+                } else {
+                    " (inferred: the table predates recorded layouts)"
+                }
+            ),
+        ),
+        Some(layout) if layout.is_older() => fail(
+            "table layout",
+            format!(
+                "layout {}, older than the one this nsport writes ({current}): migration pending",
+                layout.version
+            ),
+            format!(
+                "nsport migrate (any change does it too): the table is rebuilt in layout \
+                 {current} in one batch, every mapping kept, counters restarted"
+            ),
+        ),
+        Some(layout) => fail(
+            "table layout",
+            format!(
+                "layout {}, newer than this nsport knows ({current}): it will not change the table",
+                layout.version
+            ),
+            "upgrade nsport to the version that wrote the table",
+        ),
+    })
+}
+
 fn route_localnet_guard() -> Result<Check, Error> {
     let on: Vec<String> = fs::read_dir("/proc/sys/net/ipv4/conf")
         .map(|dir| {
@@ -339,8 +380,9 @@ pub fn run() -> Vec<Check> {
     }
     checks.push(probe());
     let rest = || -> Result<Vec<Check>, Error> {
+        let mut checks = vec![layout()?];
         let mappings = crate::list()?;
-        let mut checks = forwarding(&mappings);
+        checks.extend(forwarding(&mappings));
         checks.extend(br_netfilter(&mappings)?);
         let chains = nftables::dump_base_chains().map_err(kernel)?;
         let blocking = firewalls::blocking_forward_chains(&chains);

@@ -88,6 +88,12 @@ pub enum Error {
     /// The table was changed and a later step failed; taking the change back failed too.
     #[error("the table was changed, but {0}")]
     Unfinished(Box<Error>),
+    /// The table was written by a newer nsport, in a layout this one does not know.
+    #[error(
+        "table inet nsport has layout {found}, newer than this nsport knows (layout {known}): \
+         nothing was changed; upgrade nsport to change it"
+    )]
+    NewerLayout { found: u32, known: u32 },
     #[error("invalid mappings file: {0}")]
     File(String),
 }

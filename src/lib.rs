@@ -33,8 +33,8 @@ pub mod ruleset;
 pub mod spec;
 
 pub use engine::{
-    Listing, PublishOptions, Target, apply, export_nft, flush, list, list_status, parse_mappings,
-    prune, publish, publish_dry_run, unpublish, unpublish_netns,
+    Layout, Listing, PublishOptions, Target, apply, export_nft, flush, list, list_status, migrate,
+    parse_mappings, prune, publish, publish_dry_run, table_layout, unpublish, unpublish_netns,
 };
 pub use error::Error;
 pub use host::netns::{self, NamespaceError};

@@ -39,6 +39,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuild a table written by an older nsport in this one's layout, keeping every mapping
+    ///
+    /// Any change (add, rm, apply, prune, the CNI plugin) migrates an older table first, in
+    /// the same batch; migrate does only that. Mapping counters start again from zero.
+    Migrate {
+        /// Print what would change, as nft commands, and change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Remove everything nsport made and put back the settings it changed
     Flush {
         /// Print what would change, as nft commands, and change nothing
@@ -322,6 +331,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mappings: Vec<nsport::Mapping> =
                 listings.iter().map(|l| l.mapping.clone()).collect();
             let problems = nsport::doctor::path_problems(&mappings)?;
+            // A table of another layout is listed as far as it can be read, and marked.
+            let layout_note = nsport::table_layout()?.and_then(|layout| layout.note());
+            if let Some(note) = &layout_note {
+                eprintln!("nsport: warning: {note}");
+            }
             print(if json {
                 let rows: Vec<Row> = listings
                     .iter()
@@ -338,8 +352,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .collect();
                 to_json(&rows)?
             } else {
-                table(&listings, &problems)
+                let mut text = table(&listings, &problems);
+                if let Some(note) = &layout_note {
+                    text.push_str(&format!("note: {note}\n"));
+                }
+                text
             })?;
+        }
+        Command::Migrate { dry_run } => {
+            let plan = nsport::migrate(dry_run)?;
+            if dry_run {
+                print(plan.nft())?;
+            }
         }
         Command::Flush { dry_run } => {
             let plan = nsport::flush(dry_run)?;

@@ -77,6 +77,13 @@ fn finish(
 ) -> Result<(), Error> {
     // The counts first: whatever fails later, they describe the table as committed.
     settings.save()?;
+    if let Some(from) = committed.migrated_from {
+        log::warn!(
+            "table inet nsport was in layout {from}; it was rebuilt in layout {} with every \
+             mapping (their counters start again)",
+            crate::ruleset::LAYOUT
+        );
+    }
     if !committed.existed && !settings.originals.changes_nothing() {
         // What the record names was set for a table someone else deleted since.
         log::warn!(

@@ -27,6 +27,7 @@ pub fn flush(dry_run: bool) -> Result<Plan, Error> {
     let lock = writer_lock()?;
     let mut kernel = Netlink;
     let mut snapshot = table::read(&mut kernel, true)?;
+    snapshot.layout.check_changeable()?;
     let mut ifaces = table::table_interfaces(&snapshot);
     ifaces.extend(snapshot.mappings.iter().map(|(m, _)| m.via.clone()));
     let mut settings = Settings::load(&lock, || ifaces)?;

@@ -28,6 +28,15 @@ pub trait Kernel {
     /// Applies `changes` as one batch, refused whole with `NetlinkError::Stale` when
     /// `genid` is given and the ruleset is no longer at that generation.
     fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError>;
+    /// The user data of `table inet nsport`, where its layout is recorded: `None` when
+    /// there is no table. Tables made here record the current layout.
+    fn table_userdata(&mut self) -> Result<Option<Vec<u8>>, NetlinkError> {
+        Ok(Some(crate::ruleset::layout_userdata()))
+    }
+    /// Whether a set of the table exists (layout 1's `ifaces`, say).
+    fn set_exists(&mut self, _set: &str) -> Result<bool, NetlinkError> {
+        Ok(false)
+    }
     /// The canonical text of a rule's expressions, as `rules` reports a rule.
     fn rule_text(&self, rule: &RuleDef) -> String {
         nftables::rule_exprs_text(rule)
@@ -65,5 +74,13 @@ impl Kernel for Netlink {
 
     fn commit(&mut self, changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
         nftables::commit(changes, genid)
+    }
+
+    fn table_userdata(&mut self) -> Result<Option<Vec<u8>>, NetlinkError> {
+        nftables::table_userdata()
+    }
+
+    fn set_exists(&mut self, set: &str) -> Result<bool, NetlinkError> {
+        nftables::set_exists(set)
     }
 }

@@ -1,12 +1,13 @@
 //! `ls`, `export` and what `doctor` reads: the mappings with their status, the table as an
 //! `nft -f` script, and repairs of what protects them before any of it is reported.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::kernel::{Kernel, Netlink};
-use super::table::{self, Counter, Snapshot};
+use super::layout::Layout;
+use super::table::{self, Counter, HelperKey, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
 use crate::host::netns::Namespace;
@@ -65,6 +66,11 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     if first_look.exists && first_look.damaged.is_empty() && !localnet_off() {
         return Ok(());
     }
+    // A table of another layout is not this nsport's to repair: an older one is migrated
+    // by the next change, a newer one is left alone.
+    if first_look.exists && !first_look.layout.is_current() {
+        return Ok(());
+    }
     if !first_look.exists && !state::dir().exists() {
         return Ok(());
     }
@@ -74,6 +80,9 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     let mut kernel = Netlink;
     let snapshot = table::read(&mut kernel, true)?;
     let mut settings = Settings::load(&lock, || table::table_interfaces(&snapshot))?;
+    if snapshot.exists && !snapshot.layout.is_current() {
+        return Ok(());
+    }
     if !snapshot.exists {
         if !settings.originals.changes_nothing() {
             log::warn!(
@@ -161,10 +170,16 @@ pub(crate) fn stale_flags(mappings: &[Mapping]) -> Vec<bool> {
 }
 
 /// Which chains of the table are not what nsport wrote (none when intact), and whether
-/// the table exists: what `doctor` reports.
+/// the table exists: what `doctor` reports. A table of another layout is not judged.
 pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
     let snapshot = table::read(&mut Netlink, false)?;
     Ok(snapshot.exists.then_some(snapshot.damaged))
+}
+
+/// The layout of `table inet nsport`, when it exists.
+pub fn table_layout() -> Result<Option<Layout>, Error> {
+    let snapshot = table::read(&mut Netlink, false)?;
+    Ok(snapshot.exists.then_some(snapshot.layout))
 }
 
 /// The whole table as an `nft -f` script that recreates it, for persisting through
@@ -172,12 +187,27 @@ pub fn damaged_chains() -> Result<Option<Vec<&'static str>>, Error> {
 pub fn export_nft() -> Result<String, Error> {
     let mut kernel = Netlink;
     let snapshot = table::read(&mut kernel, true)?;
+    // A script of this layout could not say what a newer table holds.
+    snapshot.layout.check_changeable()?;
     let mut out = ruleset::table_script();
     for (mapping, _) in &snapshot.mappings {
         out.push_str(&Element::mapping(mapping).nft_add());
         out.push('\n');
     }
-    let mut helpers: Vec<_> = snapshot.helpers.iter().collect();
+    // An older table's helpers are of its own layout: the script has the ones its
+    // mappings need in this one, as a migration would write them.
+    let derived: HashSet<HelperKey>;
+    let helpers = if snapshot.layout.is_current() {
+        &snapshot.helpers
+    } else {
+        let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
+        derived = table::helpers_for(&mappings)
+            .into_iter()
+            .map(|(element, _)| (element.set, element.key))
+            .collect();
+        &derived
+    };
+    let mut helpers: Vec<_> = helpers.iter().collect();
     helpers.sort();
     for (set, key) in helpers {
         if let Some(helper) = Element::helper(set, key) {

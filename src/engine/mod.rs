@@ -9,6 +9,7 @@ mod finish;
 mod flows;
 mod flush;
 pub mod kernel;
+mod layout;
 mod list;
 mod publish;
 mod remove;
@@ -30,8 +31,9 @@ use counts::Counts;
 use finish::{finish_or_roll_back, with_notes};
 pub use flush::flush;
 use kernel::Netlink;
+pub use layout::Layout;
 pub(crate) use list::stale_flags;
-pub use list::{Listing, damaged_chains, export_nft, list, list_status};
+pub use list::{Listing, damaged_chains, export_nft, list, list_status, table_layout};
 pub use publish::{publish, publish_dry_run};
 pub use remove::{prune, unpublish, unpublish_netns};
 pub use resolve::{PublishOptions, Target};
@@ -109,6 +111,13 @@ fn record(lock: &WriterLock) -> Result<(Settings<'_>, Option<Counts>), Error> {
         .as_ref()
         .and_then(Counts::from_record);
     Ok((settings, counts))
+}
+
+/// Rebuilds a table of an older layout in the current one, in one generation-checked batch
+/// that keeps every mapping; nothing to do for a table of the current layout, refused for a
+/// newer one. Every other change does the same first, in its own batch.
+pub fn migrate(dry_run: bool) -> Result<Plan, Error> {
+    change(dry_run, |current| Ok(current.to_vec()))
 }
 
 /// The CNI plugin's way in: a change decided from every mapping there is.

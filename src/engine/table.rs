@@ -7,6 +7,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::counts::Users;
 use super::kernel::Kernel;
+use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
@@ -40,6 +41,9 @@ pub struct Snapshot {
     pub genid: u32,
     /// Whether `table inet nsport` exists (every nsport table has base chains).
     pub exists: bool,
+    /// The layout it is written in (the current one when there is no table). Chains are
+    /// judged, and helpers read, only in the current layout.
+    pub layout: Layout,
     /// Chains that are missing or hold other rules, hook or policy than nsport writes.
     pub damaged: Vec<&'static str>,
     /// Every base chain of every table, for the other-firewalls warning.
@@ -56,7 +60,7 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
     snapshot
         .helpers
         .iter()
-        .filter(|(set, _)| matches!(*set, SET_REACH4 | SET_REACH6 | SET_INSIDE))
+        .filter(|(set, _)| matches!(*set, SET_REACH4 | SET_REACH6 | SET_INSIDE | SET_IFACES_V1))
         .filter_map(|(_, key)| key.get(..ruleset::IFNAME_LEN))
         .map(|name| {
             let name = name.split(|b| *b == 0).next().unwrap_or_default();
@@ -74,7 +78,12 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
     let exists = chains
         .iter()
         .any(|chain| chain.family == libc::NFPROTO_INET as u32 && chain.table == TABLE);
-    let damaged = if exists {
+    let layout = match exists {
+        true => layout::read(kernel)?,
+        false => Layout::current(),
+    };
+    // Another layout's chains are not damaged for holding other rules than this one's.
+    let damaged = if exists && layout.is_current() {
         damaged_chains(kernel, &chains)?
     } else {
         Vec::new()
@@ -82,9 +91,15 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
     let mut mappings = Vec::new();
     let mut helpers = HashSet::new();
     // Only a full read needs the helpers: adding one that is there changes nothing, and a
-    // removal by key goes by the counts.
+    // removal by key goes by the counts. Layout 1's interfaces count as helpers too, for
+    // the fallback of an unreadable settings record.
     if with_mappings && exists {
-        for set in HELPER_SETS {
+        let v1: &[&'static str] = if layout.version == 1 {
+            &[SET_IFACES_V1]
+        } else {
+            &[]
+        };
+        for &set in HELPER_SETS.iter().chain(v1) {
             for element in kernel.elements(set).map_err(self::kernel_error)? {
                 helpers.insert((set, element.key));
             }
@@ -93,7 +108,11 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
     if with_mappings && exists {
         for set in MAPPING_SETS {
             for element in kernel.elements(set).map_err(self::kernel_error)? {
-                if let Some(mapping) = mapping_of(set, &element) {
+                let mapping = match layout.version {
+                    1 => layout::v1_mapping(set, &element),
+                    _ => mapping_of(set, &element),
+                };
+                if let Some(mapping) = mapping {
                     mappings.push((mapping, element.counter.unwrap_or_default()));
                 }
             }
@@ -103,6 +122,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
     Ok(Snapshot {
         genid,
         exists,
+        layout,
         damaged,
         chains,
         mappings,

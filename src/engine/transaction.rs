@@ -24,6 +24,7 @@ use std::time::Duration;
 
 use super::counts::Counts;
 use super::kernel::Kernel;
+use super::layout::{self, Rebuild};
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
 use crate::host::settings::StillNeeded;
@@ -52,6 +53,8 @@ pub struct Committed {
     pub existed: bool,
     /// Every base chain of every table, as read.
     pub chains: Vec<ChainDump>,
+    /// The older layout the change migrated the table from, in the same batch.
+    pub migrated_from: Option<u32>,
 }
 
 /// A pause before try `attempt` (1-based): 1, 2, 4 … ms, jittered by up to as much again,
@@ -99,12 +102,27 @@ pub fn update(
     let declarations = Declarations::new();
     let committed = retrying(|| {
         let snapshot = table::read(kernel, true)?;
+        snapshot.layout.check_changeable()?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
-        let changes = with_repairs(&declarations, &snapshot, &diff.delete, &diff.add);
+        // An older table is rebuilt in the current layout by the very batch that changes it.
+        let migrating = snapshot.exists && snapshot.layout.is_older();
+        let rebuild;
+        let changes = if migrating {
+            rebuild = Rebuild::new(kernel, &desired)?;
+            rebuild.changes(&declarations)
+        } else {
+            with_repairs(&declarations, &snapshot, &diff.delete, &diff.add)
+        };
+        let mut plan = plan_of(&snapshot, &changes, &diff.delete, &diff.add);
+        if migrating {
+            plan.notes
+                .push(layout::migration_note(snapshot.layout.version));
+        }
         let committed = Committed {
-            plan: plan_of(&snapshot, &changes, &diff.delete, &diff.add),
+            migrated_from: migrating.then_some(snapshot.layout.version),
+            plan,
             still_needed: Some(StillNeeded::of_mappings(&desired)),
             added: diff.added,
             removed: diff.removed,
@@ -160,6 +178,11 @@ pub fn create(
     let needed = helpers_for(&mappings);
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
+        snapshot.layout.check_changeable()?;
+        // An older table is migrated by a full read and rebuild.
+        if snapshot.exists && snapshot.layout.is_older() {
+            return Ok(Try::Done(None));
+        }
         // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
         let add: Vec<Element> = needed.iter().map(|(e, _)| e.clone()).collect();
@@ -242,6 +265,11 @@ pub fn remove(
     let declarations = Declarations::new();
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
+        snapshot.layout.check_changeable()?;
+        // An older table is migrated by a full read and rebuild.
+        if snapshot.exists && snapshot.layout.is_older() {
+            return Ok(Try::Done(None));
+        }
         // Without counts that describe this very ruleset, only a full read can tell which
         // helpers another mapping still needs.
         let Some(valid) = Counts::valid_at(counts, snapshot.genid) else {

@@ -21,7 +21,8 @@ mod lab;
 pub use batch::{Change, commit, commit_to, generation};
 pub use dump::{
     ChainDump, ElementDump, RuleDump, chain_exists, dump_base_chains, dump_chains, dump_elements,
-    dump_family_rules, dump_rules, get_element, rule_exprs_text, table_exists,
+    dump_family_rules, dump_rules, get_element, rule_exprs_text, set_exists, table_exists,
+    table_userdata,
 };
 pub use encode::{
     COMMENT_MAX, ELEMENT_USERDATA_MAX, MESSAGE_BUDGET, NAME_MAX, USERDATA_MAX, VALUE_MAX,

@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! table inet nsport {
+//!   comment "nsport-layout=2"
 //!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map any6, addr6, set hairpin6, targets6: the same for IPv6
@@ -43,6 +44,52 @@ pub use rules::rules;
 /// The one table nsport owns, in the `inet` family.
 pub const TABLE: &str = "nsport";
 
+/// The layout of the table this nsport writes: which sets, maps, chains and rules it has and
+/// how its elements are written. It is recorded in the table's comment (`nsport-layout=N`,
+/// nftables' table user data), set when the table is created; a table without one is of
+/// layout 1 when it has the set `ifaces`, of layout 2 otherwise (see the engine's `layout`).
+///
+/// - 1: `set ifaces { type ifname; }` keyed the masquerades and the forward protection;
+///   comments held names as they are.
+/// - 2: sets keyed per target (`reach4`/`reach6`), `inside` and `closed` for forwarding nsport
+///   turned on, IPv4 link-local returns, percent-encoded comments with `net=`.
+pub const LAYOUT: u32 = 2;
+
+/// How the table's comment names its layout.
+pub const LAYOUT_KEY: &str = "nsport-layout=";
+
+/// The table's comment: its layout.
+pub fn layout_comment() -> String {
+    format!("{LAYOUT_KEY}{LAYOUT}")
+}
+
+/// The table's user data as nft writes a table comment: type 0, length, text and a NUL.
+pub fn layout_userdata() -> Vec<u8> {
+    let comment = layout_comment();
+    let mut out = vec![0, u8::try_from(comment.len() + 1).expect("a short comment")];
+    out.extend_from_slice(comment.as_bytes());
+    out.push(0);
+    out
+}
+
+/// The layout a table's user data records, if it records one: a word `nsport-layout=N` in
+/// its comment.
+pub fn layout_of_userdata(mut userdata: &[u8]) -> Option<u32> {
+    while userdata.len() >= 2 {
+        let (kind, len) = (userdata[0], usize::from(userdata[1]));
+        let value = userdata.get(2..2 + len)?;
+        if kind == 0 {
+            let text = value.strip_suffix(&[0]).unwrap_or(value);
+            return std::str::from_utf8(text)
+                .ok()?
+                .split_whitespace()
+                .find_map(|word| word.strip_prefix(LAYOUT_KEY)?.parse().ok());
+        }
+        userdata = &userdata[2 + len..];
+    }
+    None
+}
+
 pub const SET_ANY4: &str = "any4";
 pub const SET_ADDR4: &str = "addr4";
 pub const SET_HAIRPIN4: &str = "hairpin4";
@@ -72,8 +119,10 @@ pub const IFNAME_LEN: usize = 16;
 /// It starts by deleting any table of the name, so that loading it twice does not
 /// duplicate the rules.
 pub fn table_script() -> String {
-    let mut out =
-        format!("table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n");
+    let mut out = format!(
+        "table inet {TABLE}\ndelete table inet {TABLE}\n\ntable inet {TABLE} {{\n\tcomment \"{}\"\n",
+        layout_comment()
+    );
     for set in sets() {
         let kind = if set.is_map() { "map" } else { "set" };
         out.push_str(&format!(

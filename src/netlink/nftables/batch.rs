@@ -387,6 +387,21 @@ fn write_message<'b>(
         Part::Object(change) => match *change {
             Change::AddTable { exclusive } => {
                 let object = table_object(table)?;
+                // nsport's own table records its layout. The kernel keeps a table's user
+                // data from its creation on: adding a table that exists leaves it as it is.
+                if table == TABLE {
+                    let userdata = crate::ruleset::layout_userdata();
+                    // SAFETY: a setter on the object we own; libnftnl copies the bytes,
+                    // a few dozen (far below USERDATA_MAX).
+                    unsafe {
+                        sys::nftnl_table_set_data(
+                            object.ptr(),
+                            sys::NFTNL_TABLE_USERDATA as u16,
+                            userdata.as_ptr().cast(),
+                            userdata.len() as u32,
+                        )
+                    };
+                }
                 let flags = if exclusive {
                     create | libc::NLM_F_EXCL as u16
                 } else {

@@ -80,6 +80,46 @@ pub fn table_exists() -> Result<bool, NetlinkError> {
     exchange(&request, |_| Ok(()))
 }
 
+/// The user data of `table inet nsport` (where nsport records its layout): `None` when
+/// there is no table, an empty vector when the table carries none.
+pub fn table_userdata() -> Result<Option<Vec<u8>>, NetlinkError> {
+    let table = table_object(TABLE)?;
+    let request = build_request(libc::NFT_MSG_GETTABLE, FAMILY_INET, false, |nlh| {
+        // SAFETY: `table` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_table_nlmsg_build_payload(nlh, table.ptr()) }
+    });
+    let mut userdata = Vec::new();
+    let exists = exchange(&request, |message| {
+        let parsed = encode::Table::alloc();
+        // SAFETY: `message` is one whole netlink message from the kernel, 4-byte aligned in
+        // the receive buffer; the table object is ours, and the data libnftnl returns lives
+        // as long as it and is `len` bytes long.
+        unsafe {
+            if sys::nftnl_table_nlmsg_parse(message.as_ptr().cast(), parsed.ptr()) < 0 {
+                return Ok(());
+            }
+            let mut len: u32 = 0;
+            let data =
+                sys::nftnl_table_get_data(parsed.ptr(), sys::NFTNL_TABLE_USERDATA as u16, &mut len);
+            if !data.is_null() {
+                userdata = std::slice::from_raw_parts(data.cast::<u8>(), len as usize).to_vec();
+            }
+        }
+        Ok(())
+    })?;
+    Ok(exists.then_some(userdata))
+}
+
+/// Whether set (or map) `name` of `table inet nsport` exists.
+pub fn set_exists(name: &str) -> Result<bool, NetlinkError> {
+    let set = set_named(TABLE, name, None)?;
+    let request = build_request(libc::NFT_MSG_GETSET, FAMILY_INET, false, |nlh| {
+        // SAFETY: `set` is live; the payload fits the buffer.
+        unsafe { sys::nftnl_set_nlmsg_build_payload(nlh, set.ptr()) }
+    });
+    exchange(&request, |_| Ok(()))
+}
+
 /// Whether chain `name` of `table inet nsport` exists.
 pub fn chain_exists(name: &str) -> Result<bool, NetlinkError> {
     let chain = chain_named(TABLE, name)?;
