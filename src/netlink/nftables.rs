@@ -15,8 +15,6 @@ mod encode;
 mod expr;
 #[cfg(test)]
 mod fuzz;
-#[cfg(test)]
-mod lab;
 
 pub use batch::{Change, commit, commit_to, generation};
 pub use dump::{

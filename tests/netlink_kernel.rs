@@ -1,12 +1,13 @@
-//! Kernel checks of the nftables layer, as root, each in a network namespace of its own:
+//! Kernel checks of the nftables layer (`nsport::netlink::nftables`), as root, each in a
+//! network namespace of its own, with the real `nft` as an independent reader and writer:
 //! the test's thread unshares a fresh one, which disappears with the thread, so nothing
 //! here can touch the host's ruleset. Without root they are skipped, except under CI.
 
 use std::process::Command;
 
-use super::*;
-use crate::netlink::NetlinkError;
-use crate::ruleset::{self, ChainDef, Element, RuleDef, SetDef, TABLE};
+use nsport::netlink::NetlinkError;
+use nsport::netlink::nftables::*;
+use nsport::ruleset::{self, ChainDef, Element, RuleDef, SetDef, TABLE};
 
 /// Runs `test` on a thread inside a fresh, empty network namespace.
 fn in_fresh_netns(test: impl FnOnce() + Send + 'static) {
@@ -192,16 +193,13 @@ fn create_is_exclusive_and_add_is_not() {
         let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
         commit_table(&chains, &sets, &rules);
         let map = any4();
-        let element = element(&map, 7, Some("netns=a".into()));
-        commit(&[Change::CreateElement(&element)], None).unwrap();
+        let first = element(&map, 7, Some("netns=a".into()));
+        commit(&[Change::CreateElement(&first)], None).unwrap();
         // The identical element again: accepted by an add, refused by a create.
-        commit(&[Change::AddElement(&element)], None).unwrap();
-        let other = super::lab::element(&map, 8, None);
+        commit(&[Change::AddElement(&first)], None).unwrap();
+        let other = element(&map, 8, None);
         let error = commit(
-            &[
-                Change::CreateElement(&other),
-                Change::CreateElement(&element),
-            ],
+            &[Change::CreateElement(&other), Change::CreateElement(&first)],
             None,
         )
         .unwrap_err();
@@ -216,10 +214,10 @@ fn create_is_exclusive_and_add_is_not() {
         // Deep inside a batch of messages of hundreds of elements, the index is still the
         // refused element's own.
         let many: Vec<Element> = (1000..3000)
-            .map(|n| super::lab::element(&map, n, Some(format!("netns={n}"))))
+            .map(|n| element(&map, n, Some(format!("netns={n}"))))
             .collect();
         let mut changes: Vec<Change> = many.iter().map(Change::CreateElement).collect();
-        changes.insert(1234, Change::CreateElement(&element));
+        changes.insert(1234, Change::CreateElement(&first));
         let error = commit(&changes, None).unwrap_err();
         assert!(
             matches!(
