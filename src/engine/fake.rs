@@ -94,7 +94,7 @@ impl Fake {
             Change::AddChain(chain) => {
                 let entry = table.chains.entry(chain.name.to_string()).or_default();
                 if let Some((hook, _, _)) = chain.base {
-                    entry.hook = Some(super::table::hook_number(hook));
+                    entry.hook = Some(hook.number());
                     entry.policy = 1;
                 }
             }

@@ -11,7 +11,7 @@ use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Hook, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
+    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
     SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
     SetDef, TABLE,
 };
@@ -138,16 +138,6 @@ pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
     Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
 }
 
-pub fn hook_number(hook: Hook) -> u32 {
-    (match hook {
-        Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
-        Hook::Input => libc::NF_INET_LOCAL_IN,
-        Hook::Forward => libc::NF_INET_FORWARD,
-        Hook::Output => libc::NF_INET_LOCAL_OUT,
-        Hook::Postrouting => libc::NF_INET_POST_ROUTING,
-    }) as u32
-}
-
 /// The chains of the table whose content is not what nsport writes: a base chain missing,
 /// on another hook or with a policy other than accept, or any chain whose rules differ
 /// from nsport's in number, order or any expression.
@@ -166,7 +156,7 @@ fn damaged_chains(
                 dump.family == libc::NFPROTO_INET as u32
                     && dump.table == TABLE
                     && dump.name == chain.name
-                    && dump.hook == hook_number(hook)
+                    && dump.hook == hook.number()
                     && dump.policy == NF_ACCEPT
             }),
         };

@@ -10,6 +10,19 @@ pub enum Hook {
     Postrouting,
 }
 
+impl Hook {
+    /// The kernel's number for the hook (`NF_INET_*`), as netlink carries it.
+    pub fn number(self) -> u32 {
+        (match self {
+            Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
+            Hook::Input => libc::NF_INET_LOCAL_IN,
+            Hook::Forward => libc::NF_INET_FORWARD,
+            Hook::Output => libc::NF_INET_LOCAL_OUT,
+            Hook::Postrouting => libc::NF_INET_POST_ROUTING,
+        }) as u32
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChainType {
     Filter,

@@ -638,3 +638,43 @@ pub fn some(addr: impl Into<IpAddr>) -> Option<String> {
 
 /// A TCP server on every address of both families, `[::]` without IPV6_V6ONLY.
 pub const ANY: std::net::Ipv6Addr = std::net::Ipv6Addr::UNSPECIFIED;
+
+/// Replaces namespace inodes, which differ from run to run, with `INODE`.
+pub fn hide_inodes(table: &str) -> String {
+    let mut out = String::new();
+    let mut rest = table;
+    while let Some(at) = rest.find("ino=") {
+        out.push_str(&rest[..at + 4]);
+        rest = rest[at + 4..].trim_start_matches(|c: char| c.is_ascii_digit());
+        out.push_str("INODE");
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Puts the elements of every `elements = { … }` block one per line, sorted.
+pub fn sort_elements(table: &str) -> String {
+    let mut out = String::new();
+    let mut lines = table.lines();
+    while let Some(line) = lines.next() {
+        let Some((indent, first)) = line.split_once("elements = { ") else {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        };
+        let mut body = first.to_string();
+        while !body.ends_with(" }") {
+            body.push(' ');
+            body.push_str(lines.next().expect("unterminated elements").trim());
+        }
+        let body = body.strip_suffix(" }").unwrap();
+        let mut elements: Vec<&str> = body.split(", ").map(str::trim).collect();
+        elements.sort();
+        let continuation = format!(",\n{indent}             ");
+        out.push_str(&format!(
+            "{indent}elements = {{ {} }}\n",
+            elements.join(&continuation)
+        ));
+    }
+    out
+}

@@ -11,7 +11,7 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys::{self as sys, libc};
 
 use crate::netlink::NetlinkError;
-use crate::ruleset::{ChainDef, ChainType, Element, Expr, Hook, RuleDef, SetDef, Verdict};
+use crate::ruleset::{ChainDef, ChainType, Element, Expr, RuleDef, SetDef, Verdict};
 
 pub(super) const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
 const NFT_SET_MAP: u32 = 0x8;
@@ -293,13 +293,7 @@ pub(super) fn chain_named(table: &str, chain: &str) -> Result<Chain, NetlinkErro
 pub(super) fn chain_object(table: &str, chain: &ChainDef) -> Result<Chain, NetlinkError> {
     let object = chain_named(table, chain.name)?;
     if let Some((hook, priority, kind)) = chain.base {
-        let hooknum = match hook {
-            Hook::Prerouting => libc::NF_INET_PRE_ROUTING,
-            Hook::Input => libc::NF_INET_LOCAL_IN,
-            Hook::Forward => libc::NF_INET_FORWARD,
-            Hook::Output => libc::NF_INET_LOCAL_OUT,
-            Hook::Postrouting => libc::NF_INET_POST_ROUTING,
-        };
+        let hooknum = hook.number();
         let kind: &CStr = match kind {
             ChainType::Filter => c"filter",
             ChainType::Nat => c"nat",
@@ -307,7 +301,7 @@ pub(super) fn chain_object(table: &str, chain: &ChainDef) -> Result<Chain, Netli
         let ptr = object.ptr();
         // SAFETY: setters on the object we own; libnftnl copies the string.
         unsafe {
-            sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_HOOKNUM as u16, hooknum as u32);
+            sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_HOOKNUM as u16, hooknum);
             sys::nftnl_chain_set_s32(ptr, sys::NFTNL_CHAIN_PRIO as u16, priority);
             sys::nftnl_chain_set_str(ptr, sys::NFTNL_CHAIN_TYPE as u16, kind.as_ptr());
             sys::nftnl_chain_set_u32(ptr, sys::NFTNL_CHAIN_POLICY as u16, NF_ACCEPT);
