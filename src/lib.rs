@@ -35,6 +35,7 @@ pub mod spec;
 pub use engine::{
     Layout, Listing, PublishOptions, Target, apply, export_nft, flush, list, list_status, migrate,
     parse_mappings, prune, publish, publish_dry_run, table_layout, unpublish, unpublish_netns,
+    unpublish_on,
 };
 pub use error::Error;
 pub use host::netns::{self, NamespaceError};

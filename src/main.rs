@@ -125,7 +125,12 @@ struct AddArgs {
     /// Let hosts that route to the target reach its unpublished ports directly
     #[arg(long)]
     allow_direct: bool,
-    /// Publish even if a host socket holds the port (it stops receiving)
+    /// Publish only for traffic arriving on this interface, whatever addresses it has or
+    /// will get; it need not exist yet
+    #[arg(long, value_name = "IFACE")]
+    on: Option<String>,
+    /// Publish even if a host socket holds the port (it stops receiving), or another mapping
+    /// overlaps it (the more specific one wins where they overlap)
     #[arg(long)]
     force: bool,
     /// Print what would change, as nft commands, and change nothing
@@ -161,6 +166,9 @@ struct RmArgs {
 struct RmCommand {
     #[command(flatten)]
     what: RmArgs,
+    /// Unpublish the host ports published on this interface (with add --on)
+    #[arg(long, value_name = "IFACE", conflicts_with = "netns")]
+    on: Option<String>,
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -278,6 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 via: args.via,
                 allow_direct: args.allow_direct,
                 force: args.force,
+                on: args.on,
             };
             let requests: Vec<PublishRequest> = args
                 .publish
@@ -318,8 +327,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = match args.what.netns {
                 Some(netns) => nsport::unpublish_netns(&netns, args.dry_run)?,
                 None => {
-                    check_namespace_sides(&args.what.host)?;
-                    nsport::unpublish(&args.what.host, args.dry_run)?
+                    check_namespace_sides(&args.what.host, args.on.as_deref())?;
+                    nsport::unpublish_on(args.on.as_deref(), &args.what.host, args.dry_run)?
                 }
             };
             if args.dry_run {
@@ -564,7 +573,7 @@ impl std::error::Error for UsageError {}
 
 /// `rm HOST:NS` names a mapping by both sides: refused (exit 2) when the mapping on that
 /// host port leads to another namespace port, instead of removing it anyway.
-fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
+fn check_namespace_sides(specs: &[HostSpec], on: Option<&str>) -> anyhow::Result<()> {
     if specs.iter().all(|spec| spec.ns_ports.is_none()) {
         return Ok(());
     }
@@ -576,6 +585,7 @@ fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
             };
             let wrong = mappings.iter().find(|m| {
                 m.proto == spec.proto
+                    && m.on.as_deref() == on
                     && m.host_port == port
                     && m.host_addr == spec.host_addr.filter(|a| !a.is_unspecified())
                     && m.to_port != ns_port
@@ -671,7 +681,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         .zip(problems)
         .map(|(listing, problem)| {
             let m = &listing.mapping;
-            let status = match (&listing.shadows, listing.stale, problem) {
+            let mut status = match (&listing.shadows, listing.stale, problem) {
                 (_, true, _) => "stale: namespace gone".to_string(),
                 (Some(owner), false, _) => format!("shadows {owner}"),
                 (None, false, Some(problem)) => {
@@ -679,12 +689,25 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 }
                 (None, false, None) => "ok".to_string(),
             };
-            let host = match m.host_addr {
+            // Mappings published over each other with --force: which takes whose traffic.
+            if !listing.shadows_mappings.is_empty() {
+                status.push_str(&format!(
+                    "; shadows {}",
+                    listing.shadows_mappings.join(", ")
+                ));
+            }
+            if !listing.shadowed_by.is_empty() {
+                status.push_str(&format!("; shadowed by {}", listing.shadowed_by.join(", ")));
+            }
+            let mut host = match m.host_addr {
                 Some(addr) => with_port(addr, m.host_port),
                 // Every address of the mapping's family; IPv6 ones never include [::1].
                 None if m.is_ipv6() => format!("[*]:{}", m.host_port),
                 None => format!("*:{}", m.host_port),
             };
+            if let Some(on) = &m.on {
+                host.push_str(&format!(" on {on}"));
+            }
             [
                 m.proto.to_string(),
                 host,

@@ -121,6 +121,7 @@ mod tests {
             mapping: Mapping {
                 proto: Proto::Tcp,
                 host_addr,
+                on: None,
                 host_port: 8080,
                 to_addr,
                 to_port: 80,
@@ -134,6 +135,8 @@ mod tests {
             },
             stale: false,
             shadows: None,
+            shadows_mappings: Vec::new(),
+            shadowed_by: Vec::new(),
             loopback: true,
             packets: 7,
             bytes: 420,

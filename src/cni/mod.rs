@@ -90,7 +90,9 @@ fn is_transient_error(error: &Error) -> bool {
 impl From<Error> for CniError {
     fn from(error: Error) -> CniError {
         let code = match &error {
-            Error::Conflict { .. } | Error::HostPortInUse { .. } => code::PORT_CONFLICT,
+            Error::Conflict { .. } | Error::Overlap { .. } | Error::HostPortInUse { .. } => {
+                code::PORT_CONFLICT
+            }
             Error::Busy { .. } => code::TRY_AGAIN_LATER,
             Error::Netlink(netlink) if is_transient(netlink.errno()) => code::TRY_AGAIN_LATER,
             Error::State { error, .. } if is_transient(error.raw_os_error()) => {

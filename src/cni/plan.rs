@@ -79,6 +79,7 @@ pub(super) fn wanted(
             let mapping = Mapping {
                 proto: port.proto,
                 host_addr: port.host_addr,
+                on: None,
                 host_port: port.host_port,
                 to_addr: to,
                 to_port: port.container_port,
@@ -167,6 +168,37 @@ pub(super) fn add(
             holder(held)
         );
         desired.remove(at);
+    }
+    for (i, mapping) in wanted.iter().enumerate() {
+        if let Some(earlier) = wanted[..i].iter().find(|m| m.overlaps(mapping)) {
+            return Err(Error::Overlap {
+                host: mapping.host_label(),
+                holder: earlier.host_label(),
+                existing: format!("{} by the same runtimeConfig.portMappings", holder(earlier)),
+            });
+        }
+    }
+    // Docker's overlap rule: a wildcard and a specific host address on one port conflict
+    // as two sockets would, whoever holds them (the CNI configuration has no way to force
+    // them); a container of this network whose namespace is gone gives way, as above.
+    for mapping in wanted {
+        while let Some(at) = desired.iter().position(|m| m.overlaps(mapping)) {
+            let held = &desired[at];
+            if held.container.is_none() || !attachment.same_network(held) || !gone(held) {
+                return Err(Error::Overlap {
+                    host: mapping.host_label(),
+                    holder: held.host_label(),
+                    existing: holder(held),
+                });
+            }
+            log::warn!(
+                "host port {} taken over from {} ({})",
+                mapping.host_label(),
+                holder(held),
+                held.host_label()
+            );
+            desired.remove(at);
+        }
     }
     desired.extend(wanted.iter().cloned());
     Ok(desired)
@@ -320,6 +352,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: None,
+            on: None,
             host_port: port,
             to_addr: to.parse().unwrap(),
             to_port: 80,

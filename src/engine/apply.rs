@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::resolve::{self, Target, resolve};
-use super::{list, transact, transaction};
+use super::{list, overlap, transact, transaction};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
@@ -58,7 +58,7 @@ type Resolved = (
 /// Every entry resolved to mappings, through the same steps as `add`; entries with the
 /// same target and options are resolved together (one namespace lookup).
 fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
-    type Group = (EntryTarget, Option<String>, bool, bool);
+    type Group = (EntryTarget, Option<String>, bool, bool, Option<String>);
     let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
     let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
     let mut order: Vec<Group> = Vec::new();
@@ -68,7 +68,13 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         let spec = entry
             .spec()
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
-        let group = (target, entry.via.clone(), entry.allow_direct, entry.force);
+        let group = (
+            target,
+            entry.via.clone(),
+            entry.allow_direct,
+            entry.force,
+            entry.on.clone(),
+        );
         if !seen.insert((group.clone(), spec)) {
             continue;
         }
@@ -82,8 +88,11 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
     let mut forced = HashSet::new();
     let mut ports = HashMap::new();
     for group in order {
-        let (target, via, allow_direct, force) = &group;
+        let (target, via, allow_direct, force, on) = &group;
         let specs = &groups[&group];
+        if let Some(on) = on {
+            resolve::check_on(on, specs)?;
+        }
         let target = match target {
             EntryTarget::Netns(name) => Target::Netns(name.clone()),
             EntryTarget::Addr(addr) => Target::Addr(*addr),
@@ -105,8 +114,10 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             }
             Err(error) => return Err(error),
         };
-        resolve::check_local(specs)?;
-        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct)?;
+        if on.is_none() {
+            resolve::check_local(specs)?;
+        }
+        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct, on.as_deref())?;
         for r in resolved {
             ports.insert(r.addr, r.bridge_port);
         }
@@ -148,12 +159,35 @@ fn decide(
             new.push(mapping.clone());
         }
     }
+    check_overlaps(&cni, desired, forced)?;
     resolve::check_host_ports(&new)?;
     Ok(cni
         .into_iter()
         .cloned()
         .chain(desired.iter().cloned())
         .collect())
+}
+
+/// Refuses mappings of the file whose host sides overlap one another, or a CNI mapping's
+/// (the wildcard and a specific address on one port, as Docker refuses them), naming both,
+/// unless the file marks one of them `force` (for a CNI mapping: the file's one).
+fn check_overlaps(
+    cni: &[&Mapping],
+    desired: &[Mapping],
+    forced: &HashSet<Mapping>,
+) -> Result<(), Error> {
+    let is_forced = |m: &Mapping| forced.contains(&m.as_recorded());
+    let mut by_port = overlap::ByPort::new(cni.iter().copied());
+    for mapping in desired {
+        let holder = by_port
+            .overlapping(mapping)
+            .find(|other| !is_forced(mapping) && (other.container.is_some() || !is_forced(other)));
+        if let Some(holder) = holder {
+            return Err(overlap::refused(mapping, holder, holder.target_label()));
+        }
+        by_port.insert(mapping);
+    }
+    Ok(())
 }
 
 /// Reads a mappings file: version 1 (what `export` writes) or the array `ls --json`

@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::kernel::{Kernel, Netlink};
 use super::layout::Layout;
+use super::overlap;
 use super::table::{self, Counter, HelperKey, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
@@ -30,6 +31,12 @@ pub struct Listing {
     pub stale: bool,
     /// A host socket on the same port that the mapping hides from its clients.
     pub shadows: Option<String>,
+    /// Mappings published over this one with `--force` whose host sides it is more
+    /// specific than: it takes their traffic where they overlap (host sides, as
+    /// `8080/tcp`).
+    pub shadows_mappings: Vec<String>,
+    /// More specific mappings that take this one's traffic where they overlap.
+    pub shadowed_by: Vec<String>,
     /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
     /// 127.0.0.1 publishes; never `[::1]`, which Linux cannot DNAT.
     pub loopback: bool,
@@ -132,17 +139,27 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
     let sockets = HostSockets::read(tcp, udp)?;
     let plain: Vec<Mapping> = mappings.iter().map(|(m, _)| m.clone()).collect();
     let stale = stale_flags(&plain);
+    let labels = |mappings: Vec<&Mapping>| mappings.iter().map(|m| m.host_label()).collect();
+    let shadowing: Vec<(Vec<String>, Vec<String>)> = overlap::shadowing(&plain)
+        .into_iter()
+        .map(|(by, over)| (labels(by), labels(over)))
+        .collect();
     Ok(mappings
         .into_iter()
         .zip(stale)
-        .map(|((mapping, (packets, bytes)), stale)| Listing {
-            shadows: sockets.shadowed_by(&mapping),
-            stale,
-            loopback: mapping.serves_loopback(),
-            packets,
-            bytes,
-            mapping,
-        })
+        .zip(shadowing)
+        .map(
+            |(((mapping, (packets, bytes)), stale), (by, over))| Listing {
+                shadows: sockets.shadowed_by(&mapping),
+                shadows_mappings: over,
+                shadowed_by: by,
+                stale,
+                loopback: mapping.serves_loopback(),
+                packets,
+                bytes,
+                mapping,
+            },
+        )
         .collect())
 }
 

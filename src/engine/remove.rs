@@ -25,6 +25,15 @@ use crate::spec::{self, HostSpec};
 /// # }
 /// ```
 pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    unpublish_on(None, specs, dry_run)
+}
+
+/// The same for host ports published on interface `on` (`add --on`), or on every
+/// interface when `None`.
+pub fn unpublish_on(on: Option<&str>, specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    if let Some(name) = on {
+        super::resolve::check_ifname(name)?;
+    }
     // Each host port is looked up by key in the maps it can be in; the mappings found
     // there, and the helper elements, are all the removal reads.
     let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
@@ -32,9 +41,9 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     for spec in specs {
         for port in spec.ports.ports() {
             let start = keys.len();
-            for set in ruleset::host_sets(spec.host_addr) {
+            for set in ruleset::host_sets_on(on.is_some(), spec.host_addr) {
                 let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
-                keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
+                keys.push((set, ruleset::host_key_on(on, spec.proto, host_addr, port)));
             }
             let side = HostSpec {
                 ports: spec::PortRange {
@@ -52,7 +61,10 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
         for (side, range) in &sides {
             let here: Vec<&Mapping> = found[range.clone()].iter().flatten().collect();
             if here.is_empty() {
-                return Err(Error::NotPublished(side.to_string()));
+                return Err(Error::NotPublished(match on {
+                    Some(name) => format!("{side} on {name}"),
+                    None => side.to_string(),
+                }));
             }
             for mapping in here {
                 if seen.insert(mapping) {

@@ -29,8 +29,13 @@ pub struct PublishOptions {
     /// Let hosts that route to the target's address reach its unpublished ports, as
     /// before nsport turned forwarding on. Off by default.
     pub allow_direct: bool,
-    /// Publish even when a host socket already holds the port (it stops receiving).
+    /// Publish even when a host socket already holds the port (it stops receiving), or
+    /// when another mapping overlaps it (a wildcard and a specific address on the same
+    /// port): the more specific mapping then wins where they overlap.
     pub force: bool,
+    /// Publish only for traffic that arrives on this interface (`--on`), whatever
+    /// addresses it has or will get; it need not exist yet.
+    pub on: Option<String>,
 }
 
 /// The target of a publish in one address family, resolved: address, interface toward
@@ -195,6 +200,30 @@ pub fn local_addresses() -> Result<BTreeSet<IpAddr>, Error> {
         .collect())
 }
 
+/// Refuses an interface to publish on that no traffic could arrive on as asked: a name
+/// Linux would refuse, the loopback (the host's own traffic is DNATed on output, where
+/// there is no input interface: 127.0.0.1 is how to publish to the host alone), or a
+/// loopback host address (the guard drops 127/8 from any interface but `lo`).
+pub fn check_on(on: &str, specs: &[PublishSpec]) -> Result<(), Error> {
+    check_ifname(on)?;
+    if on == "lo" {
+        return Err(Error::OnLoopback(on.to_string()));
+    }
+    if let Some(addr) = specs
+        .iter()
+        .filter_map(|spec| spec.host_addr)
+        .find(|addr| addr.is_loopback())
+    {
+        return Err(Error::LoopbackOn {
+            addr,
+            on: on.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses a host address that is not one of this host's. Not for mappings bound to an
+/// interface: the address may come later (DHCP), which is what `--on` is for.
 pub fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
     // 0.0.0.0 and :: stand for every address of their family, as in Docker.
     let wanted: BTreeSet<IpAddr> = specs
@@ -222,6 +251,7 @@ pub fn mappings_for(
     resolved: &[Resolved],
     specs: &[PublishSpec],
     allow_direct: bool,
+    on: Option<&str>,
 ) -> Result<Vec<Mapping>, Error> {
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
@@ -249,6 +279,7 @@ pub fn mappings_for(
                 let mapping = Mapping {
                     proto: spec.proto,
                     host_addr,
+                    on: on.map(String::from),
                     host_port,
                     to_addr: target.addr,
                     to_port,

@@ -12,12 +12,21 @@ use crate::error::{Error, kernel};
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
     self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
-    SetDef, TABLE,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_REACH4,
+    SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
 };
 
 /// The maps that hold mappings.
-pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
+pub const MAPPING_SETS: [&str; 8] = [
+    SET_ANY4,
+    SET_ADDR4,
+    SET_ON4,
+    SET_ONADDR4,
+    SET_ANY6,
+    SET_ADDR6,
+    SET_ON6,
+    SET_ONADDR6,
+];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
 pub const HELPER_SETS: [&str; 7] = [
@@ -117,7 +126,15 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
                 }
             }
         }
-        mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
+        mappings.sort_by(|(a, _), (b, _)| {
+            (a.is_ipv6(), a.proto, a.host_addr, a.host_port, &a.on).cmp(&(
+                b.is_ipv6(),
+                b.proto,
+                b.host_addr,
+                b.host_port,
+                &b.on,
+            ))
+        });
     }
     Ok(Snapshot {
         genid,

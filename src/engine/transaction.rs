@@ -25,6 +25,7 @@ use std::time::Duration;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
+use super::overlap;
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
 use crate::host::settings::StillNeeded;
@@ -158,18 +159,20 @@ fn after(kernel: &mut impl Kernel, genid: u32, committed: bool) -> Option<u32> {
     kernel.generation().ok().filter(|now| *now == expected)
 }
 
-/// Adds `mappings` and the helpers they need, reading only the helper elements: each
-/// mapping element is created exclusively, and when one exists already (a conflict, or a
-/// re-publish whose metadata must be refreshed), the change falls back to `update`, which
-/// reads everything and names the conflict.
+/// Adds `mappings` and the helpers they need, reading only the helper elements and, unless
+/// `force`, what could overlap them (`overlap::in_table`): each mapping element is created
+/// exclusively, and when one exists already (a conflict, or a re-publish whose metadata
+/// must be refreshed), the change falls back to `update`, which reads everything and names
+/// the conflict.
 pub fn create(
     kernel: &mut impl Kernel,
     counts: &mut Option<Counts>,
     mappings: &[Mapping],
+    force: bool,
     dry_run: bool,
 ) -> Result<Committed, Error> {
     let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
-    let merge = |current: &[Mapping]| merged(current, &mappings);
+    let merge = |current: &[Mapping]| merged(current, &mappings, force);
     if dry_run {
         return update(kernel, counts, true, merge);
     }
@@ -182,6 +185,14 @@ pub fn create(
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
+        }
+        // Read at this try's generation, so an overlapping mapping another writer adds
+        // after the read makes the commit stale, and the next try sees it.
+        if !force && snapshot.exists {
+            let found = overlap::in_table(kernel, &mappings, &mut HashMap::new())?;
+            if let Some((wanted, holder)) = found {
+                return Err(overlap::refused(&wanted, &holder, holder.target_label()));
+            }
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
@@ -361,8 +372,9 @@ fn commit(
 
 /// `current` with `wanted` put in: a mapping of the same host side with the same target is
 /// replaced (its metadata refreshed), and so is one made for the same namespace, whose
-/// address changed when it was made again; one with another target is a conflict.
-pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, Error> {
+/// address changed when it was made again; one with another target is a conflict, and so
+/// is one whose host side overlaps another's, unless `force`.
+pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Vec<Mapping>, Error> {
     let mut by_key: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
     let mut out: Vec<Mapping> = current.to_vec();
     for (index, mapping) in out.iter().enumerate() {
@@ -384,6 +396,16 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, E
                 out.push(mapping.clone());
             }
         }
+    }
+    if !force {
+        let wanted_keys: HashSet<(&'static str, Vec<u8>)> =
+            wanted.iter().map(|m| (m.set(), m.key())).collect();
+        let others: Vec<Mapping> = current
+            .iter()
+            .filter(|m| !wanted_keys.contains(&(m.set(), m.key())))
+            .cloned()
+            .collect();
+        overlap::check(&others, wanted)?;
     }
     Ok(out)
 }

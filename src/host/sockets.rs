@@ -108,6 +108,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: host_addr.map(IpAddr::V4),
+            on: None,
             host_port: 3000,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 3000,

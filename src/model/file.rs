@@ -58,9 +58,13 @@ pub struct MappingEntry {
     /// Like `add --allow-direct`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_direct: bool,
-    /// Like `add --force`: publish even when a host socket holds the port.
+    /// Like `add --force`: publish even when a host socket holds the port, or when
+    /// another mapping (of the table or of the file) overlaps it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// Like `add --on`: only for traffic arriving on this interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -166,6 +170,7 @@ impl MappingsFile {
                     publish: spec.to_string(),
                     allow_direct: m.allow_direct,
                     force: false,
+                    on: m.on.clone(),
                 }
             })
             .collect();
@@ -180,7 +185,9 @@ impl MappingsFile {
     /// table picks for an address now; `via` is written only where it differs. A wildcard
     /// is written without an address, so that a namespace's mapping follows every family
     /// it has. A namespace recorded only by digest (its name was too long) is written by
-    /// its address. CNI mappings are left out: the plugin owns them.
+    /// its address. CNI mappings are left out: the plugin owns them. A mapping that wins
+    /// over another it overlaps (published with `--force`) is written with `force`, so
+    /// that `apply` takes the file back as it was.
     pub fn from_mappings(
         mappings: &[Mapping],
         default_via: impl Fn(IpAddr) -> Option<String>,
@@ -190,11 +197,25 @@ impl MappingsFile {
             target: EntryTarget,
             via: Option<String>,
             allow_direct: bool,
+            on: Option<String>,
+            force: bool,
             proto: Proto,
             host_addr: Option<IpAddr>,
         }
+        // Overlaps are only between mappings of one port, protocol and family.
+        let mut by_port: std::collections::HashMap<_, Vec<&Mapping>> =
+            std::collections::HashMap::new();
+        for m in mappings {
+            by_port
+                .entry((m.is_ipv6(), m.proto, m.host_port))
+                .or_default()
+                .push(m);
+        }
         let mut rows: Vec<(Key, u16, u16)> = Vec::new();
         for m in mappings.iter().filter(|m| m.container.is_none()) {
+            let wins = by_port[&(m.is_ipv6(), m.proto, m.host_port)]
+                .iter()
+                .any(|other| m.overlaps(other) && m.rank() > other.rank());
             let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
             let via =
                 (default_via(m.to_addr).as_deref() != Some(m.via.as_str())).then(|| m.via.clone());
@@ -218,6 +239,8 @@ impl MappingsFile {
                 // not protect a host that may sit on a network that is not nsport's): the
                 // file says so only for a namespace.
                 allow_direct: m.allow_direct && netns.is_some(),
+                on: m.on.clone(),
+                force: wins,
                 proto: m.proto,
                 host_addr,
             };
@@ -259,7 +282,8 @@ impl MappingsFile {
                 publish: spec.to_string(),
                 via: key.via.clone(),
                 allow_direct: key.allow_direct,
-                force: false,
+                force: key.force,
+                on: key.on.clone(),
             });
             i = end + 1;
         }
@@ -285,6 +309,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
+            on: None,
             host_port,
             to_addr: to.parse().unwrap(),
             to_port,

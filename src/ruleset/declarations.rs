@@ -4,7 +4,8 @@
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
     IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
-    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    SET_INSIDE, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_REACH4, SET_REACH6, SET_TARGETS4,
+    SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -127,51 +128,78 @@ fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -
     out
 }
 
-/// The maps and sets of one address family: any-address and one-address maps, hairpin
-/// pairs, and targets protected from direct access, with their set ids.
-fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
+/// The maps and sets of one address family: any-address, one-address and
+/// interface-bound maps, hairpin pairs, and targets protected from direct access. Their
+/// set ids are given by `sets`.
+fn family_sets(v6: bool) -> Vec<SetDef> {
     use datatype::*;
     let (addr, addr_len) = if v6 { (IP6ADDR, 16) } else { (IPADDR, 4) };
     let target = Some((concat(&[addr, INET_SERVICE]), addr_len + 4));
     let pick = |v4: &'static str, v6_name: &'static str| if v6 { v6_name } else { v4 };
-    let map = |name, nft_type, id, key_type, key_len| SetDef {
-        name,
-        nft_type,
-        id,
-        key_type,
-        key_len,
-        data: target,
-        counter: true,
-        userdata: set_userdata(0, Some(0), true),
-    };
-    [
+    let ifname_len = IFNAME_LEN as u32;
+    // One row per map that holds mappings: name, declared type (as `nft list` prints it),
+    // key type and key length. The data is always the target's `addr . port`.
+    let maps: [(&'static str, &'static str, u32, u32); 4] = [
         // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
-        map(
+        (
             pick(SET_ANY4, SET_ANY6),
             pick(
                 "inet_proto . inet_service : ipv4_addr . inet_service",
                 "inet_proto . inet_service : ipv6_addr . inet_service",
             ),
-            ids[0],
             concat(&[INET_PROTOCOL, INET_SERVICE]),
             8,
         ),
         // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-        map(
+        (
             pick(SET_ADDR4, SET_ADDR6),
             pick(
                 "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
                 "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
             ),
-            ids[1],
             concat(&[addr, INET_PROTOCOL, INET_SERVICE]),
             addr_len + 8,
         ),
+        // map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
+        (
+            pick(SET_ON4, SET_ON6),
+            pick(
+                "ifname . inet_proto . inet_service : ipv4_addr . inet_service",
+                "ifname . inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            concat(&[IFNAME, INET_PROTOCOL, INET_SERVICE]),
+            ifname_len + 8,
+        ),
+        // map onaddr4 { type ifname . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+        (
+            pick(SET_ONADDR4, SET_ONADDR6),
+            pick(
+                "ifname . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
+                "ifname . ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
+            ),
+            concat(&[IFNAME, addr, INET_PROTOCOL, INET_SERVICE]),
+            ifname_len + addr_len + 8,
+        ),
+    ];
+    let mut sets: Vec<SetDef> = maps
+        .into_iter()
+        .map(|(name, nft_type, key_type, key_len)| SetDef {
+            name,
+            nft_type,
+            id: 0,
+            key_type,
+            key_len,
+            data: target,
+            counter: true,
+            userdata: set_userdata(0, Some(0), true),
+        })
+        .collect();
+    sets.extend([
         // set hairpin4 { type ipv4_addr . ipv4_addr; }
         SetDef {
             name: pick(SET_HAIRPIN4, SET_HAIRPIN6),
             nft_type: pick("ipv4_addr . ipv4_addr", "ipv6_addr . ipv6_addr"),
-            id: ids[2],
+            id: 0,
             key_type: concat(&[addr, addr]),
             key_len: 2 * addr_len,
             data: None,
@@ -182,9 +210,9 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
         SetDef {
             name: pick(SET_REACH4, SET_REACH6),
             nft_type: pick("ifname . ipv4_addr", "ifname . ipv6_addr"),
-            id: ids[3],
+            id: 0,
             key_type: concat(&[IFNAME, addr]),
-            key_len: IFNAME_LEN as u32 + addr_len,
+            key_len: ifname_len + addr_len,
             data: None,
             counter: false,
             userdata: set_userdata(0, None, true),
@@ -193,27 +221,29 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
         SetDef {
             name: pick(SET_TARGETS4, SET_TARGETS6),
             nft_type: pick("ipv4_addr", "ipv6_addr"),
-            id: ids[4],
+            id: 0,
             key_type: addr,
             key_len: addr_len,
             data: None,
             counter: false,
             userdata: set_userdata(2, None, false),
         },
-    ]
+    ]);
+    sets
 }
 
-/// The sets and maps, in the order `nft list` shows them.
+/// The sets and maps, in the order `nft list` shows them, each with its set id: its
+/// place in this list, counted from 1.
 pub fn sets() -> Vec<SetDef> {
-    let mut sets = family_sets(false, [1, 2, 3, 4, 5]).to_vec();
-    sets.extend(family_sets(true, [6, 7, 8, 9, 10]));
+    let mut sets = family_sets(false);
+    sets.extend(family_sets(true));
     sets.extend([
         // set inside { type ifname; }: interfaces toward published namespaces, the only
         // ones new forwarded connections may come from once nsport turned forwarding on.
         SetDef {
             name: SET_INSIDE,
             nft_type: "ifname",
-            id: 11,
+            id: 0,
             key_type: datatype::IFNAME,
             key_len: IFNAME_LEN as u32,
             data: None,
@@ -224,7 +254,7 @@ pub fn sets() -> Vec<SetDef> {
         SetDef {
             name: SET_CLOSED,
             nft_type: "nf_proto",
-            id: 12,
+            id: 0,
             key_type: datatype::NFPROTO,
             key_len: 1,
             data: None,
@@ -232,6 +262,9 @@ pub fn sets() -> Vec<SetDef> {
             userdata: set_userdata(0, None, false),
         },
     ]);
+    for (index, set) in sets.iter_mut().enumerate() {
+        set.id = index as u32 + 1;
+    }
     sets
 }
 
@@ -253,17 +286,25 @@ mod tests {
         let sets = sets();
         assert_eq!(sets[0].key_type, 0x30d);
         assert_eq!(sets[1].key_type, 0x730d);
-        assert_eq!(sets[2].key_type, 0x1c7);
+        let set = |name: &str| sets.iter().find(|s| s.name == name).unwrap();
+        assert_eq!(set(SET_HAIRPIN4).key_type, 0x1c7);
         assert_eq!(sets[0].data, Some((0x1cd, 8)));
         assert_eq!(sets[0].userdata.len(), 38);
-        assert_eq!(sets[2].userdata.len(), 16);
+        assert_eq!(set(SET_HAIRPIN4).userdata.len(), 16);
         // set reach4 { type ifname . ipv4_addr; }
-        assert_eq!(sets[3].key_type, 0xa47);
-        assert_eq!(sets[3].key_len, 20);
+        assert_eq!(set(SET_REACH4).key_type, 0xa47);
+        assert_eq!(set(SET_REACH4).key_len, 20);
         assert_eq!(
-            sets[3].userdata,
+            set(SET_REACH4).userdata,
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
-        assert_eq!(sets[4].userdata, [0, 4, 2, 0, 0, 0]);
+        assert_eq!(set(SET_TARGETS4).userdata, [0, 4, 2, 0, 0, 0]);
+        // map on4 { type ifname . inet_proto . inet_service : … }: 41 . 12 . 13
+        assert_eq!(set(SET_ON4).key_type, (41 << 12) | (12 << 6) | 13);
+        assert_eq!(set(SET_ON4).key_len, 24);
+        assert_eq!(set(SET_ONADDR6).key_len, 16 + 16 + 8);
+        // Set ids are distinct.
+        let ids: std::collections::HashSet<u32> = sets.iter().map(|s| s.id).collect();
+        assert_eq!(ids.len(), sets.len());
     }
 }

@@ -6,8 +6,8 @@ use std::net::IpAddr;
 use super::metadata::Metadata;
 use super::{
     IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
-    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from,
-    declarations::set_id, ifname_bytes,
+    SET_INSIDE, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_REACH4, SET_REACH6, SET_TARGETS4,
+    SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
 };
 use crate::model::Mapping;
 use crate::spec::Proto;
@@ -16,17 +16,18 @@ use crate::spec::Proto;
 impl Mapping {
     /// The map the mapping lives in.
     pub fn set(&self) -> &'static str {
-        match (self.is_ipv6(), self.host_addr.is_some()) {
-            (false, false) => SET_ANY4,
-            (false, true) => SET_ADDR4,
-            (true, false) => SET_ANY6,
-            (true, true) => SET_ADDR6,
-        }
+        map_of(self.is_ipv6(), self.on.is_some(), self.host_addr.is_some())
     }
 
-    /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes.
+    /// The map key: `[iifname .] [ip daddr .] meta l4proto . th dport`, each member
+    /// padded to 4 bytes.
     pub fn key(&self) -> Vec<u8> {
-        host_key(self.proto, self.host_addr, self.host_port)
+        host_key_on(
+            self.on.as_deref(),
+            self.proto,
+            self.host_addr,
+            self.host_port,
+        )
     }
 
     /// The map data: `ip . port` of the target.
@@ -80,15 +81,25 @@ impl Mapping {
         comment: Option<&str>,
     ) -> Option<Mapping> {
         let addr_len = match set {
-            SET_ANY4 | SET_ADDR4 => 4,
-            SET_ANY6 | SET_ADDR6 => 16,
+            SET_ANY4 | SET_ADDR4 | SET_ON4 | SET_ONADDR4 => 4,
+            SET_ANY6 | SET_ADDR6 | SET_ON6 | SET_ONADDR6 => 16,
+            _ => return None,
+        };
+        let (on, key) = match set {
+            SET_ON4 | SET_ONADDR4 | SET_ON6 | SET_ONADDR6 if key.len() > IFNAME_LEN => {
+                let (name, rest) = key.split_at(IFNAME_LEN);
+                let name = name.split(|b| *b == 0).next()?;
+                let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
+                (Some(name.to_string()), rest)
+            }
+            SET_ANY4 | SET_ADDR4 | SET_ANY6 | SET_ADDR6 => (None, key),
             _ => return None,
         };
         let (host_addr, rest) = match set {
-            SET_ADDR4 | SET_ADDR6 if key.len() == addr_len + 8 => {
+            SET_ADDR4 | SET_ADDR6 | SET_ONADDR4 | SET_ONADDR6 if key.len() == addr_len + 8 => {
                 (Some(addr_from(&key[..addr_len])?), &key[addr_len..])
             }
-            SET_ANY4 | SET_ANY6 if key.len() == 8 => (None, key),
+            SET_ANY4 | SET_ANY6 | SET_ON4 | SET_ON6 if key.len() == 8 => (None, key),
             _ => return None,
         };
         if data.len() != addr_len + 4 {
@@ -98,6 +109,7 @@ impl Mapping {
         Some(Mapping {
             proto: Proto::from_number(rest[0])?,
             host_addr,
+            on,
             host_port: u16::from_be_bytes([rest[4], rest[5]]),
             to_addr: addr_from(&data[..addr_len])?,
             to_port: u16::from_be_bytes([data[addr_len], data[addr_len + 1]]),
@@ -115,22 +127,61 @@ impl Mapping {
 /// The map key of a host side: `[ip daddr .] meta l4proto . th dport`, each member padded
 /// to 4 bytes.
 pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
-    let mut key = host_addr.map(addr_bytes).unwrap_or_default();
+    host_key_on(None, proto, host_addr, port)
+}
+
+/// The same on an interface: `[iifname .] [ip daddr .] meta l4proto . th dport`, the name
+/// NUL-padded to `IFNAMSIZ`.
+pub fn host_key_on(
+    on: Option<&str>,
+    proto: Proto,
+    host_addr: Option<IpAddr>,
+    port: u16,
+) -> Vec<u8> {
+    let mut key = on
+        .map(|name| ifname_bytes(name).to_vec())
+        .unwrap_or_default();
+    key.extend(host_addr.map(addr_bytes).unwrap_or_default());
     key.extend_from_slice(&[proto.number(), 0, 0, 0]);
     key.extend_from_slice(&port.to_be_bytes());
     key.extend_from_slice(&[0, 0]);
     key
 }
 
+/// The map of a family that holds host sides with or without an interface and an address.
+pub fn map_of(ipv6: bool, on: bool, addr: bool) -> &'static str {
+    match (ipv6, on, addr) {
+        (false, false, false) => SET_ANY4,
+        (false, false, true) => SET_ADDR4,
+        (false, true, false) => SET_ON4,
+        (false, true, true) => SET_ONADDR4,
+        (true, false, false) => SET_ANY6,
+        (true, false, true) => SET_ADDR6,
+        (true, true, false) => SET_ON6,
+        (true, true, true) => SET_ONADDR6,
+    }
+}
+
 /// The maps a host side can be in: both families' any-address maps for a wildcard (one
-/// family's for `0.0.0.0` or `::`), the one-address map of the address's family otherwise.
+/// family's for `0.0.0.0` or `::`), the one-address map of the address's family otherwise;
+/// the interface-bound maps when `on` is given.
 pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
-    match host_addr {
-        None => &[SET_ANY4, SET_ANY6],
-        Some(addr) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ANY4],
-        Some(addr) if addr.is_unspecified() => &[SET_ANY6],
-        Some(IpAddr::V4(_)) => &[SET_ADDR4],
-        Some(IpAddr::V6(_)) => &[SET_ADDR6],
+    host_sets_on(false, host_addr)
+}
+
+/// The same, for host sides bound to an interface when `on`.
+pub fn host_sets_on(on: bool, host_addr: Option<IpAddr>) -> &'static [&'static str] {
+    match (on, host_addr) {
+        (false, None) => &[SET_ANY4, SET_ANY6],
+        (false, Some(addr)) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ANY4],
+        (false, Some(addr)) if addr.is_unspecified() => &[SET_ANY6],
+        (false, Some(IpAddr::V4(_))) => &[SET_ADDR4],
+        (false, Some(IpAddr::V6(_))) => &[SET_ADDR6],
+        (true, None) => &[SET_ON4, SET_ON6],
+        (true, Some(addr)) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ON4],
+        (true, Some(addr)) if addr.is_unspecified() => &[SET_ON6],
+        (true, Some(IpAddr::V4(_))) => &[SET_ONADDR4],
+        (true, Some(IpAddr::V6(_))) => &[SET_ONADDR6],
     }
 }
 
@@ -220,16 +271,24 @@ impl Element {
             SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
                 .map(|addr| addr.to_string())
                 .unwrap_or_default(),
-            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
+            // A map key: `[IFNAME . ][ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
             _ => {
-                let cut = self.key.len().saturating_sub(8);
-                let (host, service) = self.key.split_at(cut);
+                let (on, key) = match self.set {
+                    SET_ON4 | SET_ONADDR4 | SET_ON6 | SET_ONADDR6 => {
+                        let (name, rest) = self.key.split_at(IFNAME_LEN.min(self.key.len()));
+                        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                        (format!("{:?} . ", String::from_utf8_lossy(name)), rest)
+                    }
+                    _ => (String::new(), self.key.as_slice()),
+                };
+                let cut = key.len().saturating_sub(8);
+                let (host, service) = key.split_at(cut);
                 let host = addr_from(host)
                     .map(|addr| format!("{addr} . "))
                     .unwrap_or_default();
                 let proto = Proto::from_number(service[0]).map_or("?".into(), |p| p.to_string());
                 let port = u16::from_be_bytes([service[4], service[5]]);
-                format!("{host}{proto} . {port}")
+                format!("{on}{host}{proto} . {port}")
             }
         }
     }
@@ -334,6 +393,7 @@ mod tests {
         Mapping {
             proto: Proto::Udp,
             host_addr: host_addr.map(IpAddr::V4),
+            on: None,
             host_port: 5353,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 53,
@@ -392,6 +452,44 @@ mod tests {
             );
             assert_eq!(back, Some(original));
         }
+    }
+
+    #[test]
+    fn interface_bound_keys_round_trip() {
+        let on = |addr: Option<&str>, v6: bool| Mapping {
+            on: Some("eth0".into()),
+            host_addr: addr.map(|a| a.parse().unwrap()),
+            ..if v6 { mapping6(None) } else { mapping(None) }
+        };
+        let plain = on(None, false);
+        assert_eq!(plain.set(), SET_ON4);
+        assert_eq!(plain.key().len(), 24);
+        assert_eq!(&plain.key()[..5], b"eth0\0");
+        assert_eq!(on(Some("192.0.2.1"), false).set(), SET_ONADDR4);
+        assert_eq!(on(Some("192.0.2.1"), false).key().len(), 28);
+        assert_eq!(on(None, true).set(), SET_ON6);
+        assert_eq!(on(Some("2001:db8::1"), true).set(), SET_ONADDR6);
+        assert_eq!(on(Some("2001:db8::1"), true).key().len(), 40);
+        for original in [
+            plain,
+            on(Some("192.0.2.1"), false),
+            on(None, true),
+            on(Some("2001:db8::1"), true),
+        ] {
+            let element = Element::mapping(&original);
+            let back = Mapping::from_element(
+                element.set,
+                &element.key,
+                element.data.as_deref().unwrap(),
+                element.comment.as_deref(),
+            );
+            assert_eq!(back, Some(original));
+        }
+        assert_eq!(
+            Element::mapping(&on(Some("192.0.2.1"), false)).nft_add(),
+            "add element inet nsport onaddr4 { \"eth0\" . 192.0.2.1 . udp . 5353 \
+             comment \"via=br0 netns=ns1 ino=4026532000\" : 172.18.0.2 . 53 }"
+        );
     }
 
     #[test]

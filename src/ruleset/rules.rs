@@ -114,10 +114,6 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     }
 }
 
-fn th_dport(dreg: u32) -> Expr {
-    th_port(TH_DPORT, dreg)
-}
-
 fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
@@ -172,64 +168,137 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
-/// The rules that count a packet against its mapping's element: by the host side, which
-/// is the destination of a request before NAT and the source of a reply after it.
-fn count_rules(chain: &'static str, texts: [&'static str; 4], request: bool) -> Vec<RuleDef> {
-    let (v4_addr, v6_addr, port) = if request {
-        (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
+/// Where one family's fields sit, for the rules that look a packet up in the maps: its
+/// match, its address field, and the registers a concatenation puts each member in. An
+/// IPv6 address fills a whole 16-byte register, so what follows it moves on by one.
+struct FamilyKeys {
+    is_family: [Expr; 2],
+    addr_len: u32,
+    /// Registers of `ADDR . PROTO . PORT`, starting at register 1.
+    addr_first: [u32; 3],
+    /// Registers of `IFNAME . ADDR . PROTO . PORT`, starting at register 1.
+    on_addr_first: [u32; 4],
+    /// Where `dnat` finds the port of the target in a map's data.
+    data_port: u32,
+}
+
+fn family_keys(v6: bool) -> FamilyKeys {
+    if v6 {
+        FamilyKeys {
+            is_family: is_ipv6(),
+            addr_len: 16,
+            addr_first: [REG_1, REG_2, REG32_05],
+            on_addr_first: [REG_1, REG_2, REG_3, REG32_09],
+            data_port: REG_2,
+        }
     } else {
-        (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
+        FamilyKeys {
+            is_family: is_ipv4(),
+            addr_len: 4,
+            addr_first: [REG_1, REG32_01, REG32_02],
+            on_addr_first: [REG_1, REG_2, REG32_05, REG32_06],
+            data_port: REG32_01,
+        }
+    }
+}
+
+fn addr_field(keys: &FamilyKeys, offset: u32, dreg: u32) -> Expr {
+    if keys.addr_len == 16 {
+        ipv6_field(offset, dreg)
+    } else {
+        ipv4_field(offset, 4, dreg)
+    }
+}
+
+/// The key expressions of each map that holds mappings, most specific first (the order
+/// `publish` looks them up in): `IFNAME . ADDR . PROTO . PORT` (onaddr),
+/// `IFNAME . PROTO . PORT` (on), `ADDR . PROTO . PORT` (addr), `PROTO . PORT` (any). A
+/// request is keyed by its input interface, destination and destination port; a reply,
+/// after NAT, by its output interface, source and source port. The maps without an
+/// address check the family only where `family` asks (the counting rules must not count
+/// one family's packet against the other's element).
+fn map_keys(v6: bool, request: bool, family: bool) -> [(&'static str, Vec<Expr>); 4] {
+    let keys = family_keys(v6);
+    let (v4_addr, v6_addr, port, ifname) = if request {
+        (IPV4_DADDR, IPV6_DADDR, TH_DPORT, MetaKey::Iifname)
+    } else {
+        (IPV4_SADDR, IPV6_SADDR, TH_SPORT, MetaKey::Oifname)
     };
-    let counted = |set| vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)];
-    let any = |family: [Expr; 2], set| {
-        [
-            family.to_vec(),
-            vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
-            counted(set),
-        ]
-        .concat()
+    let addr_offset = if v6 { v6_addr } else { v4_addr };
+    let [any, addr, on, onaddr] = if v6 {
+        [SET_ANY6, SET_ADDR6, SET_ON6, SET_ONADDR6]
+    } else {
+        [SET_ANY4, SET_ADDR4, SET_ON4, SET_ONADDR4]
     };
-    let [addr4, any4, addr6, any6] = texts;
-    vec![
-        RuleDef {
-            chain,
-            nft: addr4,
-            exprs: [
-                is_ipv4().to_vec(),
+    let checked = |exprs: Vec<Expr>, check: bool| match check {
+        true => [keys.is_family.to_vec(), exprs].concat(),
+        false => exprs,
+    };
+    let [o1, o2, o3, o4] = keys.on_addr_first;
+    let [a1, a2, a3] = keys.addr_first;
+    [
+        (
+            onaddr,
+            checked(
                 vec![
-                    ipv4_field(v4_addr, 4, REG_1),
-                    meta(MetaKey::L4proto, REG32_01),
-                    th_port(port, REG32_02),
+                    meta(ifname, o1),
+                    addr_field(&keys, addr_offset, o2),
+                    meta(MetaKey::L4proto, o3),
+                    th_port(port, o4),
                 ],
-                counted(SET_ADDR4),
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any4,
-            exprs: any(is_ipv4(), SET_ANY4),
-        },
-        RuleDef {
-            chain,
-            nft: addr6,
-            exprs: [
-                is_ipv6().to_vec(),
+                true,
+            ),
+        ),
+        (
+            on,
+            checked(
                 vec![
-                    ipv6_field(v6_addr, REG_1),
+                    meta(ifname, REG_1),
                     meta(MetaKey::L4proto, REG_2),
                     th_port(port, REG32_05),
                 ],
-                counted(SET_ADDR6),
+                family,
+            ),
+        ),
+        (
+            addr,
+            checked(
+                vec![
+                    addr_field(&keys, addr_offset, a1),
+                    meta(MetaKey::L4proto, a2),
+                    th_port(port, a3),
+                ],
+                true,
+            ),
+        ),
+        (
+            any,
+            checked(
+                vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
+                family,
+            ),
+        ),
+    ]
+}
+
+/// The rules that count a packet against its mapping's element, in the order `publish`
+/// looks the maps up: by the host side, which is the destination of a request before NAT
+/// and the source of a reply after it.
+fn count_rules(chain: &'static str, texts: [&'static str; 8], request: bool) -> Vec<RuleDef> {
+    [false, true]
+        .into_iter()
+        .flat_map(|v6| map_keys(v6, request, true))
+        .zip(texts)
+        .map(|((set, key), nft)| RuleDef {
+            chain,
+            nft,
+            exprs: [
+                key,
+                vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)],
             ]
             .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any6,
-            exprs: any(is_ipv6(), SET_ANY6),
-        },
-    ]
+        })
+        .collect()
 }
 
 /// `ct direction original|reply ct status dnat jump CHAIN`.
@@ -262,8 +331,12 @@ pub fn rules() -> Vec<RuleDef> {
     rules.extend(count_rules(
         CHAIN_COUNT_REQUEST,
         [
+            "iifname . ip daddr . meta l4proto . th dport @onaddr4 return",
+            "meta nfproto ipv4 iifname . meta l4proto . th dport @on4 return",
             "ip daddr . meta l4proto . th dport @addr4 return",
             "meta nfproto ipv4 meta l4proto . th dport @any4 return",
+            "iifname . ip6 daddr . meta l4proto . th dport @onaddr6 return",
+            "meta nfproto ipv6 iifname . meta l4proto . th dport @on6 return",
             "ip6 daddr . meta l4proto . th dport @addr6 return",
             "meta nfproto ipv6 meta l4proto . th dport @any6 return",
         ],
@@ -272,8 +345,12 @@ pub fn rules() -> Vec<RuleDef> {
     rules.extend(count_rules(
         CHAIN_COUNT_REPLY,
         [
+            "oifname . ip saddr . meta l4proto . th sport @onaddr4 return",
+            "meta nfproto ipv4 oifname . meta l4proto . th sport @on4 return",
             "ip saddr . meta l4proto . th sport @addr4 return",
             "meta nfproto ipv4 meta l4proto . th sport @any4 return",
+            "oifname . ip6 saddr . meta l4proto . th sport @onaddr6 return",
+            "meta nfproto ipv6 oifname . meta l4proto . th sport @on6 return",
             "ip6 saddr . meta l4proto . th sport @addr6 return",
             "meta nfproto ipv6 meta l4proto . th sport @any6 return",
         ],
@@ -298,74 +375,40 @@ pub fn rules() -> Vec<RuleDef> {
     rules
 }
 
-/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4` and
-/// `dnat ip to meta l4proto . th dport map @any4`, or the same for IPv6. An IPv6 address
-/// fills a whole 16-byte register, so what follows it moves to register 2 and its next
-/// 4-byte slot.
-fn publish_rules(v6: bool) -> [RuleDef; 2] {
-    let (family, daddr, addr_set, any_set) = if v6 {
-        (
-            is_ipv6(),
-            ipv6_field(IPV6_DADDR, REG_1),
-            SET_ADDR6,
-            SET_ANY6,
-        )
-    } else {
-        (
-            is_ipv4(),
-            ipv4_field(IPV4_DADDR, 4, REG_1),
-            SET_ADDR4,
-            SET_ANY4,
-        )
-    };
-    let (proto_reg, port_reg) = if v6 {
-        (REG_2, REG32_05)
-    } else {
-        (REG32_01, REG32_02)
-    };
+/// `dnat ip to KEY map @MAP` for each map of the family, most specific first: an
+/// interface and an address, an interface, an address, any. A lookup that misses ends its
+/// rule, so the first map holding the packet's key decides.
+fn publish_rules(v6: bool) -> Vec<RuleDef> {
+    let keys = family_keys(v6);
     let dnat = Expr::Dnat {
         ipv6: v6,
         reg_addr: REG_1,
-        reg_port: if v6 { REG_2 } else { REG32_01 },
+        reg_port: keys.data_port,
     };
     let texts = if v6 {
         [
+            "dnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @onaddr6",
+            "dnat ip6 to iifname . meta l4proto . th dport map @on6",
             "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
             "dnat ip6 to meta l4proto . th dport map @any6",
         ]
     } else {
         [
+            "dnat ip to iifname . ip daddr . meta l4proto . th dport map @onaddr4",
+            "dnat ip to iifname . meta l4proto . th dport map @on4",
             "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
             "dnat ip to meta l4proto . th dport map @any4",
         ]
     };
-    [
-        RuleDef {
+    map_keys(v6, true, false)
+        .into_iter()
+        .zip(texts)
+        .map(|((set, key), nft)| RuleDef {
             chain: CHAIN_PUBLISH,
-            nft: texts[0],
-            exprs: [
-                family.to_vec(),
-                vec![
-                    daddr,
-                    meta(MetaKey::L4proto, proto_reg),
-                    th_dport(port_reg),
-                    lookup(addr_set, REG_1, Some(REG_1)),
-                    dnat.clone(),
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: texts[1],
-            exprs: vec![
-                meta(MetaKey::L4proto, REG_1),
-                th_dport(REG32_01),
-                lookup(any_set, REG_1, Some(REG_1)),
-                dnat,
-            ],
-        },
-    ]
+            nft,
+            exprs: [key, vec![lookup(set, REG_1, Some(REG_1)), dnat.clone()]].concat(),
+        })
+        .collect()
 }
 
 /// The rules that publish, guard and keep namespaces private.

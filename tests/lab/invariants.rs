@@ -30,9 +30,11 @@ use std::process::Command;
 /// One mapping element, as `nft -j` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
-    /// any4, addr4, any6 or addr6.
+    /// any4, addr4, on4, onaddr4 or the same for IPv6.
     pub set: String,
     pub host_addr: Option<IpAddr>,
+    /// The interface it is published on (on4, onaddr4, on6, onaddr6).
+    pub on: Option<String>,
     pub proto: String,
     /// The first host port; an interval element (a range) is probed at its start.
     pub host_port: u16,
@@ -61,6 +63,7 @@ impl Mapping {
     /// in 127.0.0.0/8): the one kind that needs route_localnet on its `via`.
     pub fn serves_loopback(&self) -> bool {
         !self.is_ipv6()
+            && self.on.is_none()
             && match self.host_addr {
                 None => true,
                 Some(IpAddr::V4(addr)) => addr.is_loopback(),
@@ -93,7 +96,9 @@ pub struct Table {
     pub rules: BTreeMap<String, Vec<Value>>,
 }
 
-pub const MAPS: [&str; 4] = ["any4", "addr4", "any6", "addr6"];
+pub const MAPS: [&str; 8] = [
+    "any4", "addr4", "on4", "onaddr4", "any6", "addr6", "on6", "onaddr6",
+];
 
 /// The guard rule, as `nft -j` writes `iifname != "lo" ip daddr 127.0.0.0/8 drop`.
 pub fn guard_rule() -> Value {
@@ -225,9 +230,10 @@ impl Table {
             .and_then(|elem| elem["comment"].as_str())
             .unwrap_or_default()
             .to_string();
-        let key = concat(key);
+        let mut key = concat(key);
         let data = concat(data);
-        let (host_addr, proto, host_port) = if set.starts_with("addr") {
+        let on = set.starts_with("on").then(|| text(&key.remove(0)));
+        let (host_addr, proto, host_port) = if set.contains("addr") {
             (Some(text(&key[0]).parse().unwrap()), &key[1], &key[2])
         } else {
             (None, &key[0], &key[1])
@@ -235,6 +241,7 @@ impl Table {
         Mapping {
             set: set.to_string(),
             host_addr,
+            on,
             proto: text(proto),
             host_port: port(host_port).unwrap_or_else(|| panic!("port {host_port}")),
             to_addr: text(&data[0]).parse().unwrap(),
@@ -434,6 +441,13 @@ pub fn check_reachable(lab: &Lab) -> Vec<String> {
             continue;
         }
         let mut paths: Vec<(&str, IpAddr, Option<String>)> = Vec::new();
+        // A mapping on an interface answers only what arrives there: probed from `out`
+        // when it is out's interface `vo`, and not from the host, which it never serves.
+        match m.on.as_deref() {
+            Some("vo") => {}
+            Some(_) => continue,
+            None => {}
+        }
         match m.host_addr {
             Some(addr @ IpAddr::V4(v4)) if v4.is_loopback() => paths.push(("host", addr, None)),
             Some(addr @ IpAddr::V4(_)) => paths.push(("out", addr, Some(OUT.to_string()))),
@@ -443,7 +457,9 @@ pub fn check_reachable(lab: &Lab) -> Vec<String> {
             }
             None => {
                 paths.push(("out", super::HOST_OUT.into(), Some(OUT.to_string())));
-                paths.push(("host", LOCALHOST.into(), None));
+                if m.on.is_none() {
+                    paths.push(("host", LOCALHOST.into(), None));
+                }
             }
         }
         for (role, addr, expected) in paths {
