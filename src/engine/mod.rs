@@ -22,6 +22,8 @@ mod transaction;
 mod fake;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_overlap;
 
 use std::collections::HashMap;
 

@@ -97,14 +97,12 @@ pub fn shadowing(mappings: &[Mapping]) -> Vec<(Vec<&Mapping>, Vec<&Mapping>)> {
         .collect()
 }
 
-/// The mappings in the table that overlap `wanted`, read at the generation the caller
-/// read: each exact key that could hold one is got, and the maps of host sides narrower
-/// than a wanted one's are dumped once (into `dumped`) and searched.
-pub fn in_table(
-    kernel: &mut impl Kernel,
-    wanted: &[Mapping],
-    dumped: &mut HashMap<&'static str, Vec<Mapping>>,
-) -> Result<Option<(Mapping, Mapping)>, Error> {
+/// Whether a mapping in the table overlaps one of `wanted`, read at the generation the
+/// caller read: each exact key that could hold a wider host side is got, and the maps of
+/// narrower ones are dumped, each once, and searched. A wildcard publish thus reads only
+/// the maps of specific addresses and interfaces, whatever the number of wildcards.
+pub fn in_table(kernel: &mut impl Kernel, wanted: &[Mapping]) -> Result<bool, Error> {
+    let mut dumped: HashMap<&'static str, Vec<Mapping>> = HashMap::new();
     for mapping in wanted {
         let v6 = mapping.is_ipv6();
         let (proto, port) = (mapping.proto, mapping.host_port);
@@ -127,9 +125,8 @@ pub fn in_table(
             ));
         }
         for (set, key) in keys {
-            let element = kernel.element(set, &key).map_err(kernel_error)?;
-            if let Some(holder) = element.and_then(|e| mapping_of(set, &e)) {
-                return Ok(Some((mapping.clone(), holder)));
+            if kernel.element(set, &key).map_err(kernel_error)?.is_some() {
+                return Ok(true);
             }
         }
         // Narrower (or sideways) host sides: the maps they live in, searched.
@@ -146,12 +143,12 @@ pub fn in_table(
                 let mappings = elements.iter().filter_map(|e| mapping_of(set, e)).collect();
                 dumped.insert(set, mappings);
             }
-            if let Some(holder) = dumped[set].iter().find(|other| mapping.overlaps(other)) {
-                return Ok(Some((mapping.clone(), holder.clone())));
+            if dumped[set].iter().any(|other| mapping.overlaps(other)) {
+                return Ok(true);
             }
         }
     }
-    Ok(None)
+    Ok(false)
 }
 
 fn kernel_error(error: crate::netlink::NetlinkError) -> Error {

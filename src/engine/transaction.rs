@@ -187,12 +187,11 @@ pub fn create(
             return Ok(Try::Done(None));
         }
         // Read at this try's generation, so an overlapping mapping another writer adds
-        // after the read makes the commit stale, and the next try sees it.
-        if !force && snapshot.exists {
-            let found = overlap::in_table(kernel, &mappings, &mut HashMap::new())?;
-            if let Some((wanted, holder)) = found {
-                return Err(overlap::refused(&wanted, &holder, holder.target_label()));
-            }
+        // after the read makes the commit stale, and the next try sees it. An overlap
+        // found is decided by `update` (`merged`): a re-publish of a host side that is
+        // there already is no new overlap, anything else is refused there, named.
+        if !force && snapshot.exists && overlap::in_table(kernel, &mappings)? {
+            return Ok(Try::Done(None));
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
@@ -397,15 +396,17 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Ve
             }
         }
     }
+    // Host sides that are new must not overlap another; one that is there already (a
+    // re-publish, a refresh) keeps whatever overlaps it was published with.
     if !force {
-        let wanted_keys: HashSet<(&'static str, Vec<u8>)> =
-            wanted.iter().map(|m| (m.set(), m.key())).collect();
-        let others: Vec<Mapping> = current
+        let current_keys: HashSet<(&'static str, Vec<u8>)> =
+            current.iter().map(|m| (m.set(), m.key())).collect();
+        let new: Vec<Mapping> = wanted
             .iter()
-            .filter(|m| !wanted_keys.contains(&(m.set(), m.key())))
+            .filter(|m| !current_keys.contains(&(m.set(), m.key())))
             .cloned()
             .collect();
-        overlap::check(&others, wanted)?;
+        overlap::check(current, &new)?;
     }
     Ok(out)
 }
