@@ -74,7 +74,10 @@ fn published_before_the_interface_exists_and_before_it_has_an_address() {
     lab.add_namespace("late");
     lab.ip(
         "host",
-        &format!("link add up9 type veth peer name eth0 netns {}", lab.ns("late")),
+        &format!(
+            "link add up9 type veth peer name eth0 netns {}",
+            lab.ns("late")
+        ),
     );
     lab.ip("host", "link set up9 up");
     lab.ip("late", &format!("addr add {LATE_CLIENT}/24 dev eth0"));
@@ -120,11 +123,21 @@ fn ipv6_on_an_interface() {
     let _server = lab.serve_tcp("ns1", ANY, 80);
     let ns1 = lab.ns("ns1");
     lab.nsport_ok(&["add", "--netns", &ns1, "--on", "vo", "8080:80"]);
-    lab.nsport_ok(&["add", "--netns", &ns1, "--on", "vo", "[2001:db8:ff::1]:8081:80"]);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "--on",
+        "vo",
+        "[2001:db8:ff::1]:8081:80",
+    ]);
     // Both families, on vo only.
     assert_eq!(lab.tcp("out", v6::HOST_OUT, 8080), some(v6::OUT));
     // The server listens on [::]: an IPv4 client shows as IPv4-mapped.
-    assert_eq!(lab.tcp("out", HOST_OUT, 8080), Some(format!("::ffff:{OUT}")));
+    assert_eq!(
+        lab.tcp("out", HOST_OUT, 8080),
+        Some(format!("::ffff:{OUT}"))
+    );
     assert_eq!(lab.tcp("ns3", v6::HOST_OUT, 8080), None);
     assert_eq!(lab.tcp("host", v6::HOST_OUT, 8080), None);
     // The address-bound one on its address only.

@@ -183,7 +183,7 @@ fn check_overlaps(
             .overlapping(mapping)
             .find(|other| !is_forced(mapping) && (other.container.is_some() || !is_forced(other)));
         if let Some(holder) = holder {
-            return Err(overlap::refused(mapping, holder, holder.target_label()));
+            return Err(overlap::refused(mapping, holder));
         }
         by_port.insert(mapping);
     }

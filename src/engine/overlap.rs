@@ -18,8 +18,13 @@ use super::table::mapping_of;
 use crate::error::{Error, kernel};
 use crate::ruleset::{Mapping, host_key_on, map_of};
 
-/// The error that names the mapping `wanted` overlaps: its host side and its target.
-pub fn refused(wanted: &Mapping, holder: &Mapping, existing: String) -> Error {
+/// The error that names the mapping `wanted` overlaps: its host side, its target and,
+/// for the CNI plugin's, its container.
+pub fn refused(wanted: &Mapping, holder: &Mapping) -> Error {
+    let mut existing = holder.target_label();
+    if let Some(id) = &holder.container {
+        existing.push_str(&format!(" for container {id}"));
+    }
     Error::Overlap {
         host: wanted.host_label(),
         holder: holder.host_label(),
@@ -70,7 +75,7 @@ pub fn check(others: &[Mapping], wanted: &[Mapping]) -> Result<(), Error> {
     let mut by_port = ByPort::new(others);
     for mapping in wanted {
         if let Some(holder) = by_port.overlapping(mapping).next() {
-            return Err(refused(mapping, holder, holder.target_label()));
+            return Err(refused(mapping, holder));
         }
         by_port.insert(mapping);
     }
