@@ -605,7 +605,10 @@ fn migrate_rebuilds_and_is_idempotent() {
     load(&lab, &instantiate(&lab, &fixture("nft/v1/bridge.nft")));
     v1_settings(&lab, &["br0"], true, false);
     let dry = lab.nsport_ok(&["migrate", "--dry-run"]);
-    assert!(dry.contains(&format!("from layout 1 in layout {LAYOUT}")), "{dry}");
+    assert!(
+        dry.contains(&format!("from layout 1 in layout {LAYOUT}")),
+        "{dry}"
+    );
     assert!(
         lab.nft("host", "list table inet nsport")
             .contains("set ifaces")
