@@ -102,11 +102,14 @@ pub fn shadowing(mappings: &[Mapping]) -> Vec<(Vec<&Mapping>, Vec<&Mapping>)> {
         .collect()
 }
 
-/// Whether a mapping in the table overlaps one of `wanted`, read at the generation the
+/// A mapping in the table that overlaps one of `wanted`, with that one, read at the generation the
 /// caller read: each exact key that could hold a wider host side is got, and the maps of
 /// narrower ones are dumped, each once, and searched. A wildcard publish thus reads only
 /// the maps of specific addresses and interfaces, whatever the number of wildcards.
-pub fn in_table(kernel: &mut impl Kernel, wanted: &[Mapping]) -> Result<bool, Error> {
+pub fn in_table(
+    kernel: &mut impl Kernel,
+    wanted: &[Mapping],
+) -> Result<Option<(Mapping, Mapping)>, Error> {
     let mut dumped: HashMap<&'static str, Vec<Mapping>> = HashMap::new();
     for mapping in wanted {
         let v6 = mapping.is_ipv6();
@@ -130,8 +133,9 @@ pub fn in_table(kernel: &mut impl Kernel, wanted: &[Mapping]) -> Result<bool, Er
             ));
         }
         for (set, key) in keys {
-            if kernel.element(set, &key).map_err(kernel_error)?.is_some() {
-                return Ok(true);
+            let element = kernel.element(set, &key).map_err(kernel_error)?;
+            if let Some(holder) = element.and_then(|e| mapping_of(set, &e)) {
+                return Ok(Some((mapping.clone(), holder)));
             }
         }
         // Narrower (or sideways) host sides: the maps they live in, searched.
@@ -148,12 +152,12 @@ pub fn in_table(kernel: &mut impl Kernel, wanted: &[Mapping]) -> Result<bool, Er
                 let mappings = elements.iter().filter_map(|e| mapping_of(set, e)).collect();
                 dumped.insert(set, mappings);
             }
-            if dumped[set].iter().any(|other| mapping.overlaps(other)) {
-                return Ok(true);
+            if let Some(holder) = dumped[set].iter().find(|other| mapping.overlaps(other)) {
+                return Ok(Some((mapping.clone(), holder.clone())));
             }
         }
     }
-    Ok(false)
+    Ok(None)
 }
 
 fn kernel_error(error: crate::netlink::NetlinkError) -> Error {

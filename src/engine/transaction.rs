@@ -187,11 +187,20 @@ pub fn create(
             return Ok(Try::Done(None));
         }
         // Read at this try's generation, so an overlapping mapping another writer adds
-        // after the read makes the commit stale, and the next try sees it. An overlap
-        // found is decided by `update` (`merged`): a re-publish of a host side that is
-        // there already is no new overlap, anything else is refused there, named.
-        if !force && snapshot.exists && overlap::in_table(kernel, &mappings)? {
-            return Ok(Try::Done(None));
+        // after the read makes the commit stale, and the next try sees it. A host side
+        // that is there already (a re-publish) is no new overlap: `update` (`merged`)
+        // decides it, reading everything; any other is refused at once, named.
+        if !force
+            && snapshot.exists
+            && let Some((wanted, holder)) = overlap::in_table(kernel, &mappings)?
+        {
+            let there = kernel
+                .element(wanted.set(), &wanted.key())
+                .map_err(kernel_error)?;
+            return match there {
+                Some(_) => Ok(Try::Done(None)),
+                None => Err(overlap::refused(&wanted, &holder)),
+            };
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
