@@ -314,7 +314,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         print(text)?;
                         break;
                     }
-                    Err(nsport::Error::Conflict { .. }) if !chosen.is_empty() && attempt < 5 => {
+                    Err(nsport::Error::Conflict { .. } | nsport::Error::Overlap { .. })
+                        if !chosen.is_empty() && attempt < 5 =>
+                    {
                         avoid.extend(chosen.iter().flat_map(|spec| {
                             spec.host_ports.ports().map(move |port| (spec.proto, port))
                         }));

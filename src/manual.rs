@@ -125,6 +125,8 @@ nsport add --netns ns1 -p 3000 -p 127.0.0.1:8080:80
 # UDP to a fixed address; a host port chosen by nsport
 nsport add --to 10.77.0.2 5353:53/udp
 nsport add --netns ns1 ::80
+# only for traffic arriving on eth0, even before it exists or has an address
+nsport add --netns ns1 --on eth0 8080:80
 # what is published, what the first add would do
 nsport ls
 nsport add --dry-run --netns ns2 8443:443
@@ -214,7 +216,7 @@ pub fn page(cmd: &Command) -> String {
     section(&mut out, "THE MAPPINGS FILE");
     paragraph(
         &mut out,
-        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"allow_direct\" and \"force\" (booleans, default false). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
+        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"on\" (the interface to publish on, as add --on), \"allow_direct\" and \"force\" (booleans, default false; force also lets an entry overlap another mapping, and wins over it). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
     );
     section(&mut out, "EXAMPLES");
     example(&mut out, EXAMPLES);
@@ -223,7 +225,7 @@ pub fn page(cmd: &Command) -> String {
     item(
         &mut out,
         "1",
-        "The system refused: a conflict with an existing mapping, a host port in use, no privilege, a kernel refusal; doctor: a check failed.",
+        "The system refused: a conflict with an existing mapping, an overlap with one (a wildcard and a specific host address or interface on one port), a host port in use, no privilege, a kernel refusal; doctor: a check failed.",
     );
     item(
         &mut out,
@@ -318,7 +320,7 @@ pub fn candidates(kind: Kind) -> String {
 }
 
 /// clap's script for `shell`, taught to ask nsport for namespace names (after --netns),
-/// interface names (after --via) and published ports (the arguments of rm).
+/// interface names (after --via and --on) and published ports (the arguments of rm).
 pub fn completions(shell: clap_complete::Shell, cmd: &mut Command) -> String {
     use clap_complete::Shell;
     let mut script = Vec::new();
@@ -353,7 +355,7 @@ _nsport_dynamic() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" kind=""
     case "$prev" in
         --netns) kind=netns ;;
-        --via) kind=iface ;;
+        --via|--on) kind=iface ;;
         *) if [[ "${COMP_WORDS[1]}" == rm && "$cur" != -* ]]; then kind=published; fi ;;
     esac
     if [[ -n "$kind" ]]; then
@@ -374,5 +376,6 @@ const FISH: &str = r#"
 # Values clap cannot know, asked of nsport itself.
 complete -c nsport -n "__fish_nsport_using_subcommand add rm" -l netns -f -r -a "(nsport __complete netns 2>/dev/null)"
 complete -c nsport -n "__fish_nsport_using_subcommand add" -l via -f -r -a "(nsport __complete iface 2>/dev/null)"
+complete -c nsport -n "__fish_nsport_using_subcommand add rm" -l on -f -r -a "(nsport __complete iface 2>/dev/null)"
 complete -c nsport -n "__fish_nsport_using_subcommand rm" -f -a "(nsport __complete published 2>/dev/null)"
 "#;
