@@ -201,3 +201,57 @@ fn bad_interfaces_are_refused_naming_them_and_change_nothing() {
         assert_eq!(lab.ruleset(), before, "{on:?} changed the ruleset");
     }
 }
+
+/// Published on the bridge toward the namespaces, the port serves the clients on that
+/// bridge — neighbours, and the namespace itself through the host (hairpin) — and no one
+/// else, with and without br_netfilter (which shows bridged traffic as from the bridge).
+fn on_the_bridge(br_netfilter: BrNetfilter) {
+    let lab = Lab::new(br_netfilter);
+    let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 80);
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "--on", "br0", "8080:80"]);
+    assert!(lab.tcp("ns2", HOST_BR, 8080).is_some());
+    assert!(lab.tcp("ns2", HOST_OUT, 8080).is_some());
+    assert_eq!(lab.tcp("ns1", HOST_BR, 8080), some(HOST_BR));
+    assert_eq!(lab.tcp("out", HOST_OUT, 8080), None);
+    assert_eq!(lab.tcp("ns3", HOST_V3, 8080), None);
+    assert_eq!(lab.tcp("host", HOST_BR, 8080), None);
+}
+
+#[test]
+fn on_the_bridge_with_br_netfilter() {
+    on_the_bridge(BrNetfilter::On);
+}
+
+#[test]
+fn on_the_bridge_without_br_netfilter() {
+    on_the_bridge(BrNetfilter::Off);
+}
+
+/// Both directions are counted on the interface-bound element, as on any other: the
+/// 200,000 bytes the namespace sends back are counted (the reply direction goes out
+/// through vo, which the reply counting keys on).
+#[test]
+fn replies_are_counted_on_the_interface_element() {
+    let lab = Lab::new(BrNetfilter::On);
+    let listener = lab.run_in("ns1", || {
+        std::net::TcpListener::bind(("0.0.0.0", 3000)).unwrap()
+    });
+    let server = std::thread::spawn(move || {
+        if let Some(mut stream) = listener.incoming().flatten().next() {
+            let _ = std::io::Write::write_all(&mut stream, &vec![7u8; 200_000]);
+        }
+    });
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "--on", "vo", "3000"]);
+    let got = lab.run_in("out", || {
+        let mut stream = std::net::TcpStream::connect((HOST_OUT, 3000)).unwrap();
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut stream, &mut data).unwrap();
+        data.len()
+    });
+    server.join().unwrap();
+    assert_eq!(got, 200_000);
+    let rows = json_rows(&lab);
+    let bytes = rows[0]["bytes"].as_u64().unwrap();
+    assert!((200_000..240_000).contains(&bytes), "{rows:?}");
+    assert!(rows[0]["packets"].as_u64().unwrap() >= 8, "{rows:?}");
+}
