@@ -89,7 +89,7 @@ const PUBLISH_FORMS: &[(&str, &str)] = &[
     ("8080:80", "Host port 8080 to namespace port 80."),
     (
         "5353:53/udp",
-        "UDP; the protocol is tcp or udp, in any case.",
+        "UDP; the protocol is tcp, udp or sctp, in any case.",
     ),
     (
         "127.0.0.1:4000:3000",
