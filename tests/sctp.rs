@@ -23,8 +23,14 @@ use serde_json::{Value, json};
 
 /// How long a reader waits for the packet it expects; a dropped packet costs this much.
 const PATIENCE: Duration = Duration::from_millis(800);
+const CHUNK_DATA: u8 = 0;
 const CHUNK_INIT: u8 = 1;
 const CHUNK_INIT_ACK: u8 = 2;
+const CHUNK_COOKIE_ECHO: u8 = 10;
+const CHUNK_HEARTBEAT: u8 = 4;
+const CHUNK_COOKIE_ACK: u8 = 11;
+/// conntrack's `SCTP_CONNTRACK_ESTABLISHED`.
+const SCTP_ESTABLISHED: u8 = 4;
 const PUBLISHED: u16 = 3868;
 const TARGET_PORT: u16 = 9899;
 
@@ -90,7 +96,8 @@ struct Seen {
 
 impl Seen {
     fn parse(src: IpAddr, dst: IpAddr, sctp: &[u8]) -> Option<Seen> {
-        if sctp.len() < 20 {
+        // The common header and at least a chunk header.
+        if sctp.len() < 16 {
             return None;
         }
         let mut zeroed = sctp.to_vec();
@@ -102,7 +109,9 @@ impl Seen {
             dport: u16::from_be_bytes([sctp[2], sctp[3]]),
             vtag: u32::from_be_bytes(sctp[4..8].try_into().unwrap()),
             chunk: sctp[12],
-            initiate_tag: u32::from_be_bytes(sctp[16..20].try_into().unwrap()),
+            initiate_tag: sctp
+                .get(16..20)
+                .map_or(0, |tag| u32::from_be_bytes(tag.try_into().unwrap())),
             checksum_ok: crc32c(&zeroed).to_le_bytes() == sctp[8..12],
         })
     }
@@ -238,6 +247,135 @@ fn exchange(
         client.receive(|p| p.chunk == CHUNK_INIT_ACK && p.initiate_tag == answer_tag)
     });
     Exchange { at_target, reply }
+}
+
+/// A whole association, INIT to COOKIE-ACK, between raw sockets in `client` and in
+/// `server` (the namespace the INIT arrives in); its DATA chunks can then be followed.
+struct Association {
+    client: Raw,
+    server: Raw,
+    /// Where the client sends: the published address and port, and its own port.
+    addr: IpAddr,
+    port: u16,
+    sport: u16,
+    /// Where the server answers: the source and port its INIT came from.
+    peer: IpAddr,
+    peer_port: u16,
+    /// The port the server's INIT arrived at.
+    server_port: u16,
+    /// The verification tags each side puts on what it sends.
+    to_server: u32,
+    to_client: u32,
+}
+
+impl Association {
+    fn establish(
+        lab: &Lab,
+        client: &str,
+        sport: u16,
+        addr: IpAddr,
+        port: u16,
+        server: &str,
+    ) -> Association {
+        let v6 = addr.is_ipv6();
+        let server = Raw::open(lab, server, v6);
+        let client = Raw::open(lab, client, v6);
+        let (client_tag, server_tag) = (fresh_tag(), fresh_tag());
+        client.send(
+            addr,
+            &sctp_packet(sport, port, 0, &init_chunk(CHUNK_INIT, client_tag)),
+        );
+        let init = server
+            .receive(|p| p.chunk == CHUNK_INIT && p.initiate_tag == client_tag)
+            .expect("the INIT arrived");
+        let ack = init_chunk(CHUNK_INIT_ACK, server_tag);
+        server.send(
+            init.src,
+            &sctp_packet(init.dport, init.sport, client_tag, &ack),
+        );
+        client
+            .receive(|p| p.chunk == CHUNK_INIT_ACK && p.initiate_tag == server_tag)
+            .expect("the INIT-ACK came back");
+        // COOKIE-ECHO with the cookie the INIT-ACK carried, and COOKIE-ACK.
+        let echo = [CHUNK_COOKIE_ECHO, 0, 0, 8, 0xc0, 0x0c, 0x1e, 0x00];
+        client.send(addr, &sctp_packet(sport, port, server_tag, &echo));
+        server
+            .receive(|p| p.chunk == CHUNK_COOKIE_ECHO && p.vtag == server_tag)
+            .expect("the COOKIE-ECHO arrived");
+        let cookie_ack = [CHUNK_COOKIE_ACK, 0, 0, 4];
+        server.send(
+            init.src,
+            &sctp_packet(init.dport, init.sport, client_tag, &cookie_ack),
+        );
+        client
+            .receive(|p| p.chunk == CHUNK_COOKIE_ACK && p.vtag == client_tag)
+            .expect("the COOKIE-ACK came back");
+        Association {
+            client,
+            server,
+            addr,
+            port,
+            sport,
+            peer: init.src,
+            peer_port: init.sport,
+            server_port: init.dport,
+            to_server: server_tag,
+            to_client: client_tag,
+        }
+    }
+
+    /// Sends a DATA chunk from the client; whether the server read it.
+    fn data_arrives(&self) -> bool {
+        let tsn = fresh_tag();
+        self.client.send(
+            self.addr,
+            &sctp_packet(self.sport, self.port, self.to_server, &data_chunk(tsn)),
+        );
+        self.server
+            .receive(|p| p.chunk == CHUNK_DATA && p.vtag == self.to_server && p.initiate_tag == tsn)
+            .is_some()
+    }
+
+    /// Sends a HEARTBEAT from the client; whether the server read it. Conntrack starts a
+    /// new entry for a HEARTBEAT it has no entry for, so this is the chunk that would move
+    /// an association whose entry was deleted.
+    fn heartbeat_arrives(&self) -> bool {
+        // One Heartbeat Info parameter; the association's tag tells its packets apart.
+        let mut chunk = vec![CHUNK_HEARTBEAT, 0, 0, 12, 0, 1, 0, 8];
+        chunk.extend_from_slice(&fresh_tag().to_be_bytes());
+        let packet = sctp_packet(self.sport, self.port, self.to_server, &chunk);
+        self.client.send(self.addr, &packet);
+        self.server
+            .receive(|p| p.chunk == CHUNK_HEARTBEAT && p.vtag == self.to_server)
+            .is_some()
+    }
+
+    /// Sends a DATA chunk from the server; whether the client read it.
+    fn reply_arrives(&self) -> bool {
+        let tsn = fresh_tag();
+        self.server.send(
+            self.peer,
+            &sctp_packet(
+                self.server_port,
+                self.peer_port,
+                self.to_client,
+                &data_chunk(tsn),
+            ),
+        );
+        self.client
+            .receive(|p| p.chunk == CHUNK_DATA && p.vtag == self.to_client && p.initiate_tag == tsn)
+            .is_some()
+    }
+}
+
+/// A DATA chunk of one unordered fragment: `tsn` (which Seen reads as `initiate_tag`).
+fn data_chunk(tsn: u32) -> Vec<u8> {
+    let mut chunk = vec![CHUNK_DATA, 0x07, 0, 20];
+    chunk.extend_from_slice(&tsn.to_be_bytes());
+    chunk.extend_from_slice(&[0, 0, 0, 0]); // stream 0, sequence 0
+    chunk.extend_from_slice(&[0, 0, 0, 0]); // payload protocol
+    chunk.extend_from_slice(b"ping");
+    chunk
 }
 
 /// Asserts that an exchange through `addr`:`PUBLISHED` reaches ns1's `to` address on
@@ -398,8 +536,8 @@ fn rm_stops_sctp_and_forgets_its_flows() {
     let lab = Lab::new(BrNetfilter::On);
     let spec = format!("{PUBLISHED}:{TARGET_PORT}/sctp");
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), &spec]);
-    let sport = 41000;
-    assert!(reaches_ns1(&lab, "out", sport, HOST_OUT, PUBLISHED));
+    let running = Association::establish(&lab, "out", 41000, v4(HOST_OUT), PUBLISHED, "ns1");
+    assert!(running.data_arrives() && running.reply_arrives());
     let ours = |flows: Vec<nsport::netlink::conntrack::Flow>| {
         flows
             .into_iter()
@@ -409,22 +547,23 @@ fn rm_stops_sctp_and_forgets_its_flows() {
     let before = ours(sctp_flows(&lab));
     assert_eq!(before.len(), 1, "{before:?}");
     assert_eq!(before[0].reply_src, Some(v4(NS1)));
+    assert_eq!(before[0].sctp_state, Some(SCTP_ESTABLISHED), "{before:?}");
 
     lab.nsport_ok(&["rm", &format!("{PUBLISHED}/sctp")]);
     assert_eq!(ours(sctp_flows(&lab)), [], "rm left the DNATed SCTP flow");
-    // The same client port again: with the flow gone, nothing DNATs it any more.
-    assert!(!reaches_ns1(&lab, "out", sport, HOST_OUT, PUBLISHED));
-    assert!(!reaches_ns1(&lab, "out", sport + 1, HOST_OUT, PUBLISHED));
+    // The running association no longer reaches ns1, nor does a new one.
+    assert!(!running.data_arrives());
+    assert!(!reaches_ns1(&lab, "out", 41001, HOST_OUT, PUBLISHED));
     assert!(listing(&lab).is_empty());
 }
 
 #[test]
-fn an_init_retried_across_the_publish_reaches_the_target() {
+fn publishing_redirects_unanswered_inits_and_leaves_the_hosts_associations() {
     let lab = Lab::new(BrNetfilter::Off);
     // Another mapping first, so that the host namespace tracks connections at all.
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns2"), "3870/tcp"]);
-    // A client retries its INIT while the port is not yet published: the host does not
-    // speak SCTP, so the association waits in COOKIE_WAIT on the host's side.
+    // A client retries its INIT while the port is not yet published: nothing on the host
+    // answers, so conntrack keeps the association waiting (COOKIE_WAIT) on the host.
     let sport = 42000;
     assert!(!reaches_ns1(&lab, "out", sport, HOST_OUT, PUBLISHED));
     let waiting = sctp_flows(&lab);
@@ -434,10 +573,24 @@ fn an_init_retried_across_the_publish_reaches_the_target() {
             .any(|f| f.dport == PUBLISHED && f.reply_src == Some(v4(HOST_OUT))),
         "{waiting:?}"
     );
+    // Meanwhile an association the host itself answered (a raw socket plays the host's
+    // SCTP stack) runs on the same port from another client port.
+    let hosts = Association::establish(&lab, "out", 42001, v4(HOST_OUT), PUBLISHED, "host");
+
     let spec = format!("{PUBLISHED}:{TARGET_PORT}/sctp");
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), &spec]);
-    // Its next INIT, from the same port, goes to the target.
+    // The retried INIT, from the same port, now goes to the target...
     assert!(reaches_ns1(&lab, "out", sport, HOST_OUT, PUBLISHED));
+    // ...and the host's own association goes on with the host, both ways.
+    assert!(
+        hosts.heartbeat_arrives(),
+        "the host's association was redirected"
+    );
+    assert!(
+        hosts.data_arrives(),
+        "the host's association was redirected"
+    );
+    assert!(hosts.reply_arrives());
 }
 
 #[test]
@@ -528,4 +681,28 @@ fn sctp_and_tcp_share_a_port_number_as_separate_mappings() {
     lab.nsport_ok(&["rm", &format!("{PUBLISHED}/sctp")]);
     assert_eq!(lab.tcp("out", HOST_OUT, PUBLISHED), some(OUT));
     assert!(!reaches_ns1(&lab, "out", 45000, HOST_OUT, PUBLISHED));
+}
+
+#[test]
+fn sctp_host_ports_are_checked_and_chosen_on_a_kernel_without_sctp_sockets() {
+    let lab = Lab::new(BrNetfilter::Off);
+    // No SCTP in this kernel: sock_diag has no SCTP handler, which means no SCTP socket.
+    let held = lab.run_in("host", || {
+        nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Sctp)
+    });
+    assert_eq!(held.expect("no SCTP is no socket, not an error"), []);
+    // A host port chosen by nsport, as for TCP and UDP.
+    let added = lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &lab.ns("ns1"),
+        &format!("::{TARGET_PORT}/sctp"),
+    ]);
+    let chosen: nsport::PublishSpec = added.trim().parse().expect(&added);
+    assert_eq!(
+        (chosen.proto, chosen.ns_ports.start),
+        (nsport::Proto::Sctp, TARGET_PORT)
+    );
+    let port = chosen.host_ports.start;
+    assert!(reaches_ns1(&lab, "out", 46000, HOST_OUT, port));
 }

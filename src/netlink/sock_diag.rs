@@ -99,12 +99,14 @@ fn read_dump(socket: &Socket, found: &mut Vec<BoundSocket>) -> Result<(), Netlin
             let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().unwrap()) as usize;
             let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
             let message = &data[offset..(offset + len).min(data.len())];
+            // A dump that failed says why in its NLMSG_DONE (ENOENT: no handler for the
+            // protocol) as an NLMSG_ERROR would.
+            let errno = message
+                .get(16..20)
+                .map_or(0, |e| -i32::from_ne_bytes(e.try_into().unwrap()));
             match kind {
-                NLMSG_DONE => return Ok(()),
-                NLMSG_ERROR => {
-                    let errno = message
-                        .get(16..20)
-                        .map_or(0, |e| -i32::from_ne_bytes(e.try_into().unwrap()));
+                NLMSG_DONE if errno <= 0 => return Ok(()),
+                NLMSG_DONE | NLMSG_ERROR => {
                     return Err(NetlinkError::Kernel {
                         index: None,
                         error: io::Error::from_raw_os_error(errno),
