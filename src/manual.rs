@@ -92,6 +92,10 @@ const PUBLISH_FORMS: &[(&str, &str)] = &[
         "UDP; the protocol is tcp, udp or sctp, in any case.",
     ),
     (
+        "3868:3868/sctp",
+        "SCTP, on every path TCP takes; the kernel needs SCTP conntrack and NAT, the host no SCTP sockets.",
+    ),
+    (
         "127.0.0.1:4000:3000",
         "Only on the host's loopback; unreachable from anywhere else.",
     ),
