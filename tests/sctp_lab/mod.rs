@@ -199,10 +199,10 @@ impl Raw {
 /// Tags and client ports unique to each exchange, so that no reader takes another's packet.
 pub fn fresh_tag() -> u32 {
     static NEXT: AtomicU32 = AtomicU32::new(1);
-    (std::process::id() << 12)
-        ^ NEXT
-            .fetch_add(1, Ordering::SeqCst)
-            .wrapping_mul(0x9E37_79B1)
+    let next = NEXT.fetch_add(1, Ordering::SeqCst);
+    let tag = (std::process::id() << 12) ^ next.wrapping_mul(0x9E37_79B1);
+    // An initiate tag of 0 is not allowed (RFC 9260 3.3.2).
+    tag.max(1)
 }
 
 /// What one INIT / INIT-ACK exchange showed: the INIT as the target read it, and the
