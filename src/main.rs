@@ -497,7 +497,7 @@ fn choose_host_ports(
             taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
         }
     }
-    // Rust has no SCTP socket to try a bind with, and this kernel may have no SCTP at all:
+    // Rust has no SCTP socket to try a bind with, and the kernel may have no SCTP at all:
     // the ports that host SCTP sockets listen on are read once, and taken on any address.
     let sctp_held: std::collections::HashSet<u16> = if requests
         .iter()

@@ -53,9 +53,10 @@ fn parse(message: &[u8]) -> Option<BoundSocket> {
 /// The two families are asked on two sockets at once: a netlink socket runs one dump at a
 /// time, and asking one after the other would cost a second round trip.
 ///
-/// A kernel without SCTP (or without `sctp_diag`) has no handler for SCTP dumps and
-/// answers ENOENT: it can have no SCTP socket, so that is an empty answer, not an error.
-/// An SCTP socket bound to several addresses is reported with its first one.
+/// A kernel without SCTP has no handler for SCTP dumps and answers ENOENT: it can have no
+/// SCTP socket, so that is an empty answer, not an error. (A kernel with SCTP but without
+/// the `sctp_diag` module answers the same and shows its SCTP sockets to nobody, `ss`
+/// included.) An SCTP socket bound to several addresses is reported with its first one.
 pub fn bound_sockets(proto: Proto) -> Result<Vec<BoundSocket>, NetlinkError> {
     let (protocol, states) = match proto {
         Proto::Udp => (libc::IPPROTO_UDP as u8, u32::MAX),
