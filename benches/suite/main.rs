@@ -19,6 +19,7 @@ mod footprint;
 mod library;
 mod list;
 mod measure;
+mod overlap;
 mod publish;
 mod ranges;
 mod remove;
@@ -35,6 +36,7 @@ type Scenario = fn(&mut Vec<Row>);
 /// Every scenario, by the name `NSPORT_BENCH` selects it with, in the table's order.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("publish one port", publish::publish_one),
+    ("overlap check", overlap::overlap_check),
     ("publish a range", ranges::publish_range),
     ("data path", datapath::data_path),
     ("library", library::library),
