@@ -15,7 +15,9 @@
 //! (d) no table: route_localnet 0 on every interface of the host namespace;
 //! (e) every mapping answers a real connection: from the `out` namespace (which must see
 //!     its own address kept), or from the host for 127.0.0.0/8 host addresses; for
-//!     mappings that serve the host's loopback, from the host through 127.0.0.1 too.
+//!     mappings that serve the host's loopback, from the host through 127.0.0.1 too;
+//! (f) no two mappings overlap (Docker's rule: the wildcard and a specific host address or
+//!     interface on one port and protocol): the tests that check invariants never force.
 //!
 //! The probes of (e) need a server on each mapping's target port: the tests that use
 //! this module start a TCP and a UDP server (`Lab::serve_tcp`/`serve_udp`) on every port
@@ -57,6 +59,20 @@ impl Mapping {
 
     pub fn is_ipv6(&self) -> bool {
         self.to_addr.is_ipv6()
+    }
+
+    /// Docker's overlap rule: same family, protocol and port, and every narrowing both
+    /// have (interface, address) agrees, without being the same host side.
+    pub fn overlaps(&self, other: &Mapping) -> bool {
+        fn agree<T: PartialEq>(x: &Option<T>, y: &Option<T>) -> bool {
+            x.is_none() || y.is_none() || x == y
+        }
+        self.is_ipv6() == other.is_ipv6()
+            && self.proto == other.proto
+            && self.host_port == other.host_port
+            && agree(&self.on, &other.on)
+            && agree(&self.host_addr, &other.host_addr)
+            && (self.on != other.on || self.host_addr != other.host_addr)
     }
 
     /// An IPv4 mapping that the host reaches through 127.0.0.1 (no host address, or one
@@ -297,7 +313,7 @@ pub fn route_localnet(lab: &Lab) -> BTreeMap<String, String> {
     })
 }
 
-/// (a) to (d): the table and the settings, without traffic.
+/// (a) to (d) and (f): the table and the settings, without traffic.
 pub fn check_state(lab: &Lab) -> Vec<String> {
     let table = Table::read(lab);
     let localnet = route_localnet(lab);
@@ -383,6 +399,18 @@ pub fn check_state_given(
             if !needed {
                 violations.push(format!(
                     "(b) {set} holds {element} without a mapping to it through that interface"
+                ));
+            }
+        }
+    }
+    // (f)
+    for (i, a) in table.mappings.iter().enumerate() {
+        for b in &table.mappings[i + 1..] {
+            if a.overlaps(b) {
+                violations.push(format!(
+                    "(f) {} and {} overlap, and nothing here publishes with --force",
+                    a.label(),
+                    b.label()
                 ));
             }
         }

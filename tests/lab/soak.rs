@@ -267,11 +267,12 @@ impl SoakLab {
     }
 }
 
-/// Whether `text` is a conflict with another writer or a bounded retry that gave up:
-/// the failures concurrency may cause.
+/// Whether `text` is a conflict with another writer (a host port taken, or one it
+/// overlaps, which one command asking for both meets too) or a bounded retry that gave
+/// up: the failures concurrency may cause.
 pub fn is_conflict(text: &str) -> bool {
     let text = text.to_lowercase();
-    ["already published", "conflict", "try again"]
+    ["already published", "conflict", "overlaps", "try again"]
         .iter()
         .any(|needle| text.contains(needle))
 }
