@@ -41,6 +41,8 @@ pub enum Error {
     OnLoopback(String),
     #[error("host address {addr} never arrives on interface {on:?}: only lo carries 127.0.0.0/8")]
     LoopbackOn { addr: IpAddr, on: String },
+    #[error("host address {addr} is {why}: no traffic to it is ever published")]
+    BadHostAddr { addr: IpAddr, why: &'static str },
     #[error("interface {0:?} does not exist")]
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
@@ -130,6 +132,7 @@ impl Error {
                 | Error::LoopbackVia(_)
                 | Error::OnLoopback(_)
                 | Error::LoopbackOn { .. }
+                | Error::BadHostAddr { .. }
                 | Error::BadNetnsName(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)

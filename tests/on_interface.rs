@@ -186,6 +186,9 @@ fn bad_interfaces_are_refused_naming_them_and_change_nothing() {
         ("", "8080:80", "\"\""),
         ("lo", "8080:80", "\"lo\""),
         ("vo", "127.0.0.1:8080:80", "127.0.0.1"),
+        ("vo", "224.0.0.1:8080:80", "224.0.0.1"),
+        ("vo", "169.254.1.1:8080:80", "169.254.1.1"),
+        ("vo", "[ff02::1]:8080:80", "ff02::1"),
     ] {
         let output = lab.nsport(&["add", "--netns", &ns1, "--on", on, spec]);
         let stderr = String::from_utf8_lossy(&output.stderr);

@@ -209,15 +209,28 @@ pub fn check_on(on: &str, specs: &[PublishSpec]) -> Result<(), Error> {
     if on == "lo" {
         return Err(Error::OnLoopback(on.to_string()));
     }
-    if let Some(addr) = specs
-        .iter()
-        .filter_map(|spec| spec.host_addr)
-        .find(|addr| addr.is_loopback())
-    {
-        return Err(Error::LoopbackOn {
-            addr,
-            on: on.to_string(),
-        });
+    for addr in specs.iter().filter_map(|spec| spec.host_addr) {
+        if addr.is_loopback() {
+            return Err(Error::LoopbackOn {
+                addr,
+                on: on.to_string(),
+            });
+        }
+        // The address need not be the host's yet, but must be one a host could have:
+        // `publish` is only reached for local unicast destinations, and link-local
+        // traffic is never DNATed.
+        let why = match addr {
+            IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address"),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+            IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("an IPv4-mapped address"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(Error::BadHostAddr { addr, why });
+        }
     }
     Ok(())
 }
