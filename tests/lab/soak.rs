@@ -205,8 +205,8 @@ impl SoakLab {
                 for _ in 0..=rng.below(2) {
                     // The same spec twice would be refused as bad input, not a race.
                     let spec = Self::host_spec(rng).0;
-                    let loopback = spec.starts_with("127.");
-                    if !args.contains(&spec) && !(on && loopback) {
+                    let refused_on = on && spec.starts_with("127.");
+                    if !refused_on && !args.contains(&spec) {
                         args.push(spec);
                     }
                 }
