@@ -248,3 +248,48 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Proto;
+
+    fn mapping(host_addr: Option<&str>, container: Option<&str>) -> Mapping {
+        Mapping {
+            proto: Proto::Tcp,
+            host_addr: host_addr.map(|a| a.parse().unwrap()),
+            on: None,
+            host_port: 8080,
+            to_addr: "172.18.0.2".parse().unwrap(),
+            to_port: 80,
+            via: "br0".into(),
+            netns: Some("ns1".into()),
+            netns_inode: None,
+            allow_direct: false,
+            container: container.map(String::from),
+            container_ifname: None,
+            network: None,
+        }
+    }
+
+    #[test]
+    fn a_file_overlapping_itself_or_a_container_needs_force_on_its_own_entry() {
+        let any = mapping(None, None);
+        let lo = mapping(Some("127.0.0.1"), None);
+        let none = HashSet::new();
+        // Within the file: refused naming both, unless either entry is forced.
+        let error = check_overlaps(&[], &[any.clone(), lo.clone()], &none).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("127.0.0.1:8080/tcp") && text.contains("host port 8080/tcp"));
+        for forced in [&any, &lo] {
+            let forced = HashSet::from([forced.as_recorded()]);
+            check_overlaps(&[], &[any.clone(), lo.clone()], &forced).unwrap();
+        }
+        // Against a CNI mapping: only the file's own entry can say force.
+        let container = mapping(None, Some("c1"));
+        let error = check_overlaps(&[&container], std::slice::from_ref(&lo), &none).unwrap_err();
+        assert!(error.to_string().contains("container c1"), "{error}");
+        let forced = HashSet::from([lo.as_recorded()]);
+        check_overlaps(&[&container], std::slice::from_ref(&lo), &forced).unwrap();
+    }
+}
