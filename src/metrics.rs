@@ -122,6 +122,7 @@ mod tests {
                 proto: Proto::Tcp,
                 host_addr,
                 host_port: 8080,
+                host_port_end: None,
                 to_addr,
                 to_port: 80,
                 via: "br0".into(),

@@ -12,6 +12,7 @@ pub mod kernel;
 mod layout;
 mod list;
 mod publish;
+mod ranges;
 mod remove;
 mod resolve;
 mod table;

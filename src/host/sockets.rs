@@ -109,6 +109,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: host_addr.map(IpAddr::V4),
             host_port: 3000,
+            host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 3000,
             via: "br0".into(),

@@ -286,6 +286,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
             host_port,
+            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port,
             via: "br0".into(),

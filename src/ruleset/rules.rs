@@ -114,10 +114,6 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     }
 }
 
-fn th_dport(dreg: u32) -> Expr {
-    th_port(TH_DPORT, dreg)
-}
-
 fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
@@ -172,64 +168,167 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
-/// The rules that count a packet against its mapping's element: by the host side, which
-/// is the destination of a request before NAT and the source of a reply after it.
-fn count_rules(chain: &'static str, texts: [&'static str; 4], request: bool) -> Vec<RuleDef> {
+/// A map that holds mappings, as the rules look it up: its name, whether its key starts
+/// with the host address, whether its data holds a port (an identity range's does not: NAT
+/// to an address alone keeps the destination port), and the lines `nft list` prints for
+/// its publish rule and its request and reply counting rules.
+struct MappingMap {
+    set: &'static str,
+    v6: bool,
+    with_addr: bool,
+    with_port: bool,
+    texts: [&'static str; 3],
+}
+
+/// The maps that hold mappings, in the order the publish and counting chains look them
+/// up: the specific-address maps before the any-address ones, and in each kind the exact
+/// ports before the ranges (a single port published inside a range of another kind wins).
+const MAPPING_MAPS: &[MappingMap] = &[
+    MappingMap {
+        set: SET_ADDR4,
+        v6: false,
+        with_addr: true,
+        with_port: true,
+        texts: [
+            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
+            "ip daddr . meta l4proto . th dport @addr4 return",
+            "ip saddr . meta l4proto . th sport @addr4 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ADDRRANGE4,
+        v6: false,
+        with_addr: true,
+        with_port: false,
+        texts: [
+            "dnat ip to ip daddr . meta l4proto . th dport map @addrrange4",
+            "ip daddr . meta l4proto . th dport @addrrange4 return",
+            "ip saddr . meta l4proto . th sport @addrrange4 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ANY4,
+        v6: false,
+        with_addr: false,
+        with_port: true,
+        texts: [
+            "dnat ip to meta l4proto . th dport map @any4",
+            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
+            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
+        ],
+    },
+    MappingMap {
+        set: SET_RANGE4,
+        v6: false,
+        with_addr: false,
+        with_port: false,
+        texts: [
+            "dnat ip to meta l4proto . th dport map @range4",
+            "meta nfproto ipv4 meta l4proto . th dport @range4 return",
+            "meta nfproto ipv4 meta l4proto . th sport @range4 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ADDR6,
+        v6: true,
+        with_addr: true,
+        with_port: true,
+        texts: [
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
+            "ip6 daddr . meta l4proto . th dport @addr6 return",
+            "ip6 saddr . meta l4proto . th sport @addr6 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ADDRRANGE6,
+        v6: true,
+        with_addr: true,
+        with_port: false,
+        texts: [
+            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addrrange6",
+            "ip6 daddr . meta l4proto . th dport @addrrange6 return",
+            "ip6 saddr . meta l4proto . th sport @addrrange6 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ANY6,
+        v6: true,
+        with_addr: false,
+        with_port: true,
+        texts: [
+            "dnat ip6 to meta l4proto . th dport map @any6",
+            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
+            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
+        ],
+    },
+    MappingMap {
+        set: SET_RANGE6,
+        v6: true,
+        with_addr: false,
+        with_port: false,
+        texts: [
+            "dnat ip6 to meta l4proto . th dport map @range6",
+            "meta nfproto ipv6 meta l4proto . th dport @range6 return",
+            "meta nfproto ipv6 meta l4proto . th sport @range6 return",
+        ],
+    },
+];
+
+/// Loads a mapping map's key into registers: `[ip daddr .] meta l4proto . th dport` (or the
+/// source side of a reply), with the family matched first where the key does not hold an
+/// address. An IPv6 address fills a whole 16-byte register, so what follows it moves to
+/// register 2 and its next 4-byte slot.
+fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr> {
     let (v4_addr, v6_addr, port) = if request {
         (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
     } else {
         (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
     };
-    let counted = |set| vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)];
-    let any = |family: [Expr; 2], set| {
-        [
+    let family = if map.v6 { is_ipv6() } else { is_ipv4() };
+    match (map.with_addr, map.v6) {
+        (true, false) => [
             family.to_vec(),
-            vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
-            counted(set),
+            vec![
+                ipv4_field(v4_addr, 4, REG_1),
+                meta(MetaKey::L4proto, REG32_01),
+                th_port(port, REG32_02),
+            ],
         ]
-        .concat()
-    };
-    let [addr4, any4, addr6, any6] = texts;
-    vec![
-        RuleDef {
+        .concat(),
+        (true, true) => [
+            family.to_vec(),
+            vec![
+                ipv6_field(v6_addr, REG_1),
+                meta(MetaKey::L4proto, REG_2),
+                th_port(port, REG32_05),
+            ],
+        ]
+        .concat(),
+        (false, _) => {
+            let key = vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)];
+            match family_check {
+                true => [family.to_vec(), key].concat(),
+                false => key,
+            }
+        }
+    }
+}
+
+/// The rules that count a packet against its mapping's element: by the host side, which
+/// is the destination of a request before NAT and the source of a reply after it.
+fn count_rules(chain: &'static str, request: bool) -> Vec<RuleDef> {
+    MAPPING_MAPS
+        .iter()
+        .map(|map| RuleDef {
             chain,
-            nft: addr4,
+            nft: map.texts[if request { 1 } else { 2 }],
             exprs: [
-                is_ipv4().to_vec(),
-                vec![
-                    ipv4_field(v4_addr, 4, REG_1),
-                    meta(MetaKey::L4proto, REG32_01),
-                    th_port(port, REG32_02),
-                ],
-                counted(SET_ADDR4),
+                mapping_key(map, request, true),
+                vec![lookup(map.set, REG_1, None), Expr::Verdict(Verdict::Return)],
             ]
             .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any4,
-            exprs: any(is_ipv4(), SET_ANY4),
-        },
-        RuleDef {
-            chain,
-            nft: addr6,
-            exprs: [
-                is_ipv6().to_vec(),
-                vec![
-                    ipv6_field(v6_addr, REG_1),
-                    meta(MetaKey::L4proto, REG_2),
-                    th_port(port, REG32_05),
-                ],
-                counted(SET_ADDR6),
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any6,
-            exprs: any(is_ipv6(), SET_ANY6),
-        },
-    ]
+        })
+        .collect()
 }
 
 /// `ct direction original|reply ct status dnat jump CHAIN`.
@@ -259,26 +358,8 @@ fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'stati
 /// The rules, in chain order.
 pub fn rules() -> Vec<RuleDef> {
     let mut rules = base_rules();
-    rules.extend(count_rules(
-        CHAIN_COUNT_REQUEST,
-        [
-            "ip daddr . meta l4proto . th dport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
-            "ip6 daddr . meta l4proto . th dport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
-        ],
-        true,
-    ));
-    rules.extend(count_rules(
-        CHAIN_COUNT_REPLY,
-        [
-            "ip saddr . meta l4proto . th sport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
-            "ip6 saddr . meta l4proto . th sport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
-        ],
-        false,
-    ));
+    rules.extend(count_rules(CHAIN_COUNT_REQUEST, true));
+    rules.extend(count_rules(CHAIN_COUNT_REPLY, false));
     let request = "ct direction original ct status dnat jump count_request";
     let reply = "ct direction reply ct status dnat jump count_reply";
     rules.push(jump_if_dnat(
@@ -298,74 +379,37 @@ pub fn rules() -> Vec<RuleDef> {
     rules
 }
 
-/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4` and
-/// `dnat ip to meta l4proto . th dport map @any4`, or the same for IPv6. An IPv6 address
-/// fills a whole 16-byte register, so what follows it moves to register 2 and its next
-/// 4-byte slot.
-fn publish_rules(v6: bool) -> [RuleDef; 2] {
-    let (family, daddr, addr_set, any_set) = if v6 {
-        (
-            is_ipv6(),
-            ipv6_field(IPV6_DADDR, REG_1),
-            SET_ADDR6,
-            SET_ANY6,
-        )
-    } else {
-        (
-            is_ipv4(),
-            ipv4_field(IPV4_DADDR, 4, REG_1),
-            SET_ADDR4,
-            SET_ANY4,
-        )
-    };
-    let (proto_reg, port_reg) = if v6 {
-        (REG_2, REG32_05)
-    } else {
-        (REG32_01, REG32_02)
-    };
-    let dnat = Expr::Dnat {
-        ipv6: v6,
-        reg_addr: REG_1,
-        reg_port: if v6 { REG_2 } else { REG32_01 },
-    };
-    let texts = if v6 {
-        [
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
-            "dnat ip6 to meta l4proto . th dport map @any6",
-        ]
-    } else {
-        [
-            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
-            "dnat ip to meta l4proto . th dport map @any4",
-        ]
-    };
-    [
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: texts[0],
-            exprs: [
-                family.to_vec(),
-                vec![
-                    daddr,
-                    meta(MetaKey::L4proto, proto_reg),
-                    th_dport(port_reg),
-                    lookup(addr_set, REG_1, Some(REG_1)),
-                    dnat.clone(),
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: texts[1],
-            exprs: vec![
-                meta(MetaKey::L4proto, REG_1),
-                th_dport(REG32_01),
-                lookup(any_set, REG_1, Some(REG_1)),
-                dnat,
-            ],
-        },
-    ]
+/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4`, `dnat ip to meta l4proto .
+/// th dport map @any4` and the like: the map's data is the target address and, for exact
+/// ports, the target port after it. The publish chain checks no family before a map keyed
+/// without an address, as nft writes it: the NAT of the other family does nothing.
+fn publish_rules() -> Vec<RuleDef> {
+    MAPPING_MAPS
+        .iter()
+        .map(|map| {
+            let reg_port = match (map.with_port, map.v6) {
+                (false, _) => None,
+                (true, false) => Some(REG32_01),
+                (true, true) => Some(REG_2),
+            };
+            RuleDef {
+                chain: CHAIN_PUBLISH,
+                nft: map.texts[0],
+                exprs: [
+                    mapping_key(map, true, false),
+                    vec![
+                        lookup(map.set, REG_1, Some(REG_1)),
+                        Expr::Dnat {
+                            ipv6: map.v6,
+                            reg_addr: REG_1,
+                            reg_port,
+                        },
+                    ],
+                ]
+                .concat(),
+            }
+        })
+        .collect()
 }
 
 /// The rules that publish, guard and keep namespaces private.
@@ -439,8 +483,7 @@ fn base_rules() -> Vec<RuleDef> {
             .concat(),
         },
     ];
-    rules.extend(publish_rules(false));
-    rules.extend(publish_rules(true));
+    rules.extend(publish_rules());
     rules.push(loopback_masquerade());
     rules.extend([false, true].map(hairpin_masquerade));
     rules.extend([false, true].map(neighbour_masquerade));

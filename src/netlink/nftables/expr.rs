@@ -149,7 +149,9 @@ pub(super) fn expr_object(expr: &Expr) -> Result<*mut sys::nftnl_expr, NetlinkEr
             u32_attr(e, sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
             u32_attr(e, sys::NFTNL_EXPR_NAT_FAMILY, family as u32);
             u32_attr(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
-            u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
+            if let Some(reg_port) = reg_port {
+                u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
+            }
             e
         }
         // masquerade
