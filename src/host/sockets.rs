@@ -42,7 +42,7 @@ impl HostSockets {
         };
         let socket = sockets
             .iter()
-            .find(|socket| socket.port == mapping.host_port && receives(socket.addr, mapping))?;
+            .find(|socket| mapping.has_host_port(socket.port) && receives(socket.addr, mapping))?;
         let at = match socket.addr {
             IpAddr::V6(addr) => format!("[{addr}]:{}", socket.port),
             IpAddr::V4(addr) => format!("{addr}:{}", socket.port),
