@@ -107,6 +107,7 @@ pub fn update(
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
+        check_overlaps(&desired, &diff.added)?;
         // An older table is rebuilt in the current layout by the very batch that changes it.
         let migrating = snapshot.exists && snapshot.layout.is_older();
         let rebuild;
@@ -146,6 +147,30 @@ pub fn update(
         *counts = after(kernel, committed.genid, changed).map(|genid| Counts::of(&desired, genid));
     }
     Ok(committed)
+}
+
+/// Refuses mappings that are new and publish a host port another mapping of `desired`
+/// publishes too: a single port and a range holding it live in different maps, so neither
+/// the kernel nor a comparison of keys sees the clash.
+fn check_overlaps(desired: &[Mapping], added: &[Mapping]) -> Result<(), Error> {
+    if added.is_empty() {
+        return Ok(());
+    }
+    let new: HashSet<&Mapping> = added.iter().collect();
+    let mut holders = Holders::default();
+    let kept: Vec<&Mapping> = desired.iter().filter(|m| !new.contains(m)).collect();
+    for (index, mapping) in kept.iter().enumerate() {
+        holders.insert(mapping, index);
+    }
+    let mut all = kept;
+    for mapping in added {
+        if let Some(index) = holders.clash(mapping) {
+            return Err(ranges::conflict(mapping, all[index]));
+        }
+        holders.insert(mapping, all.len());
+        all.push(mapping);
+    }
+    Ok(())
 }
 
 /// The generation the ruleset is at after this change, if the change's own commit is the
