@@ -138,6 +138,53 @@ pub fn probes(singles: &[Mapping]) -> Vec<(Element, Element)> {
 /// (few elements, ranges being few) costs less than as many probes.
 pub const MAX_PROBES: usize = 64;
 
+/// `mappings` with every run of consecutive identity ports that differ in nothing else made
+/// one range: what a table of an older layout, which had one element per port, becomes
+/// when it is rebuilt. The CNI plugin's mappings stay as they are: the plugin checks them
+/// one port at a time.
+pub fn coalesce(mappings: &[Mapping]) -> Vec<Mapping> {
+    let mut out: Vec<Mapping> = Vec::new();
+    let mut runs: HashMap<Mapping, Vec<(u16, u16)>> = HashMap::new();
+    for mapping in mappings {
+        let identity = mapping.to_port == mapping.host_port;
+        if !identity || mapping.container.is_some() {
+            out.push(mapping.clone());
+            continue;
+        }
+        let shape = Mapping {
+            host_port: 0,
+            host_port_end: None,
+            to_port: 0,
+            ..mapping.clone()
+        };
+        let ports = (mapping.host_port, *mapping.host_ports().end());
+        runs.entry(shape).or_default().push(ports);
+    }
+    for (shape, mut ports) in runs {
+        ports.sort_unstable();
+        let mut merged: Vec<(u16, u16)> = Vec::new();
+        for (start, end) in ports {
+            match merged.last_mut() {
+                Some(last) if u32::from(last.1) + 1 >= u32::from(start) => {
+                    last.1 = last.1.max(end);
+                }
+                _ => merged.push((start, end)),
+            }
+        }
+        for (start, end) in merged {
+            out.push(
+                Mapping {
+                    host_port: start,
+                    to_port: start,
+                    ..shape.clone()
+                }
+                .part(start, end),
+            );
+        }
+    }
+    out
+}
+
 /// A clash between two mappings, named as a publish names it: the holder's own host ports
 /// too when they are not the ones asked for (a range holding a single port, or the
 /// reverse).
@@ -191,6 +238,45 @@ mod tests {
             ..mapping(20005, None)
         };
         assert_eq!(holders.clash(&udp), None);
+    }
+
+    #[test]
+    fn older_tables_per_port_elements_coalesce_into_ranges() {
+        let mut ports: Vec<Mapping> = (9000..=9002).map(|p| mapping(p, None)).collect();
+        ports.push(mapping(9004, None));
+        let shifted = Mapping {
+            to_port: 80,
+            ..mapping(8080, None)
+        };
+        ports.push(shifted.clone());
+        let cni = Mapping {
+            container: Some("c".into()),
+            ..mapping(7000, None)
+        };
+        ports.extend([
+            cni.clone(),
+            Mapping {
+                host_port: 7001,
+                to_port: 7001,
+                ..cni.clone()
+            },
+        ]);
+        let mut out = coalesce(&ports);
+        out.sort_by_key(|m| m.host_port);
+        assert_eq!(
+            out,
+            [
+                cni.clone(),
+                Mapping {
+                    host_port: 7001,
+                    to_port: 7001,
+                    ..cni
+                },
+                shifted,
+                mapping(9000, Some(9002)),
+                mapping(9004, None),
+            ]
+        );
     }
 
     #[test]

@@ -105,11 +105,16 @@ pub fn update(
         let snapshot = table::read(kernel, true)?;
         snapshot.layout.check_changeable()?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
-        let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
+        let mut desired: Vec<Mapping> =
+            decide(&current)?.iter().map(Mapping::as_recorded).collect();
+        // An older table is rebuilt in the current layout by the very batch that changes it,
+        // its runs of identity ports (one element each before layout 3) as ranges.
+        let migrating = snapshot.exists && snapshot.layout.is_older();
+        if migrating {
+            desired = ranges::coalesce(&desired);
+        }
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
         check_overlaps(&desired, &diff.added)?;
-        // An older table is rebuilt in the current layout by the very batch that changes it.
-        let migrating = snapshot.exists && snapshot.layout.is_older();
         let rebuild;
         let changes = if migrating {
             rebuild = Rebuild::new(kernel, &desired)?;
