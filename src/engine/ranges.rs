@@ -11,9 +11,11 @@
 //! there makes the batch fail at that probe, and the publish falls back to the full read
 //! that names the clash; otherwise the probe leaves nothing behind.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
+use super::kernel::Kernel;
+use super::table::mapping_of;
 use crate::error::Error;
 use crate::ruleset::{Element, Mapping};
 use crate::spec::Proto;
@@ -197,6 +199,50 @@ pub fn conflict(wanted: &Mapping, existing: &Mapping) -> Error {
         host: wanted.host_label(),
         existing: holder,
     }
+}
+
+/// Refuses mappings that are new and publish a host port another mapping of `desired`
+/// publishes too: a single port and a range holding it live in different maps, so neither
+/// the kernel nor a comparison of keys sees the clash.
+pub fn check_overlaps(desired: &[Mapping], added: &[Mapping]) -> Result<(), Error> {
+    if added.is_empty() {
+        return Ok(());
+    }
+    let new: HashSet<&Mapping> = added.iter().collect();
+    let mut holders = Holders::default();
+    let kept: Vec<&Mapping> = desired.iter().filter(|m| !new.contains(m)).collect();
+    for (index, mapping) in kept.iter().enumerate() {
+        holders.insert(mapping, index);
+    }
+    let mut all = kept;
+    for mapping in added {
+        if let Some(index) = holders.clash(mapping) {
+            return Err(conflict(mapping, all[index]));
+        }
+        holders.insert(mapping, all.len());
+        all.push(mapping);
+    }
+    Ok(())
+}
+
+/// Whether a mapping of the maps `sets` holds a port of one of `mappings` (other than the
+/// very same host side, which the exclusive creation reports).
+pub fn clashes(
+    kernel: &mut impl Kernel,
+    sets: &[&'static str],
+    mappings: &[Mapping],
+) -> Result<bool, Error> {
+    let mut holders = Holders::default();
+    let mut held = Vec::new();
+    for &set in sets {
+        for element in kernel.elements(set).map_err(crate::error::kernel)? {
+            if let Some(mapping) = mapping_of(set, &element) {
+                holders.insert(&mapping, held.len());
+                held.push(mapping);
+            }
+        }
+    }
+    Ok(mappings.iter().any(|m| holders.clash(m).is_some()))
 }
 
 #[cfg(test)]

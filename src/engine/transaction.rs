@@ -114,7 +114,7 @@ pub fn update(
             desired = ranges::coalesce(&desired);
         }
         let diff = Diff::between(&current, &snapshot.helpers, &desired);
-        check_overlaps(&desired, &diff.added)?;
+        ranges::check_overlaps(&desired, &diff.added)?;
         let rebuild;
         let changes = if migrating {
             rebuild = Rebuild::new(kernel, &desired)?;
@@ -152,30 +152,6 @@ pub fn update(
         *counts = after(kernel, committed.genid, changed).map(|genid| Counts::of(&desired, genid));
     }
     Ok(committed)
-}
-
-/// Refuses mappings that are new and publish a host port another mapping of `desired`
-/// publishes too: a single port and a range holding it live in different maps, so neither
-/// the kernel nor a comparison of keys sees the clash.
-fn check_overlaps(desired: &[Mapping], added: &[Mapping]) -> Result<(), Error> {
-    if added.is_empty() {
-        return Ok(());
-    }
-    let new: HashSet<&Mapping> = added.iter().collect();
-    let mut holders = Holders::default();
-    let kept: Vec<&Mapping> = desired.iter().filter(|m| !new.contains(m)).collect();
-    for (index, mapping) in kept.iter().enumerate() {
-        holders.insert(mapping, index);
-    }
-    let mut all = kept;
-    for mapping in added {
-        if let Some(index) = holders.clash(mapping) {
-            return Err(ranges::conflict(mapping, all[index]));
-        }
-        holders.insert(mapping, all.len());
-        all.push(mapping);
-    }
-    Ok(())
 }
 
 /// The generation the ruleset is at after this change, if the change's own commit is the
@@ -240,7 +216,7 @@ pub fn create(
             return Ok(Try::Done(None));
         }
         // A clash with what the maps read hold is named by the full read.
-        if snapshot.exists && clashes(kernel, &read, &mappings)? {
+        if snapshot.exists && ranges::clashes(kernel, &read, &mappings)? {
             return Ok(Try::Done(None));
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
@@ -298,26 +274,6 @@ pub fn create(
     });
     committed.still_needed = counts.as_ref().map(Counts::still_needed);
     Ok(committed)
-}
-
-/// Whether a mapping of the maps `sets` holds a port of one of `mappings` (other than the
-/// very same host side, which the exclusive creation reports).
-fn clashes(
-    kernel: &mut impl Kernel,
-    sets: &[&'static str],
-    mappings: &[Mapping],
-) -> Result<bool, Error> {
-    let mut holders = Holders::default();
-    let mut held = Vec::new();
-    for &set in sets {
-        for element in kernel.elements(set).map_err(kernel_error)? {
-            if let Some(mapping) = mapping_of(set, &element) {
-                holders.insert(&mapping, held.len());
-                held.push(mapping);
-            }
-        }
-    }
-    Ok(mappings.iter().any(|m| holders.clash(m).is_some()))
 }
 
 /// Removes the mappings `choose` picks among those `keys` find (each a map and a key),

@@ -108,7 +108,7 @@ impl Mapping {
 
     /// Where it leads: `172.18.0.2:80 via br0 (netns ns1)`.
     pub fn target_label(&self) -> String {
-        let to = with_port(self.to_addr, &self.to_ports_text());
+        let to = with_port(self.to_addr, self.to_ports_text());
         let mut label = format!("{to} via {}", self.via);
         if let Some(netns) = &self.netns {
             label.push_str(&format!(" (netns {netns})"));

@@ -27,6 +27,7 @@
 mod declarations;
 mod element;
 mod expr;
+mod mapping_rules;
 pub mod metadata;
 mod rules;
 

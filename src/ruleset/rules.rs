@@ -5,6 +5,7 @@ use std::net::Ipv6Addr;
 
 use super::declarations::*;
 use super::expr::*;
+use super::mapping_rules::{count_rules, publish_rules};
 use super::*;
 
 const NFPROTO_IPV4: u8 = 2;
@@ -13,14 +14,14 @@ const RTN_LOCAL: u32 = 2;
 const IPS_DST_NAT: u32 = 0x20;
 const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// Offsets into the IPv4 header and the transport header.
-const IPV4_SADDR: u32 = 12;
-const IPV4_DADDR: u32 = 16;
-const TH_SPORT: u32 = 0;
-const TH_DPORT: u32 = 2;
-const IPV6_SADDR: u32 = 8;
-const IPV6_DADDR: u32 = 24;
+pub(super) const IPV4_SADDR: u32 = 12;
+pub(super) const IPV4_DADDR: u32 = 16;
+pub(super) const TH_SPORT: u32 = 0;
+pub(super) const TH_DPORT: u32 = 2;
+pub(super) const IPV6_SADDR: u32 = 8;
+pub(super) const IPV6_DADDR: u32 = 24;
 
-fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
+pub(super) fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     Expr::Lookup {
         set,
         set_id: set_id(set),
@@ -30,7 +31,7 @@ fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     }
 }
 
-fn meta(key: MetaKey, dreg: u32) -> Expr {
+pub(super) fn meta(key: MetaKey, dreg: u32) -> Expr {
     Expr::Meta { key, dreg }
 }
 
@@ -45,15 +46,15 @@ fn is_family(nfproto: u8) -> [Expr; 2] {
     ]
 }
 
-fn is_ipv4() -> [Expr; 2] {
+pub(super) fn is_ipv4() -> [Expr; 2] {
     is_family(NFPROTO_IPV4)
 }
 
-fn is_ipv6() -> [Expr; 2] {
+pub(super) fn is_ipv6() -> [Expr; 2] {
     is_family(NFPROTO_IPV6)
 }
 
-fn ipv6_field(offset: u32, dreg: u32) -> Expr {
+pub(super) fn ipv6_field(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -105,7 +106,7 @@ fn link_local4_return(offset: u32) -> Vec<Expr> {
     .concat()
 }
 
-fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
+pub(super) fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -114,7 +115,7 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     }
 }
 
-fn th_port(offset: u32, dreg: u32) -> Expr {
+pub(super) fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
         offset,
@@ -168,169 +169,6 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
-/// A map that holds mappings, as the rules look it up: its name, whether its key starts
-/// with the host address, whether its data holds a port (an identity range's does not: NAT
-/// to an address alone keeps the destination port), and the lines `nft list` prints for
-/// its publish rule and its request and reply counting rules.
-struct MappingMap {
-    set: &'static str,
-    v6: bool,
-    with_addr: bool,
-    with_port: bool,
-    texts: [&'static str; 3],
-}
-
-/// The maps that hold mappings, in the order the publish and counting chains look them
-/// up: the specific-address maps before the any-address ones, and in each kind the exact
-/// ports before the ranges (a single port published inside a range of another kind wins).
-const MAPPING_MAPS: &[MappingMap] = &[
-    MappingMap {
-        set: SET_ADDR4,
-        v6: false,
-        with_addr: true,
-        with_port: true,
-        texts: [
-            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
-            "ip daddr . meta l4proto . th dport @addr4 return",
-            "ip saddr . meta l4proto . th sport @addr4 return",
-        ],
-    },
-    MappingMap {
-        set: SET_ADDRRANGE4,
-        v6: false,
-        with_addr: true,
-        with_port: false,
-        texts: [
-            "dnat ip to ip daddr . meta l4proto . th dport map @addrrange4",
-            "ip daddr . meta l4proto . th dport @addrrange4 return",
-            "ip saddr . meta l4proto . th sport @addrrange4 return",
-        ],
-    },
-    MappingMap {
-        set: SET_ANY4,
-        v6: false,
-        with_addr: false,
-        with_port: true,
-        texts: [
-            "dnat ip to meta l4proto . th dport map @any4",
-            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
-        ],
-    },
-    MappingMap {
-        set: SET_RANGE4,
-        v6: false,
-        with_addr: false,
-        with_port: false,
-        texts: [
-            "dnat ip to meta l4proto . th dport map @range4",
-            "meta nfproto ipv4 meta l4proto . th dport @range4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @range4 return",
-        ],
-    },
-    MappingMap {
-        set: SET_ADDR6,
-        v6: true,
-        with_addr: true,
-        with_port: true,
-        texts: [
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
-            "ip6 daddr . meta l4proto . th dport @addr6 return",
-            "ip6 saddr . meta l4proto . th sport @addr6 return",
-        ],
-    },
-    MappingMap {
-        set: SET_ADDRRANGE6,
-        v6: true,
-        with_addr: true,
-        with_port: false,
-        texts: [
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addrrange6",
-            "ip6 daddr . meta l4proto . th dport @addrrange6 return",
-            "ip6 saddr . meta l4proto . th sport @addrrange6 return",
-        ],
-    },
-    MappingMap {
-        set: SET_ANY6,
-        v6: true,
-        with_addr: false,
-        with_port: true,
-        texts: [
-            "dnat ip6 to meta l4proto . th dport map @any6",
-            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
-        ],
-    },
-    MappingMap {
-        set: SET_RANGE6,
-        v6: true,
-        with_addr: false,
-        with_port: false,
-        texts: [
-            "dnat ip6 to meta l4proto . th dport map @range6",
-            "meta nfproto ipv6 meta l4proto . th dport @range6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @range6 return",
-        ],
-    },
-];
-
-/// Loads a mapping map's key into registers: `[ip daddr .] meta l4proto . th dport` (or the
-/// source side of a reply), with the family matched first where the key does not hold an
-/// address. An IPv6 address fills a whole 16-byte register, so what follows it moves to
-/// register 2 and its next 4-byte slot.
-fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr> {
-    let (v4_addr, v6_addr, port) = if request {
-        (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
-    } else {
-        (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
-    };
-    let family = if map.v6 { is_ipv6() } else { is_ipv4() };
-    match (map.with_addr, map.v6) {
-        (true, false) => [
-            family.to_vec(),
-            vec![
-                ipv4_field(v4_addr, 4, REG_1),
-                meta(MetaKey::L4proto, REG32_01),
-                th_port(port, REG32_02),
-            ],
-        ]
-        .concat(),
-        (true, true) => [
-            family.to_vec(),
-            vec![
-                ipv6_field(v6_addr, REG_1),
-                meta(MetaKey::L4proto, REG_2),
-                th_port(port, REG32_05),
-            ],
-        ]
-        .concat(),
-        (false, _) => {
-            let key = vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)];
-            match family_check {
-                true => [family.to_vec(), key].concat(),
-                false => key,
-            }
-        }
-    }
-}
-
-/// The rules that count a packet against its mapping's element: by the host side, which
-/// is the destination of a request before NAT and the source of a reply after it.
-fn count_rules(chain: &'static str, request: bool) -> Vec<RuleDef> {
-    MAPPING_MAPS
-        .iter()
-        .map(|map| RuleDef {
-            chain,
-            nft: map.texts[if request { 1 } else { 2 }],
-            exprs: [
-                mapping_key(map, request, true),
-                vec![lookup(map.set, REG_1, None), Expr::Verdict(Verdict::Return)],
-            ]
-            .concat(),
-        })
-        .collect()
-}
-
 /// `ct direction original|reply ct status dnat jump CHAIN`.
 fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'static str) -> RuleDef {
     RuleDef {
@@ -377,39 +215,6 @@ pub fn rules() -> Vec<RuleDef> {
     rules.push(jump_if_dnat("replies_in", reply, true, CHAIN_COUNT_REPLY));
     rules.push(jump_if_dnat("replies_out", reply, true, CHAIN_COUNT_REPLY));
     rules
-}
-
-/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4`, `dnat ip to meta l4proto .
-/// th dport map @any4` and the like: the map's data is the target address and, for exact
-/// ports, the target port after it. The publish chain checks no family before a map keyed
-/// without an address, as nft writes it: the NAT of the other family does nothing.
-fn publish_rules() -> Vec<RuleDef> {
-    MAPPING_MAPS
-        .iter()
-        .map(|map| {
-            let reg_port = match (map.with_port, map.v6) {
-                (false, _) => None,
-                (true, false) => Some(REG32_01),
-                (true, true) => Some(REG_2),
-            };
-            RuleDef {
-                chain: CHAIN_PUBLISH,
-                nft: map.texts[0],
-                exprs: [
-                    mapping_key(map, true, false),
-                    vec![
-                        lookup(map.set, REG_1, Some(REG_1)),
-                        Expr::Dnat {
-                            ipv6: map.v6,
-                            reg_addr: REG_1,
-                            reg_port,
-                        },
-                    ],
-                ]
-                .concat(),
-            }
-        })
-        .collect()
 }
 
 /// The rules that publish, guard and keep namespaces private.
