@@ -255,3 +255,90 @@ fn ranges_survive_export_and_apply() {
     lab.nsport_ok(&["apply", path.to_str().unwrap()]);
     assert_eq!(lab.ruleset(), table);
 }
+
+/// Eight writers at once, publishing ranges that overlap their neighbours' and single
+/// ports inside them: whatever wins, the table never holds two mappings of one port, and
+/// every writer that lost was told so.
+#[test]
+fn concurrent_overlapping_publishes_never_leave_a_port_published_twice() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let (ns1, ns2) = (lab.ns("ns1"), lab.ns("ns2"));
+    let mut children = Vec::new();
+    for i in 0..8u16 {
+        let netns = if i % 2 == 0 { &ns1 } else { &ns2 };
+        let spec = match i % 4 {
+            // Ranges 20000-20019, 20010-20029, …: each overlaps the next.
+            0 | 1 => {
+                let start = 20000 + i * 10;
+                format!("{start}-{}:{start}-{}", start + 19, start + 19)
+            }
+            // Single ports inside those ranges.
+            _ => format!("{}:80", 20005 + i * 10),
+        };
+        children.push((
+            spec.clone(),
+            lab.spawn_nsport(&["add", "--netns", netns, &spec]),
+        ));
+    }
+    let mut won = 0;
+    for (spec, child) in children {
+        let output = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        match output.status.code() {
+            Some(0) => won += 1,
+            Some(1) => assert!(stderr.contains("already published"), "{spec}: {stderr}"),
+            other => panic!("{spec}: {other:?} {stderr}"),
+        }
+    }
+    assert!(won >= 1);
+    let rows = listing(&lab);
+    assert_eq!(rows.len(), won, "{rows:?}");
+    let mut ports: Vec<(u64, u64)> = rows
+        .iter()
+        .map(|row| {
+            let start = row["host_port"].as_u64().unwrap();
+            (start, row["host_port_end"].as_u64().unwrap_or(start))
+        })
+        .collect();
+    ports.sort();
+    for pair in ports.windows(2) {
+        assert!(pair[0].1 < pair[1].0, "{ports:?} overlap");
+    }
+}
+
+/// `nft list` decodes every range, and `nft -f` of what nsport exports makes the very rules
+/// nsport writes: nothing for nsport to repair afterwards, and the ranges still answer.
+#[test]
+fn nft_writes_back_ranges_exactly_as_nsport_writes_them() {
+    let lab = Lab::dual_stack(BrNetfilter::Off);
+    let _servers = servers(&lab);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &lab.ns("ns1"),
+        "20000-20099:20000-20099",
+        "[2001:db8::1]:20000-20099:20000-20099/udp",
+        "127.0.0.1:20000-20099:20000-20099/udp",
+    ]);
+    let table = lab.nft("host", "list table inet nsport");
+    assert!(
+        !table.contains("unknown") && !table.contains("invalid"),
+        "{table}"
+    );
+    assert!(table.contains("tcp . 20000-20099 counter"), "{table}");
+    let script = lab.nsport_ok(&["export", "--nft"]);
+    let path = lab.state_dir().join("export.nft");
+    std::fs::write(&path, script).unwrap();
+    lab.nft("host", &format!("-f {}", path.display()));
+    assert_eq!(
+        without_counter_values(&lab.nft("host", "list table inet nsport")),
+        without_counter_values(&table)
+    );
+    let output = lab.nsport(&["ls"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success());
+    assert!(!stderr.contains("changed by something else"), "{stderr}");
+    assert_eq!(client(lab.tcp("out", HOST_OUT, INSIDE)), some(OUT));
+    assert!(lab.udp("host", LOCALHOST, END).is_some());
+    assert!(lab.udp("out", v6::HOST_OUT, START).is_some());
+}

@@ -148,6 +148,15 @@ pub enum Expr {
         reg_port: Option<u32>,
     },
     Masquerade,
+    /// `byteorder reg = hton(reg, size, len)`: what nft writes after loading a host-order
+    /// member (`meta l4proto`) of the key of an interval map, whose ranges compare bytes
+    /// in network order. For the one byte of a protocol it changes nothing; it is written
+    /// so that the rule is the one nft itself makes of the same text.
+    Hton {
+        reg: u32,
+        size: u32,
+        len: u32,
+    },
     Verdict(Verdict),
 }
 

@@ -11,9 +11,10 @@ use super::rules::{
 use super::*;
 
 /// A map that holds mappings, as the rules look it up: its name, whether its key starts
-/// with the host address, whether its data holds a port (an identity range's does not: NAT
-/// to an address alone keeps the destination port), and the lines `nft list` prints for
-/// its publish rule and its request and reply counting rules.
+/// with the host address, whether its data holds a port (an exact map's does; an identity
+/// range's, in an interval map, does not: NAT to an address alone keeps the destination
+/// port), and the lines `nft list` prints for its publish rule and its request and reply
+/// counting rules.
 struct MappingMap {
     set: &'static str,
     v6: bool,
@@ -121,6 +122,18 @@ const MAPPING_MAPS: &[MappingMap] = &[
 /// address. An IPv6 address fills a whole 16-byte register, so what follows it moves to
 /// register 2 and its next 4-byte slot.
 fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr> {
+    // An interval map's key gets the protocol in network order, as nft writes it.
+    let l4proto = |reg: u32| {
+        let mut exprs = vec![meta(MetaKey::L4proto, reg)];
+        if !map.with_port {
+            exprs.push(Expr::Hton {
+                reg,
+                size: 2,
+                len: 1,
+            });
+        }
+        exprs
+    };
     let (v4_addr, v6_addr, port) = if request {
         (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
     } else {
@@ -130,24 +143,20 @@ fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr>
     match (map.with_addr, map.v6) {
         (true, false) => [
             family.to_vec(),
-            vec![
-                ipv4_field(v4_addr, 4, REG_1),
-                meta(MetaKey::L4proto, REG32_01),
-                th_port(port, REG32_02),
-            ],
+            vec![ipv4_field(v4_addr, 4, REG_1)],
+            l4proto(REG32_01),
+            vec![th_port(port, REG32_02)],
         ]
         .concat(),
         (true, true) => [
             family.to_vec(),
-            vec![
-                ipv6_field(v6_addr, REG_1),
-                meta(MetaKey::L4proto, REG_2),
-                th_port(port, REG32_05),
-            ],
+            vec![ipv6_field(v6_addr, REG_1)],
+            l4proto(REG_2),
+            vec![th_port(port, REG32_05)],
         ]
         .concat(),
         (false, _) => {
-            let key = vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)];
+            let key = [l4proto(REG_1), vec![th_port(port, REG32_01)]].concat();
             match family_check {
                 true => [family.to_vec(), key].concat(),
                 false => key,

@@ -156,6 +156,17 @@ pub(super) fn expr_object(expr: &Expr) -> Result<*mut sys::nftnl_expr, NetlinkEr
         }
         // masquerade
         Expr::Masquerade => new(c"masq"),
+        // byteorder reg N = hton(reg N, size, len)
+        Expr::Hton { reg, size, len } => {
+            const NFT_BYTEORDER_HTON: u32 = 1;
+            let e = new(c"byteorder");
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_SREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_DREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_SIZE, *size);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_LEN, *len);
+            e
+        }
         // drop / jump <chain>
         Expr::Verdict(verdict) => {
             let e = new(c"immediate");
