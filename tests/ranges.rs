@@ -342,3 +342,47 @@ fn nft_writes_back_ranges_exactly_as_nsport_writes_them() {
     assert!(lab.udp("host", LOCALHOST, END).is_some());
     assert!(lab.udp("out", v6::HOST_OUT, START).is_some());
 }
+
+/// Whether a running UDP flow (one socket, one conntrack entry) gets an answer from
+/// `to`: a few datagrams, each with the socket's read timeout, after draining what was in
+/// flight.
+fn flow_answers(flow: &std::net::UdpSocket, to: (std::net::Ipv4Addr, u16)) -> bool {
+    let mut buf = [0; 64];
+    while flow.recv_from(&mut buf).is_ok() {}
+    (0..5).any(|_| {
+        flow.send_to(b"?", to).unwrap();
+        flow.recv_from(&mut buf).is_ok()
+    })
+}
+
+/// `rm` forgets the conntrack entries of the ports it unpublishes, inside a range too: a
+/// running UDP flow to a removed port stops reaching the namespace, while one to a port
+/// the range keeps goes on.
+#[test]
+fn rm_forgets_the_flows_of_the_ports_of_a_range_it_removes() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let _servers = servers(&lab);
+    // Another mapping keeps forwarding on once the range is gone.
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &lab.ns("ns1"),
+        "20000-20099:20000-20099/udp",
+        "19999/udp",
+    ]);
+    let (removed, kept) = (lab.udp_socket("out"), lab.udp_socket("out"));
+    assert!(flow_answers(&removed, (HOST_OUT, INSIDE)));
+    assert!(flow_answers(&kept, (HOST_OUT, END)));
+    lab.nsport_ok(&["rm", "20050/udp"]);
+    assert!(
+        !flow_answers(&removed, (HOST_OUT, INSIDE)),
+        "the removed port's flow"
+    );
+    assert!(flow_answers(&kept, (HOST_OUT, END)), "the kept port's flow");
+    // The rest of the range, whole.
+    lab.nsport_ok(&["rm", "20000-20049/udp", "20051-20099/udp"]);
+    assert!(
+        !flow_answers(&kept, (HOST_OUT, END)),
+        "a flow of a range removed whole"
+    );
+}
