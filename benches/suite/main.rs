@@ -38,6 +38,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("publish one port", publish::publish_one),
     ("overlap check", overlap::overlap_check),
     ("publish a range", ranges::publish_range),
+    ("ranges as intervals", ranges::ranges_as_intervals),
     ("data path", datapath::data_path),
     ("library", library::library),
     ("scale", remove::scale),

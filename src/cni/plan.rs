@@ -81,6 +81,9 @@ pub(super) fn wanted(
                 host_addr: port.host_addr,
                 on: None,
                 host_port: port.host_port,
+                // CNI runtimes hand over every port of a range as an entry of its own;
+                // they stay single ports, as they came.
+                host_port_end: None,
                 to_addr: to,
                 to_port: port.container_port,
                 via: vias.get(&to).cloned().unwrap_or_default(),
@@ -170,7 +173,7 @@ pub(super) fn add(
         desired.remove(at);
     }
     for (i, mapping) in wanted.iter().enumerate() {
-        if let Some(earlier) = wanted[..i].iter().find(|m| m.overlaps(mapping)) {
+        if let Some(earlier) = wanted[..i].iter().find(|m| m.overlaps_as_sockets(mapping)) {
             return Err(Error::Overlap {
                 host: mapping.host_label(),
                 holder: earlier.host_label(),
@@ -182,7 +185,7 @@ pub(super) fn add(
     // as two sockets would, whoever holds them (the CNI configuration has no way to force
     // them); a container of this network whose namespace is gone gives way, as above.
     for mapping in wanted {
-        while let Some(at) = desired.iter().position(|m| m.overlaps(mapping)) {
+        while let Some(at) = desired.iter().position(|m| m.overlaps_as_sockets(mapping)) {
             let held = &desired[at];
             if held.container.is_none() || !attachment.same_network(held) || !gone(held) {
                 return Err(Error::Overlap {
@@ -354,6 +357,7 @@ mod tests {
             host_addr: None,
             on: None,
             host_port: port,
+            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port: 80,
             via: "cni0".into(),

@@ -260,6 +260,7 @@ mod tests {
             host_addr: host_addr.map(|a| a.parse().unwrap()),
             on: None,
             host_port: 8080,
+            host_port_end: None,
             to_addr: "172.18.0.2".parse().unwrap(),
             to_port: 80,
             via: "br0".into(),

@@ -16,7 +16,10 @@ use std::collections::HashMap;
 use super::kernel::Kernel;
 use super::table::mapping_of;
 use crate::error::{Error, kernel};
-use crate::ruleset::{Mapping, host_key_on, map_of};
+use crate::ruleset::{
+    Mapping, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ANY4, SET_ANY6, SET_ON4,
+    SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6, host_key_on,
+};
 
 /// The error that names the mapping `wanted` overlaps: its host side, its target and,
 /// for the CNI plugin's, its container.
@@ -32,10 +35,12 @@ pub fn refused(wanted: &Mapping, holder: &Mapping) -> Error {
     }
 }
 
-/// Mappings by port, protocol and family: where overlaps can be.
+/// Mappings by port, protocol and family, where overlaps can be: single ports by port,
+/// ranges (few) searched.
 #[derive(Default)]
 pub struct ByPort<'a> {
     ports: HashMap<(bool, u8, u16), Vec<&'a Mapping>>,
+    ranges: Vec<&'a Mapping>,
 }
 
 impl<'a> ByPort<'a> {
@@ -48,6 +53,10 @@ impl<'a> ByPort<'a> {
     }
 
     pub fn insert(&mut self, mapping: &'a Mapping) {
+        if mapping.is_range() {
+            self.ranges.push(mapping);
+            return;
+        }
         self.ports
             .entry((mapping.is_ipv6(), mapping.proto.number(), mapping.host_port))
             .or_default()
@@ -59,13 +68,13 @@ impl<'a> ByPort<'a> {
         &'s self,
         mapping: &'s Mapping,
     ) -> impl Iterator<Item = &'a Mapping> + 's {
-        let key = (mapping.is_ipv6(), mapping.proto.number(), mapping.host_port);
-        self.ports
-            .get(&key)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(move |other| mapping.overlaps(other))
+        let singles = mapping.host_ports().flat_map(move |port| {
+            let key = (mapping.is_ipv6(), mapping.proto.number(), port);
+            self.ports.get(&key).into_iter().flatten().copied()
+        });
+        singles
+            .chain(self.ranges.iter().copied())
+            .filter(move |other| mapping.overlaps_as_sockets(other))
     }
 }
 
@@ -102,57 +111,63 @@ pub fn shadowing(mappings: &[Mapping]) -> Vec<(Vec<&Mapping>, Vec<&Mapping>)> {
         .collect()
 }
 
-/// A mapping in the table that overlaps one of `wanted`, with that one, read at the generation the
-/// caller read: each exact key that could hold a wider host side is got, and the maps of
-/// narrower ones are dumped, each once, and searched. A wildcard publish thus reads only
-/// the maps of specific addresses and interfaces, whatever the number of wildcards.
+/// The maps that hold mappings, each with the shape of its host sides: whether they are
+/// IPv6, bound to an interface, narrowed to an address, and ranges.
+const MAPS: [(&str, bool, bool, bool, bool); 12] = [
+    (SET_ANY4, false, false, false, false),
+    (SET_ADDR4, false, false, true, false),
+    (SET_ON4, false, true, false, false),
+    (SET_ONADDR4, false, true, true, false),
+    (SET_RANGE4, false, false, false, true),
+    (SET_ADDRRANGE4, false, false, true, true),
+    (SET_ANY6, true, false, false, false),
+    (SET_ADDR6, true, false, true, false),
+    (SET_ON6, true, true, false, false),
+    (SET_ONADDR6, true, true, true, false),
+    (SET_RANGE6, true, false, false, true),
+    (SET_ADDRRANGE6, true, false, true, true),
+];
+
+/// A mapping in the table that overlaps one of `wanted`, with that one, read at the
+/// generation the caller read. A single port meets a wider host side of an exact map in
+/// one exact key, which is got; every other map it could meet (narrower host sides, and
+/// ranges) is dumped, each once, and searched. A wildcard publish thus reads only the
+/// maps of specific addresses, interfaces and ranges, whatever the number of wildcards.
 pub fn in_table(
     kernel: &mut impl Kernel,
     wanted: &[Mapping],
 ) -> Result<Option<(Mapping, Mapping)>, Error> {
     let mut dumped: HashMap<&'static str, Vec<Mapping>> = HashMap::new();
     for mapping in wanted {
-        let v6 = mapping.is_ipv6();
-        let (proto, port) = (mapping.proto, mapping.host_port);
-        // Wider host sides: each is one exact key.
-        let mut keys = Vec::new();
-        if mapping.on.is_some() || mapping.host_addr.is_some() {
-            keys.push((
-                map_of(v6, false, false),
-                host_key_on(None, proto, None, port),
-            ));
-        }
-        if mapping.on.is_some() && mapping.host_addr.is_some() {
-            keys.push((
-                map_of(v6, false, true),
-                host_key_on(None, proto, mapping.host_addr, port),
-            ));
-            keys.push((
-                map_of(v6, true, false),
-                host_key_on(mapping.on.as_deref(), proto, None, port),
-            ));
-        }
-        for (set, key) in keys {
-            let element = kernel.element(set, &key).map_err(kernel_error)?;
-            if let Some(holder) = element.and_then(|e| mapping_of(set, &e)) {
-                return Ok(Some((mapping.clone(), holder)));
+        let (on, addr) = (mapping.on.is_some(), mapping.host_addr.is_some());
+        for &(set, v6, set_on, set_addr, range) in &MAPS {
+            // Another family, or the same shape (a clash of its own, not an overlap).
+            if v6 != mapping.is_ipv6() || (set_on == on && set_addr == addr) {
+                continue;
             }
-        }
-        // Narrower (or sideways) host sides: the maps they live in, searched.
-        let narrower: &[(bool, bool)] = match (mapping.on.is_some(), mapping.host_addr.is_some()) {
-            (false, false) => &[(false, true), (true, false), (true, true)],
-            (false, true) => &[(true, false), (true, true)],
-            (true, false) => &[(false, true), (true, true)],
-            (true, true) => &[],
-        };
-        for &(on, addr) in narrower {
-            let set = map_of(v6, on, addr);
+            let wider = (!set_on || on) && (!set_addr || addr);
+            if wider && !range && !mapping.is_range() {
+                let key = host_key_on(
+                    mapping.on.as_deref().filter(|_| set_on),
+                    mapping.proto,
+                    mapping.host_addr.filter(|_| set_addr),
+                    mapping.host_port,
+                );
+                let element = kernel.element(set, &key).map_err(kernel_error)?;
+                if let Some(holder) = element.and_then(|e| mapping_of(set, &e)) {
+                    return Ok(Some((mapping.clone(), holder)));
+                }
+                continue;
+            }
             if !dumped.contains_key(set) {
                 let elements = kernel.elements(set).map_err(kernel_error)?;
                 let mappings = elements.iter().filter_map(|e| mapping_of(set, e)).collect();
                 dumped.insert(set, mappings);
             }
-            if let Some(holder) = dumped[set].iter().find(|other| mapping.overlaps(other)) {
+            if let Some(holder) = dumped[set]
+                .iter()
+                .find(|other| mapping.overlaps_as_sockets(other))
+            {
                 return Ok(Some((mapping.clone(), holder.clone())));
             }
         }
@@ -175,6 +190,7 @@ mod tests {
             host_addr: addr.map(|a| a.parse().unwrap()),
             on: on.map(String::from),
             host_port: port,
+            host_port_end: None,
             to_addr: if addr.is_some_and(|a| a.contains(':')) {
                 "2001:db8:1::2".parse().unwrap()
             } else {
@@ -202,31 +218,31 @@ mod tests {
         let eth1_addr = side(Some("eth1"), Some("192.0.2.1"), 8080);
         let eth0_other = side(Some("eth0"), Some("198.51.100.1"), 8080);
         // Docker's case: the wildcard and one address.
-        assert!(any.overlaps(&lo) && lo.overlaps(&any));
+        assert!(any.overlaps_as_sockets(&lo) && lo.overlaps_as_sockets(&any));
         // The wildcard overlaps every narrower host side.
         for narrower in [&eth0, &eth0_addr] {
-            assert!(any.overlaps(narrower));
+            assert!(any.overlaps_as_sockets(narrower));
         }
         // Two addresses, two interfaces: distinct sockets.
-        assert!(!lo.overlaps(&other_addr));
-        assert!(!eth0.overlaps(&eth1));
-        assert!(!eth0_addr.overlaps(&eth1_addr));
+        assert!(!lo.overlaps_as_sockets(&other_addr));
+        assert!(!eth0.overlaps_as_sockets(&eth1));
+        assert!(!eth0_addr.overlaps_as_sockets(&eth1_addr));
         // An interface and an address: the address may be on the interface.
-        assert!(eth0.overlaps(&lo));
+        assert!(eth0.overlaps_as_sockets(&lo));
         // An interface and the same interface with an address.
-        assert!(eth0.overlaps(&eth0_addr));
-        assert!(!eth1.overlaps(&eth0_addr));
+        assert!(eth0.overlaps_as_sockets(&eth0_addr));
+        assert!(!eth1.overlaps_as_sockets(&eth0_addr));
         // An address alone and an interface with that address, not another.
-        assert!(other_addr.overlaps(&eth0_addr));
-        assert!(!other_addr.overlaps(&eth0_other));
+        assert!(other_addr.overlaps_as_sockets(&eth0_addr));
+        assert!(!other_addr.overlaps_as_sockets(&eth0_other));
         // One host side is not an overlap with itself (that is a conflict of its own).
-        assert!(!any.overlaps(&any.clone()));
+        assert!(!any.overlaps_as_sockets(&any.clone()));
         // Other ports, protocols and families never overlap.
-        assert!(!any.overlaps(&side(None, Some("127.0.0.1"), 8081)));
+        assert!(!any.overlaps_as_sockets(&side(None, Some("127.0.0.1"), 8081)));
         let mut udp = lo.clone();
         udp.proto = Proto::Udp;
-        assert!(!any.overlaps(&udp));
-        assert!(!side(None, Some("2001:db8::1"), 8080).overlaps(&any));
+        assert!(!any.overlaps_as_sockets(&udp));
+        assert!(!side(None, Some("2001:db8::1"), 8080).overlaps_as_sockets(&any));
         // The more specific wins: interface and address, interface, address, any.
         let ranks = [&eth0_addr, &eth0, &lo, &any].map(Mapping::rank);
         assert!(ranks.windows(2).all(|pair| pair[0] > pair[1]), "{ranks:?}");

@@ -17,6 +17,7 @@ fn side(on: Option<&str>, addr: Option<&str>, to: &str) -> Mapping {
         host_addr: addr.map(|a| a.parse().unwrap()),
         on: on.map(String::from),
         host_port: 8080,
+        host_port_end: None,
         to_addr: to.parse().unwrap(),
         to_port: 80,
         via: "br0".into(),
@@ -128,6 +129,7 @@ fn distinct_sockets_do_not_overlap() {
         &any(),
         &Mapping {
             host_port: 8081,
+            host_port_end: None,
             ..side(None, Some("127.0.0.1"), "10.77.0.3")
         },
     );
@@ -181,6 +183,7 @@ fn a_wildcard_publish_reads_no_wildcard_and_a_specific_one_gets_exact_keys() {
         .chain([8080])
         .map(|port| Mapping {
             host_port: port,
+            host_port_end: None,
             ..any()
         })
         .collect();
@@ -194,6 +197,7 @@ fn a_wildcard_publish_reads_no_wildcard_and_a_specific_one_gets_exact_keys() {
         &mut fake,
         &[Mapping {
             host_port: 9000,
+            host_port_end: None,
             ..any()
         }],
     )
@@ -205,6 +209,7 @@ fn a_wildcard_publish_reads_no_wildcard_and_a_specific_one_gets_exact_keys() {
         &mut fake,
         &[Mapping {
             host_port: 9001,
+            host_port_end: None,
             ..side(Some("eth0"), Some("192.0.2.1"), "10.77.0.3")
         }],
     )
@@ -230,6 +235,7 @@ fn an_overlap_another_writer_adds_before_the_commit_is_seen() {
         &mut fake,
         &[Mapping {
             host_port: 1,
+            host_port_end: None,
             ..any()
         }],
     )

@@ -5,6 +5,7 @@ use std::net::Ipv6Addr;
 
 use super::declarations::*;
 use super::expr::*;
+use super::mapping_rules::{count_rules, publish_rules};
 use super::*;
 
 const NFPROTO_IPV4: u8 = 2;
@@ -13,14 +14,14 @@ const RTN_LOCAL: u32 = 2;
 const IPS_DST_NAT: u32 = 0x20;
 const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// Offsets into the IPv4 header and the transport header.
-const IPV4_SADDR: u32 = 12;
-const IPV4_DADDR: u32 = 16;
-const TH_SPORT: u32 = 0;
-const TH_DPORT: u32 = 2;
-const IPV6_SADDR: u32 = 8;
-const IPV6_DADDR: u32 = 24;
+pub(super) const IPV4_SADDR: u32 = 12;
+pub(super) const IPV4_DADDR: u32 = 16;
+pub(super) const TH_SPORT: u32 = 0;
+pub(super) const TH_DPORT: u32 = 2;
+pub(super) const IPV6_SADDR: u32 = 8;
+pub(super) const IPV6_DADDR: u32 = 24;
 
-fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
+pub(super) fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     Expr::Lookup {
         set,
         set_id: set_id(set),
@@ -30,7 +31,7 @@ fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     }
 }
 
-fn meta(key: MetaKey, dreg: u32) -> Expr {
+pub(super) fn meta(key: MetaKey, dreg: u32) -> Expr {
     Expr::Meta { key, dreg }
 }
 
@@ -45,15 +46,15 @@ fn is_family(nfproto: u8) -> [Expr; 2] {
     ]
 }
 
-fn is_ipv4() -> [Expr; 2] {
+pub(super) fn is_ipv4() -> [Expr; 2] {
     is_family(NFPROTO_IPV4)
 }
 
-fn is_ipv6() -> [Expr; 2] {
+pub(super) fn is_ipv6() -> [Expr; 2] {
     is_family(NFPROTO_IPV6)
 }
 
-fn ipv6_field(offset: u32, dreg: u32) -> Expr {
+pub(super) fn ipv6_field(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -105,7 +106,7 @@ fn link_local4_return(offset: u32) -> Vec<Expr> {
     .concat()
 }
 
-fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
+pub(super) fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -114,7 +115,7 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     }
 }
 
-fn th_port(offset: u32, dreg: u32) -> Expr {
+pub(super) fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
         offset,
@@ -168,139 +169,6 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
-/// Where one family's fields sit, for the rules that look a packet up in the maps: its
-/// match, its address field, and the registers a concatenation puts each member in. An
-/// IPv6 address fills a whole 16-byte register, so what follows it moves on by one.
-struct FamilyKeys {
-    is_family: [Expr; 2],
-    addr_len: u32,
-    /// Registers of `ADDR . PROTO . PORT`, starting at register 1.
-    addr_first: [u32; 3],
-    /// Registers of `IFNAME . ADDR . PROTO . PORT`, starting at register 1.
-    on_addr_first: [u32; 4],
-    /// Where `dnat` finds the port of the target in a map's data.
-    data_port: u32,
-}
-
-fn family_keys(v6: bool) -> FamilyKeys {
-    if v6 {
-        FamilyKeys {
-            is_family: is_ipv6(),
-            addr_len: 16,
-            addr_first: [REG_1, REG_2, REG32_05],
-            on_addr_first: [REG_1, REG_2, REG_3, REG32_09],
-            data_port: REG_2,
-        }
-    } else {
-        FamilyKeys {
-            is_family: is_ipv4(),
-            addr_len: 4,
-            addr_first: [REG_1, REG32_01, REG32_02],
-            on_addr_first: [REG_1, REG_2, REG32_05, REG32_06],
-            data_port: REG32_01,
-        }
-    }
-}
-
-fn addr_field(keys: &FamilyKeys, offset: u32, dreg: u32) -> Expr {
-    if keys.addr_len == 16 {
-        ipv6_field(offset, dreg)
-    } else {
-        ipv4_field(offset, 4, dreg)
-    }
-}
-
-/// The key expressions of each map that holds mappings, most specific first (the order
-/// `publish` looks them up in): `IFNAME . ADDR . PROTO . PORT` (onaddr),
-/// `IFNAME . PROTO . PORT` (on), `ADDR . PROTO . PORT` (addr), `PROTO . PORT` (any). A
-/// request is keyed by its input interface, destination and destination port; a reply,
-/// after NAT, by its output interface, source and source port. The maps without an
-/// address check the family only where `family` asks (the counting rules must not count
-/// one family's packet against the other's element).
-fn map_keys(v6: bool, request: bool, family: bool) -> [(&'static str, Vec<Expr>); 4] {
-    let keys = family_keys(v6);
-    let (v4_addr, v6_addr, port, ifname) = if request {
-        (IPV4_DADDR, IPV6_DADDR, TH_DPORT, MetaKey::Iifname)
-    } else {
-        (IPV4_SADDR, IPV6_SADDR, TH_SPORT, MetaKey::Oifname)
-    };
-    let addr_offset = if v6 { v6_addr } else { v4_addr };
-    let [any, addr, on, onaddr] = if v6 {
-        [SET_ANY6, SET_ADDR6, SET_ON6, SET_ONADDR6]
-    } else {
-        [SET_ANY4, SET_ADDR4, SET_ON4, SET_ONADDR4]
-    };
-    let checked = |exprs: Vec<Expr>, check: bool| match check {
-        true => [keys.is_family.to_vec(), exprs].concat(),
-        false => exprs,
-    };
-    let [o1, o2, o3, o4] = keys.on_addr_first;
-    let [a1, a2, a3] = keys.addr_first;
-    [
-        (
-            onaddr,
-            checked(
-                vec![
-                    meta(ifname, o1),
-                    addr_field(&keys, addr_offset, o2),
-                    meta(MetaKey::L4proto, o3),
-                    th_port(port, o4),
-                ],
-                true,
-            ),
-        ),
-        (
-            on,
-            checked(
-                vec![
-                    meta(ifname, REG_1),
-                    meta(MetaKey::L4proto, REG_2),
-                    th_port(port, REG32_05),
-                ],
-                family,
-            ),
-        ),
-        (
-            addr,
-            checked(
-                vec![
-                    addr_field(&keys, addr_offset, a1),
-                    meta(MetaKey::L4proto, a2),
-                    th_port(port, a3),
-                ],
-                true,
-            ),
-        ),
-        (
-            any,
-            checked(
-                vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
-                family,
-            ),
-        ),
-    ]
-}
-
-/// The rules that count a packet against its mapping's element, in the order `publish`
-/// looks the maps up: by the host side, which is the destination of a request before NAT
-/// and the source of a reply after it.
-fn count_rules(chain: &'static str, texts: [&'static str; 8], request: bool) -> Vec<RuleDef> {
-    [false, true]
-        .into_iter()
-        .flat_map(|v6| map_keys(v6, request, true))
-        .zip(texts)
-        .map(|((set, key), nft)| RuleDef {
-            chain,
-            nft,
-            exprs: [
-                key,
-                vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)],
-            ]
-            .concat(),
-        })
-        .collect()
-}
-
 /// `ct direction original|reply ct status dnat jump CHAIN`.
 fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'static str) -> RuleDef {
     RuleDef {
@@ -328,34 +196,8 @@ fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'stati
 /// The rules, in chain order.
 pub fn rules() -> Vec<RuleDef> {
     let mut rules = base_rules();
-    rules.extend(count_rules(
-        CHAIN_COUNT_REQUEST,
-        [
-            "iifname . ip daddr . meta l4proto . th dport @onaddr4 return",
-            "meta nfproto ipv4 iifname . meta l4proto . th dport @on4 return",
-            "ip daddr . meta l4proto . th dport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
-            "iifname . ip6 daddr . meta l4proto . th dport @onaddr6 return",
-            "meta nfproto ipv6 iifname . meta l4proto . th dport @on6 return",
-            "ip6 daddr . meta l4proto . th dport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
-        ],
-        true,
-    ));
-    rules.extend(count_rules(
-        CHAIN_COUNT_REPLY,
-        [
-            "oifname . ip saddr . meta l4proto . th sport @onaddr4 return",
-            "meta nfproto ipv4 oifname . meta l4proto . th sport @on4 return",
-            "ip saddr . meta l4proto . th sport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
-            "oifname . ip6 saddr . meta l4proto . th sport @onaddr6 return",
-            "meta nfproto ipv6 oifname . meta l4proto . th sport @on6 return",
-            "ip6 saddr . meta l4proto . th sport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
-        ],
-        false,
-    ));
+    rules.extend(count_rules(CHAIN_COUNT_REQUEST, true));
+    rules.extend(count_rules(CHAIN_COUNT_REPLY, false));
     let request = "ct direction original ct status dnat jump count_request";
     let reply = "ct direction reply ct status dnat jump count_reply";
     rules.push(jump_if_dnat(
@@ -373,42 +215,6 @@ pub fn rules() -> Vec<RuleDef> {
     rules.push(jump_if_dnat("replies_in", reply, true, CHAIN_COUNT_REPLY));
     rules.push(jump_if_dnat("replies_out", reply, true, CHAIN_COUNT_REPLY));
     rules
-}
-
-/// `dnat ip to KEY map @MAP` for each map of the family, most specific first: an
-/// interface and an address, an interface, an address, any. A lookup that misses ends its
-/// rule, so the first map holding the packet's key decides.
-fn publish_rules(v6: bool) -> Vec<RuleDef> {
-    let keys = family_keys(v6);
-    let dnat = Expr::Dnat {
-        ipv6: v6,
-        reg_addr: REG_1,
-        reg_port: keys.data_port,
-    };
-    let texts = if v6 {
-        [
-            "dnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @onaddr6",
-            "dnat ip6 to iifname . meta l4proto . th dport map @on6",
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
-            "dnat ip6 to meta l4proto . th dport map @any6",
-        ]
-    } else {
-        [
-            "dnat ip to iifname . ip daddr . meta l4proto . th dport map @onaddr4",
-            "dnat ip to iifname . meta l4proto . th dport map @on4",
-            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
-            "dnat ip to meta l4proto . th dport map @any4",
-        ]
-    };
-    map_keys(v6, true, false)
-        .into_iter()
-        .zip(texts)
-        .map(|((set, key), nft)| RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft,
-            exprs: [key, vec![lookup(set, REG_1, Some(REG_1)), dnat.clone()]].concat(),
-        })
-        .collect()
 }
 
 /// The rules that publish, guard and keep namespaces private.
@@ -482,8 +288,7 @@ fn base_rules() -> Vec<RuleDef> {
             .concat(),
         },
     ];
-    rules.extend(publish_rules(false));
-    rules.extend(publish_rules(true));
+    rules.extend(publish_rules());
     rules.push(loopback_masquerade());
     rules.extend([false, true].map(hairpin_masquerade));
     rules.extend([false, true].map(neighbour_masquerade));
