@@ -83,6 +83,11 @@ fn flow_of(message: &[u8]) -> Option<(Flow, u8, Vec<u8>)> {
 /// Deletes every conntrack entry whose original direction `matches`; returns how many.
 /// An entry that expires on its own meanwhile is not an error.
 pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkError> {
+    // A dump walks every bucket of the host's conntrack table (262,144 here: 4 ms),
+    // whatever this namespace tracks; a namespace that tracks nothing has nothing to forget.
+    if tracked_in_this_namespace() == Some(0) {
+        return Ok(0);
+    }
     let kind = |message: u16| (NFNL_SUBSYS_CTNETLINK << 8) | message;
     let dump = attributes::message(
         kind(IPCTNL_MSG_CT_GET),
@@ -155,6 +160,16 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
         }
     }
     Ok(doomed.len())
+}
+
+/// How many connections this network namespace tracks (`nf_conntrack_count` is kept per
+/// namespace); `None` when that cannot be read.
+fn tracked_in_this_namespace() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// How many flows one request deletes, and about how many bytes each takes.
