@@ -75,14 +75,15 @@ pub fn publish_one(rows: &mut Vec<Row>) {
             nsport: ms(add),
             baseline: ms(floor),
             ratio: r,
-            target: "≤ 1.3x the floor".into(),
-            met: r <= 1.3,
+            target: "≤ 1.15x the floor".into(),
+            met: r <= 1.15,
         });
+        // Issue 12 asks 2x at 50,000, where nft's own cost grows with the map.
         rows.push(faster(
             format!("publish 1 port, N={n}: vs `nft add element`"),
             add,
             nft,
-            1.5,
+            if n == 50_000 { 2.0 } else { 1.5 },
         ));
         if let Some(iptables) = iptables {
             rows.push(faster(
