@@ -109,7 +109,7 @@ pub(super) fn used_seq(last: u32) {
 }
 
 /// The inode of the calling thread's network namespace.
-fn current_netns() -> Result<u64, NetlinkError> {
+pub(super) fn current_netns() -> Result<u64, NetlinkError> {
     std::fs::metadata("/proc/thread-self/ns/net")
         .map(|meta| meta.ino())
         .map_err(NetlinkError::Open)
