@@ -24,6 +24,7 @@ mod publish;
 mod ranges;
 mod remove;
 mod report;
+mod startup;
 mod throughput;
 
 use std::time::Instant;
@@ -45,6 +46,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("listing", list::listing),
     ("footprint", footprint::footprint),
     ("throughput", throughput::throughput),
+    ("start-up", startup::startup),
 ];
 
 fn main() {
