@@ -37,6 +37,7 @@ type Scenario = fn(&mut Vec<Row>);
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("publish one port", publish::publish_one),
     ("publish a range", ranges::publish_range),
+    ("ranges as intervals", ranges::ranges_as_intervals),
     ("data path", datapath::data_path),
     ("library", library::library),
     ("scale", remove::scale),

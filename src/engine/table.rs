@@ -11,13 +11,22 @@ use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
-    SetDef, TABLE,
+    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
+    SET_ADDRRANGE6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_RANGE4,
+    SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
 };
 
 /// The maps that hold mappings.
-pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
+pub const MAPPING_SETS: [&str; 8] = [
+    SET_ANY4,
+    SET_ADDR4,
+    SET_RANGE4,
+    SET_ADDRRANGE4,
+    SET_ANY6,
+    SET_ADDR6,
+    SET_RANGE6,
+    SET_ADDRRANGE6,
+];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
 pub const HELPER_SETS: [&str; 7] = [
@@ -148,7 +157,13 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 }
 
 pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
-    Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
+    Mapping::from_element(
+        set,
+        &element.key,
+        &element.key_end,
+        &element.data,
+        element.comment.as_deref(),
+    )
 }
 
 /// The chains of the table whose content is not what nsport writes: a base chain missing,
