@@ -4,9 +4,10 @@
 //! A packet must be accepted by every base chain on its hook, in every table: an accept in
 //! nsport's forward chain does not override a drop in another table's. Published traffic is
 //! DNATed and then forwarded, so it meets other tables' forward chains (never their input
-//! chains: `ufw allow 3000` does not govern it). Each such chain is walked rule by rule for
-//! a new, DNATed connection to each mapping's target (`forward_path`), in the ip, ip6 and
-//! inet families, and who wrote the chain is recognised by what the kernel holds:
+//! chains: `ufw allow 3000` does not govern it), both ways: the first packet toward the
+//! target and the target's replies. Each such chain is walked rule by rule for both, for
+//! each mapping (`forward_path`), in the ip, ip6 and inet families, and who wrote the chain
+//! is recognised by what the kernel holds:
 //!
 //! - firewalld: `table inet firewalld`, whose `filter_FORWARD` ends in a reject. With
 //!   `StrictForwardPorts=no` (the default) it accepts `ct status dnat` first; with `yes` it
@@ -17,14 +18,16 @@
 //! - Docker: iptables-nft chains `DOCKER-USER`, `DOCKER-FORWARD` or `DOCKER`, with the
 //!   FORWARD policy drop Docker sets.
 
+mod docker;
+mod firewalld;
+mod ufw;
+
 use std::collections::HashMap;
 
 use super::forward_path::{self, Packet, Verdict};
 use crate::model::Mapping;
 use crate::netlink::nftables::{self, ChainDump, Expr, RulesetRule};
 use crate::ruleset::TABLE;
-
-const FIREWALLD_CONF: &str = "/etc/firewalld/firewalld.conf";
 
 fn family_name(family: u32) -> &'static str {
     match family as i32 {
@@ -293,7 +296,7 @@ pub fn findings(chains: &[ChainDump], mappings: &[Mapping]) -> Vec<Finding> {
     } else {
         mappings.iter().map(Flow::of).collect()
     };
-    let mut findings = panic_mode(chains);
+    let mut findings = firewalld::panic_mode(chains);
     let mut other_failed = false;
     for chain in &forward {
         let carried: Vec<&Flow> = flows
@@ -312,9 +315,9 @@ pub fn findings(chains: &[ChainDump], mappings: &[Mapping]) -> Vec<Finding> {
                 .collect(),
         };
         let finding = match chain.owner {
-            Owner::Firewalld => firewalld(&judged),
-            Owner::Ufw => ufw(&judged),
-            Owner::Docker => docker(&judged),
+            Owner::Firewalld => firewalld::finding(&judged),
+            Owner::Ufw => ufw::finding(&judged),
+            Owner::Docker => docker::finding(&judged),
             Owner::Other if judged.stopped.is_empty() => continue,
             Owner::Other => {
                 other_failed = true;
@@ -357,238 +360,6 @@ fn pass(chain: &ForwardChain, how: String) -> Finding {
         ok: true,
         detail: format!("{}: {how}", chain.name()),
         fix: None,
-    }
-}
-
-/// `StrictForwardPorts` as firewalld's forward chain shows it: the rule testing
-/// `ct status` jumps to `filter_FORWARD_dnat` (on) or accepts (off).
-fn strict_forward_ports(chain: &ForwardChain) -> Option<bool> {
-    chain.rules_of(&chain.chain).find_map(|rule| {
-        let tests_status = rule
-            .exprs
-            .iter()
-            .any(|expr| matches!(expr, Expr::Ct { key, .. } if *key == libc::NFT_CT_STATUS as u32));
-        if !tests_status {
-            return None;
-        }
-        rule.exprs.iter().rev().find_map(|expr| match expr {
-            Expr::Immediate {
-                dreg: 0,
-                verdict: Some(verdict),
-                chain: target,
-                ..
-            } => match (*verdict, target) {
-                (libc::NFT_JUMP | libc::NFT_GOTO, Some(target)) if target.ends_with("_dnat") => {
-                    Some(true)
-                }
-                (1, _) => Some(false),
-                _ => None,
-            },
-            _ => None,
-        })
-    })
-}
-
-fn firewalld(judged: &Judged) -> Finding {
-    let chain = judged.chain;
-    let strict = strict_forward_ports(chain);
-    if judged.stopped.is_empty() {
-        let how = match strict {
-            Some(false) => format!(
-                "StrictForwardPorts is off: forward chain {} accepts DNATed traffic (ct status \
-                 dnat accept) before its final reject, so published ports pass it",
-                chain.chain
-            ),
-            _ => format!("forward chain {} passes published ports", chain.chain),
-        };
-        return pass(chain, how);
-    }
-    let label = judged.stopped_label();
-    let (detail, fix) = if strict == Some(true) {
-        (
-            format!(
-                "StrictForwardPorts is on: forward chain {} sends DNATed traffic to {}_dnat, \
-                 which rejects all but firewalld's own forward ports, so {label} from \
-                 outside",
-                chain.chain, chain.chain
-            ),
-            format!(
-                "set StrictForwardPorts=no in {FIREWALLD_CONF}, then firewall-cmd --reload \
-                 (sed -i 's/^StrictForwardPorts=.*/StrictForwardPorts=no/' {FIREWALLD_CONF} \
-                 && firewall-cmd --reload)"
-            ),
-        )
-    } else {
-        (
-            format!(
-                "forward chain {} drops DNATed traffic ({}), so {label} from outside",
-                chain.chain,
-                dropped_at(judged),
-            ),
-            format!(
-                "firewall-cmd --reload, to restore firewalld's own rules (with \
-                 StrictForwardPorts=no in {FIREWALLD_CONF}, its forward chain accepts DNATed \
-                 traffic)"
-            ),
-        )
-    };
-    Finding {
-        check: chain.owner.check(),
-        ok: false,
-        detail: format!("{}: {detail}", chain.name()),
-        fix: Some(fix),
-    }
-}
-
-/// firewalld's panic mode drops every packet before anything else sees it.
-fn panic_mode(chains: &[ChainDump]) -> Vec<Finding> {
-    let panicking = chains.iter().any(|chain| {
-        chain.family as i32 == libc::NFPROTO_INET
-            && chain.table == "firewalld_policy_drop"
-            && chain.hook == libc::NF_INET_PRE_ROUTING as u32
-            && chain.policy == libc::NF_DROP as u32
-    });
-    if !panicking {
-        return Vec::new();
-    }
-    vec![Finding {
-        check: Owner::Firewalld.check(),
-        ok: false,
-        detail: "firewalld is in panic mode: table inet firewalld_policy_drop drops every \
-                 packet, published ports included"
-            .into(),
-        fix: Some("firewall-cmd --panic-off".into()),
-    }]
-}
-
-/// ufw names its ip6tables chains `ufw6-…`.
-fn ufw_prefix(chain: &ForwardChain) -> &'static str {
-    if chain.family == "ip6" { "ufw6" } else { "ufw" }
-}
-
-/// ufw's default routed policy, as its FORWARD chain and ufw-reject-forward show it.
-fn ufw_policy(chain: &ForwardChain) -> &'static str {
-    let prefix = ufw_prefix(chain);
-    let rejects = chain
-        .rules_of(&format!("{prefix}-reject-forward"))
-        .any(|rule| {
-            rule.exprs.iter().any(|expr| {
-                matches!(expr, Expr::Target { name, .. } if name == "REJECT")
-                    || matches!(expr, Expr::Other(name) if name == "reject")
-            })
-        });
-    match (chain.policy_accepts, rejects) {
-        (true, _) => "allow",
-        (false, true) => "reject",
-        (false, false) => "deny",
-    }
-}
-
-fn ufw(judged: &Judged) -> Finding {
-    let chain = judged.chain;
-    let policy = ufw_policy(chain);
-    let policy_text = format!(
-        "ufw's default routed policy is {policy} (chain {} policy {})",
-        chain.chain,
-        if chain.policy_accepts {
-            "accept"
-        } else {
-            "drop"
-        }
-    );
-    if judged.stopped.is_empty() {
-        let how = if chain.policy_accepts {
-            format!("{policy_text}, so published ports pass it")
-        } else {
-            format!("{policy_text}, and ufw route rules allow every published port")
-        };
-        return pass(chain, how);
-    }
-    let label = judged.stopped_label();
-    // ufw's REJECT policy is a reject in ufw-reject-forward.
-    let prefix = ufw_prefix(chain);
-    let by_policy = judged.where_dropped().is_none_or(|drop| {
-        drop.handle.is_none()
-            || drop.chain == format!("{prefix}-reject-forward")
-            || drop.chain == format!("{prefix}-skip-to-policy-forward")
-    });
-    let why = if by_policy {
-        format!("{policy_text} and no `ufw route allow` rule covers them")
-    } else {
-        format!("ufw drops them ({})", dropped_at(judged))
-    };
-    let mut allows: Vec<String> = judged
-        .stopped
-        .iter()
-        .filter_map(|(flow, _)| flow.mapping)
-        .map(|mapping| {
-            let proto = mapping.proto.to_string();
-            // ufw knows tcp and udp ports; any other protocol is allowed by address.
-            if matches!(proto.as_str(), "tcp" | "udp") {
-                format!(
-                    "ufw route allow proto {proto} from any to {} port {}",
-                    mapping.to_addr, mapping.to_port
-                )
-            } else {
-                format!("ufw route allow from any to {}", mapping.to_addr)
-            }
-        })
-        .collect();
-    allows.dedup();
-    if allows.is_empty() {
-        allows.push(
-            "ufw route allow proto tcp from any to TARGET port PORT for each published port".into(),
-        );
-    }
-    Finding {
-        check: chain.owner.check(),
-        ok: false,
-        detail: format!(
-            "{}: {why}, so {label} from outside (DNATed traffic is forwarded: `ufw allow \
-             PORT` does not apply to it)",
-            chain.name(),
-        ),
-        fix: Some(format!(
-            "{}; or allow all routed traffic: ufw default allow routed",
-            allows.join("; ")
-        )),
-    }
-}
-
-fn docker(judged: &Judged) -> Finding {
-    let chain = judged.chain;
-    if judged.stopped.is_empty() {
-        let how = format!(
-            "Docker's forward chain {} (policy {}) passes published ports",
-            chain.chain,
-            if chain.policy_accepts {
-                "accept"
-            } else {
-                "drop"
-            }
-        );
-        return pass(chain, how);
-    }
-    let tool = if chain.family == "ip6" {
-        "ip6tables"
-    } else {
-        "iptables"
-    };
-    // One rule for both directions: replies come back through the forward chain too,
-    // and every packet of a DNATed connection carries the DNAT state.
-    let fix = format!("{tool} -I DOCKER-USER -m conntrack --ctstate DNAT -j ACCEPT");
-    Finding {
-        check: chain.owner.check(),
-        ok: false,
-        detail: format!(
-            "{}: Docker's forward chain {} drops DNATed traffic to nsport's targets ({}), so \
-             {} from outside",
-            chain.name(),
-            chain.chain,
-            dropped_at(judged),
-            judged.stopped_label(),
-        ),
-        fix: Some(fix),
     }
 }
 

@@ -485,3 +485,199 @@ fn ct(packet: &Packet, key: u32, dir: Option<u8>) -> Option<Vec<u8>> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(chain: &str, handle: u64, exprs: Vec<Expr>) -> RulesetRule {
+        RulesetRule {
+            family: libc::NFPROTO_IPV4 as u32,
+            table: "filter".into(),
+            chain: chain.into(),
+            handle,
+            exprs,
+        }
+    }
+
+    fn verdict(code: i32, chain: Option<&str>) -> Expr {
+        Expr::Immediate {
+            dreg: 0,
+            verdict: Some(code),
+            chain: chain.map(str::to_string),
+            data: Vec::new(),
+        }
+    }
+
+    /// `ct status dnat`: load, mask IPS_DST_NAT, compare with 0.
+    fn ct_status_dnat() -> Vec<Expr> {
+        vec![
+            Expr::Ct {
+                key: libc::NFT_CT_STATUS as u32,
+                dir: None,
+                dreg: 1,
+            },
+            Expr::Bitwise {
+                sreg: 1,
+                dreg: 1,
+                op: 0,
+                mask: 0x20u32.to_ne_bytes().to_vec(),
+                xor: vec![0; 4],
+            },
+            Expr::Cmp {
+                sreg: 1,
+                op: 1,
+                data: vec![0; 4],
+            },
+        ]
+    }
+
+    /// `ip saddr 10.0.0.1`: the source of the first packet is not known.
+    fn saddr() -> Vec<Expr> {
+        vec![
+            Expr::Payload {
+                base: 1,
+                offset: 12,
+                len: 4,
+                dreg: 1,
+            },
+            Expr::Cmp {
+                sreg: 1,
+                op: 0,
+                data: vec![10, 0, 0, 1],
+            },
+        ]
+    }
+
+    /// `tcp dport PORT`, as iptables-nft writes it.
+    fn dport(port: u16) -> Vec<Expr> {
+        vec![
+            Expr::Meta {
+                key: libc::NFT_META_L4PROTO as u32,
+                dreg: 1,
+            },
+            Expr::Cmp {
+                sreg: 1,
+                op: 0,
+                data: vec![6],
+            },
+            Expr::Payload {
+                base: 2,
+                offset: 2,
+                len: 2,
+                dreg: 1,
+            },
+            Expr::Cmp {
+                sreg: 1,
+                op: 0,
+                data: port.to_be_bytes().to_vec(),
+            },
+        ]
+    }
+
+    fn packet(reply: bool) -> Packet {
+        Packet {
+            ipv6: false,
+            l4proto: 6,
+            reply,
+            target: Some(("172.18.0.2".parse().unwrap(), 80)),
+            host_addr: None,
+            host_port: Some(3000),
+            via: Some("br0".into()),
+        }
+    }
+
+    fn with(mut exprs: Vec<Expr>, last: Expr) -> Vec<Expr> {
+        exprs.push(last);
+        exprs
+    }
+
+    #[test]
+    fn policy_drop_and_the_dnat_accept_that_fixes_it() {
+        let blocked = judge(&[], "FORWARD", false, &packet(false));
+        assert!(blocked.blocks());
+        assert_eq!(
+            blocked.drops,
+            [Drop {
+                chain: "FORWARD".into(),
+                handle: None
+            }]
+        );
+        let fixed = [rule("FORWARD", 1, with(ct_status_dnat(), verdict(1, None)))];
+        for reply in [false, true] {
+            assert!(judge(&fixed, "FORWARD", false, &packet(reply)).passes());
+        }
+    }
+
+    #[test]
+    fn jumps_return_and_gotos_are_followed() {
+        let rules = [
+            rule("FORWARD", 1, vec![verdict(libc::NFT_JUMP, Some("user"))]),
+            rule("FORWARD", 2, vec![verdict(0, None)]),
+            rule("user", 3, vec![verdict(libc::NFT_RETURN, None)]),
+            rule("user", 4, vec![verdict(1, None)]),
+        ];
+        let walked = judge(&rules, "FORWARD", true, &packet(false));
+        assert!(walked.blocks());
+        assert_eq!(walked.drops[0].handle, Some(2), "returned, then dropped");
+        let rules = [
+            rule("FORWARD", 1, vec![verdict(libc::NFT_GOTO, Some("user"))]),
+            rule("FORWARD", 2, vec![verdict(0, None)]),
+        ];
+        assert!(
+            judge(&rules, "FORWARD", true, &packet(false)).passes(),
+            "the end of a chain reached by goto returns to the base chain's caller"
+        );
+    }
+
+    #[test]
+    fn what_is_known_decides_and_what_is_not_goes_both_ways() {
+        let rules = [
+            rule("FORWARD", 1, with(dport(81), verdict(1, None))),
+            rule("FORWARD", 2, with(dport(80), verdict(1, None))),
+        ];
+        assert!(judge(&rules, "FORWARD", false, &packet(false)).passes());
+        let by_source = [rule("FORWARD", 1, with(saddr(), verdict(1, None)))];
+        let maybe = judge(&by_source, "FORWARD", false, &packet(false));
+        assert!(maybe.accepts && !maybe.drops.is_empty() && !maybe.passes());
+        assert!(!maybe.blocks());
+        // An expression nothing is known of (here a set lookup) holds or not.
+        let lookup = [rule(
+            "FORWARD",
+            1,
+            vec![Expr::Lookup { verdict: false }, verdict(0, None)],
+        )];
+        let maybe = judge(&lookup, "FORWARD", true, &packet(false));
+        assert!(maybe.accepts && maybe.drops.len() == 1);
+    }
+
+    #[test]
+    fn replies_come_in_through_the_target_interface() {
+        // iptables-nft's `-o br0 -j ACCEPT`: the first packet passes, the reply does not.
+        let mut name = b"br0".to_vec();
+        name.resize(16, 0);
+        let rules = [rule(
+            "FORWARD",
+            1,
+            vec![
+                Expr::Meta {
+                    key: libc::NFT_META_OIFNAME as u32,
+                    dreg: 1,
+                },
+                Expr::Cmp {
+                    sreg: 1,
+                    op: 0,
+                    data: name,
+                },
+                verdict(1, None),
+            ],
+        )];
+        assert!(judge(&rules, "FORWARD", false, &packet(false)).passes());
+        let reply = judge(&rules, "FORWARD", false, &packet(true));
+        assert!(
+            reply.accepts,
+            "it may leave through br0 too, as far as is known"
+        );
+        assert!(!reply.passes());
+    }
+}
