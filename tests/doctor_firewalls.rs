@@ -85,6 +85,21 @@ fn load(lab: &Lab, tool: &[&str], input: &str) {
     );
 }
 
+/// The README shows `doctor`'s failure for firewalld and ufw: each line `doctor` prints
+/// for `name` (the FAIL line and its fix) is in the README as printed.
+fn readme_shows(lab: &Lab, name: &str) {
+    const README: &str = include_str!("../README.md");
+    let text = String::from_utf8(lab.nsport(&["doctor"]).stdout).unwrap();
+    let mut lines = text
+        .lines()
+        .skip_while(|line| !line.starts_with(&format!("FAIL {name}:")));
+    let (fail, fix) = (lines.next().unwrap(), lines.next().unwrap());
+    assert!(fix.trim_start().starts_with("fix: "), "{text}");
+    for line in [fail, fix] {
+        assert!(README.contains(line), "the README does not show:\n{line}");
+    }
+}
+
 fn reaches(lab: &Lab, addr: impl Into<IpAddr>) -> bool {
     lab.tcp("out", addr, 3000).is_some()
 }
@@ -184,6 +199,7 @@ fn firewalld_strict_forward_ports_is_judged_by_what_the_kernel_holds() {
         !reaches(&lab, HOST_OUT),
         "StrictForwardPorts=yes rejects it, whatever filter_INPUT allows"
     );
+    readme_shows(&lab, "firewalld");
     // The other tables' check stays quiet: firewalld's chain is firewalld's finding.
     assert!(check(&checks, "other firewalls", "").ok);
 
@@ -312,7 +328,7 @@ fn ufw_forward_policy_and_route_rules_are_judged_per_family() {
         assert!(
             found
                 .detail
-                .contains("ufw's default routed policy is deny (chain FORWARD policy drop)")
+                .contains("ufw's default routed policy is deny (chain FORWARD policy drop) and no `ufw route allow` rule accepts the traffic")
                 && found.detail.contains("unreachable from outside")
                 && found.detail.contains("`ufw allow PORT` does not apply"),
             "{found:?}"
@@ -326,6 +342,7 @@ fn ufw_forward_policy_and_route_rules_are_judged_per_family() {
         );
     }
     assert!(check(&checks, "other firewalls", "").ok);
+    readme_shows(&lab, "ufw");
     assert!(!reaches(&lab, HOST_OUT), "ufw's FORWARD policy drops it");
     assert!(!reaches(&lab, v6::HOST_OUT));
 

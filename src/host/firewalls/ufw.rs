@@ -60,7 +60,7 @@ pub(super) fn finding(judged: &Judged) -> Finding {
             || drop.chain == format!("{prefix}-skip-to-policy-forward")
     });
     let why = if by_policy {
-        format!("{policy_text} and no `ufw route allow` rule covers them")
+        format!("{policy_text} and no `ufw route allow` rule accepts the traffic")
     } else {
         format!("ufw drops them ({})", dropped_at(judged))
     };
