@@ -455,6 +455,15 @@ COMMIT
         found.fix,
         "iptables -I DOCKER-USER -m conntrack --ctstate DNAT -j ACCEPT"
     );
+    // Accepting only what goes out to the target is not enough: its replies come back
+    // through FORWARD too, and Docker's chains drop them. doctor judges both ways.
+    load(
+        &lab,
+        &["iptables-nft-restore", "-n"],
+        "*filter\n-I DOCKER-USER -o br0 -m conntrack --ctstate DNAT -j ACCEPT\nCOMMIT\n",
+    );
+    assert!(!reaches(&lab, HOST_OUT));
+    assert!(!check(&doctor(&lab), "docker", "table ip filter").ok);
     load(
         &lab,
         &["iptables-nft-restore", "-n"],
