@@ -121,13 +121,13 @@ impl ForwardChain {
         }
     }
 
-    /// What the chain does to a flow: both of its packets must pass.
-    fn judge(&self, flow: &Flow) -> Option<Verdict> {
-        let rules = self.rules.as_ref().ok()?;
+    /// What the chain does to a flow, with its table's rules indexed once: both of the
+    /// flow's packets must pass.
+    fn judge(&self, table: &forward_path::Table, flow: &Flow) -> Verdict {
         let [original, reply] = &flow
             .packets
             .clone()
-            .map(|packet| forward_path::judge(rules, &self.chain, self.policy_accepts, &packet));
+            .map(|packet| table.judge(&self.chain, self.policy_accepts, &packet));
         let mut verdict = original.clone();
         verdict.accepts &= reply.accepts;
         for drop in &reply.drops {
@@ -140,7 +140,7 @@ impl ForwardChain {
                 verdict.unsure.push(why.clone());
             }
         }
-        Some(verdict)
+        verdict
     }
 
     fn rules_of(&self, chain: &str) -> impl Iterator<Item = &RulesetRule> {
@@ -251,8 +251,13 @@ impl Judged<'_> {
             .iter()
             .filter_map(|(flow, _)| flow.mapping.map(Mapping::host_label))
             .collect();
+        const SHOWN: usize = 5;
         let (what, many) = match labels.len() {
             0 => (traffic(self.chain.family).to_string(), true),
+            n if n > SHOWN => (
+                format!("{} and {} more", labels[..SHOWN].join(", "), n - SHOWN),
+                true,
+            ),
             n => (labels.join(", "), n > 1),
         };
         let verb = match (self.certainly(), many) {
@@ -306,11 +311,15 @@ pub fn findings(chains: &[ChainDump], mappings: &[Mapping]) -> Vec<Finding> {
         if carried.is_empty() {
             continue;
         }
+        let table = chain.rules.as_deref().ok().map(forward_path::Table::new);
         let judged = Judged {
             chain,
             stopped: carried
                 .into_iter()
-                .map(|flow| (flow, chain.judge(flow)))
+                .map(|flow| {
+                    let verdict = table.as_ref().map(|table| chain.judge(table, flow));
+                    (flow, verdict)
+                })
                 .filter(|(_, verdict)| !verdict.as_ref().is_some_and(Verdict::passes))
                 .collect(),
         };

@@ -99,13 +99,13 @@ enum End {
 
 /// What one rule does: nothing (the walk goes on to the next rule), or a verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
+enum Outcome<'a> {
     Next,
     Accept,
     Drop,
     Return,
-    Jump(String),
-    Goto(String),
+    Jump(&'a str),
+    Goto(&'a str),
     Unsure(String),
 }
 
@@ -114,34 +114,51 @@ const NF_ACCEPT: i32 = 1;
 /// Jumps nest at most this deep in the kernel, too.
 const MAX_DEPTH: usize = 16;
 
-/// Walks base chain `chain` (with `policy_accepts`) of a table whose rules are `rules`.
-pub fn judge(rules: &[RulesetRule], chain: &str, policy_accepts: bool, packet: &Packet) -> Verdict {
-    let mut by_chain: HashMap<&str, Vec<&RulesetRule>> = HashMap::new();
-    for rule in rules {
-        by_chain.entry(rule.chain.as_str()).or_default().push(rule);
-    }
-    let mut walk = Walk {
-        chains: by_chain,
-        packet,
-        memo: HashMap::new(),
-    };
-    let mut verdict = Verdict::default();
-    for end in walk.from(chain, 0, 0) {
-        match end {
-            End::Accept => verdict.accepts = true,
-            End::Return if policy_accepts => verdict.accepts = true,
-            End::Return => push_new(
-                &mut verdict.drops,
-                Drop {
-                    chain: chain.to_string(),
-                    handle: None,
-                },
-            ),
-            End::Drop(drop) => push_new(&mut verdict.drops, drop),
-            End::Unsure(why) => push_new(&mut verdict.unsure, why),
+/// The rules of one table by chain, built once and walked for every packet.
+pub struct Table<'a> {
+    chains: HashMap<&'a str, Vec<&'a RulesetRule>>,
+}
+
+impl<'a> Table<'a> {
+    pub fn new(rules: &'a [RulesetRule]) -> Table<'a> {
+        let mut chains: HashMap<&str, Vec<&RulesetRule>> = HashMap::new();
+        for rule in rules {
+            chains.entry(rule.chain.as_str()).or_default().push(rule);
         }
+        Table { chains }
     }
-    verdict
+
+    /// Walks base chain `chain` (with `policy_accepts`) for `packet`.
+    pub fn judge(&self, chain: &str, policy_accepts: bool, packet: &Packet) -> Verdict {
+        let mut walk = Walk {
+            table: self,
+            packet,
+            memo: HashMap::new(),
+        };
+        let mut verdict = Verdict::default();
+        for end in walk.chain(chain, 0) {
+            match end {
+                End::Accept => verdict.accepts = true,
+                End::Return if policy_accepts => verdict.accepts = true,
+                End::Return => push_new(
+                    &mut verdict.drops,
+                    Drop {
+                        chain: chain.to_string(),
+                        handle: None,
+                    },
+                ),
+                End::Drop(drop) => push_new(&mut verdict.drops, drop),
+                End::Unsure(why) => push_new(&mut verdict.unsure, why),
+            }
+        }
+        verdict
+    }
+}
+
+/// Walks base chain `chain` (with `policy_accepts`) of a table whose rules are `rules`.
+#[cfg(test)]
+fn judge(rules: &[RulesetRule], chain: &str, policy_accepts: bool, packet: &Packet) -> Verdict {
+    Table::new(rules).judge(chain, policy_accepts, packet)
 }
 
 fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
@@ -151,61 +168,78 @@ fn push_new<T: PartialEq>(list: &mut Vec<T>, item: T) {
 }
 
 struct Walk<'a> {
-    chains: HashMap<&'a str, Vec<&'a RulesetRule>>,
+    table: &'a Table<'a>,
     packet: &'a Packet,
-    /// Where a walk from (chain, rule) ends: the packet is fixed and registers do not
-    /// outlive a rule, so it is the same every time.
-    memo: HashMap<(String, usize), Vec<End>>,
+    /// Where a walk through a chain ends: the packet is fixed and registers do not
+    /// outlive a rule, so it is the same every time a chain is jumped to.
+    memo: HashMap<&'a str, Vec<End>>,
 }
 
-impl Walk<'_> {
-    /// Every end of a walk through `chain` from its rule `index`.
-    fn from(&mut self, chain: &str, index: usize, depth: usize) -> Vec<End> {
-        if let Some(ends) = self.memo.get(&(chain.to_string(), index)) {
+impl<'a> Walk<'a> {
+    /// Every end of a walk through `chain`, rule by rule: a loop, not a recursion, so that
+    /// long chains cost no stack; only jumps nest, as deep as the kernel lets them.
+    fn chain(&mut self, chain: &'a str, depth: usize) -> Vec<End> {
+        if let Some(ends) = self.memo.get(chain) {
             return ends.clone();
         }
-        let Some(rule) = self
+        let rules = self
+            .table
             .chains
             .get(chain)
-            .and_then(|rules| rules.get(index))
-            .copied()
-        else {
-            return vec![End::Return];
-        };
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut ends = Vec::new();
-        for outcome in outcomes(rule, self.packet) {
-            let more = match outcome {
-                Outcome::Next => self.from(chain, index + 1, depth),
-                Outcome::Accept => vec![End::Accept],
-                Outcome::Drop => vec![End::Drop(Drop {
-                    chain: chain.to_string(),
-                    handle: Some(rule.handle),
-                })],
-                Outcome::Return => vec![End::Return],
-                Outcome::Unsure(why) => vec![End::Unsure(format!(
-                    "rule handle {} of chain {chain}: {why}",
-                    rule.handle
-                ))],
-                Outcome::Jump(_) | Outcome::Goto(_) if depth >= MAX_DEPTH => {
-                    vec![End::Unsure(format!("chain {chain}: jumps nest too deep"))]
-                }
-                Outcome::Jump(target) => {
-                    let mut after = Vec::new();
-                    for end in self.from(&target, 0, depth + 1) {
-                        match end {
-                            End::Return => after.extend(self.from(chain, index + 1, depth)),
-                            other => after.push(other),
-                        }
+        let mut falls_off = true;
+        for rule in rules {
+            let mut goes_on = false;
+            for outcome in outcomes(rule, self.packet) {
+                let end = match outcome {
+                    Outcome::Next => {
+                        goes_on = true;
+                        continue;
                     }
-                    after
-                }
-                Outcome::Goto(target) => self.from(&target, 0, depth + 1),
-            };
-            for end in more {
+                    Outcome::Accept => End::Accept,
+                    Outcome::Drop => End::Drop(Drop {
+                        chain: chain.to_string(),
+                        handle: Some(rule.handle),
+                    }),
+                    Outcome::Return => End::Return,
+                    Outcome::Unsure(why) => End::Unsure(format!(
+                        "rule handle {} of chain {chain}: {why}",
+                        rule.handle
+                    )),
+                    Outcome::Jump(_) | Outcome::Goto(_) if depth >= MAX_DEPTH => {
+                        End::Unsure(format!("chain {chain}: jumps nest too deep"))
+                    }
+                    Outcome::Jump(target) => {
+                        for end in self.chain(target, depth + 1) {
+                            // Back from the jump, the walk goes on after this rule.
+                            match end {
+                                End::Return => goes_on = true,
+                                other => push_new(&mut ends, other),
+                            }
+                        }
+                        continue;
+                    }
+                    // The end of a chain reached by goto returns from this one.
+                    Outcome::Goto(target) => {
+                        for end in self.chain(target, depth + 1) {
+                            push_new(&mut ends, end);
+                        }
+                        continue;
+                    }
+                };
                 push_new(&mut ends, end);
             }
+            if !goes_on {
+                falls_off = false;
+                break;
+            }
         }
-        self.memo.insert((chain.to_string(), index), ends.clone());
+        if falls_off {
+            push_new(&mut ends, End::Return);
+        }
+        self.memo.insert(chain, ends.clone());
         ends
     }
 }
@@ -253,7 +287,7 @@ impl Registers {
 }
 
 /// Every outcome rule `rule` can have for the packet.
-fn outcomes(rule: &RulesetRule, packet: &Packet) -> Vec<Outcome> {
+fn outcomes<'a>(rule: &'a RulesetRule, packet: &Packet) -> Vec<Outcome<'a>> {
     let mut registers = Registers([None; 64]);
     let mut outcomes = Vec::new();
     run(&rule.exprs, &mut registers, packet, &mut outcomes);
@@ -261,7 +295,7 @@ fn outcomes(rule: &RulesetRule, packet: &Packet) -> Vec<Outcome> {
 }
 
 /// Runs `exprs` in order; where a condition is unknown, both ways are taken.
-fn run(exprs: &[Expr], regs: &mut Registers, packet: &Packet, out: &mut Vec<Outcome>) {
+fn run<'a>(exprs: &'a [Expr], regs: &mut Registers, packet: &Packet, out: &mut Vec<Outcome<'a>>) {
     let port = packet.target.map(|(_, port)| port);
     let conn = Connection {
         l4proto: packet.l4proto,
@@ -339,8 +373,8 @@ fn run(exprs: &[Expr], regs: &mut Registers, packet: &Packet, out: &mut Vec<Outc
                     (libc::NFT_CONTINUE, _) => Outcome::Next,
                     (libc::NFT_BREAK, _) => Outcome::Next,
                     (libc::NFT_RETURN, _) => Outcome::Return,
-                    (libc::NFT_JUMP, Some(chain)) => Outcome::Jump(chain.clone()),
-                    (libc::NFT_GOTO, Some(chain)) => Outcome::Goto(chain.clone()),
+                    (libc::NFT_JUMP, Some(chain)) => Outcome::Jump(chain),
+                    (libc::NFT_GOTO, Some(chain)) => Outcome::Goto(chain),
                     (other, _) => Outcome::Unsure(format!("verdict {other}")),
                 });
                 return;

@@ -5,7 +5,11 @@
 //! DEFAULT_FORWARD_POLICY="REJECT") and ufw-track-forward (accepting new TCP and UDP
 //! connections for "ACCEPT"); its policy is DEFAULT_FORWARD_POLICY (DROP for REJECT).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use super::{Finding, ForwardChain, Judged, dropped_at, pass};
+use crate::model::Mapping;
 use crate::netlink::nftables::Expr;
 
 /// ufw names its ip6tables chains `ufw6-…`.
@@ -64,24 +68,7 @@ pub(super) fn finding(judged: &Judged) -> Finding {
     } else {
         format!("ufw drops them ({})", dropped_at(judged))
     };
-    let mut allows: Vec<String> = judged
-        .stopped
-        .iter()
-        .filter_map(|(flow, _)| flow.mapping)
-        .map(|mapping| {
-            let proto = mapping.proto.to_string();
-            // ufw knows tcp and udp ports; any other protocol is allowed by address.
-            if matches!(proto.as_str(), "tcp" | "udp") {
-                format!(
-                    "ufw route allow proto {proto} from any to {} port {}",
-                    mapping.to_addr, mapping.to_port
-                )
-            } else {
-                format!("ufw route allow from any to {}", mapping.to_addr)
-            }
-        })
-        .collect();
-    allows.dedup();
+    let mut allows = route_allows(judged.stopped.iter().filter_map(|(flow, _)| flow.mapping));
     if allows.is_empty() {
         allows.push(
             "ufw route allow proto tcp from any to TARGET port PORT for each published port".into(),
@@ -99,5 +86,89 @@ pub(super) fn finding(judged: &Judged) -> Finding {
             "{}; or allow all routed traffic: ufw default allow routed",
             allows.join("; ")
         )),
+    }
+}
+
+/// The `ufw route allow` rules that let `mappings` through: one per target and protocol
+/// and run of consecutive target ports (ufw's `port 3000:3999`). ufw knows ports of tcp
+/// and udp only; a mapping of any other protocol is allowed by its target's address.
+fn route_allows<'a>(mappings: impl Iterator<Item = &'a Mapping>) -> Vec<String> {
+    let mut ports: BTreeMap<(String, IpAddr), Vec<u16>> = BTreeMap::new();
+    for mapping in mappings {
+        ports
+            .entry((mapping.proto.to_string(), mapping.to_addr))
+            .or_default()
+            .push(mapping.to_port);
+    }
+    let mut allows = Vec::new();
+    for ((proto, addr), mut ports) in ports {
+        if !matches!(proto.as_str(), "tcp" | "udp") {
+            allows.push(format!("ufw route allow from any to {addr}"));
+            continue;
+        }
+        ports.sort_unstable();
+        ports.dedup();
+        let mut runs: Vec<(u16, u16)> = Vec::new();
+        for port in ports {
+            match runs.last_mut() {
+                Some((_, end)) if u32::from(*end) + 1 == u32::from(port) => *end = port,
+                _ => runs.push((port, port)),
+            }
+        }
+        for (start, end) in runs {
+            let port = if start == end {
+                start.to_string()
+            } else {
+                format!("{start}:{end}")
+            };
+            allows.push(format!(
+                "ufw route allow proto {proto} from any to {addr} port {port}"
+            ));
+        }
+    }
+    allows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Proto;
+
+    fn mapping(proto: Proto, to: &str, port: u16) -> Mapping {
+        Mapping {
+            proto,
+            host_addr: None,
+            host_port: port,
+            to_addr: to.parse().unwrap(),
+            to_port: port,
+            via: "br0".into(),
+            netns: None,
+            netns_inode: None,
+            allow_direct: false,
+            container: None,
+            container_ifname: None,
+            network: None,
+        }
+    }
+
+    #[test]
+    fn consecutive_ports_of_one_target_become_one_range() {
+        let mappings = [
+            mapping(Proto::Tcp, "172.18.0.2", 3001),
+            mapping(Proto::Tcp, "172.18.0.2", 3000),
+            mapping(Proto::Tcp, "172.18.0.2", 3002),
+            mapping(Proto::Tcp, "172.18.0.2", 3005),
+            mapping(Proto::Udp, "172.18.0.2", 3003),
+            mapping(Proto::Tcp, "2001:db8:1::2", 80),
+        ];
+        assert_eq!(
+            route_allows(mappings.iter()),
+            [
+                "ufw route allow proto tcp from any to 172.18.0.2 port 3000:3002",
+                "ufw route allow proto tcp from any to 172.18.0.2 port 3005",
+                "ufw route allow proto tcp from any to 2001:db8:1::2 port 80",
+                "ufw route allow proto udp from any to 172.18.0.2 port 3003",
+            ]
+        );
     }
 }
