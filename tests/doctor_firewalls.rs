@@ -474,3 +474,34 @@ COMMIT
     assert!(check(&checks, "docker", "table ip filter").ok);
     assert!(checks.iter().all(|(_, c)| c.ok), "{checks:#?}");
 }
+
+/// A chain of thousands of rules is walked, and judged as the kernel judges it: first
+/// with none for the published target (dropped by policy), then with one at its end.
+#[test]
+fn long_chains_are_walked_to_the_end() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let _server = lab.serve_tcp("ns1", ANY, 3000);
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "3000"]);
+    let mut script = String::from(
+        "table ip long {\n chain passage {\n type filter hook forward priority 0; policy drop;\n",
+    );
+    for port in 0..3000 {
+        script.push_str(&format!(" tcp dport {} accept\n", 10000 + port));
+    }
+    script.push_str(" }\n}\n");
+    load(&lab, &["nft", "-f", "-"], &script);
+    assert!(!reaches(&lab, HOST_OUT));
+    let checks = doctor(&lab);
+    let found = check(&checks, "other firewalls", "table ip long");
+    assert!(
+        !found.ok && found.detail.contains("policy drop"),
+        "{found:?}"
+    );
+    lab.nft("host", "add rule ip long passage ct state established accept");
+    lab.nft(
+        "host",
+        "add rule ip long passage ip daddr 172.18.0.2 tcp dport 3000 accept",
+    );
+    assert!(reaches(&lab, HOST_OUT));
+    assert!(doctor(&lab).iter().all(|(_, c)| c.ok));
+}

@@ -282,6 +282,20 @@ impl Judged<'_> {
     }
 }
 
+/// `text` with control characters escaped.
+fn printable(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_default().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .collect()
+}
+
 fn traffic(family: &str) -> &'static str {
     match family {
         "ip" => "published IPv4 ports",
@@ -342,6 +356,12 @@ pub fn findings(chains: &[ChainDump], mappings: &[Mapping]) -> Vec<Finding> {
             detail: "no other table's forward chain (ip, ip6, inet) drops DNATed traffic".into(),
             fix: None,
         });
+    }
+    // Table and chain names are anyone's bytes: a name with a line break must not pass
+    // for a line of doctor's own.
+    for finding in &mut findings {
+        finding.detail = printable(&finding.detail);
+        finding.fix = finding.fix.as_deref().map(printable);
     }
     findings
 }
@@ -414,4 +434,18 @@ fn dropped_at(judged: &Judged) -> String {
         .find_map(|(_, verdict)| verdict.as_ref()?.unsure.first().cloned())
         .map(|why| format!("cannot be judged: {why}"))
         .unwrap_or_else(|| "its rules cannot be read".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_cannot_break_lines() {
+        assert_eq!(
+            printable("table ip evil\nok   other firewalls: fine"),
+            "table ip evil\\nok   other firewalls: fine"
+        );
+        assert_eq!(printable("ufw-user-forward"), "ufw-user-forward");
+    }
 }
