@@ -192,9 +192,26 @@ fn firewalld_strict_forward_ports_is_judged_by_what_the_kernel_holds() {
     assert_eq!(
         found.fix,
         "set StrictForwardPorts=no in /etc/firewalld/firewalld.conf, then firewall-cmd --reload \
-         (sed -i 's/^StrictForwardPorts=.*/StrictForwardPorts=no/' /etc/firewalld/firewalld.conf \
+         (sed -i 's/^ *StrictForwardPorts *=.*/StrictForwardPorts=no/' /etc/firewalld/firewalld.conf \
          && firewall-cmd --reload)"
     );
+    // The fix's command edits firewalld.conf as firewalld reads it (keys and values
+    // stripped of spaces), here on a copy.
+    let conf = std::env::temp_dir().join(format!("{}-firewalld.conf", lab.ns("host")));
+    std::fs::write(
+        &conf,
+        "# StrictForwardPorts\n# Defaults to \"no\".\nStrictForwardPorts = yes\nNftablesFlowtable=off\n",
+    )
+    .unwrap();
+    let sed = found.fix.split(" (").nth(1).unwrap();
+    let sed = sed.split(" && ").next().unwrap();
+    let sed = sed.replace("/etc/firewalld/firewalld.conf", &conf.to_string_lossy());
+    sh(&["sh", "-c", &sed]);
+    assert_eq!(
+        std::fs::read_to_string(&conf).unwrap(),
+        "# StrictForwardPorts\n# Defaults to \"no\".\nStrictForwardPorts=no\nNftablesFlowtable=off\n"
+    );
+    std::fs::remove_file(&conf).unwrap();
     assert!(
         !reaches(&lab, HOST_OUT),
         "StrictForwardPorts=yes rejects it, whatever filter_INPUT allows"
@@ -497,7 +514,10 @@ fn long_chains_are_walked_to_the_end() {
         !found.ok && found.detail.contains("policy drop"),
         "{found:?}"
     );
-    lab.nft("host", "add rule ip long passage ct state established accept");
+    lab.nft(
+        "host",
+        "add rule ip long passage ct state established accept",
+    );
     lab.nft(
         "host",
         "add rule ip long passage ip daddr 172.18.0.2 tcp dport 3000 accept",

@@ -186,6 +186,26 @@ fn forward_chains(chains: &[ChainDump]) -> Vec<ForwardChain> {
     found
 }
 
+/// The same, with every table's rules read under one generation of the ruleset: when it
+/// changes while they are read (firewalld reloading, Docker starting), chains and rules
+/// are read again, so that a chain is not judged by the rules of a table half rewritten.
+fn consistent_forward_chains(chains: &[ChainDump]) -> Vec<ForwardChain> {
+    let mut chains = chains.to_vec();
+    let mut found = Vec::new();
+    for _ in 0..3 {
+        let before = nftables::generation().ok();
+        found = forward_chains(&chains);
+        if before.is_some() && nftables::generation().ok() == before {
+            break;
+        }
+        match nftables::dump_base_chains() {
+            Ok(fresh) => chains = fresh,
+            Err(_) => break,
+        }
+    }
+    found
+}
+
 /// A mapping's traffic as a forward chain sees it, both ways; without mappings, a probe
 /// of any port.
 struct Flow<'a> {
@@ -309,7 +329,7 @@ fn traffic(family: &str) -> &'static str {
 /// table's chain that stops published traffic, and an "other firewalls" pass when none
 /// does. `chains` is a dump of every base chain.
 pub fn findings(chains: &[ChainDump], mappings: &[Mapping]) -> Vec<Finding> {
-    let forward = forward_chains(chains);
+    let forward = consistent_forward_chains(chains);
     let flows: Vec<Flow> = if mappings.is_empty() {
         vec![Flow::probe(false), Flow::probe(true)]
     } else {

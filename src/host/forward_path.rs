@@ -1,5 +1,5 @@
-//! Following one new, DNATed connection through another table's base chain, rule by rule,
-//! to learn whether that chain accepts or drops it.
+//! Following a published connection (its first packet and its first reply) through another
+//! table's base chain, rule by rule, to learn whether that chain accepts or drops it.
 //!
 //! A forwarded packet must be accepted by every base chain on the forward hook, in every
 //! table: an accept in nsport's chain does not override a drop elsewhere. So each other
@@ -7,9 +7,10 @@
 //! published traffic is at that hook: a new connection (ct state new) that DNAT rewrote
 //! (ct status dnat), to the target's address and port, through the interface toward it;
 //! and the target's reply, back in through that interface (ct state established).
-//! What a rule tests that is not known of such a packet (its source, its input interface,
-//! set lookups, rate limits) is "unknown", and both ways are followed: the answer is every
-//! verdict the chain could give. Registers are 16 bytes each of which is known or not.
+//! What a rule tests that is not known of such a packet (the client's address and port,
+//! the interface the client is behind, set lookups, rate limits) is "unknown", and both
+//! ways are followed: the answer is every verdict the chain could give. Each byte of the
+//! registers a rule loads is known or not, so a comparison is decided only by known bytes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;

@@ -64,7 +64,7 @@ pub(super) fn finding(judged: &Judged) -> Finding {
             ),
             format!(
                 "set StrictForwardPorts=no in {FIREWALLD_CONF}, then firewall-cmd --reload \
-                 (sed -i 's/^StrictForwardPorts=.*/StrictForwardPorts=no/' {FIREWALLD_CONF} \
+                 (sed -i 's/^ *StrictForwardPorts *=.*/StrictForwardPorts=no/' {FIREWALLD_CONF} \
                  && firewall-cmd --reload)"
             ),
         )
