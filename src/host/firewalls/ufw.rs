@@ -160,10 +160,13 @@ mod tests {
             mapping(Proto::Tcp, "172.18.0.2", 3005),
             mapping(Proto::Udp, "172.18.0.2", 3003),
             mapping(Proto::Tcp, "2001:db8:1::2", 80),
+            // ufw has no SCTP ports: the target is allowed by address.
+            mapping(Proto::Sctp, "172.18.0.4", 9000),
         ];
         assert_eq!(
             route_allows(mappings.iter()),
             [
+                "ufw route allow from any to 172.18.0.4",
                 "ufw route allow proto tcp from any to 172.18.0.2 port 3000:3002",
                 "ufw route allow proto tcp from any to 172.18.0.2 port 3005",
                 "ufw route allow proto tcp from any to 2001:db8:1::2 port 80",
