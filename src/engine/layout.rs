@@ -122,7 +122,7 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 /// is, not encoded. A mapping to an address given with `--to` was protected from direct
 /// access then; such targets are always reachable directly now, and say so.
 pub fn v1_mapping(set: &str, element: &ElementDump) -> Option<Mapping> {
-    let mut mapping = Mapping::from_element(set, &element.key, &element.data, None)?;
+    let mut mapping = Mapping::from_element(set, &element.key, &[], &element.data, None)?;
     for field in element.comment.as_deref().unwrap_or_default().split(' ') {
         match field.split_once('=') {
             Some(("via", value)) => mapping.via = value.to_string(),
@@ -193,6 +193,7 @@ mod tests {
     fn element(comment: &str) -> ElementDump {
         ElementDump {
             key: vec![6, 0, 0, 0, 0x0b, 0xb8, 0, 0],
+            key_end: Vec::new(),
             data: vec![172, 18, 0, 2, 0x0b, 0xb8, 0, 0],
             comment: Some(comment.to_string()),
             counter: None,

@@ -11,13 +11,22 @@ use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
-    SetDef, TABLE,
+    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
+    SET_ADDRRANGE6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_RANGE4,
+    SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
 };
 
 /// The maps that hold mappings.
-pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
+pub const MAPPING_SETS: [&str; 8] = [
+    SET_ANY4,
+    SET_ADDR4,
+    SET_RANGE4,
+    SET_ADDRRANGE4,
+    SET_ANY6,
+    SET_ADDR6,
+    SET_RANGE6,
+    SET_ADDRRANGE6,
+];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
 pub const HELPER_SETS: [&str; 7] = [
@@ -73,6 +82,19 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
 /// every element (mappings and helpers): all of it at that generation unless a commit
 /// against it is refused.
 pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
+    read_trusting(kernel, with_mappings, None)
+}
+
+/// `read`, trusting the chains' rules without reading them when the ruleset is still at
+/// `verified`: the generation nsport's own last change left it at (its counts' one). That
+/// change checked every chain by content and repaired any that differed in its batch, and
+/// any commit by anyone since would have moved the generation on. Reading and comparing
+/// the rules is the dearest read of a publish (0.5 ms of 1.3 here).
+pub fn read_trusting(
+    kernel: &mut impl Kernel,
+    with_mappings: bool,
+    verified: Option<u32>,
+) -> Result<Snapshot, Error> {
     let genid = kernel.generation().map_err(self::kernel_error)?;
     let chains = kernel.base_chains().map_err(self::kernel_error)?;
     let exists = chains
@@ -83,7 +105,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         false => Layout::current(),
     };
     // Another layout's chains are not damaged for holding other rules than this one's.
-    let damaged = if exists && layout.is_current() {
+    let damaged = if exists && layout.is_current() && verified != Some(genid) {
         damaged_chains(kernel, &chains)?
     } else {
         Vec::new()
@@ -135,7 +157,13 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 }
 
 pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
-    Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
+    Mapping::from_element(
+        set,
+        &element.key,
+        &element.key_end,
+        &element.data,
+        element.comment.as_deref(),
+    )
 }
 
 /// The chains of the table whose content is not what nsport writes: a base chain missing,

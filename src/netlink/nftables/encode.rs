@@ -14,7 +14,9 @@ use crate::netlink::NetlinkError;
 use crate::ruleset::{ChainDef, ChainType, Element, Expr, RuleDef, SetDef, Verdict};
 
 pub(super) const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
+const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
+const NFT_SET_CONCAT: u32 = 0x80;
 pub(super) const NF_ACCEPT: u32 = 1;
 
 /// The longest table, chain or set name: `NFT_NAME_MAXLEN` (256) counts the NUL.
@@ -127,6 +129,10 @@ impl<'a> CheckedElement<'a> {
             move || format!("the {part} of an element of set {set}")
         };
         let key = value(what("key"), &element.key)?;
+        let key_end = match &element.key_end {
+            Some(end) => value(what("interval end"), end)?,
+            None => 0,
+        };
         let data = match &element.data {
             Some(data) => value(what("data"), data)?,
             None => 0,
@@ -148,6 +154,10 @@ impl<'a> CheckedElement<'a> {
         let size = 4
             + 4
             + attr_size(key)
+            + element
+                .key_end
+                .as_ref()
+                .map_or(0, |_| 4 + attr_size(key_end))
             + element.data.as_ref().map_or(0, |_| 4 + attr_size(data))
             + userdata.as_ref().map_or(0, |u| attr_size(u.len()));
         Ok(CheckedElement {
@@ -201,6 +211,8 @@ pub(super) fn check_set(table: &str, set: &SetDef) -> Result<(), NetlinkError> {
     if let Some((_, data_len)) = set.data {
         too_long(what("data length"), data_len as usize, VALUE_MAX)?;
     }
+    // libnftnl keeps at most 16 field lengths (NFT_REG32_COUNT).
+    too_long(what("fields"), set.fields.len(), 16)?;
     too_long(what("user data"), set.userdata.len(), USERDATA_MAX)
 }
 
@@ -351,7 +363,19 @@ pub(super) fn set_object(table: &str, set: &SetDef) -> Result<Set, NetlinkError>
     // SAFETY: setters on the object we own; libnftnl copies the user data, whose length
     // `check_set` bounded by USERDATA_MAX.
     unsafe {
-        let flags = if set.is_map() { NFT_SET_MAP } else { 0 };
+        let mut flags = if set.is_map() { NFT_SET_MAP } else { 0 };
+        if set.interval {
+            flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+            // The length of each field of the concatenation: libnftnl copies them into its
+            // zeroed array of 16, whose first zero ends them; `check_set` bounded their
+            // number by 16 and no field is of length 0.
+            sys::nftnl_set_set_data(
+                ptr,
+                sys::NFTNL_SET_DESC_CONCAT as u16,
+                set.fields.as_ptr().cast(),
+                set.fields.len() as u32,
+            );
+        }
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags);
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_TYPE as u16, set.key_type);
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_LEN as u16, set.key_len);
@@ -387,6 +411,9 @@ pub(super) fn add_element(set: &Set, checked: &CheckedElement) {
     let elem = unsafe { sys::nftnl_set_elem_alloc() };
     assert!(!elem.is_null(), "allocation");
     put(elem, sys::NFTNL_SET_ELEM_KEY, &checked.element.key);
+    if let Some(key_end) = &checked.element.key_end {
+        put(elem, sys::NFTNL_SET_ELEM_KEY_END, key_end);
+    }
     if let Some(data) = &checked.element.data {
         put(elem, sys::NFTNL_SET_ELEM_DATA, data);
     }
@@ -465,6 +492,7 @@ mod tests {
         let element = |key: usize, data: usize| Element {
             set: "any4",
             key: vec![1; key],
+            key_end: None,
             data: Some(vec![2; data]),
             comment: None,
         };
