@@ -228,14 +228,18 @@ impl Flow<'_> {
         }
     }
 
+    /// A range of ports published as one is judged without its ports: a rule that tests
+    /// them may hold for some and not for others.
     fn of(mapping: &Mapping) -> Flow<'_> {
+        let single = !mapping.is_range();
         let original = Packet {
             ipv6: mapping.is_ipv6(),
             l4proto: mapping.proto.number(),
             reply: false,
-            target: Some((mapping.to_addr, mapping.to_port)),
+            target: Some(mapping.to_addr),
+            target_port: single.then_some(mapping.to_port),
             host_addr: mapping.host_addr,
-            host_port: Some(mapping.host_port),
+            host_port: single.then_some(mapping.host_port),
             via: Some(mapping.via.clone()),
         };
         Flow::new(Some(mapping), original)
@@ -247,6 +251,7 @@ impl Flow<'_> {
             l4proto: libc::IPPROTO_TCP as u8,
             reply: false,
             target: None,
+            target_port: None,
             host_addr: None,
             host_port: None,
             via: None,

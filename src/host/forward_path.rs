@@ -26,8 +26,10 @@ pub struct Packet {
     pub ipv6: bool,
     pub l4proto: u8,
     pub reply: bool,
-    /// The target's address and port (after DNAT); unknown for a probe of any port.
-    pub target: Option<(IpAddr, u16)>,
+    /// The target's address (after DNAT); unknown for a probe of any port.
+    pub target: Option<IpAddr>,
+    /// The target's port; unknown for a probe, or for a range of ports published as one.
+    pub target_port: Option<u16>,
     /// The address and port the client asked for (the original destination).
     pub host_addr: Option<IpAddr>,
     pub host_port: Option<u16>,
@@ -297,7 +299,7 @@ fn outcomes<'a>(rule: &'a RulesetRule, packet: &Packet) -> Vec<Outcome<'a>> {
 
 /// Runs `exprs` in order; where a condition is unknown, both ways are taken.
 fn run<'a>(exprs: &'a [Expr], regs: &mut Registers, packet: &Packet, out: &mut Vec<Outcome<'a>>) {
-    let port = packet.target.map(|(_, port)| port);
+    let port = packet.target_port;
     let conn = Connection {
         l4proto: packet.l4proto,
         reply: packet.reply,
@@ -447,18 +449,21 @@ fn payload(packet: &Packet, base: u32, offset: usize, len: usize) -> Option<Vec<
     match (base, packet.target) {
         (NETWORK, target) if packet.ipv6 => {
             put(6, &[packet.l4proto]);
-            if let Some((IpAddr::V6(addr), _)) = target {
+            if let Some(IpAddr::V6(addr)) = target {
                 put(if packet.reply { 8 } else { 24 }, &addr.octets());
             }
         }
         (NETWORK, target) => {
             put(9, &[packet.l4proto]);
-            if let Some((IpAddr::V4(addr), _)) = target {
+            if let Some(IpAddr::V4(addr)) = target {
                 put(if packet.reply { 12 } else { 16 }, &addr.octets());
             }
         }
-        (TRANSPORT, Some((_, port))) => put(if packet.reply { 0 } else { 2 }, &port.to_be_bytes()),
-        (TRANSPORT, None) => {}
+        (TRANSPORT, _) => {
+            if let Some(port) = packet.target_port {
+                put(if packet.reply { 0 } else { 2 }, &port.to_be_bytes());
+            }
+        }
         _ => return None,
     }
     header.get(offset..offset + len)?.iter().copied().collect()
@@ -615,7 +620,8 @@ mod tests {
             ipv6: false,
             l4proto: 6,
             reply,
-            target: Some(("172.18.0.2".parse().unwrap(), 80)),
+            target: Some("172.18.0.2".parse().unwrap()),
+            target_port: Some(80),
             host_addr: None,
             host_port: Some(3000),
             via: Some("br0".into()),

@@ -98,7 +98,7 @@ fn route_allows<'a>(mappings: impl Iterator<Item = &'a Mapping>) -> Vec<String> 
         ports
             .entry((mapping.proto.to_string(), mapping.to_addr))
             .or_default()
-            .push(mapping.to_port);
+            .extend(mapping.to_port..=mapping.to_port_end().unwrap_or(mapping.to_port));
     }
     let mut allows = Vec::new();
     for ((proto, addr), mut ports) in ports {
@@ -139,6 +139,7 @@ mod tests {
             proto,
             host_addr: None,
             host_port: port,
+            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port: port,
             via: "br0".into(),
@@ -158,6 +159,10 @@ mod tests {
             mapping(Proto::Tcp, "172.18.0.2", 3000),
             mapping(Proto::Tcp, "172.18.0.2", 3002),
             mapping(Proto::Tcp, "172.18.0.2", 3005),
+            Mapping {
+                host_port_end: Some(3010),
+                ..mapping(Proto::Tcp, "172.18.0.2", 3006)
+            },
             mapping(Proto::Udp, "172.18.0.2", 3003),
             mapping(Proto::Tcp, "2001:db8:1::2", 80),
             // ufw has no SCTP ports: the target is allowed by address.
@@ -168,7 +173,7 @@ mod tests {
             [
                 "ufw route allow from any to 172.18.0.4",
                 "ufw route allow proto tcp from any to 172.18.0.2 port 3000:3002",
-                "ufw route allow proto tcp from any to 172.18.0.2 port 3005",
+                "ufw route allow proto tcp from any to 172.18.0.2 port 3005:3010",
                 "ufw route allow proto tcp from any to 2001:db8:1::2 port 80",
                 "ufw route allow proto udp from any to 172.18.0.2 port 3003",
             ]
