@@ -138,6 +138,7 @@ mod tests {
         Mapping {
             proto,
             host_addr: None,
+            on: None,
             host_port: port,
             host_port_end: None,
             to_addr: to.parse().unwrap(),
