@@ -33,8 +33,8 @@ fn start_of(mapping: &Mapping) -> Start {
 }
 
 /// Mappings by kind and first port, each with its last port, for finding the one that
-/// holds a port of a new mapping: the mappings indexed never overlap, so the one that
-/// starts last at or before a new mapping's last port is the only one to check.
+/// holds a port of a new mapping: the mappings indexed never overlap, so only the one
+/// starting last before it and the first starting inside it need checking.
 #[derive(Default)]
 pub struct Holders {
     by_start: BTreeMap<Start, (u16, usize)>,
@@ -46,15 +46,20 @@ impl Holders {
             .insert(start_of(mapping), (*mapping.host_ports().end(), index));
     }
 
-    /// The index of a mapping that publishes a port of `mapping`, if any.
+    /// The index of the mapping that publishes the first port of `mapping` held, if any:
+    /// one starting before it and reaching into it, or else the first starting inside it.
     pub fn clash(&self, mapping: &Mapping) -> Option<usize> {
         let (v6, proto, addr, start) = start_of(mapping);
         let end = *mapping.host_ports().end();
-        let (_, (last, index)) = self
-            .by_start
-            .range((v6, proto, addr, 0)..=(v6, proto, addr, end))
-            .next_back()?;
-        (*last >= start).then_some(*index)
+        let kind = |port: u16| (v6, proto, addr, port);
+        let before = self.by_start.range(kind(0)..kind(start)).next_back();
+        if let Some((_, (last, index))) = before
+            && *last >= start
+        {
+            return Some(*index);
+        }
+        let (_, (_, index)) = self.by_start.range(kind(start)..=kind(end)).next()?;
+        Some(*index)
     }
 }
 
