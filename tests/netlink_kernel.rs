@@ -411,3 +411,36 @@ fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
         );
     });
 }
+
+/// Each thread keeps its netlink sockets between requests; a thread that moves to another
+/// network namespace must be answered by that namespace, not by the one its sockets were
+/// opened in: netfilter (the table), rtnetlink (the links) and sock_diag (the listeners).
+#[test]
+fn a_thread_that_changes_namespace_is_answered_by_the_new_one() {
+    in_fresh_netns(|| {
+        commit_table(&[], &[], &[]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        nft("add table ip other");
+        assert!(table_exists().unwrap());
+        let listening = |port| {
+            nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Tcp)
+                .unwrap()
+                .iter()
+                .any(|socket| socket.port == port)
+        };
+        assert!(listening(port));
+        nsport::netlink::rtnetlink::links().unwrap();
+        // The same thread, a new namespace: no table, only lo, no listener.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare again");
+        assert!(
+            !table_exists().unwrap(),
+            "the table of the namespace left behind"
+        );
+        assert!(!listening(port), "a listener of the namespace left behind");
+        let links = nsport::netlink::rtnetlink::links().unwrap();
+        let names: Vec<&str> = links.iter().map(|link| link.name.as_str()).collect();
+        assert_eq!(names, ["lo"]);
+        drop(listener);
+    });
+}

@@ -23,6 +23,7 @@ mod publish;
 mod ranges;
 mod remove;
 mod report;
+mod startup;
 mod throughput;
 
 use std::time::Instant;
@@ -43,6 +44,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("listing", list::listing),
     ("footprint", footprint::footprint),
     ("throughput", throughput::throughput),
+    ("start-up", startup::startup),
 ];
 
 fn main() {

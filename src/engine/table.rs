@@ -82,6 +82,19 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
 /// every element (mappings and helpers): all of it at that generation unless a commit
 /// against it is refused.
 pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
+    read_trusting(kernel, with_mappings, None)
+}
+
+/// `read`, trusting the chains' rules without reading them when the ruleset is still at
+/// `verified`: the generation nsport's own last change left it at (its counts' one). That
+/// change checked every chain by content and repaired any that differed in its batch, and
+/// any commit by anyone since would have moved the generation on. Reading and comparing
+/// the rules is the dearest read of a publish (0.5 ms of 1.3 here).
+pub fn read_trusting(
+    kernel: &mut impl Kernel,
+    with_mappings: bool,
+    verified: Option<u32>,
+) -> Result<Snapshot, Error> {
     let genid = kernel.generation().map_err(self::kernel_error)?;
     let chains = kernel.base_chains().map_err(self::kernel_error)?;
     let exists = chains
@@ -92,7 +105,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         false => Layout::current(),
     };
     // Another layout's chains are not damaged for holding other rules than this one's.
-    let damaged = if exists && layout.is_current() {
+    let damaged = if exists && layout.is_current() && verified != Some(genid) {
         damaged_chains(kernel, &chains)?
     } else {
         Vec::new()

@@ -209,7 +209,8 @@ pub fn create(
         }
     }
     let outcome = retrying(|| {
-        let snapshot = table::read(kernel, false)?;
+        let verified = counts.as_ref().map(|counts| counts.genid);
+        let snapshot = table::read_trusting(kernel, false, verified)?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
@@ -316,7 +317,8 @@ pub fn remove(
     }
     let declarations = Declarations::new();
     let outcome = retrying(|| {
-        let snapshot = table::read(kernel, false)?;
+        let verified = counts.as_ref().map(|counts| counts.genid);
+        let snapshot = table::read_trusting(kernel, false, verified)?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
