@@ -215,7 +215,7 @@ fn a_single_port_publish_reads_no_map_of_mappings_among_many() {
     publish(&mut fake, &[mapping(7000, None, "10.0.0.3")]).unwrap();
     assert_eq!(fake.commits, commits + 1, "one batch");
     assert_eq!(fake.elements_of(SET_ANY4).len(), 5001);
-    // The probe left nothing behind.
+    // No element was left in the range map.
     assert_eq!(fake.elements_of(SET_RANGE4).len(), 1);
 }
 

@@ -26,7 +26,7 @@ use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
 use super::overlap;
-use super::ranges::{self, Holders, MAX_PROBES};
+use super::ranges::{self, Holders, MAX_LOOKUPS};
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
 use crate::host::settings::StillNeeded;
@@ -186,11 +186,12 @@ pub fn create(
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     let needed = helpers_for(&mappings);
-    // Whether a range holds one of the single ports is asked of the kernel by probes in
-    // the batch itself; for many single ports, the range maps are read instead.
+    // Whether a range holds one of the single ports is asked of the kernel: a lookup of
+    // the port in the range map of its kind answers with the interval holding it. For
+    // many single ports, the range maps are read instead.
     let singles = mappings.iter().filter(|m| !m.is_range()).count();
-    let probes = match singles <= MAX_PROBES {
-        true => ranges::probes(&mappings),
+    let lookups = match singles <= MAX_LOOKUPS {
+        true => ranges::range_keys(&mappings),
         false => Vec::new(),
     };
     // The exact maps a new range could clash with, and the range maps when not probing.
@@ -200,7 +201,7 @@ pub fn create(
             // No range is bound to an interface: those ports are in exact maps only.
             false if mapping.on.is_some() => continue,
             true => mapping.part(mapping.host_port, mapping.host_port).set(),
-            false if probes.is_empty() => {
+            false if lookups.is_empty() => {
                 let range_of = Mapping {
                     host_port_end: Some(mapping.host_port),
                     ..mapping.clone()
@@ -221,8 +222,11 @@ pub fn create(
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
         }
-        // A clash with what the maps read hold is named by the full read.
-        if snapshot.exists && ranges::clashes(kernel, &read, &mappings)? {
+        // A clash with what the maps read or looked up hold is named by the full read.
+        // Both are read at the generation the batch is committed against.
+        if snapshot.exists
+            && (ranges::clashes(kernel, &read, &mappings)? || ranges::any_held(kernel, &lookups)?)
+        {
             return Ok(Try::Done(None));
         }
         // Read at this try's generation, so an overlapping mapping another writer adds
@@ -247,11 +251,7 @@ pub fn create(
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
-        for (probe, again) in &probes {
-            changes.push(Change::CreateElement(probe));
-            changes.push(Change::DelElement(again));
-        }
-        let last_probe = changes.len();
+        let last_mapping = changes.len();
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
@@ -272,7 +272,7 @@ pub fn create(
                 index: Some(index),
                 error,
             }) if error.raw_os_error() == Some(libc::EEXIST)
-                && (first_mapping..last_probe).contains(&index) =>
+                && (first_mapping..last_mapping).contains(&index) =>
             {
                 Ok(Try::Done(None))
             }

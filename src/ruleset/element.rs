@@ -168,8 +168,8 @@ impl Mapping {
         let host_port_end = match range {
             true if key_end.len() == key.len() && key_end[..prefix + 4] == key[..prefix + 4] => {
                 let end = u16::from_be_bytes([key_end[prefix + 4], key_end[prefix + 5]]);
-                Some(end).filter(|end| *end >= host_port)?;
-                Some(end)
+                // An interval nsport did not write may end before it starts.
+                Some(Some(end).filter(|end| *end >= host_port)?)
             }
             true => return None,
             false => None,
