@@ -131,6 +131,7 @@ mod tests {
                 container: None,
                 container_ifname: None,
                 network: None,
+                allow_from: Vec::new(),
             },
             stale: false,
             shadows: None,

@@ -66,6 +66,7 @@ fn element(set: &SetDef, n: u32, comment: Option<String>) -> Element {
     Element {
         set: set.name,
         key: bytes(set.key_len),
+        key_end: None,
         data: set.data.map(|(_, len)| bytes(len)),
         comment,
     }

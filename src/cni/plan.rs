@@ -89,6 +89,7 @@ pub(super) fn wanted(
                 container: Some(origin.attachment.id.to_string()),
                 container_ifname: Some(origin.attachment.ifname.to_string()),
                 network: origin.attachment.network.map(String::from),
+                allow_from: Vec::new(),
             };
             match mappings
                 .iter()
@@ -330,6 +331,7 @@ mod tests {
             container: att.map(|a| a.id.to_string()),
             container_ifname: att.map(|a| a.ifname.to_string()),
             network: att.and_then(|a| a.network.map(String::from)),
+            allow_from: Vec::new(),
         }
     }
 

@@ -9,7 +9,7 @@ use super::{list, transact, transaction};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
-use crate::model::{EntryTarget, MappingsFile};
+use crate::model::{EntryTarget, MappingsFile, SourcePrefix};
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
@@ -58,7 +58,7 @@ type Resolved = (
 /// Every entry resolved to mappings, through the same steps as `add`; entries with the
 /// same target and options are resolved together (one namespace lookup).
 fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
-    type Group = (EntryTarget, Option<String>, bool, bool);
+    type Group = (EntryTarget, Option<String>, bool, bool, Vec<SourcePrefix>);
     let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
     let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
     let mut order: Vec<Group> = Vec::new();
@@ -68,7 +68,15 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         let spec = entry
             .spec()
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
-        let group = (target, entry.via.clone(), entry.allow_direct, entry.force);
+        let allow_from =
+            crate::model::parse_list(&entry.allow_from).map_err(|error| at(error.to_string()))?;
+        let group = (
+            target,
+            entry.via.clone(),
+            entry.allow_direct,
+            entry.force,
+            allow_from,
+        );
         if !seen.insert((group.clone(), spec)) {
             continue;
         }
@@ -82,7 +90,7 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
     let mut forced = HashSet::new();
     let mut ports = HashMap::new();
     for group in order {
-        let (target, via, allow_direct, force) = &group;
+        let (target, via, allow_direct, force, allow_from) = &group;
         let specs = &groups[&group];
         let target = match target {
             EntryTarget::Netns(name) => Target::Netns(name.clone()),
@@ -106,7 +114,10 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             Err(error) => return Err(error),
         };
         resolve::check_local(specs)?;
-        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct)?;
+        let mut mappings = resolve::mappings_for(&resolved, specs, *allow_direct)?;
+        for mapping in &mut mappings {
+            mapping.allow_from = allow_from.clone();
+        }
         for r in resolved {
             ports.insert(r.addr, r.bridge_port);
         }

@@ -20,7 +20,8 @@ pub struct FakeChain {
     pub rules: Vec<String>,
 }
 
-/// An element's data and comment, by key.
+/// An element's data and comment, by key; in a set of intervals, by the key and its end
+/// one after the other (`stored_key`).
 pub type FakeSet = BTreeMap<Vec<u8>, (Vec<u8>, Option<String>)>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -43,6 +44,29 @@ pub struct Fake {
     pub forbidden_dumps: Vec<&'static str>,
     /// The counts this host's settings record would keep.
     pub counts: Option<super::counts::Counts>,
+}
+
+/// How the fake keys an element: a key and, in a set of intervals, its end after it.
+fn stored_key(element: &Element) -> Vec<u8> {
+    [
+        element.key.as_slice(),
+        element.key_end.as_deref().unwrap_or_default(),
+    ]
+    .concat()
+}
+
+/// A stored key as the kernel gives it back: the key, and the end of its interval in a
+/// set of intervals.
+fn split_key(set: &str, stored: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let intervals = crate::ruleset::sets()
+        .iter()
+        .any(|def| def.name == set && def.intervals.is_some());
+    if intervals {
+        let half = stored.len() / 2;
+        (stored[..half].to_vec(), stored[half..].to_vec())
+    } else {
+        (stored, Vec::new())
+    }
 }
 
 fn refused(index: usize, errno: i32) -> NetlinkError {
@@ -126,19 +150,20 @@ impl Fake {
                 let exclusive = matches!(change, Change::CreateElement(_));
                 let elements = table.sets.get_mut(element.set).expect("checked");
                 let data = element.data.clone().unwrap_or_default();
-                match elements.get(&element.key) {
+                let key = stored_key(element);
+                match elements.get(&key) {
                     Some(_) if exclusive => return Err(libc::EEXIST),
                     Some((old, _)) if *old != data => return Err(libc::EEXIST),
                     Some(_) => {}
                     None => {
-                        elements.insert(element.key.clone(), (data, element.comment.clone()));
+                        elements.insert(key, (data, element.comment.clone()));
                     }
                 }
             }
             Change::DelElement(element) => {
                 set(table, element)?;
                 let elements = table.sets.get_mut(element.set).expect("checked");
-                elements.remove(&element.key).ok_or(libc::ENOENT)?;
+                elements.remove(&stored_key(element)).ok_or(libc::ENOENT)?;
             }
             Change::AddTable { .. } | Change::DelTable => unreachable!("handled by apply"),
         }
@@ -211,11 +236,15 @@ impl Kernel for Fake {
         Ok(self
             .elements_of(set)
             .into_iter()
-            .map(|(key, (data, comment))| ElementDump {
-                key,
-                data,
-                comment,
-                counter: None,
+            .map(|(key, (data, comment))| {
+                let (key, key_end) = split_key(set, key);
+                ElementDump {
+                    key,
+                    key_end,
+                    data,
+                    comment,
+                    counter: None,
+                }
             })
             .collect())
     }
@@ -230,6 +259,7 @@ impl Kernel for Fake {
             .remove(key)
             .map(|(data, comment)| ElementDump {
                 key: key.to_vec(),
+                key_end: Vec::new(),
                 data,
                 comment,
                 counter: None,

@@ -153,6 +153,7 @@ impl Rebuild {
     /// the old table (read from its `closed` set, if it had one).
     pub fn new(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<Rebuild, Error> {
         let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
+        elements.extend(ruleset::allow_elements_for(mappings));
         elements.extend(
             super::table::helpers_for(mappings)
                 .into_iter()
@@ -193,6 +194,7 @@ mod tests {
     fn element(comment: &str) -> ElementDump {
         ElementDump {
             key: vec![6, 0, 0, 0, 0x0b, 0xb8, 0, 0],
+            key_end: Vec::new(),
             data: vec![172, 18, 0, 2, 0x0b, 0xb8, 0, 0],
             comment: Some(comment.to_string()),
             counter: None,

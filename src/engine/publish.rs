@@ -52,7 +52,11 @@ fn prepare_publish(
 ) -> Result<(Vec<resolve::Resolved>, Vec<Mapping>), Error> {
     let resolved = resolve(target, options.via.as_deref())?;
     resolve::check_local(specs)?;
-    let mappings = resolve::mappings_for(&resolved, specs, options.allow_direct)?;
+    let mut mappings = resolve::mappings_for(&resolved, specs, options.allow_direct)?;
+    let allow_from = crate::model::canonical(&options.allow_from);
+    for mapping in &mut mappings {
+        mapping.allow_from = allow_from.clone();
+    }
     if !options.force {
         resolve::check_host_ports(&mappings)?;
     }

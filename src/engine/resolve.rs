@@ -31,6 +31,9 @@ pub struct PublishOptions {
     pub allow_direct: bool,
     /// Publish even when a host socket already holds the port (it stops receiving).
     pub force: bool,
+    /// Only these sources may use the published host ports (`--allow-from`); empty for
+    /// every source. A list belongs to a host port: every mapping of the port shares it.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The target of a publish in one address family, resolved: address, interface toward
@@ -261,6 +264,7 @@ pub fn mappings_for(
                     container: None,
                     container_ifname: None,
                     network: None,
+                    allow_from: Vec::new(),
                 };
                 // One spec cannot name a host port twice; only several can.
                 if specs.len() == 1 {

@@ -9,12 +9,14 @@ use super::counts::Users;
 use super::kernel::Kernel;
 use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
+use crate::model::SourcePrefix;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
-    SetDef, TABLE,
+    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4,
+    SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
 };
+use crate::spec::Proto;
 
 /// The maps that hold mappings.
 pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
@@ -52,6 +54,57 @@ pub struct Snapshot {
     pub mappings: Vec<(Mapping, Counter)>,
     /// The helper elements there are, when the mappings were read.
     pub helpers: HashSet<HelperKey>,
+    /// The elements of the source allow-lists there are (`limited`, `allow4`, `allow6`),
+    /// when the mappings were read; each mapping carries its port's list.
+    pub allow_elements: Vec<Element>,
+}
+
+/// The layout that brought the source allow-lists.
+const ALLOW_LAYOUT: u32 = 3;
+
+/// The allow-list elements of a table, and each limited host port's list, from a dump of
+/// the allow sets: `limited` names the ports, `allow4`/`allow6` their prefixes.
+pub fn read_allow_lists(
+    kernel: &mut impl Kernel,
+) -> Result<(Vec<Element>, HashMap<(Proto, u16), Vec<SourcePrefix>>), Error> {
+    let mut elements = Vec::new();
+    let mut lists: HashMap<(Proto, u16), Vec<SourcePrefix>> = HashMap::new();
+    for element in kernel.elements(SET_LIMITED).map_err(self::kernel_error)? {
+        if let Some(proto) = element.key.first().and_then(|n| Proto::from_number(*n))
+            && element.key.len() == 8
+        {
+            let port = u16::from_be_bytes([element.key[4], element.key[5]]);
+            lists.entry((proto, port)).or_default();
+            elements.push(Element::limited(proto, port));
+        }
+    }
+    for set in [SET_ALLOW4, SET_ALLOW6] {
+        for element in kernel.elements(set).map_err(self::kernel_error)? {
+            if let Some((proto, port, source)) = Element::allowed(&element.key, &element.key_end) {
+                elements.push(Element::allow(proto, port, source));
+                lists.entry((proto, port)).or_default().push(source);
+            }
+        }
+    }
+    for list in lists.values_mut() {
+        *list = crate::model::canonical(list);
+    }
+    Ok((elements, lists))
+}
+
+/// The host ports that have an allow-list, read from `limited` alone: what a change that
+/// does not read every mapping must know to leave lists to a full read.
+pub fn limited_ports(kernel: &mut impl Kernel) -> Result<HashSet<(Proto, u16)>, Error> {
+    Ok(kernel
+        .elements(SET_LIMITED)
+        .map_err(self::kernel_error)?
+        .iter()
+        .filter(|element| element.key.len() == 8)
+        .filter_map(|element| {
+            let proto = Proto::from_number(element.key[0])?;
+            Some((proto, u16::from_be_bytes([element.key[4], element.key[5]])))
+        })
+        .collect())
 }
 
 /// The interfaces the table names (in its `reach` elements), for the safe fallback when
@@ -119,6 +172,16 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         }
         mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
     }
+    let mut allow_elements = Vec::new();
+    if with_mappings && exists && layout.version >= ALLOW_LAYOUT {
+        let (elements, lists) = read_allow_lists(kernel)?;
+        allow_elements = elements;
+        for (mapping, _) in &mut mappings {
+            if let Some(list) = lists.get(&(mapping.proto, mapping.host_port)) {
+                mapping.allow_from = list.clone();
+            }
+        }
+    }
     Ok(Snapshot {
         genid,
         exists,
@@ -127,6 +190,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         chains,
         mappings,
         helpers,
+        allow_elements,
     })
 }
 

@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::allow;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
@@ -105,7 +106,8 @@ pub fn update(
         snapshot.layout.check_changeable()?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
-        let diff = Diff::between(&current, &snapshot.helpers, &desired);
+        allow::check_shared_lists(&current, &desired)?;
+        let diff = Diff::between(&current, &snapshot, &desired);
         // An older table is rebuilt in the current layout by the very batch that changes it.
         let migrating = snapshot.exists && snapshot.layout.is_older();
         let rebuild;
@@ -176,11 +178,19 @@ pub fn create(
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     let needed = helpers_for(&mappings);
+    // A list is checked against the port's other mappings, which only a full read knows.
+    if mappings.iter().any(|m| !m.allow_from.is_empty()) {
+        return update(kernel, counts, false, merge);
+    }
     let outcome = retrying(|| {
         let snapshot = table::read(kernel, false)?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
+            return Ok(Try::Done(None));
+        }
+        // So is a port that has a list: the new mapping would not share it.
+        if snapshot.exists && touches_limited(kernel, &mappings)? {
             return Ok(Try::Done(None));
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
@@ -284,6 +294,10 @@ pub fn remove(
             found.push(element.and_then(|element| mapping_of(set, &element)));
         }
         let removed = choose(&found)?;
+        // A port with a list loses it with its last mapping, which only a full read knows.
+        if touches_limited(kernel, &removed)? {
+            return Ok(Try::Done(None));
+        }
         let mut after_removal = valid.clone();
         let Some(unneeded) = after_removal.remove(&helpers_for(&removed)) else {
             return Ok(Try::Done(None));
@@ -322,6 +336,17 @@ pub fn remove(
         }
         None => update(kernel, counts, false, from_all),
     }
+}
+
+/// Whether a host port of `mappings` has a source allow-list (read from `limited` alone).
+fn touches_limited(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<bool, Error> {
+    if mappings.is_empty() {
+        return Ok(false);
+    }
+    let limited = table::limited_ports(kernel)?;
+    Ok(mappings
+        .iter()
+        .any(|m| limited.contains(&(m.proto, m.host_port))))
 }
 
 /// The table's repairs (or its creation), then the element changes: deletions first, so
@@ -478,7 +503,10 @@ struct Diff {
 impl Diff {
     /// Hashed: linear in the number of mappings. A mapping whose host side stays but
     /// whose target or metadata changes is deleted and added again in the same batch.
-    fn between(current: &[Mapping], helpers: &HashSet<HelperKey>, desired: &[Mapping]) -> Diff {
+    /// A mapping whose allow-list alone changes keeps its element (and its counters): only
+    /// the list's elements change.
+    fn between(current: &[Mapping], snapshot: &Snapshot, desired: &[Mapping]) -> Diff {
+        let helpers = &snapshot.helpers;
         let desired_set: HashSet<&Mapping> = desired.iter().collect();
         let current_set: HashSet<&Mapping> = current.iter().collect();
         let removed: Vec<Mapping> = current
@@ -496,7 +524,16 @@ impl Diff {
             .iter()
             .map(|(e, _)| (e.set, e.key.as_slice()))
             .collect();
-        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        let desired_elements: HashSet<Mapping> = desired.iter().map(allow::without_list).collect();
+        let current_elements: HashSet<Mapping> = current.iter().map(allow::without_list).collect();
+        let (delete_allowed, add_allowed) = allow::allow_diff(&snapshot.allow_elements, desired);
+        let mut delete: Vec<Element> = removed
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !desired_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        delete.extend(delete_allowed);
         let mut unneeded: Vec<&HelperKey> = helpers
             .iter()
             .filter(|(set, key)| !needed_keys.contains(&(*set, key.as_slice())))
@@ -507,7 +544,13 @@ impl Diff {
                 .into_iter()
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
-        let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
+        let mut add: Vec<Element> = added
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !current_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        add.extend(add_allowed);
         add.extend(
             needed
                 .into_iter()

@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Mapping;
+use super::{Mapping, SourcePrefix};
 use crate::spec::{PortRange, Proto, PublishSpec, SpecError};
 
 /// The version this nsport writes, and the only object version it reads.
@@ -61,6 +61,10 @@ pub struct MappingEntry {
     /// Like `add --force`: publish even when a host socket holds the port.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// Like `add --allow-from`: the only sources that may use the host port (prefixes or
+    /// addresses); absent or empty for every source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -166,6 +170,7 @@ impl MappingsFile {
                     publish: spec.to_string(),
                     allow_direct: m.allow_direct,
                     force: false,
+                    allow_from: m.allow_from.iter().map(ToString::to_string).collect(),
                 }
             })
             .collect();
@@ -192,6 +197,7 @@ impl MappingsFile {
             allow_direct: bool,
             proto: Proto,
             host_addr: Option<IpAddr>,
+            allow_from: Vec<SourcePrefix>,
         }
         let mut rows: Vec<(Key, u16, u16)> = Vec::new();
         for m in mappings.iter().filter(|m| m.container.is_none()) {
@@ -220,6 +226,7 @@ impl MappingsFile {
                 allow_direct: m.allow_direct && netns.is_some(),
                 proto: m.proto,
                 host_addr,
+                allow_from: m.allow_from.clone(),
             };
             rows.push((key, m.host_port, m.to_port));
         }
@@ -260,6 +267,7 @@ impl MappingsFile {
                 via: key.via.clone(),
                 allow_direct: key.allow_direct,
                 force: false,
+                allow_from: key.allow_from.iter().map(ToString::to_string).collect(),
             });
             i = end + 1;
         }
@@ -295,6 +303,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

@@ -3,8 +3,9 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
-    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_CLOSED,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4, SET_REACH6, SET_TARGETS4,
+    SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -142,6 +143,7 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
         key_len,
         data: target,
         counter: true,
+        intervals: None,
         userdata: set_userdata(0, Some(0), true),
     };
     [
@@ -176,6 +178,7 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
             key_len: 2 * addr_len,
             data: None,
             counter: false,
+            intervals: None,
             userdata: set_userdata(0, None, true),
         },
         // set reach4 { type ifname . ipv4_addr; }
@@ -187,6 +190,7 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
             key_len: IFNAME_LEN as u32 + addr_len,
             data: None,
             counter: false,
+            intervals: None,
             userdata: set_userdata(0, None, true),
         },
         // set targets4 { type ipv4_addr; }
@@ -198,6 +202,7 @@ fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
             key_len: addr_len,
             data: None,
             counter: false,
+            intervals: None,
             userdata: set_userdata(2, None, false),
         },
     ]
@@ -218,6 +223,7 @@ pub fn sets() -> Vec<SetDef> {
             key_len: IFNAME_LEN as u32,
             data: None,
             counter: false,
+            intervals: None,
             userdata: set_userdata(1, None, false),
         },
         // set closed { type nf_proto; }: the families whose forwarding nsport turned on.
@@ -229,10 +235,63 @@ pub fn sets() -> Vec<SetDef> {
             key_len: 1,
             data: None,
             counter: false,
+            intervals: None,
             userdata: set_userdata(0, None, false),
         },
     ]);
+    sets.extend(allow_sets());
     sets
+}
+
+/// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
+/// element and a lookup costs the same whatever the number of ports and prefixes: `limited`
+/// holds the host ports that have a list, `allow4`/`allow6` each port with each prefix of
+/// its list. Every row is one declaration: name, nft type, set id, key type, field lengths.
+fn allow_sets() -> Vec<SetDef> {
+    use datatype::*;
+    let rows: [(&'static str, &'static str, u32, u32, &'static [u8]); 3] = [
+        // set limited { type inet_proto . inet_service; flags interval; }
+        (
+            SET_LIMITED,
+            "inet_proto . inet_service",
+            13,
+            concat(&[INET_PROTOCOL, INET_SERVICE]),
+            &[1, 2],
+        ),
+        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
+        (
+            SET_ALLOW4,
+            "inet_proto . inet_service . ipv4_addr",
+            14,
+            concat(&[INET_PROTOCOL, INET_SERVICE, IPADDR]),
+            &[1, 2, 4],
+        ),
+        // set allow6 { type inet_proto . inet_service . ipv6_addr; flags interval; }
+        (
+            SET_ALLOW6,
+            "inet_proto . inet_service . ipv6_addr",
+            15,
+            concat(&[INET_PROTOCOL, INET_SERVICE, IP6ADDR]),
+            &[1, 2, 16],
+        ),
+    ];
+    rows.into_iter()
+        .map(|(name, nft_type, id, key_type, fields)| SetDef {
+            name,
+            nft_type,
+            id,
+            key_type,
+            // Each field padded to a 4-byte register.
+            key_len: fields
+                .iter()
+                .map(|len| u32::from(*len).div_ceil(4) * 4)
+                .sum(),
+            data: None,
+            counter: false,
+            intervals: Some(fields),
+            userdata: set_userdata(0, None, true),
+        })
+        .collect()
 }
 
 pub(super) fn set_id(name: &str) -> u32 {
@@ -265,5 +324,17 @@ mod tests {
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
         assert_eq!(sets[4].userdata, [0, 4, 2, 0, 0, 0]);
+        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }, as
+        // `nft --debug=mnl` writes it.
+        let allow4 = sets.iter().find(|s| s.name == SET_ALLOW4).unwrap();
+        assert_eq!(allow4.key_type, 0xc347);
+        assert_eq!(allow4.key_len, 12);
+        assert_eq!(allow4.intervals, Some(&[1u8, 2, 4][..]));
+        assert_eq!(
+            allow4.userdata,
+            [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
+        );
+        let allow6 = sets.iter().find(|s| s.name == SET_ALLOW6).unwrap();
+        assert_eq!(allow6.key_len, 24);
     }
 }

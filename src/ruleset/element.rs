@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6,
-    SET_INSIDE, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from,
-    declarations::set_id, ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_CLOSED,
+    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4, SET_REACH6, SET_TARGETS4,
+    SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
 };
-use crate::model::Mapping;
+use crate::model::{Mapping, SourcePrefix};
 use crate::spec::Proto;
 
 /// How a mapping is stored as a map element.
@@ -108,6 +108,7 @@ impl Mapping {
             container: metadata.container,
             container_ifname: metadata.container_ifname,
             network: metadata.network,
+            allow_from: Vec::new(),
         })
     }
 }
@@ -120,6 +121,36 @@ pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
     key.extend_from_slice(&port.to_be_bytes());
     key.extend_from_slice(&[0, 0]);
     key
+}
+
+/// `PROTO . PORT`, from the first 8 bytes of a key.
+fn service_text(key: &[u8]) -> String {
+    if key.len() < 8 {
+        return String::new();
+    }
+    let proto = Proto::from_number(key[0]).map_or("?".into(), |p| p.to_string());
+    format!("{proto} . {}", u16::from_be_bytes([key[4], key[5]]))
+}
+
+/// The elements of the source allow-lists `mappings` carry: one `limited` element per host
+/// port that has a list and one `allow4`/`allow6` element per prefix of it, each once, in
+/// first-seen order. Mappings of one port have one list (the engine refuses two).
+pub fn allow_elements_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for mapping in mappings {
+        if mapping.allow_from.is_empty() || !seen.insert((mapping.proto, mapping.host_port)) {
+            continue;
+        }
+        out.push(Element::limited(mapping.proto, mapping.host_port));
+        out.extend(
+            mapping
+                .allow_from
+                .iter()
+                .map(|source| Element::allow(mapping.proto, mapping.host_port, *source)),
+        );
+    }
+    out
 }
 
 /// The maps a host side can be in: both families' any-address maps for a wildcard (one
@@ -135,10 +166,12 @@ pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
 }
 
 /// One element to add to or delete from a set or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Element {
     pub set: &'static str,
     pub key: Vec<u8>,
+    /// The end of the key's interval, in a set of intervals (`flags interval`).
+    pub key_end: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
 }
@@ -154,6 +187,7 @@ impl Element {
         Element {
             set: mapping.set(),
             key: mapping.key(),
+            key_end: None,
             data: Some(mapping.data()),
             comment: Some(comment),
         }
@@ -169,6 +203,7 @@ impl Element {
                 SET_REACH4
             },
             key: [ifname_bytes(via).as_slice(), &addr_bytes(target)].concat(),
+            key_end: None,
             data: None,
             comment: None,
         }
@@ -179,6 +214,7 @@ impl Element {
         Element {
             set: SET_INSIDE,
             key: ifname_bytes(via).to_vec(),
+            key_end: None,
             data: None,
             comment: None,
         }
@@ -191,6 +227,7 @@ impl Element {
         Element {
             set: SET_CLOSED,
             key: vec![if ipv6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }],
+            key_end: None,
             data: None,
             comment: None,
         }
@@ -220,6 +257,14 @@ impl Element {
             SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
                 .map(|addr| addr.to_string())
                 .unwrap_or_default(),
+            SET_LIMITED => service_text(&self.key),
+            SET_ALLOW4 | SET_ALLOW6 => {
+                let source = self.key_end.as_deref().and_then(|end| {
+                    SourcePrefix::from_range(addr_from(&self.key[8..])?, addr_from(&end[8..])?)
+                });
+                let source = source.map(|p| p.to_string()).unwrap_or_default();
+                format!("{} . {source}", service_text(&self.key[..8]))
+            }
             // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
             _ => {
                 let cut = self.key.len().saturating_sub(8);
@@ -232,6 +277,45 @@ impl Element {
                 format!("{host}{proto} . {port}")
             }
         }
+    }
+
+    /// A host port whose sources are limited to a list.
+    pub fn limited(proto: Proto, port: u16) -> Element {
+        let key = host_key(proto, None, port);
+        Element {
+            set: SET_LIMITED,
+            key_end: Some(key.clone()),
+            key,
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// A source prefix allowed to use a limited host port: the interval of its addresses.
+    pub fn allow(proto: Proto, port: u16, source: SourcePrefix) -> Element {
+        let service = host_key(proto, None, port);
+        Element {
+            set: if source.is_ipv6() {
+                SET_ALLOW6
+            } else {
+                SET_ALLOW4
+            },
+            key: [service.clone(), addr_bytes(source.first())].concat(),
+            key_end: Some([service, addr_bytes(source.last())].concat()),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// What an element of `allow4`/`allow6` allows: the host port and the source prefix.
+    pub fn allowed(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, SourcePrefix)> {
+        if key.len() != key_end.len() || key.len() < 12 || key[..8] != key_end[..8] {
+            return None;
+        }
+        let proto = Proto::from_number(key[0])?;
+        let port = u16::from_be_bytes([key[4], key[5]]);
+        let prefix = SourcePrefix::from_range(addr_from(&key[8..])?, addr_from(&key_end[8..])?)?;
+        Some((proto, port, prefix))
     }
 
     /// The map data as nft writes it: `ADDR . PORT`.
@@ -300,6 +384,7 @@ impl Element {
                 SET_TARGETS4
             },
             key: addr_bytes(target),
+            key_end: None,
             data: None,
             comment: None,
         }
@@ -314,6 +399,7 @@ impl Element {
                 SET_HAIRPIN4
             },
             key: [addr_bytes(target), addr_bytes(target)].concat(),
+            key_end: None,
             data: None,
             comment: None,
         }
@@ -344,6 +430,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 
@@ -403,6 +490,43 @@ mod tests {
         assert_eq!(
             Mapping::from_element(SET_ANY4, &[1, 0, 0, 0, 0, 80, 0, 0], &[0; 8], None),
             None
+        );
+    }
+
+    #[test]
+    fn allow_elements_are_intervals_that_read_back() {
+        let mut limited = mapping(None);
+        limited.allow_from = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let twin = Mapping {
+            host_addr: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            ..limited.clone()
+        };
+        let elements = allow_elements_for([&limited, &twin, &mapping(None)]);
+        assert_eq!(elements.len(), 3, "{elements:?}");
+        assert_eq!(
+            elements[0].nft_add(),
+            "add element inet nsport limited { udp . 5353 }"
+        );
+        assert_eq!(
+            elements[1].nft_add(),
+            "add element inet nsport allow4 { udp . 5353 . 10.0.0.0/8 }"
+        );
+        assert_eq!(
+            elements[1].key,
+            [17, 0, 0, 0, 0x14, 0xe9, 0, 0, 10, 0, 0, 0]
+        );
+        assert_eq!(
+            elements[1].key_end.as_deref(),
+            Some(&[17, 0, 0, 0, 0x14, 0xe9, 0, 0, 10, 255, 255, 255][..])
+        );
+        assert_eq!(elements[2].set, SET_ALLOW6);
+        let back = Element::allowed(&elements[2].key, elements[2].key_end.as_ref().unwrap());
+        assert_eq!(
+            back,
+            Some((Proto::Udp, 5353, "2001:db8::/32".parse().unwrap()))
         );
     }
 

@@ -51,6 +51,10 @@ pub struct SetDef {
     pub data: Option<(u32, u32)>,
     /// Every element gets its own packet and byte counter.
     pub counter: bool,
+    /// For a set of intervals over a concatenation (`flags interval`), the length in bytes
+    /// of each field, which the kernel's pipapo set matches field by field; every element
+    /// then has a key and a key end.
+    pub intervals: Option<&'static [u8]>,
     pub userdata: Vec<u8>,
 }
 

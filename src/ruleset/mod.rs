@@ -35,7 +35,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, host_key, host_sets};
+pub use element::{Element, allow_elements_for, host_key, host_sets};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -53,7 +53,10 @@ pub const TABLE: &str = "nsport";
 ///   comments held names as they are.
 /// - 2: sets keyed per target (`reach4`/`reach6`), `inside` and `closed` for forwarding nsport
 ///   turned on, IPv4 link-local returns, percent-encoded comments with `net=`.
-pub const LAYOUT: u32 = 2;
+/// - 3: source allow-lists: the sets `limited`, `allow4` and `allow6`, the rules that
+///   return before DNAT for a source not on a port's list, and the guard against 127/8
+///   sources from other interfaces than `lo`.
+pub const LAYOUT: u32 = 3;
 
 /// How the table's comment names its layout.
 pub const LAYOUT_KEY: &str = "nsport-layout=";
@@ -102,6 +105,9 @@ pub const SET_REACH6: &str = "reach6";
 pub const SET_INSIDE: &str = "inside";
 pub const SET_CLOSED: &str = "closed";
 pub const SET_TARGETS6: &str = "targets6";
+pub const SET_LIMITED: &str = "limited";
+pub const SET_ALLOW4: &str = "allow4";
+pub const SET_ALLOW6: &str = "allow6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
 /// `nft --debug=netlink`), numbered as the kernel numbers them.
@@ -129,6 +135,9 @@ pub fn table_script() -> String {
             "\t{kind} {} {{\n\t\ttype {}\n",
             set.name, set.nft_type
         ));
+        if set.intervals.is_some() {
+            out.push_str("\t\tflags interval\n");
+        }
         if set.counter {
             out.push_str("\t\tcounter\n");
         }

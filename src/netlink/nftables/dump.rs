@@ -19,6 +19,8 @@ use crate::ruleset::{Element, RuleDef, TABLE};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementDump {
     pub key: Vec<u8>,
+    /// The end of the key's interval, in a set of intervals; empty otherwise.
+    pub key_end: Vec<u8>,
     pub data: Vec<u8>,
     pub comment: Option<String>,
     /// Packets and bytes, for an element of a set that counts.
@@ -227,6 +229,7 @@ pub fn get_element(set: &str, key: &[u8]) -> Result<Option<ElementDump>, Netlink
     let probe = Element {
         set: "",
         key: key.to_vec(),
+        key_end: None,
         data: None,
         comment: None,
     };
@@ -262,10 +265,12 @@ pub(super) fn parse_elements(
         let mut elem = sys::nftnl_set_elems_iter_next(iter);
         while !elem.is_null() {
             let key = elem_attr(elem, sys::NFTNL_SET_ELEM_KEY as u16);
+            let key_end = elem_attr(elem, sys::NFTNL_SET_ELEM_KEY_END as u16);
             let data = elem_attr(elem, sys::NFTNL_SET_ELEM_DATA as u16);
             let userdata = elem_attr(elem, sys::NFTNL_SET_ELEM_USERDATA as u16);
             out.push(ElementDump {
                 key,
+                key_end,
                 data,
                 comment: comment_from_userdata(&userdata),
                 counter: elem_counter(elem),

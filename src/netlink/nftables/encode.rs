@@ -14,7 +14,12 @@ use crate::netlink::NetlinkError;
 use crate::ruleset::{ChainDef, ChainType, Element, Expr, RuleDef, SetDef, Verdict};
 
 pub(super) const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
+const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
+const NFT_SET_CONCAT: u32 = 0x80;
+/// The most fields a concatenation has: one per 4-byte register (`NFT_REG32_COUNT`), the
+/// size of libnftnl's array of field lengths.
+const CONCAT_FIELDS_MAX: usize = 16;
 pub(super) const NF_ACCEPT: u32 = 1;
 
 /// The longest table, chain or set name: `NFT_NAME_MAXLEN` (256) counts the NUL.
@@ -127,6 +132,10 @@ impl<'a> CheckedElement<'a> {
             move || format!("the {part} of an element of set {set}")
         };
         let key = value(what("key"), &element.key)?;
+        let key_end = match &element.key_end {
+            Some(key_end) => value(what("key end"), key_end)?,
+            None => 0,
+        };
         let data = match &element.data {
             Some(data) => value(what("data"), data)?,
             None => 0,
@@ -148,6 +157,10 @@ impl<'a> CheckedElement<'a> {
         let size = 4
             + 4
             + attr_size(key)
+            + element
+                .key_end
+                .as_ref()
+                .map_or(0, |_| 4 + attr_size(key_end))
             + element.data.as_ref().map_or(0, |_| 4 + attr_size(data))
             + userdata.as_ref().map_or(0, |u| attr_size(u.len()));
         Ok(CheckedElement {
@@ -200,6 +213,10 @@ pub(super) fn check_set(table: &str, set: &SetDef) -> Result<(), NetlinkError> {
     too_long(what("key length"), set.key_len as usize, VALUE_MAX)?;
     if let Some((_, data_len)) = set.data {
         too_long(what("data length"), data_len as usize, VALUE_MAX)?;
+    }
+    if let Some(fields) = set.intervals {
+        // libnftnl counts the fields up to the first zero length.
+        too_long(what("fields"), fields.len(), CONCAT_FIELDS_MAX - 1)?;
     }
     too_long(what("user data"), set.userdata.len(), USERDATA_MAX)
 }
@@ -351,8 +368,23 @@ pub(super) fn set_object(table: &str, set: &SetDef) -> Result<Set, NetlinkError>
     // SAFETY: setters on the object we own; libnftnl copies the user data, whose length
     // `check_set` bounded by USERDATA_MAX.
     unsafe {
-        let flags = if set.is_map() { NFT_SET_MAP } else { 0 };
+        let mut flags = if set.is_map() { NFT_SET_MAP } else { 0 };
+        if set.intervals.is_some() {
+            flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
+        }
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags);
+        if let Some(fields) = set.intervals {
+            // libnftnl copies the lengths into its array of CONCAT_FIELDS_MAX and counts
+            // them up to the first zero: `check_set` bounded them below that, none zero.
+            let mut lengths = [0u8; CONCAT_FIELDS_MAX];
+            lengths[..fields.len()].copy_from_slice(fields);
+            sys::nftnl_set_set_data(
+                ptr,
+                sys::NFTNL_SET_DESC_CONCAT as u16,
+                lengths.as_ptr().cast(),
+                fields.len() as u32,
+            );
+        }
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_TYPE as u16, set.key_type);
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_LEN as u16, set.key_len);
         if let Some((data_type, data_len)) = set.data {
@@ -387,6 +419,9 @@ pub(super) fn add_element(set: &Set, checked: &CheckedElement) {
     let elem = unsafe { sys::nftnl_set_elem_alloc() };
     assert!(!elem.is_null(), "allocation");
     put(elem, sys::NFTNL_SET_ELEM_KEY, &checked.element.key);
+    if let Some(key_end) = &checked.element.key_end {
+        put(elem, sys::NFTNL_SET_ELEM_KEY_END, key_end);
+    }
     if let Some(data) = &checked.element.data {
         put(elem, sys::NFTNL_SET_ELEM_DATA, data);
     }
@@ -465,6 +500,7 @@ mod tests {
         let element = |key: usize, data: usize| Element {
             set: "any4",
             key: vec![1; key],
+            key_end: None,
             data: Some(vec![2; data]),
             comment: None,
         };

@@ -131,6 +131,7 @@ fn element(sets: &[SetDef], draw: &Draw) -> Element {
     Element {
         set: set.name,
         key: bytes(&mut seed, set.key_len as usize),
+        key_end: None,
         data: set.data.map(|(_, len)| bytes(&mut seed, len as usize)),
         comment: draw.comment.map(|len| comment(&mut seed, len)),
     }

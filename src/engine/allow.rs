@@ -1,0 +1,147 @@
+//! Source allow-lists in the engine: one list per host port, shared by every mapping of
+//! the port, and the elements that carry them from one list to another in one batch.
+//!
+//! The kernel keeps a list as elements of interval sets keyed by the host port (`limited`,
+//! `allow4`, `allow6`; see `ruleset::rules`), not in the mappings' elements: a packet pays
+//! two lookups whatever the number of ports and prefixes, and a list of any length fits.
+//! So a list cannot differ between two mappings of one port, and every change checks that
+//! it does not.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::error::Error;
+use crate::model::list_label;
+use crate::ruleset::{Element, Mapping, allow_elements_for};
+use crate::spec::Proto;
+
+/// Refuses `desired` when two mappings of one host port have different lists, naming the
+/// mapping that holds the port's list already (one of `current`) and the one that differs.
+pub fn check_shared_lists(current: &[Mapping], desired: &[Mapping]) -> Result<(), Error> {
+    let existing: HashSet<&Mapping> = current.iter().collect();
+    let mut first: HashMap<(Proto, u16), &Mapping> = HashMap::new();
+    for mapping in desired {
+        let port = (mapping.proto, mapping.host_port);
+        let Some(other) = first.get(&port) else {
+            first.insert(port, mapping);
+            continue;
+        };
+        if other.allow_from == mapping.allow_from {
+            continue;
+        }
+        // The holder is the one already in the table, when one of the two is.
+        let (holder, newcomer) = if existing.contains(mapping) && !existing.contains(*other) {
+            (mapping, *other)
+        } else {
+            (*other, mapping)
+        };
+        return Err(Error::AllowListDiffers {
+            host: newcomer.host_label(),
+            wanted: describe(newcomer),
+            holder: format!("{} to {}", holder.host_label(), holder.target_label()),
+            held: describe(holder),
+        });
+    }
+    Ok(())
+}
+
+fn describe(mapping: &Mapping) -> String {
+    match mapping.allow_from.is_empty() {
+        true => "every source".to_string(),
+        false => format!("only {}", list_label(&mapping.allow_from)),
+    }
+}
+
+/// The allow-list elements to delete and to add to go from `current` (as read) to what
+/// `desired` needs: a list that changes loses its old prefixes and gains its new ones in
+/// the same batch, and a port whose last mapping goes loses its list.
+pub fn allow_diff(current: &[Element], desired: &[Mapping]) -> (Vec<Element>, Vec<Element>) {
+    let needed = allow_elements_for(desired);
+    let needed_set: HashSet<&Element> = needed.iter().collect();
+    let current_set: HashSet<&Element> = current.iter().collect();
+    let delete = current
+        .iter()
+        .filter(|e| !needed_set.contains(e))
+        .cloned()
+        .collect();
+    let add = needed
+        .iter()
+        .filter(|e| !current_set.contains(e))
+        .cloned()
+        .collect();
+    (delete, add)
+}
+
+/// A mapping as its map element records it: its list lives elsewhere, so a mapping whose
+/// list alone changes keeps its element (and its counters).
+pub fn without_list(mapping: &Mapping) -> Mapping {
+    Mapping {
+        allow_from: Vec::new(),
+        ..mapping.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    fn mapping(host: Option<&str>, list: &[&str]) -> Mapping {
+        Mapping {
+            proto: Proto::Tcp,
+            host_addr: host.map(|h| h.parse::<IpAddr>().unwrap()),
+            host_port: 8080,
+            to_addr: "172.18.0.2".parse().unwrap(),
+            to_port: 80,
+            via: "br0".into(),
+            netns: Some("ns1".into()),
+            netns_inode: None,
+            allow_direct: false,
+            container: None,
+            container_ifname: None,
+            network: None,
+            allow_from: crate::model::parse_list(list).unwrap(),
+        }
+    }
+
+    #[test]
+    fn one_list_per_port_and_the_holder_is_named() {
+        let held = mapping(Some("192.0.2.1"), &["10.0.0.0/8"]);
+        let same = mapping(None, &["10.0.0.0/8"]);
+        let open = mapping(None, &[]);
+        assert!(check_shared_lists(&[held.clone()], &[held.clone(), same]).is_ok());
+        let error = check_shared_lists(&[held.clone()], &[held.clone(), open.clone()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("8080/tcp would allow every source"),
+            "{error}"
+        );
+        assert!(
+            error.contains("192.0.2.1:8080/tcp to 172.18.0.2:80"),
+            "{error}"
+        );
+        assert!(error.contains("only 10.0.0.0/8"), "{error}");
+        // Another port, another list.
+        let other_port = Mapping {
+            host_port: 8081,
+            ..open
+        };
+        assert!(check_shared_lists(&[], &[held, other_port]).is_ok());
+    }
+
+    #[test]
+    fn a_new_list_replaces_the_old_one_element_by_element() {
+        let old = mapping(None, &["10.0.0.0/8", "192.0.2.7"]);
+        let new = mapping(None, &["10.0.0.0/8", "2001:db8::/32"]);
+        let current = allow_elements_for([&old]);
+        let (delete, add) = allow_diff(&current, &[new.clone()]);
+        assert_eq!(delete.len(), 1);
+        assert!(delete[0].nft_delete().contains("192.0.2.7"), "{delete:?}");
+        assert_eq!(add.len(), 1);
+        assert!(add[0].nft_add().contains("2001:db8::/32"), "{add:?}");
+        let (delete, add) = allow_diff(&current, &[]);
+        assert_eq!((delete.len(), add.len()), (3, 0));
+        assert_eq!(without_list(&new), mapping(None, &[]));
+    }
+}
