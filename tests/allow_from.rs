@@ -166,3 +166,287 @@ fn only_listed_sources_reach_the_port_and_others_get_a_reset() {
     out_sends_from(&lab, "192.0.2.3");
     assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(other_out));
 }
+
+#[test]
+fn ipv6_sources_go_by_the_ipv6_prefixes_of_the_list() {
+    let lab = Lab::dual_stack(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let _server = lab.serve_tcp("ns1", ANY, 80);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "8080:80",
+        "--allow-from",
+        "2001:db8::2/128",
+    ]);
+    assert_eq!(connect(&lab, "out", v6::HOST_OUT, 8080), answer(v6::OUT));
+    assert_eq!(connect(&lab, "ns3", v6::HOST_V3, 8080), Met::Refused);
+    assert_eq!(connect(&lab, "host", v6::HOST_OUT, 8080), Met::Refused);
+    assert_eq!(connect(&lab, "ns1", v6::HOST_OUT, 8080), Met::Refused);
+    // The list has no IPv4 prefix: no IPv4 source may use the port.
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), Met::Refused);
+    assert!(matches!(
+        connect(&lab, "host", LOCALHOST, 8080),
+        Met::Answer(_)
+    ));
+
+    // One list for both families of the port: an IPv4 prefix opens IPv4 to that source.
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "8080:80",
+        "--allow-from",
+        "2001:db8:3::/64",
+        "--allow-from",
+        "192.0.2.2",
+        "--allow-from",
+        "2001:db8:1::2",
+    ]);
+    assert_eq!(connect(&lab, "out", v6::HOST_OUT, 8080), Met::Refused);
+    assert_eq!(connect(&lab, "ns3", v6::HOST_V3, 8080), answer(v6::NS3));
+    assert_eq!(
+        connect(&lab, "out", HOST_OUT, 8080),
+        Met::Answer(format!("::ffff:{OUT}"))
+    );
+    // Hairpin keeps the namespace's own address, masqueraded to the host's.
+    assert!(matches!(
+        connect(&lab, "ns1", v6::HOST_OUT, 8080),
+        Met::Answer(_)
+    ));
+    let rows = listing(&lab);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for row in &rows {
+        assert_eq!(
+            row["allow_from"],
+            serde_json::json!(["192.0.2.2", "2001:db8:1::2", "2001:db8:3::/64"]),
+            "{row}"
+        );
+    }
+}
+
+#[test]
+fn udp_from_another_source_gets_port_unreachable() {
+    let lab = Lab::new(BrNetfilter::On);
+    let _server = lab.serve_udp("ns1", Ipv4Addr::UNSPECIFIED, 53);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &lab.ns("ns1"),
+        "5353:53/udp",
+        "--allow-from",
+        "192.0.2.2",
+    ]);
+    assert_eq!(lab.udp("out", HOST_OUT, 5353), some(OUT));
+    // From ns3 the datagram meets the host, which has no socket there: an ICMP port
+    // unreachable, which a connected socket reports as refused.
+    let refused = lab.run_in("ns3", || {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
+        socket.connect((HOST_V3, 5353)).unwrap();
+        socket.send(b"?").unwrap();
+        socket.recv(&mut [0; 64]).map_err(|e| e.kind())
+    });
+    assert_eq!(refused, Err(ErrorKind::ConnectionRefused));
+}
+
+#[test]
+fn a_port_has_one_list_and_the_holder_is_named() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "192.0.2.1:8080:80",
+        "--allow-from",
+        "10.77.0.0/30",
+    ]);
+    let before = lab.ruleset();
+    // Another mapping of the port without the list, or with another one, is refused.
+    for extra in [&[][..], &["--allow-from", "192.0.2.0/24"][..]] {
+        let mut args = vec!["add", "--netns", &ns1, "198.51.100.1:8080:80"];
+        args.extend(extra);
+        let output = lab.nsport(&args);
+        assert_eq!(output.status.code(), Some(1), "{output:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(error.trim().lines().count(), 1, "{error}");
+        assert!(
+            error.contains("198.51.100.1:8080/tcp")
+                && error.contains("192.0.2.1:8080/tcp to 172.18.0.2:80")
+                && error.contains("only 10.77.0.0/30"),
+            "{error}"
+        );
+        assert_eq!(lab.ruleset(), before);
+    }
+    // With the same list it joins the port; another protocol's port is another port.
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "198.51.100.1:8080:80",
+        "--allow-from",
+        "10.77.0.0/30",
+    ]);
+    lab.nsport_ok(&["add", "--netns", &ns1, "8080:80/udp"]);
+    // Removing one mapping keeps the list for the other; the last one takes it along.
+    lab.nsport_ok(&["rm", "192.0.2.1:8080"]);
+    assert_eq!(elements(&lab, "allow4"), "tcp . 8080 . 10.77.0.0/30");
+    lab.nsport_ok(&["rm", "198.51.100.1:8080"]);
+    assert_eq!(elements(&lab, "allow4"), "");
+    assert_eq!(elements(&lab, "limited"), "");
+}
+
+#[test]
+fn bad_sources_are_refused_naming_the_value_and_change_nothing() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    lab.nsport_ok(&["add", "--netns", &ns1, "3000:3000"]);
+    let before = lab.ruleset();
+    for (bad, says) in [
+        ("10.1.2.3/8", "10.0.0.0/8"),
+        ("10.0.0.0/33", "at most 32"),
+        ("2001:db8::/200", "at most 128"),
+        ("example.org", "not an IPv4 or IPv6"),
+        ("::ffff:192.0.2.2", "IPv4-mapped"),
+    ] {
+        let output = lab.nsport(&["add", "--netns", &ns1, "8080:80", "--allow-from", bad]);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {output:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(error.trim().lines().count(), 1, "{error}");
+        assert!(
+            error.contains(bad) && error.contains(says),
+            "{bad}: {error}"
+        );
+        // The same through apply.
+        let file = TempFile(lab.state_dir().with_extension("bad.json"));
+        let entry = serde_json::json!({"version": 1, "mappings": [
+            {"netns": ns1, "publish": "8080:80", "allow_from": [bad]}]});
+        std::fs::write(&file.0, entry.to_string()).unwrap();
+        let output = lab.nsport(&["apply", file.0.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{bad}: {output:?}");
+        let error = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(error.trim().lines().count(), 1, "{error}");
+        assert!(
+            error.contains(bad) && error.contains(says),
+            "{bad}: {error}"
+        );
+        assert_eq!(lab.ruleset(), before, "{bad}");
+    }
+}
+
+#[test]
+fn export_and_apply_keep_the_lists_and_counters_survive_a_switch() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 80);
+    lab.nsport_ok(&["add", "--netns", &ns1, "3000:80"]);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "8080:80",
+        "--allow-from",
+        "192.0.2.0/24",
+    ]);
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(OUT));
+    let packets = |lab: &Lab| -> u64 {
+        listing(lab)
+            .iter()
+            .find(|row| row["host_port"] == 8080)
+            .and_then(|row| row["packets"].as_u64())
+            .unwrap()
+    };
+    let counted = packets(&lab);
+    assert!(counted > 0);
+    // A new list changes the list's elements only: the mapping keeps its counter.
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "8080:80",
+        "--allow-from",
+        "192.0.2.2",
+    ]);
+    assert!(packets(&lab) >= counted);
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(OUT));
+    assert!(packets(&lab) > counted);
+
+    let exported = lab.nsport_ok(&["export"]);
+    let file: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    let limited: Vec<&serde_json::Value> = file["mappings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|entry| entry.get("allow_from").is_some())
+        .collect();
+    assert_eq!(limited.len(), 1, "{file}");
+    assert_eq!(limited[0]["allow_from"], serde_json::json!(["192.0.2.2"]));
+    assert_eq!(limited[0]["publish"], "8080:80/tcp");
+
+    // Into an empty table, the list comes back and holds.
+    let path = TempFile(lab.state_dir().with_extension("export.json"));
+    std::fs::write(&path.0, &exported).unwrap();
+    lab.nsport_ok(&["flush"]);
+    lab.nsport_ok(&["apply", path.0.to_str().unwrap()]);
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(OUT));
+    assert_eq!(connect(&lab, "ns3", HOST_V3, 8080), Met::Refused);
+    assert!(matches!(
+        connect(&lab, "ns3", HOST_V3, 3000),
+        Met::Answer(_)
+    ));
+    // apply of the same file changes nothing.
+    let before = lab.ruleset();
+    lab.nsport_ok(&["apply", path.0.to_str().unwrap()]);
+    assert_eq!(lab.ruleset(), before);
+
+    // export --nft carries the lists into another host.
+    let script = lab.nsport_ok(&["export", "--nft"]);
+    let twin = Lab::new(BrNetfilter::On);
+    let copy = TempFile(twin.state_dir().with_extension("export.nft"));
+    std::fs::write(&copy.0, &script).unwrap();
+    twin.nft("host", &format!("-f {}", copy.0.display()));
+    assert_eq!(elements(&twin, "allow4"), "tcp . 8080 . 192.0.2.2");
+    assert_eq!(elements(&twin, "limited"), "tcp . 8080");
+}
+
+#[test]
+fn a_neighbour_cannot_pass_as_the_hosts_loopback() {
+    // ns2 routes 127/8 to the host and route_localnet lets the host take such sources on
+    // br0 (nsport turns it on there for 127.0.0.1 publishes): a forged 127.0.0.1 source
+    // must not pass the loopback exemption of an allow-list.
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let _server = lab.serve_udp("ns1", Ipv4Addr::UNSPECIFIED, 53);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "5353:53/udp",
+        "--allow-from",
+        "192.0.2.2",
+    ]);
+    assert_eq!(
+        lab.read_sysctl("host", "net/ipv4/conf/br0/route_localnet"),
+        "1"
+    );
+    // ns2 sends from 127.0.0.2 on its eth0 (route_localnet lets it) to the host's bridge
+    // address; ns1 would see the datagram if it got through.
+    lab.ip("ns2", "addr add 127.0.0.2/32 dev eth0");
+    let seen = lab.run_in("ns2", || {
+        let socket = std::net::UdpSocket::bind((Ipv4Addr::new(127, 0, 0, 2), 0)).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let sent = socket.send_to(b"?", (HOST_BR, 5353));
+        sent.map(|_| socket.recv(&mut [0; 64]).is_ok())
+            .unwrap_or(false)
+    });
+    assert!(!seen, "a forged loopback source reached the target");
+    // The counter of the mapping saw nothing either: the guard dropped it first.
+    let rows = listing(&lab);
+    assert_eq!(rows[0]["packets"], 0, "{rows:?}");
+}
