@@ -109,8 +109,8 @@ mod tests {
         let held = mapping(Some("192.0.2.1"), &["10.0.0.0/8"]);
         let same = mapping(None, &["10.0.0.0/8"]);
         let open = mapping(None, &[]);
-        assert!(check_shared_lists(&[held.clone()], &[held.clone(), same]).is_ok());
-        let error = check_shared_lists(&[held.clone()], &[held.clone(), open.clone()])
+        assert!(check_shared_lists(std::slice::from_ref(&held), &[held.clone(), same]).is_ok());
+        let error = check_shared_lists(std::slice::from_ref(&held), &[held.clone(), open.clone()])
             .unwrap_err()
             .to_string();
         assert!(
@@ -135,7 +135,7 @@ mod tests {
         let old = mapping(None, &["10.0.0.0/8", "192.0.2.7"]);
         let new = mapping(None, &["10.0.0.0/8", "2001:db8::/32"]);
         let current = allow_elements_for([&old]);
-        let (delete, add) = allow_diff(&current, &[new.clone()]);
+        let (delete, add) = allow_diff(&current, std::slice::from_ref(&new));
         assert_eq!(delete.len(), 1);
         assert!(delete[0].nft_delete().contains("192.0.2.7"), "{delete:?}");
         assert_eq!(add.len(), 1);

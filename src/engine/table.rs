@@ -62,13 +62,16 @@ pub struct Snapshot {
 /// The layout that brought the source allow-lists.
 const ALLOW_LAYOUT: u32 = 3;
 
+/// Each limited host port's list of sources.
+pub type AllowLists = HashMap<(Proto, u16), Vec<SourcePrefix>>;
+
 /// The allow-list elements of a table, and each limited host port's list, from a dump of
 /// the allow sets: `limited` names the ports, `allow4`/`allow6` their prefixes.
 pub fn read_allow_lists(
     kernel: &mut impl Kernel,
-) -> Result<(Vec<Element>, HashMap<(Proto, u16), Vec<SourcePrefix>>), Error> {
+) -> Result<(Vec<Element>, AllowLists), Error> {
     let mut elements = Vec::new();
-    let mut lists: HashMap<(Proto, u16), Vec<SourcePrefix>> = HashMap::new();
+    let mut lists = AllowLists::new();
     for element in kernel.elements(SET_LIMITED).map_err(self::kernel_error)? {
         if let Some(proto) = element.key.first().and_then(|n| Proto::from_number(*n))
             && element.key.len() == 8

@@ -44,7 +44,8 @@ impl SourcePrefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    /// The prefix length in bits.
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -230,10 +231,10 @@ mod tests {
     #[test]
     fn parses_addresses_and_prefixes() {
         assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
-        assert_eq!(p("192.0.2.7").len(), 32);
+        assert_eq!(p("192.0.2.7").prefix_len(), 32);
         assert_eq!(p("192.0.2.7/32").to_string(), "192.0.2.7");
         assert_eq!(p("2001:db8::/32").to_string(), "2001:db8::/32");
-        assert_eq!(p("2001:db8::1").len(), 128);
+        assert_eq!(p("2001:db8::1").prefix_len(), 128);
         assert_eq!(p("0.0.0.0/0").last().to_string(), "255.255.255.255");
         assert_eq!(p("::/0").first().to_string(), "::");
     }
