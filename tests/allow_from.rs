@@ -450,3 +450,52 @@ fn a_neighbour_cannot_pass_as_the_hosts_loopback() {
     let rows = listing(&lab);
     assert_eq!(rows[0]["packets"], 0, "{rows:?}");
 }
+
+#[test]
+fn a_layout_2_table_migrates_when_a_list_is_first_added() {
+    // The bridge scenario's table as the nsport before allow-lists wrote it (layout 2).
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let fixture = std::fs::read_to_string(
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nft/v2/bridge.nft"),
+    )
+    .unwrap()
+    .replace(
+        "netns=ns1 ino=INODE",
+        &format!("netns={ns1} ino={}", lab.netns_inode("ns1")),
+    );
+    assert!(fixture.contains("nsport-layout=2") && !fixture.contains("INODE"));
+    let file = TempFile(lab.state_dir().with_extension("v2.nft"));
+    std::fs::write(
+        &file.0,
+        format!("table inet nsport\ndelete table inet nsport\n{fixture}"),
+    )
+    .unwrap();
+    lab.nft("host", &format!("-f {}", file.0.display()));
+    lab.write_sysctl("host", "net/ipv4/ip_forward", "1");
+    let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
+    assert!(matches!(
+        connect(&lab, "out", HOST_OUT, 3000),
+        Met::Answer(_)
+    ));
+
+    let output = lab.nsport(&[
+        "add",
+        "--netns",
+        &ns1,
+        "8080:3000",
+        "--allow-from",
+        "10.77.0.2",
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let table = lab.nft("host", "list table inet nsport");
+    assert!(table.contains("nsport-layout=3"), "{table}");
+    // Every mapping is kept; the new port has its list, the old ones none.
+    assert_eq!(listing(&lab).len(), 5);
+    assert!(matches!(
+        connect(&lab, "out", HOST_OUT, 3000),
+        Met::Answer(_)
+    ));
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), Met::Refused);
+    assert_eq!(connect(&lab, "ns3", HOST_V3, 8080), answer(NS3));
+}

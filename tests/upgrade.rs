@@ -340,14 +340,14 @@ fn upgrade(scenario: Scenario) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("rebuilt in layout 2"),
+        String::from_utf8_lossy(&output.stderr).contains("rebuilt in layout 3"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(connection.still_works(), "after the migrating add");
     let table = lab.nft("host", "list table inet nsport");
     assert!(
-        table.contains("comment \"nsport-layout=2\"") && !table.contains("ifaces"),
+        table.contains("comment \"nsport-layout=3\"") && !table.contains("ifaces"),
         "{table}"
     );
     assert_eq!(listing(&lab).len(), expected_count + 1);
@@ -525,11 +525,11 @@ fn cni_del_migrates_a_layout_1_table() {
     );
 }
 
-/// The golden bridge table as a newer nsport would have written it, claiming layout 3.
+/// The golden bridge table as a newer nsport would have written it, claiming layout 4.
 fn future_table(lab: &Lab) -> String {
     let table = instantiate(lab, &fixture("nft/bridge.nft"));
-    assert!(table.contains("comment \"nsport-layout=2\""));
-    table.replace("nsport-layout=2", "nsport-layout=3")
+    assert!(table.contains("comment \"nsport-layout=3\""));
+    table.replace("nsport-layout=3", "nsport-layout=4")
 }
 
 #[test]
@@ -558,8 +558,8 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
-            stderr.contains("layout 3")
-                && stderr.contains("layout 2")
+            stderr.contains("layout 4")
+                && stderr.contains("layout 3")
                 && stderr.contains("upgrade nsport"),
             "{args:?}: {stderr}"
         );
@@ -574,7 +574,7 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
         text.contains(
-            "note: table inet nsport has layout 3, newer than this nsport knows (layout 2)"
+            "note: table inet nsport has layout 4, newer than this nsport knows (layout 3)"
         ),
         "{text}"
     );
@@ -583,7 +583,7 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
     let doctor = lab.nsport(&["doctor"]);
     let doctor = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        doctor.contains("table layout: layout 3, newer than this nsport knows (2)"),
+        doctor.contains("table layout: layout 4, newer than this nsport knows (3)"),
         "{doctor}"
     );
     assert_eq!(lab.ruleset(), before, "ls and doctor repair nothing");
@@ -597,7 +597,7 @@ fn migrate_rebuilds_and_is_idempotent() {
     load(&lab, &instantiate(&lab, &fixture("nft/v1/bridge.nft")));
     v1_settings(&lab, &["br0"], true, false);
     let dry = lab.nsport_ok(&["migrate", "--dry-run"]);
-    assert!(dry.contains("from layout 1 in layout 2"), "{dry}");
+    assert!(dry.contains("from layout 1 in layout 3"), "{dry}");
     assert!(
         lab.nft("host", "list table inet nsport")
             .contains("set ifaces")

@@ -67,9 +67,7 @@ pub type AllowLists = HashMap<(Proto, u16), Vec<SourcePrefix>>;
 
 /// The allow-list elements of a table, and each limited host port's list, from a dump of
 /// the allow sets: `limited` names the ports, `allow4`/`allow6` their prefixes.
-pub fn read_allow_lists(
-    kernel: &mut impl Kernel,
-) -> Result<(Vec<Element>, AllowLists), Error> {
+pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, AllowLists), Error> {
     let mut elements = Vec::new();
     let mut lists = AllowLists::new();
     for element in kernel.elements(SET_LIMITED).map_err(self::kernel_error)? {
