@@ -499,3 +499,101 @@ fn a_layout_2_table_migrates_when_a_list_is_first_added() {
     assert_eq!(connect(&lab, "out", HOST_OUT, 8080), Met::Refused);
     assert_eq!(connect(&lab, "ns3", HOST_V3, 8080), answer(NS3));
 }
+
+/// The CNI configuration nsport gets after Debian's bridge plugin, with `conditions`.
+fn cni_config(result: &serde_json::Value, conditions: serde_json::Value) -> serde_json::Value {
+    let mut config = serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "labnet",
+        "type": "nsport",
+        "capabilities": {"portMappings": true},
+        "runtimeConfig": {"portMappings": [
+            {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
+        ]},
+        "prevResult": result,
+    });
+    for (field, value) in conditions.as_object().unwrap() {
+        config[field] = value.clone();
+    }
+    config
+}
+
+#[test]
+fn cni_conditions_on_sources_and_destinations_become_allow_lists() {
+    let mut lab = Lab::new(BrNetfilter::On);
+    lab.add_namespace("ctr");
+    let ctr = lab.ns("ctr");
+    let result = lab.cni_attach("c1", &ctr);
+    let _server = lab.serve_tcp("ctr", Ipv4Addr::UNSPECIFIED, 80);
+    let nsport = env!("CARGO_BIN_EXE_nsport");
+
+    // portmap's iptables form: a source and a destination.
+    let config = cni_config(
+        &result,
+        serde_json::json!({"conditionsV4": ["-s", "192.0.2.2/32", "-d", "192.0.2.1"]}),
+    );
+    let output = lab.cni(nsport, "ADD", "c1", &ctr, &config);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(OUT));
+    // Published on 192.0.2.1 only, and for 192.0.2.2 only.
+    assert_eq!(connect(&lab, "out", HOST_OUT2, 8080), Met::Refused);
+    assert_eq!(connect(&lab, "ns3", HOST_V3, 8080), Met::Refused);
+    let rows = listing(&lab);
+    assert_eq!(rows[0]["host_addr"], "192.0.2.1", "{rows:?}");
+    // IPv6 had no condition, so every IPv6 source stays allowed.
+    assert_eq!(
+        rows[0]["allow_from"],
+        serde_json::json!(["192.0.2.2", "::/0"])
+    );
+    assert!(
+        lab.cni(nsport, "CHECK", "c1", &ctr, &config)
+            .status
+            .success()
+    );
+    assert!(lab.cni(nsport, "DEL", "c1", &ctr, &config).status.success());
+    assert_eq!(elements(&lab, "limited"), "");
+    assert_eq!(elements(&lab, "allow4"), "");
+
+    // The nftables form.
+    let config = cni_config(
+        &result,
+        serde_json::json!({"conditionsV4": ["ip saddr { 10.77.0.0/30, 198.51.100.0/24 }"]}),
+    );
+    let output = lab.cni(nsport, "ADD", "c1", &ctr, &config);
+    assert!(output.status.success(), "{output:?}");
+    assert!(matches!(
+        connect(&lab, "ns3", HOST_V3, 8080),
+        Met::Answer(_)
+    ));
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), Met::Refused);
+    assert!(lab.cni(nsport, "DEL", "c1", &ctr, &config).status.success());
+
+    // Anything else is refused with the spec's code 2, saying what is supported, and
+    // nothing changes.
+    let before = lab.ruleset();
+    for conditions in [
+        serde_json::json!({"conditionsV4": ["-p", "tcp", "--dport", "8080"]}),
+        serde_json::json!({"conditionsV4": ["!", "-s", "10.0.0.0/8"]}),
+        serde_json::json!({"conditionsV6": ["meta mark 0x1"]}),
+    ] {
+        let output = lab.cni(
+            nsport,
+            "ADD",
+            "c1",
+            &ctr,
+            &cni_config(&result, conditions.clone()),
+        );
+        assert!(!output.status.success(), "{conditions}");
+        let error: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(error["code"], 2, "{error}");
+        assert!(
+            error["msg"].as_str().unwrap().contains("is not supported"),
+            "{error}"
+        );
+        assert!(
+            error["details"].as_str().unwrap().contains("--src-range"),
+            "{error}"
+        );
+        assert_eq!(lab.ruleset(), before, "{conditions}");
+    }
+}

@@ -59,6 +59,8 @@ pub(super) struct Origin<'a> {
     pub netns: Option<&'a str>,
     pub netns_inode: Option<u64>,
     pub allow_direct: bool,
+    /// The sources portmap's conditions allow; empty for every source.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The mappings the port mappings ask for: each on the container's first address of
@@ -89,7 +91,7 @@ pub(super) fn wanted(
                 container: Some(origin.attachment.id.to_string()),
                 container_ifname: Some(origin.attachment.ifname.to_string()),
                 network: origin.attachment.network.map(String::from),
-                allow_from: Vec::new(),
+                allow_from: origin.allow_from.clone(),
             };
             match mappings
                 .iter()
