@@ -9,6 +9,8 @@
 
 #[path = "../tests/lab/mod.rs"]
 mod lab;
+#[path = "suite/allow_from.rs"]
+mod allow_from;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -708,7 +710,7 @@ fn main() {
     unsafe { std::env::set_var("NSPORT_STATE_DIR", &state) };
     let started = Instant::now();
     let mut rows = Vec::new();
-    let scenarios: [(&str, Scenario); 8] = [
+    let scenarios: [(&str, Scenario); 9] = [
         ("publish one port", publish_one),
         ("publish a range", publish_range),
         ("data path", data_path),
@@ -717,6 +719,7 @@ fn main() {
         ("listing", listing),
         ("footprint", footprint),
         ("throughput", throughput),
+        ("allow-from", allow_from::allow_from),
     ];
     // NSPORT_BENCH=NAME runs the scenarios whose name contains NAME, and leaves
     // BENCHMARKS.md alone: a partial table is not the suite's result.

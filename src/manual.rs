@@ -214,7 +214,12 @@ pub fn page(cmd: &Command) -> String {
     section(&mut out, "THE MAPPINGS FILE");
     paragraph(
         &mut out,
-        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"allow_direct\" and \"force\" (booleans, default false). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
+        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"allow_direct\" and \"force\" (booleans, default false) and \"allow_from\" (a list of source addresses or prefixes, like add --allow-from; absent for every source). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
+    );
+    section(&mut out, "SOURCE ALLOW-LISTS");
+    paragraph(
+        &mut out,
+        "add --allow-from CIDR (repeatable; an address means /32 or /128) lets only those sources use the published ports: any other source gets what an unpublished port gives (a TCP reset, an ICMP port unreachable), not a silent drop. A list belongs to the host port (protocol and number) and every mapping of the port shares it: add refuses a mapping whose list differs from the port's, naming the mapping that holds it; re-adding the port's mappings with another list replaces it in one batch; rm of the port's last mapping removes it. The host's own non-loopback addresses and hairpin connections are sources like any other; loopback sources (127.0.0.0/8, ::1) are always allowed, since a local process can reach the target directly anyway, and 127.0.0.0/8 sources from any interface but lo are dropped. ls shows a FROM column, ls --json the field allow_from. In CNI mode, portmap's conditionsV4/conditionsV6 on source addresses (-s, --src-range, ip saddr) become the list, and on one destination address (-d, ip daddr) the host address.",
     );
     section(&mut out, "EXAMPLES");
     example(&mut out, EXAMPLES);
