@@ -7,10 +7,10 @@
 //! noisy, and only ratios measured side by side mean anything. The table is printed and
 //! written into BENCHMARKS.md with the machine it ran on.
 
-#[path = "../tests/lab/mod.rs"]
-mod lab;
 #[path = "suite/allow_from.rs"]
 mod allow_from;
+#[path = "../tests/lab/mod.rs"]
+mod lab;
 
 use std::fmt::Write as _;
 use std::io::{Read, Write};

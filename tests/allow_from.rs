@@ -597,3 +597,72 @@ fn cni_conditions_on_sources_and_destinations_become_allow_lists() {
         assert_eq!(lab.ruleset(), before, "{conditions}");
     }
 }
+
+#[test]
+fn concurrent_writers_leave_one_whole_list_per_port() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let lists = [
+        ["192.0.2.0/24", "10.77.0.2"],
+        ["198.51.100.0/24", "2001:db8::/32"],
+    ];
+    let mut children = Vec::new();
+    // Eight writers on ports of their own, and four re-adding port 8080 with one of two
+    // lists each, all at once.
+    for i in 0..8u16 {
+        let port = format!("{}:80", 9000 + i);
+        let source = format!("10.{i}.0.0/16");
+        children.push(lab.spawn_nsport(&["add", "--netns", &ns1, &port, "--allow-from", &source]));
+    }
+    for i in 0..4 {
+        let [a, b] = lists[i % 2];
+        children.push(lab.spawn_nsport(&[
+            "add",
+            "--netns",
+            &ns1,
+            "8080:80",
+            "--allow-from",
+            a,
+            "--allow-from",
+            b,
+        ]));
+    }
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let rows = listing(&lab);
+    assert_eq!(rows.len(), 9, "{rows:?}");
+    for row in &rows {
+        let port = row["host_port"].as_u64().unwrap();
+        let list: Vec<&str> = row["allow_from"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap())
+            .collect();
+        if port == 8080 {
+            // One of the two lists, whole: never a mix of both.
+            let mut sorted = list.clone();
+            sorted.sort();
+            assert!(
+                lists.iter().any(|l| {
+                    let mut l = l.to_vec();
+                    l.sort();
+                    l == sorted
+                }),
+                "{list:?}"
+            );
+        } else {
+            assert_eq!(list, [format!("10.{}.0.0/16", port - 9000)], "{row}");
+        }
+    }
+    // The kernel holds exactly what ls says: one element per prefix, one per port.
+    let allow4 = elements(&lab, "allow4");
+    let allow6 = elements(&lab, "allow6");
+    assert_eq!(
+        allow4.matches("tcp .").count() + allow6.matches("tcp .").count(),
+        10
+    );
+    assert_eq!(elements(&lab, "limited").matches("tcp .").count(), 9);
+}

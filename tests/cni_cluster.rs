@@ -713,7 +713,10 @@ fn check_verifies_every_access_path() {
     let out = ns(&lab, "ADD", pod, &config);
     assert_eq!(out.code(), 2);
     let msg = out.json()["msg"].as_str().unwrap().to_string();
-    assert!(msg.contains("conditionsV4") && msg.contains("--dport"), "{msg}");
+    assert!(
+        msg.contains("conditionsV4") && msg.contains("--dport"),
+        "{msg}"
+    );
     config.as_object_mut().unwrap().remove("conditionsV4");
     let config_deny = {
         let mut c = config.clone();
