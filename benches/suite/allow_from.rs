@@ -2,9 +2,10 @@
 //! limited by 1,000 prefixes among 10,000 published ports, against one port limited by one
 //! prefix. The lists are two lookups in sets of intervals, so the two should not differ.
 
-use lab::{BrNetfilter, HOST_OUT, Lab};
-
-use super::{NSPORT, Row, byte_server, connection_p50, lab, median, ratio, run, us};
+use crate::commands::{NSPORT, run};
+use crate::datapath::{byte_server, connection_p50};
+use crate::lab::{BrNetfilter, HOST_OUT, Lab};
+use crate::measure::{Row, median, ratio, us};
 
 /// The measured port; the other 9,999 mappings are published beside it without a list.
 const PORT: u16 = 29999;

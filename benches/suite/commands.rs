@@ -1,0 +1,103 @@
+//! Starting the contenders: nsport, nft, iptables, timed from the calling thread's namespace.
+
+use std::fmt::Write as _;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::lab::Lab;
+
+pub const NSPORT: &str = env!("CARGO_BIN_EXE_nsport");
+
+/// Rounds of alternation for comparisons of single commands.
+pub const ROUNDS: usize = 15;
+
+/// A command run from the current thread's namespace; panics on failure.
+pub fn run(lab: &Lab, program: &str, args: &[&str]) -> Duration {
+    run_with_input(lab, program, args, None)
+}
+
+pub fn run_with_input(lab: &Lab, program: &str, args: &[&str], input: Option<&str>) -> Duration {
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env("NSPORT_STATE_DIR", lab.state_dir())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = command.spawn().unwrap_or_else(|e| panic!("{program}: {e}"));
+    if let Some(input) = input {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    let output = child.wait_with_output().unwrap();
+    let took = start.elapsed();
+    assert!(
+        output.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    took
+}
+
+/// `N` Docker-style DNAT rules in chain DOCKER of table ip nat, loaded in one restore.
+pub fn docker_rules(ports: impl Iterator<Item = u16>, target: &str) -> String {
+    let mut rules = String::from("*nat\n:DOCKER - [0:0]\n");
+    for port in ports {
+        let _ = writeln!(
+            rules,
+            "-A DOCKER ! -i br0 -p tcp -m tcp --dport {port} -j DNAT --to-destination {target}:{port}"
+        );
+    }
+    rules.push_str("COMMIT\n");
+    rules
+}
+
+/// Docker's chain, reached from PREROUTING for local destinations.
+pub fn docker_chain(lab: &Lab) {
+    run(lab, "iptables", &["-t", "nat", "-N", "DOCKER"]);
+    run(
+        lab,
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "PREROUTING",
+            "-m",
+            "addrtype",
+            "--dst-type",
+            "LOCAL",
+            "-j",
+            "DOCKER",
+        ],
+    );
+}
+
+/// The arguments of `iptables` adding Docker's rule for one port.
+pub fn docker_add(port: u16) -> Vec<String> {
+    format!(
+        "-t nat -A DOCKER ! -i br0 -p tcp -m tcp --dport {port} -j DNAT --to-destination 10.77.0.2:{port}"
+    )
+    .split(' ')
+    .map(String::from)
+    .collect()
+}
+
+/// The empty nsport table, as nft syntax, read from nsport itself.
+pub fn nsport_script() -> String {
+    nsport::ruleset::table_script()
+        .lines()
+        .skip(3)
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,107 @@
+//! Publishing one port: against the floor, `nft add element` and `iptables-nft -A`.
+
+use std::time::Duration;
+
+use crate::commands::{
+    NSPORT, ROUNDS, docker_add, docker_chain, docker_rules, run, run_with_input,
+};
+use crate::lab::{BrNetfilter, Lab};
+use crate::measure::{Row, faster, median, ms, ratio};
+
+/// Scenario 1: one more port when N are published, against the floor, `nft add element`
+/// and, at N = 10,000, `iptables-nft -A` with N Docker-style rules.
+pub fn publish_one(rows: &mut Vec<Row>) {
+    let lab = Lab::new(BrNetfilter::Off);
+    let mut at_zero = Duration::ZERO;
+    lab.run_in("host", || docker_chain(&lab));
+    for n in [0u32, 1000, 10_000, 50_000] {
+        let (floor, add, nft, iptables) = lab.run_in("host", || {
+            run(&lab, NSPORT, &["flush"]);
+            if n > 0 {
+                let range = format!("10000-{}", 10000 + n - 1);
+                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &range]);
+            } else {
+                // The table, with nothing in it.
+                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);
+                run(&lab, NSPORT, &["rm", "9"]);
+            }
+            if n == 10_000 {
+                let rules = docker_rules(10000..20000, "10.77.0.2");
+                run_with_input(&lab, "iptables-restore", &["--noflush"], Some(&rules));
+            }
+            let mut samples: [Vec<Duration>; 4] = Default::default();
+            for _ in 0..ROUNDS {
+                samples[0].push(run(&lab, NSPORT, &["--version"]));
+                samples[1].push(run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "5"]));
+                // Reset through nsport, which keeps the helpers' counts right (rm reads
+                // only what it removes).
+                run(&lab, NSPORT, &["rm", "5"]);
+                samples[2].push(run(
+                    &lab,
+                    "nft",
+                    &["add element inet nsport any4 { tcp . 6 : 10.77.0.2 . 6 }"],
+                ));
+                run(
+                    &lab,
+                    "nft",
+                    &["delete element inet nsport any4 { tcp . 6 }"],
+                );
+                if n == 10_000 {
+                    let add = docker_add(7);
+                    let add: Vec<&str> = add.iter().map(String::as_str).collect();
+                    samples[3].push(run(&lab, "iptables", &add));
+                    let mut delete = add.clone();
+                    delete[2] = "-D";
+                    run(&lab, "iptables", &delete);
+                }
+            }
+            if n == 10_000 {
+                run(&lab, "iptables", &["-t", "nat", "-F", "DOCKER"]);
+            }
+            let [floor, add, nft, iptables] = samples;
+            (
+                median(floor),
+                median(add),
+                median(nft),
+                (!iptables.is_empty()).then(|| median(iptables)),
+            )
+        });
+        if n == 0 {
+            at_zero = add;
+        }
+        let r = ratio(add, floor);
+        rows.push(Row {
+            scenario: format!("publish 1 port, N={n}: vs the floor (`nsport --version`)"),
+            nsport: ms(add),
+            baseline: ms(floor),
+            ratio: r,
+            target: "≤ 1.3x the floor".into(),
+            met: r <= 1.3,
+        });
+        rows.push(faster(
+            format!("publish 1 port, N={n}: vs `nft add element`"),
+            add,
+            nft,
+            1.5,
+        ));
+        if let Some(iptables) = iptables {
+            rows.push(faster(
+                format!("publish 1 port, N={n}: vs `iptables-nft -A` with N Docker rules"),
+                add,
+                iptables,
+                4.0,
+            ));
+        }
+        if n == 50_000 {
+            let r = ratio(add, at_zero);
+            rows.push(Row {
+                scenario: "publish 1 port: N=50,000 against N=0".into(),
+                nsport: ms(add),
+                baseline: ms(at_zero),
+                ratio: r,
+                target: "≤ 1.3x".into(),
+                met: r <= 1.3,
+            });
+        }
+    }
+}
