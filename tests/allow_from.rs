@@ -545,11 +545,20 @@ fn cni_conditions_on_sources_and_destinations_become_allow_lists() {
         rows[0]["allow_from"],
         serde_json::json!(["192.0.2.2", "::/0"])
     );
-    assert!(
-        lab.cni(nsport, "CHECK", "c1", &ctr, &config)
-            .status
-            .success()
+    let check = |lab: &Lab| lab.cni(nsport, "CHECK", "c1", &ctr, &config);
+    assert!(check(&lab).status.success());
+    // CHECK sees a list that is not what the conditions ask for; ADD puts it back.
+    lab.nft(
+        "host",
+        "delete element inet nsport allow4 { tcp . 8080 . 192.0.2.2 }",
     );
+    let error: serde_json::Value = serde_json::from_slice(&check(&lab).stdout).unwrap();
+    assert_eq!(error["code"], 101, "{error}");
+    let msg = error["msg"].as_str().unwrap();
+    assert!(msg.contains("allows ::/0, not 192.0.2.2, ::/0"), "{error}");
+    assert!(lab.cni(nsport, "ADD", "c1", &ctr, &config).status.success());
+    assert!(check(&lab).status.success());
+    assert_eq!(connect(&lab, "out", HOST_OUT, 8080), answer(OUT));
     assert!(lab.cni(nsport, "DEL", "c1", &ctr, &config).status.success());
     assert_eq!(elements(&lab, "limited"), "");
     assert_eq!(elements(&lab, "allow4"), "");

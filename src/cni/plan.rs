@@ -266,6 +266,20 @@ pub(super) fn check(
                     "it was made with another directAccess setting".into(),
                 ));
             }
+            Some(m) if m.allow_from != mapping.allow_from => {
+                let list = |m: &Mapping| match m.allow_from.is_empty() {
+                    true => "every source".to_string(),
+                    false => crate::model::list_label(&m.allow_from),
+                };
+                return Err(missing(
+                    mapping,
+                    format!(
+                        "its host port allows {}, not {} as the conditions ask",
+                        list(m),
+                        list(mapping)
+                    ),
+                ));
+            }
             Some(_) => {}
         }
         // The helper elements the engine writes for this mapping (`reach`, `hairpin`,

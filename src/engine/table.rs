@@ -87,6 +87,19 @@ pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, Allow
             }
         }
     }
+    // Prefixes of a port missing from `limited` restrict nothing in the kernel: such a
+    // port is listed as open, and the next change deletes the strays.
+    let limited: HashSet<(Proto, u16)> = elements
+        .iter()
+        .filter(|e| e.set == SET_LIMITED)
+        .filter_map(|e| {
+            Some((
+                Proto::from_number(e.key[0])?,
+                u16::from_be_bytes([e.key[4], e.key[5]]),
+            ))
+        })
+        .collect();
+    lists.retain(|port, _| limited.contains(port));
     for list in lists.values_mut() {
         *list = crate::model::canonical(list);
     }
