@@ -130,6 +130,106 @@ mod tests {
         assert!(check_shared_lists(&[], &[held, other_port]).is_ok());
     }
 
+    /// The engine on the fake kernel: publish, switch and remove a list.
+    mod on_the_fake_kernel {
+        use super::*;
+        use crate::engine::counts::Counts;
+        use crate::engine::fake::Fake;
+        use crate::engine::transaction;
+        use crate::ruleset::{SET_ADDR4, SET_ALLOW4, SET_ANY4, SET_LIMITED, host_key};
+
+        fn run<T>(fake: &mut Fake, change: impl FnOnce(&mut Fake, &mut Option<Counts>) -> T) -> T {
+            let mut counts = fake.counts.take();
+            let result = change(fake, &mut counts);
+            fake.counts = counts;
+            result
+        }
+
+        fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<(), Error> {
+            run(fake, |fake, counts| {
+                transaction::create(fake, counts, mappings, false).map(|_| ())
+            })
+        }
+
+        fn listed(fake: &mut Fake) -> Vec<Mapping> {
+            crate::engine::table::read(fake, true)
+                .unwrap()
+                .mappings
+                .into_iter()
+                .map(|(m, _)| m)
+                .collect()
+        }
+
+        #[test]
+        fn a_list_is_published_switched_and_removed_with_its_port() {
+            let mut fake = Fake::default();
+            let one = |list: &[&str]| {
+                let wildcard = mapping(None, list);
+                let addr = mapping(Some("192.0.2.1"), list);
+                [wildcard, addr]
+            };
+            publish(&mut fake, &one(&["10.0.0.0/8", "192.0.2.7"])[..1]).unwrap();
+            publish(&mut fake, &one(&["10.0.0.0/8", "192.0.2.7"])[1..]).unwrap();
+            assert_eq!(fake.elements_of(SET_LIMITED).len(), 1);
+            assert_eq!(fake.elements_of(SET_ALLOW4).len(), 2);
+            for listed in listed(&mut fake) {
+                assert_eq!(list_label(&listed.allow_from), "10.0.0.0/8, 192.0.2.7");
+            }
+            // Switching the list: the mapping elements stay, one prefix goes, one comes.
+            let before = fake.elements_of(SET_ANY4);
+            let switched = one(&["10.0.0.0/8", "198.51.100.0/24"]);
+            let committed = run(&mut fake, |fake, counts| {
+                transaction::create(fake, counts, &switched, false)
+            })
+            .unwrap();
+            let deleted: Vec<String> = committed
+                .plan
+                .delete
+                .iter()
+                .map(Element::nft_delete)
+                .collect();
+            assert_eq!(
+                deleted,
+                ["delete element inet nsport allow4 { tcp . 8080 . 192.0.2.7 }"]
+            );
+            assert_eq!(fake.elements_of(SET_ANY4), before);
+            for listed in listed(&mut fake) {
+                assert_eq!(
+                    list_label(&listed.allow_from),
+                    "10.0.0.0/8, 198.51.100.0/24"
+                );
+            }
+            // Removing by key falls back to a full read for a limited port; the first
+            // removal keeps the list, the last takes it along.
+            for (set, host_addr, left) in [
+                (SET_ANY4, None, 1),
+                (SET_ADDR4, Some("192.0.2.1".parse().unwrap()), 0),
+            ] {
+                let keys = vec![(set, host_key(Proto::Tcp, host_addr, 8080))];
+                run(&mut fake, |fake, counts| {
+                    transaction::remove(fake, counts, &keys, false, |found| {
+                        Ok(found.iter().flatten().cloned().collect())
+                    })
+                })
+                .unwrap();
+                assert_eq!(fake.elements_of(SET_LIMITED).len(), left);
+                assert_eq!(fake.elements_of(SET_ALLOW4).len(), 2 * left);
+            }
+        }
+
+        #[test]
+        fn another_list_on_a_port_is_refused_and_changes_nothing() {
+            let mut fake = Fake::default();
+            publish(&mut fake, &[mapping(Some("192.0.2.1"), &["10.0.0.0/8"])]).unwrap();
+            let before = fake.table.clone();
+            for list in [&[][..], &["192.0.2.0/24"][..]] {
+                let error = publish(&mut fake, &[mapping(Some("198.51.100.1"), list)]).unwrap_err();
+                assert!(matches!(error, Error::AllowListDiffers { .. }), "{error}");
+                assert_eq!(fake.table, before);
+            }
+        }
+    }
+
     #[test]
     fn a_new_list_replaces_the_old_one_element_by_element() {
         let old = mapping(None, &["10.0.0.0/8", "192.0.2.7"]);
