@@ -503,6 +503,20 @@ fn choose_host_ports(
             taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
         }
     }
+    // Rust has no SCTP socket to try a bind with, and the kernel may have no SCTP at all:
+    // the ports that host SCTP sockets listen on are read once, and taken on any address.
+    let sctp_held: std::collections::HashSet<u16> = if requests
+        .iter()
+        .any(|r| r.host_ports.is_none() && r.proto == nsport::Proto::Sctp)
+    {
+        nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Sctp)
+            .context("cannot read the host's SCTP sockets")?
+            .into_iter()
+            .map(|socket| socket.port)
+            .collect()
+    } else {
+        Default::default()
+    };
     let mut specs = Vec::new();
     let mut chosen = Vec::new();
     for request in requests {
@@ -513,7 +527,10 @@ fn choose_host_ports(
         let len = request.ns_ports.len() as u16;
         let free = |port: u16| {
             !taken.contains(&(request.proto, port))
-                && bindable(request.host_addr, request.proto, port)
+                && match request.proto {
+                    nsport::Proto::Sctp => !sctp_held.contains(&port),
+                    proto => bindable(request.host_addr, proto, port),
+                }
         };
         let start = (low..=high.saturating_sub(len - 1))
             .find(|&start| (start..start + len).all(free))
@@ -546,6 +563,8 @@ fn bindable(addr: Option<IpAddr>, proto: nsport::Proto, port: u16) -> bool {
         let bound = match proto {
             nsport::Proto::Tcp => std::net::TcpListener::bind((addr, port)).map(drop),
             nsport::Proto::Udp => std::net::UdpSocket::bind((addr, port)).map(drop),
+            // std has no SCTP socket; choose_host_ports asks sock_diag instead.
+            nsport::Proto::Sctp => Ok(()),
         };
         match bound {
             Ok(()) => {}

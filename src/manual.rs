@@ -89,7 +89,11 @@ const PUBLISH_FORMS: &[(&str, &str)] = &[
     ("8080:80", "Host port 8080 to namespace port 80."),
     (
         "5353:53/udp",
-        "UDP; the protocol is tcp or udp, in any case.",
+        "UDP; the protocol is tcp, udp or sctp, in any case.",
+    ),
+    (
+        "3868:3868/sctp",
+        "SCTP, on every path TCP takes; the kernel needs SCTP conntrack and NAT, the host no SCTP sockets.",
     ),
     (
         "127.0.0.1:4000:3000",

@@ -15,6 +15,9 @@ use std::str::FromStr;
 pub enum Proto {
     Tcp,
     Udp,
+    /// SCTP (RFC 9260): its common header starts with the two ports, as TCP's and UDP's
+    /// do, so the same `meta l4proto . th dport` key finds it and conntrack NATs it.
+    Sctp,
 }
 
 impl Proto {
@@ -23,6 +26,7 @@ impl Proto {
         match self {
             Proto::Tcp => 6,
             Proto::Udp => 17,
+            Proto::Sctp => 132,
         }
     }
 
@@ -30,6 +34,7 @@ impl Proto {
         match number {
             6 => Some(Proto::Tcp),
             17 => Some(Proto::Udp),
+            132 => Some(Proto::Sctp),
             _ => None,
         }
     }
@@ -40,6 +45,7 @@ impl fmt::Display for Proto {
         f.write_str(match self {
             Proto::Tcp => "tcp",
             Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
         })
     }
 }
@@ -47,11 +53,12 @@ impl fmt::Display for Proto {
 impl FromStr for Proto {
     type Err = SpecError;
 
-    /// Case-insensitive, as Docker reads it: `tcp`, `TCP`, `Udp`.
+    /// Case-insensitive, as Docker reads it: `tcp`, `TCP`, `Udp`, `SCTP`.
     fn from_str(s: &str) -> Result<Self, SpecError> {
         match s.to_ascii_lowercase().as_str() {
             "tcp" => Ok(Proto::Tcp),
             "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
             other => Err(SpecError::Protocol(other.to_string())),
         }
     }
@@ -102,7 +109,7 @@ pub enum SpecError {
         host_len: u32,
         ns_len: u32,
     },
-    #[error("unknown protocol {0:?}: expected tcp or udp")]
+    #[error("unknown protocol {0:?}: expected tcp, udp or sctp")]
     Protocol(String),
     #[error(
         "invalid host address {0:?}: expected an IPv4 address such as 192.0.2.1 or a bracketed IPv6 address such as [2001:db8::1]"
@@ -506,6 +513,20 @@ mod tests {
                 range(1, 65535),
                 Proto::Tcp,
             ),
+            (
+                "8080:80/sctp",
+                None,
+                range(8080, 8080),
+                range(80, 80),
+                Proto::Sctp,
+            ),
+            (
+                "[2001:db8::1]:3868-3869:3868-3869/sctp",
+                Some(IpAddr::V6("2001:db8::1".parse().unwrap())),
+                range(3868, 3869),
+                range(3868, 3869),
+                Proto::Sctp,
+            ),
         ];
         for (text, host_addr, host_ports, ns_ports, proto) in cases {
             assert_eq!(
@@ -529,7 +550,9 @@ mod tests {
             ("3000:0", "\"0\""),
             ("3002-3000:80-82", "\"3002-3000\""),
             ("3000-3002:80-81", "\"3000-3002\""),
-            ("3000/sctp", "\"sctp\""),
+            ("3000/dccp", "\"dccp\""),
+            ("3000/sctp6", "\"sctp6\""),
+            ("3000/ sctp", "\" sctp\""),
             ("3000/", "\"\""),
             ("300.0.0.1:80:80", "\"300.0.0.1\""),
             ("[2001:db8::g]:80:80", "\"2001:db8::g\""),
@@ -575,7 +598,7 @@ mod tests {
         );
         let spec: HostSpec = "8080:80".parse().unwrap();
         assert_eq!((spec.host_addr, spec.ports), (None, range(8080, 8080)));
-        for bad in ["0", "70000/tcp", "3000/sctp", "1.2.3:80", "[::1]:80"] {
+        for bad in ["0", "70000/tcp", "3000/dccp", "1.2.3:80", "[::1]:80"] {
             assert!(bad.parse::<HostSpec>().is_err(), "{bad}");
         }
     }
@@ -614,6 +637,11 @@ mod tests {
         );
         assert_eq!(publish("8080:80/TCP").unwrap().proto, Proto::Tcp);
         assert_eq!(publish("53/Udp").unwrap().proto, Proto::Udp);
+        // SCTP is read as the other two are: in any case, as Docker reads it.
+        assert_eq!(publish("8080:80/SCTP").unwrap().proto, Proto::Sctp);
+        assert_eq!(publish("8080:80/Sctp").unwrap().proto, Proto::Sctp);
+        let side: HostSpec = "127.0.0.1:3868/sctp".parse().unwrap();
+        assert_eq!((side.ports, side.proto), (range(3868, 3868), Proto::Sctp));
         // rm's whole specs keep their namespace side.
         let side: HostSpec = "8080:9999".parse().unwrap();
         assert_eq!(side.ns_ports, Some(range(9999, 9999)));
@@ -629,6 +657,7 @@ mod tests {
             "127.0.0.1:4000:3000/tcp",
             "1-2:3-4/udp",
             "[2001:db8::1]:8080:80/tcp",
+            "8080:80/sctp",
         ] {
             assert_eq!(publish(text).unwrap().to_string(), text);
         }

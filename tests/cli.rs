@@ -137,7 +137,7 @@ fn bad_input_is_refused_and_changes_nothing() {
             vec!["add", "--netns", &ns1, "3000-3002:80-81"],
             "\"3000-3002\"",
         ),
-        (vec!["add", "--netns", &ns1, "53/sctp"], "\"sctp\""),
+        (vec!["add", "--netns", &ns1, "53/dccp"], "\"dccp\""),
         (
             vec!["add", "--netns", &ns1, "300.1.2.3:80:80"],
             "\"300.1.2.3\"",

@@ -244,7 +244,7 @@ fn spec_conformance() {
         ),
         (
             json!({"cniVersion": "1.0.0", "type": "nsport", "prevResult": prev.clone(),
-                "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}}),
+                "runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "dccp"}]}}),
             7,
         ),
     ] {

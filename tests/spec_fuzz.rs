@@ -62,10 +62,9 @@ proptest! {
         host in 1u16..=65535,
         ns in 1u16..=65535,
         len in 0u16..100,
-        udp in any::<bool>(),
+        proto in proptest::sample::select(&["tcp", "udp", "sctp"][..]),
     ) {
         let len = len.min(65535 - host).min(65535 - ns);
-        let proto = if udp { "udp" } else { "tcp" };
         let prefix = match addr {
             Some(IpAddr::V6(v6)) => format!("[{v6}]:"),
             Some(v4) => format!("{v4}:"),

@@ -124,7 +124,7 @@ fn apply_refuses_a_bad_file_whole() {
     for (name, text) in [
         ("dup.json", listing.to_string()),
         ("broken.json", "[{\"proto\": \"tcp\"".to_string()),
-        ("sctp.json", "[{\"proto\":\"sctp\",\"host_addr\":null,\"host_port\":1,\"to_addr\":\"10.77.0.2\",\"to_port\":1,\"via\":\"v3\"}]".to_string()),
+        ("dccp.json", "[{\"proto\":\"dccp\",\"host_addr\":null,\"host_port\":1,\"to_addr\":\"10.77.0.2\",\"to_port\":1,\"via\":\"v3\"}]".to_string()),
     ] {
         let output = lab.nsport(&["apply", &save(&lab, name, &text)]);
         let stderr = String::from_utf8_lossy(&output.stderr);

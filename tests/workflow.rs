@@ -207,8 +207,8 @@ fn apply_refuses_a_missing_namespace_unless_told_to_skip_it() {
             "neither",
         ),
         (
-            r#"{"version": 1, "mappings": [{"to": "10.77.0.2", "publish": "80/sctp"}]}"#,
-            "sctp",
+            r#"{"version": 1, "mappings": [{"to": "10.77.0.2", "publish": "80/dccp"}]}"#,
+            "dccp",
         ),
         (
             r#"{"version": 1, "mappings": [{"to": "10.77.0.2", "publish": "80", "port": 1}]}"#,

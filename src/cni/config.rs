@@ -212,11 +212,12 @@ fn port_mapping(i: usize, entry: &Value) -> Result<PortMapping, CniError> {
         Some(value) => match value.as_str().map(str::to_ascii_lowercase).as_deref() {
             Some("" | "tcp") => Proto::Tcp,
             Some("udp") => Proto::Udp,
+            Some("sctp") => Proto::Sctp,
             _ => {
                 return Err(bad(
                     "protocol",
                     value,
-                    "is not supported: nsport publishes tcp and udp",
+                    "is not supported: nsport publishes tcp, udp and sctp",
                 ));
             }
         },
@@ -359,8 +360,8 @@ mod tests {
                 "containerPort 70000",
             ),
             (
-                json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]}}),
-                "protocol \"sctp\"",
+                json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "dccp"}]}}),
+                "protocol \"dccp\"",
             ),
             (
                 json!({"runtimeConfig": {"portMappings": [{"hostPort": 80, "containerPort": 80, "hostIP": "x"}]}}),
@@ -376,6 +377,21 @@ mod tests {
         assert!(error.msg.contains("directAccess") && error.msg.contains("maybe"));
         assert!(allow_direct(&json!({})).unwrap());
         assert!(!allow_direct(&json!({"directAccess": "deny"})).unwrap());
+    }
+
+    #[test]
+    fn sctp_is_read_as_tcp_and_udp_are() {
+        for protocol in ["sctp", "SCTP", "Sctp"] {
+            let config = json!({"runtimeConfig": {"portMappings": [
+                {"hostPort": 3868, "containerPort": 3869, "protocol": protocol}]}});
+            let ports = port_mappings(&config).unwrap();
+            assert_eq!(ports.len(), 1);
+            assert_eq!(
+                (ports[0].proto, ports[0].host_port, ports[0].container_port),
+                (Proto::Sctp, 3868, 3869),
+                "{protocol}"
+            );
+        }
     }
 
     #[test]

@@ -12,21 +12,27 @@ use crate::ruleset::Mapping;
 use crate::spec::Proto;
 
 /// Forgets flows to the host side of `removed` that were DNATed to their targets, and UDP
-/// flows to the host side of `added` that still reach something else.
+/// flows and unanswered SCTP INITs to the host side of `added` that still reach something
+/// else.
 pub fn forget(removed: &[Mapping], added: &[Mapping]) {
-    let udp_added: Vec<Mapping> = added
+    let redirected: Vec<Mapping> = added
         .iter()
-        .filter(|m| m.proto == Proto::Udp)
+        .filter(|m| matches!(m.proto, Proto::Udp | Proto::Sctp))
         .cloned()
         .collect();
     if let Err(error) = forget_flows(removed, |m, flow| flow.reply_src == Some(m.to_addr)) {
         log::warn!("could not forget the connections of removed mappings: {error:#}");
     }
     // A UDP flow already running to a newly published host port keeps its old path until
-    // its conntrack entry goes; TCP flows there are the host's own connections and are left
-    // alone, and a TCP-only publish does not read the conntrack table at all.
-    if let Err(error) = forget_flows(&udp_added, |m, flow| flow.reply_src != Some(m.to_addr)) {
-        log::warn!("could not redirect running UDP flows to new mappings: {error:#}");
+    // its conntrack entry goes; so does an SCTP client retrying an INIT the host never
+    // answered (conntrack keeps the entry, and its NAT, while the INITs come). Established
+    // SCTP associations and TCP connections there are the host's own and are left alone,
+    // and a TCP-only publish does not read the conntrack table at all.
+    let doomed = |m: &Mapping, flow: &Flow| {
+        flow.reply_src != Some(m.to_addr) && (m.proto == Proto::Udp || flow.is_unanswered_sctp())
+    };
+    if let Err(error) = forget_flows(&redirected, doomed) {
+        log::warn!("could not redirect running flows to new mappings: {error:#}");
     }
 }
 

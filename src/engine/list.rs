@@ -18,7 +18,6 @@ use crate::host::sysctl::Sysctl;
 use crate::netlink::NetlinkError;
 use crate::ruleset::metadata::is_digest;
 use crate::ruleset::{self, Element, Mapping, SET_CLOSED};
-use crate::spec::Proto;
 
 /// A mapping as `ls` shows it: with whether its namespace is gone and which host socket
 /// it hides.
@@ -127,9 +126,7 @@ fn list_counted() -> Result<Vec<(Mapping, Counter)>, Error> {
 /// Every mapping, with whether its namespace is gone and which host socket it hides.
 pub fn list_status() -> Result<Vec<Listing>, Error> {
     let mappings = list_counted()?;
-    let tcp = mappings.iter().any(|(m, _)| m.proto == Proto::Tcp);
-    let udp = mappings.iter().any(|(m, _)| m.proto == Proto::Udp);
-    let sockets = HostSockets::read(tcp, udp)?;
+    let sockets = HostSockets::read(mappings.iter().map(|(m, _)| m))?;
     let plain: Vec<Mapping> = mappings.iter().map(|(m, _)| m.clone()).collect();
     let stale = stale_flags(&plain);
     Ok(mappings

@@ -10,7 +10,7 @@ use crate::host::netns::Namespace;
 use crate::host::sockets::HostSockets;
 use crate::netlink::rtnetlink;
 use crate::ruleset::Mapping;
-use crate::spec::{Proto, PublishSpec};
+use crate::spec::PublishSpec;
 
 /// Where published ports lead.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -327,9 +327,7 @@ fn bridge_port(peer: Option<u32>, via: &rtnetlink::Link) -> Result<Option<rtnetl
 }
 
 pub fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
-    let tcp = mappings.iter().any(|m| m.proto == Proto::Tcp);
-    let udp = mappings.iter().any(|m| m.proto == Proto::Udp);
-    let sockets = HostSockets::read(tcp, udp)?;
+    let sockets = HostSockets::read(mappings)?;
     for mapping in mappings {
         if let Some(owner) = sockets.shadowed_by(mapping) {
             return Err(Error::HostPortInUse {

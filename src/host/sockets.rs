@@ -4,6 +4,7 @@
 //! listens on the same port silently stops receiving. nsport refuses such a publish unless
 //! forced, and `ls` marks mappings that shadow a listener started later.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::net::IpAddr;
 
@@ -12,25 +13,29 @@ use crate::netlink::sock_diag::{self, BoundSocket};
 use crate::ruleset::Mapping;
 use crate::spec::Proto;
 
-/// The host sockets of both protocols that can receive traffic for a mapping.
+/// The host sockets of every protocol that can receive traffic for a mapping.
 pub struct HostSockets {
     tcp: Vec<BoundSocket>,
     udp: Vec<BoundSocket>,
+    sctp: Vec<BoundSocket>,
 }
 
 impl HostSockets {
-    /// Reads the listening TCP and the bound UDP sockets of the current namespace.
-    pub fn read(tcp: bool, udp: bool) -> Result<HostSockets, Error> {
-        let dump = |wanted: bool, is_udp: bool| {
-            if wanted {
-                sock_diag::bound_sockets(is_udp).map_err(kernel)
+    /// Reads the listening TCP and SCTP and the bound UDP sockets of the current
+    /// namespace, of the protocols `mappings` use only: a TCP-only change asks for no more.
+    pub fn read<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Result<HostSockets, Error> {
+        let protos: BTreeSet<Proto> = mappings.into_iter().map(|m| m.proto).collect();
+        let dump = |proto: Proto| {
+            if protos.contains(&proto) {
+                sock_diag::bound_sockets(proto).map_err(kernel)
             } else {
                 Ok(Vec::new())
             }
         };
         Ok(HostSockets {
-            tcp: dump(tcp, false)?,
-            udp: dump(udp, true)?,
+            tcp: dump(Proto::Tcp)?,
+            udp: dump(Proto::Udp)?,
+            sctp: dump(Proto::Sctp)?,
         })
     }
 
@@ -39,6 +44,7 @@ impl HostSockets {
         let sockets = match mapping.proto {
             Proto::Tcp => &self.tcp,
             Proto::Udp => &self.udp,
+            Proto::Sctp => &self.sctp,
         };
         let socket = sockets
             .iter()

@@ -23,6 +23,13 @@ const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
 const CTA_ZONE: u16 = 18;
+const CTA_PROTOINFO: u16 = 4;
+const CTA_PROTOINFO_SCTP: u16 = 3;
+const CTA_PROTOINFO_SCTP_STATE: u16 = 1;
+/// conntrack's SCTP states before an INIT-ACK was seen: `SCTP_CONNTRACK_CLOSED` (refused
+/// or aborted) and `SCTP_CONNTRACK_COOKIE_WAIT` (an INIT nobody has answered).
+const SCTP_CONNTRACK_CLOSED: u8 = 1;
+const SCTP_CONNTRACK_COOKIE_WAIT: u8 = 2;
 const CTA_TUPLE_IP: u16 = 1;
 const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_IP_V4_DST: u16 = 2;
@@ -40,6 +47,21 @@ pub struct Flow {
     pub dport: u16,
     /// Who answers: the original destination, or the DNAT target the flow was sent to.
     pub reply_src: Option<IpAddr>,
+    /// conntrack's state of an SCTP association (`enum sctp_conntrack`); `None` for
+    /// other protocols.
+    pub sctp_state: Option<u8>,
+}
+
+impl Flow {
+    /// Whether this is an SCTP association that nobody accepted: its INIT was never
+    /// answered with an INIT-ACK, or it was refused. Such an entry only holds on to the
+    /// path its first INIT took while the client retries.
+    pub fn is_unanswered_sctp(&self) -> bool {
+        matches!(
+            self.sctp_state,
+            Some(SCTP_CONNTRACK_CLOSED | SCTP_CONNTRACK_COOKIE_WAIT)
+        )
+    }
 }
 
 /// The nfgenmsg header of a ctnetlink message for one address family, or all (AF_UNSPEC).
@@ -71,6 +93,10 @@ fn flow_of(message: &[u8]) -> Option<(Flow, u8, Vec<u8>)> {
         reply_src: find(attrs, CTA_TUPLE_REPLY)
             .and_then(|reply| find(reply.value, CTA_TUPLE_IP))
             .and_then(|ip| tuple_addr(ip.value, CTA_IP_V4_SRC, CTA_IP_V6_SRC)),
+        sctp_state: find(attrs, CTA_PROTOINFO)
+            .and_then(|info| find(info.value, CTA_PROTOINFO_SCTP))
+            .and_then(|sctp| find(sctp.value, CTA_PROTOINFO_SCTP_STATE))
+            .and_then(|state| state.u8()),
     };
     // What identifies the entry for deletion: its original tuple and its zone.
     let mut key = orig.raw.to_vec();
@@ -202,8 +228,57 @@ mod tests {
                 dst: IpAddr::from([192, 0, 2, 1]),
                 dport: 5353,
                 reply_src: None,
+                sctp_state: None,
             }
         );
         assert_eq!(key, attrs);
+    }
+
+    #[test]
+    fn reads_the_state_of_an_sctp_association() {
+        let mut ip = Vec::new();
+        put(&mut ip, CTA_IP_V4_DST, &[192, 0, 2, 1]).unwrap();
+        let mut proto = Vec::new();
+        put(&mut proto, CTA_PROTO_NUM, &[132]).unwrap();
+        put(&mut proto, CTA_PROTO_DST_PORT, &3868u16.to_be_bytes()).unwrap();
+        let mut tuple = Vec::new();
+        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip).unwrap();
+        put(
+            &mut tuple,
+            CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
+            &proto,
+        )
+        .unwrap();
+        let flow_in = |state: u8| {
+            let mut sctp = Vec::new();
+            put(&mut sctp, CTA_PROTOINFO_SCTP_STATE, &[state]).unwrap();
+            let mut info = Vec::new();
+            put(
+                &mut info,
+                CTA_PROTOINFO_SCTP | attributes::NLA_F_NESTED,
+                &sctp,
+            )
+            .unwrap();
+            let mut attrs = Vec::new();
+            put(
+                &mut attrs,
+                CTA_TUPLE_ORIG | attributes::NLA_F_NESTED,
+                &tuple,
+            )
+            .unwrap();
+            put(&mut attrs, CTA_PROTOINFO | attributes::NLA_F_NESTED, &info).unwrap();
+            let header = header(libc::AF_INET as u8);
+            let message = attributes::message(0x100, 0, 1, &[header, attrs].concat()).unwrap();
+            flow_of(&message).unwrap().0
+        };
+        let waiting = flow_in(SCTP_CONNTRACK_COOKIE_WAIT);
+        assert_eq!((waiting.proto, waiting.dport), (132, 3868));
+        assert_eq!(waiting.sctp_state, Some(SCTP_CONNTRACK_COOKIE_WAIT));
+        assert!(waiting.is_unanswered_sctp());
+        assert!(flow_in(SCTP_CONNTRACK_CLOSED).is_unanswered_sctp());
+        // COOKIE_ECHOED, ESTABLISHED: someone answered; the association is theirs.
+        for answered in [3, 4] {
+            assert!(!flow_in(answered).is_unanswered_sctp(), "{answered}");
+        }
     }
 }
