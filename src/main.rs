@@ -496,7 +496,7 @@ fn choose_host_ports(
     let mut taken: std::collections::HashSet<(nsport::Proto, u16)> =
         avoid.iter().copied().collect();
     for mapping in nsport::list()? {
-        taken.insert((mapping.proto, mapping.host_port));
+        taken.extend(mapping.host_ports().map(|port| (mapping.proto, port)));
     }
     for request in requests {
         if let Some(spec) = request.spec() {
@@ -601,9 +601,9 @@ fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
             };
             let wrong = mappings.iter().find(|m| {
                 m.proto == spec.proto
-                    && m.host_port == port
+                    && m.has_host_port(port)
                     && m.host_addr == spec.host_addr.filter(|a| !a.is_unspecified())
-                    && m.to_port != ns_port
+                    && m.to_port_of(port) != ns_port
             });
             if let Some(mapping) = wrong {
                 return Err(UsageError(format!(
@@ -706,16 +706,18 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 }
                 (None, false, None) => "ok".to_string(),
             };
+            // A range is one row: its first and last port.
+            let ports = m.host_ports_text();
             let host = match m.host_addr {
-                Some(addr) => with_port(addr, m.host_port),
+                Some(addr) => with_port(addr, &ports),
                 // Every address of the mapping's family; IPv6 ones never include [::1].
-                None if m.is_ipv6() => format!("[*]:{}", m.host_port),
-                None => format!("*:{}", m.host_port),
+                None if m.is_ipv6() => format!("[*]:{ports}"),
+                None => format!("*:{ports}"),
             };
             [
                 m.proto.to_string(),
                 host,
-                with_port(m.to_addr, m.to_port),
+                with_port(m.to_addr, m.to_ports_text()),
                 m.via.clone(),
                 match (&m.container, &m.netns) {
                     // Container IDs are long; twelve characters name one, as Docker shows.

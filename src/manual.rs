@@ -315,8 +315,14 @@ pub fn candidates(kind: Kind) -> String {
                 .unwrap_or_default()
                 .iter()
                 .map(|m| match m.host_addr {
-                    Some(addr) => format!("{}/{}", nsport::with_port(addr, m.host_port), m.proto),
-                    None => format!("{}/{}", m.host_port, m.proto),
+                    Some(addr) => {
+                        format!(
+                            "{}/{}",
+                            nsport::with_port(addr, m.host_ports_text()),
+                            m.proto
+                        )
+                    }
+                    None => format!("{}/{}", m.host_ports_text(), m.proto),
                 })
                 .collect();
             sides.dedup();

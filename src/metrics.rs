@@ -79,8 +79,9 @@ fn labels(listing: &Listing) -> String {
     let pairs = [
         ("proto", m.proto.to_string()),
         ("host_addr", host_addr.to_string()),
-        ("host_port", m.host_port.to_string()),
-        ("target", with_port(m.to_addr, m.to_port)),
+        // A range counts as one element: its ports are `FIRST-LAST`.
+        ("host_port", m.host_ports_text()),
+        ("target", with_port(m.to_addr, m.to_ports_text())),
         ("via", m.via.clone()),
         ("netns", m.netns.clone().unwrap_or_default()),
         ("container", m.container.clone().unwrap_or_default()),
@@ -122,6 +123,7 @@ mod tests {
                 proto: Proto::Tcp,
                 host_addr,
                 host_port: 8080,
+                host_port_end: None,
                 to_addr,
                 to_port: 80,
                 via: "br0".into(),
@@ -133,6 +135,7 @@ mod tests {
                 network: None,
                 allow_from: Vec::new(),
             },
+            to_port_end: None,
             stale: false,
             shadows: None,
             loopback: true,

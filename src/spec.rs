@@ -253,7 +253,7 @@ impl FromStr for PublishRequest {
 }
 
 /// An address and port as they are written: IPv6 in brackets.
-pub fn with_port(addr: IpAddr, port: u16) -> String {
+pub fn with_port(addr: IpAddr, port: impl fmt::Display) -> String {
     match addr {
         IpAddr::V4(v4) => format!("{v4}:{port}"),
         IpAddr::V6(v6) => format!("[{v6}]:{port}"),

@@ -98,6 +98,28 @@ fn after_removing_some_mappings() {
     );
 }
 
+/// An identity range is one interval element (data: the address alone); a shifted range is
+/// one element per port; `rm` of a port inside a range cuts it in two.
+#[test]
+fn port_ranges() {
+    check_in(
+        Lab::dual_stack(BrNetfilter::On),
+        "ranges",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "20000-20099:20000-20099",
+                "127.0.0.1:21000-21009:21000-21009/udp",
+                "[2001:db8::1]:22000-22009:22000-22009",
+                "8000-8002:9000-9002",
+            ],
+            &["rm", "20050"],
+        ],
+    );
+}
+
 #[test]
 fn dual_stack_namespace() {
     check_in(

@@ -309,3 +309,138 @@ fn the_longest_comment_reads_back_from_every_set() {
         }
     });
 }
+
+/// An element of `range4`: `tcp . start-end : 10.0.0.<target>`.
+fn range_element(start: u16, end: u16, target: u8) -> Element {
+    let key = |port: u16| ruleset::host_key(nsport::Proto::Tcp, None, port);
+    Element {
+        set: ruleset::SET_RANGE4,
+        key: key(start),
+        key_end: Some(key(end)),
+        data: Some(vec![10, 0, 0, target]),
+        comment: None,
+    }
+}
+
+/// The errno and the index of the refused change, of a batch the kernel refused.
+fn refusal(changes: &[Change<'_>]) -> Option<(i32, Option<usize>)> {
+    match commit(changes, None) {
+        Ok(()) => None,
+        Err(NetlinkError::Kernel { index, error }) => Some((error.raw_os_error()?, index)),
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+/// What the engine's Fake models of the kernel's interval maps (nftables' pipapo sets),
+/// checked against the kernel; `engine::tests::the_fake_keeps_interval_maps_as_the_kernel_does`
+/// runs the same steps against the Fake.
+#[test]
+fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
+    in_fresh_netns(|| {
+        let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
+        commit_table(&chains, &sets, &rules);
+        let range = range_element(20000, 29999, 2);
+        let key = |port: u16| ruleset::host_key(nsport::Proto::Tcp, None, port);
+        assert_eq!(refusal(&[Change::AddElement(&range)]), None);
+        // The same interval with the same data again: accepted by an add only.
+        assert_eq!(refusal(&[Change::AddElement(&range)]), None);
+        let eexist = Some((libc::EEXIST, Some(0)));
+        assert_eq!(refusal(&[Change::CreateElement(&range)]), eexist);
+        // Other data, an interval inside, one across the end, a single key inside: EEXIST.
+        for clash in [
+            range_element(20000, 29999, 3),
+            range_element(20005, 20010, 2),
+            range_element(29990, 30010, 2),
+            range_element(20005, 20005, 2),
+            range_element(19000, 20000, 2),
+        ] {
+            assert_eq!(refusal(&[Change::AddElement(&clash)]), eexist, "{clash:?}");
+        }
+        // Adjacent intervals do not overlap.
+        let next = range_element(30000, 30010, 3);
+        assert_eq!(refusal(&[Change::AddElement(&next)]), None);
+        // A lookup of one key answers with the interval holding it.
+        let held = get_element(ruleset::SET_RANGE4, &key(20005))
+            .unwrap()
+            .unwrap();
+        assert_eq!((held.key, held.key_end), (key(20000), key(29999)));
+        assert_eq!(held.data, [10, 0, 0, 2]);
+        let held = get_element(ruleset::SET_RANGE4, &key(30010))
+            .unwrap()
+            .unwrap();
+        assert_eq!(held.key, key(30000));
+        assert_eq!(get_element(ruleset::SET_RANGE4, &key(40000)).unwrap(), None);
+        // A probe (an interval of one port created and deleted in one batch) is refused at
+        // the creation where a range holds the port, and leaves nothing where none does.
+        let probe = range_element(20005, 20005, 9);
+        assert_eq!(
+            refusal(&[Change::CreateElement(&probe), Change::DelElement(&probe)]),
+            eexist
+        );
+        let free = range_element(40000, 40000, 9);
+        let generation_before = generation().unwrap();
+        assert_eq!(
+            refusal(&[Change::CreateElement(&free), Change::DelElement(&free)]),
+            None
+        );
+        assert_ne!(generation().unwrap(), generation_before);
+        assert_eq!(get_element(ruleset::SET_RANGE4, &key(40000)).unwrap(), None);
+        assert_eq!(dump_elements(ruleset::SET_RANGE4).unwrap().len(), 2);
+        // Deleting the exact interval; deleting it again is ENOENT.
+        assert_eq!(refusal(&[Change::DelElement(&range)]), None);
+        assert_eq!(get_element(ruleset::SET_RANGE4, &key(20005)).unwrap(), None);
+        assert_eq!(
+            refusal(&[Change::DelElement(&range)]),
+            Some((libc::ENOENT, Some(0)))
+        );
+        // A hash map and an interval map are apart: a single port in any4 beside a range
+        // holding it in range4 is no clash to the kernel (hence the engine's probes).
+        let single = Element {
+            set: ruleset::SET_ANY4,
+            key: key(30005),
+            key_end: None,
+            data: Some(vec![10, 0, 0, 4, 0, 80, 0, 0]),
+            comment: None,
+        };
+        assert_eq!(refusal(&[Change::AddElement(&single)]), None);
+        // nft reads the interval back as written.
+        let listed = nft_output("list map inet nsport range4");
+        assert!(
+            listed.contains("tcp . 30000-30010 counter packets 0 bytes 0 : 10.0.0.3"),
+            "{listed}"
+        );
+    });
+}
+
+/// Each thread keeps its netlink sockets between requests; a thread that moves to another
+/// network namespace must be answered by that namespace, not by the one its sockets were
+/// opened in: netfilter (the table), rtnetlink (the links) and sock_diag (the listeners).
+#[test]
+fn a_thread_that_changes_namespace_is_answered_by_the_new_one() {
+    in_fresh_netns(|| {
+        commit_table(&[], &[], &[]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        nft("add table ip other");
+        assert!(table_exists().unwrap());
+        let listening = |port| {
+            nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Tcp)
+                .unwrap()
+                .iter()
+                .any(|socket| socket.port == port)
+        };
+        assert!(listening(port));
+        nsport::netlink::rtnetlink::links().unwrap();
+        // The same thread, a new namespace: no table, only lo, no listener.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare again");
+        assert!(
+            !table_exists().unwrap(),
+            "the table of the namespace left behind"
+        );
+        assert!(!listening(port), "a listener of the namespace left behind");
+        let links = nsport::netlink::rtnetlink::links().unwrap();
+        let names: Vec<&str> = links.iter().map(|link| link.name.as_str()).collect();
+        assert_eq!(names, ["lo"]);
+        drop(listener);
+    });
+}

@@ -258,6 +258,8 @@ fn table_now(lab: &Lab) -> String {
 }
 
 struct Scenario {
+    /// The layout the fixture (`nft/v1/NAME.nft` or `nft/v2/NAME.nft`) is written in.
+    from: u32,
     name: &'static str,
     dual_stack: bool,
     loopback_vias: &'static [&'static str],
@@ -284,7 +286,11 @@ fn upgrade(scenario: Scenario) {
     } else {
         Lab::new(BrNetfilter::On)
     };
-    let v1 = instantiate(&lab, &fixture(&format!("nft/v1/{}.nft", scenario.name)));
+    let from = scenario.from;
+    let v1 = instantiate(
+        &lab,
+        &fixture(&format!("nft/v{from}/{}.nft", scenario.name)),
+    );
     load(&lab, &v1);
     v1_settings(
         &lab,
@@ -315,19 +321,23 @@ fn upgrade(scenario: Scenario) {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains("note: table inet nsport has layout 1"),
+        text.contains(&format!("note: table inet nsport has layout {from}")),
         "{text}"
     );
     assert_eq!(listing(&lab).len(), expected_count, "{text}");
     let doctor = String::from_utf8(lab.nsport(&["doctor"]).stdout).unwrap();
     assert!(
-        doctor.contains("table layout: layout 1") && doctor.contains("migration pending"),
+        doctor.contains(&format!("table layout: layout {from}"))
+            && doctor.contains("migration pending"),
         "{doctor}"
     );
     // ls changed nothing.
+    let old_mark = match from {
+        1 => "set ifaces",
+        _ => "comment \"nsport-layout=2\"",
+    };
     assert!(
-        lab.nft("host", "list table inet nsport")
-            .contains("set ifaces"),
+        lab.nft("host", "list table inet nsport").contains(old_mark),
         "ls must not migrate"
     );
     every_mapping_reachable(&lab);
@@ -350,7 +360,12 @@ fn upgrade(scenario: Scenario) {
         table.contains("comment \"nsport-layout=3\"") && !table.contains("ifaces"),
         "{table}"
     );
-    assert_eq!(listing(&lab).len(), expected_count + 1);
+    // Runs of identity ports, one element each in the old table, are one range now: as
+    // many mappings as the golden table of this layout holds.
+    let golden = fixture(&format!("nft/{}.nft", scenario.name));
+    let migrated_count = mapping_count(&golden);
+    assert!(migrated_count <= expected_count);
+    assert_eq!(listing(&lab).len(), migrated_count + 1);
     every_mapping_reachable(&lab);
     let (addr, port) = scenario.added_at;
     assert!(
@@ -362,13 +377,18 @@ fn upgrade(scenario: Scenario) {
 
     lab.nsport_ok(&["rm", scenario.rm]);
     assert!(connection.still_works(), "after rm");
-    assert_eq!(listing(&lab).len(), expected_count);
+    assert_eq!(listing(&lab).len(), migrated_count);
     every_mapping_reachable(&lab);
 
-    let golden = fixture(&format!("nft/{}.nft", scenario.name));
+    // Layout 2 recorded the families whose forwarding nsport turned on; the migration
+    // keeps them closed.
+    let expected = match from {
+        1 => without_closed_elements(&golden),
+        _ => without_counter_values(&golden),
+    };
     assert_eq!(
         table_now(&lab),
-        without_closed_elements(&golden),
+        expected,
         "{}: the migrated table is not the current golden table",
         scenario.name
     );
@@ -388,6 +408,7 @@ const NS3_ADDR: IpAddr = IpAddr::V4(NS3);
 #[test]
 fn bridge_table_of_layout_1_migrates_on_add() {
     upgrade(Scenario {
+        from: 1,
         name: "bridge",
         dual_stack: false,
         loopback_vias: &["br0"],
@@ -408,6 +429,7 @@ fn bridge_table_of_layout_1_migrates_on_add() {
 #[test]
 fn veth_table_of_layout_1_migrates_on_add() {
     upgrade(Scenario {
+        from: 1,
         name: "veth",
         dual_stack: false,
         loopback_vias: &["v3"],
@@ -429,6 +451,7 @@ fn veth_table_of_layout_1_migrates_on_add() {
 #[test]
 fn after_rm_table_of_layout_1_migrates_on_add() {
     upgrade(Scenario {
+        from: 1,
         name: "after-rm",
         dual_stack: false,
         loopback_vias: &["br0"],
@@ -449,6 +472,7 @@ fn after_rm_table_of_layout_1_migrates_on_add() {
 #[test]
 fn dual_stack_table_of_layout_1_migrates_on_add() {
     upgrade(Scenario {
+        from: 1,
         name: "dual-stack",
         dual_stack: true,
         loopback_vias: &["br0"],
@@ -617,4 +641,58 @@ fn migrate_rebuilds_and_is_idempotent() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(lab.ruleset(), generation);
+}
+
+#[test]
+fn bridge_table_of_layout_2_migrates_on_add() {
+    upgrade(Scenario {
+        from: 2,
+        name: "bridge",
+        dual_stack: false,
+        loopback_vias: &["br0"],
+        hairpin: true,
+        long_lived: (
+            IpAddr::V4(HOST_OUT),
+            3000,
+            "ns1",
+            SocketAddr::new(ANY4, 3000),
+        ),
+        servers: &[
+            ("ns1", ANY4, 3000, true),
+            ("ns1", NS1_ADDR, 53, false),
+            ("ns1", ANY4, 3500, true),
+            ("ns1", ANY4, 3505, true),
+        ],
+        // The first change after the upgrade publishes a range, which layout 2 could not
+        // hold as one element.
+        add: &["add", "--to", "172.18.0.2", "3500-3509:3500-3509"],
+        rm: "3500-3509",
+        added_at: (IpAddr::V4(HOST_OUT), 3505),
+    });
+}
+
+#[test]
+fn dual_stack_table_of_layout_2_migrates_on_add() {
+    upgrade(Scenario {
+        from: 2,
+        name: "dual-stack",
+        dual_stack: true,
+        loopback_vias: &["br0"],
+        hairpin: true,
+        long_lived: (
+            IpAddr::V6(v6::HOST_OUT),
+            8443,
+            "ns1",
+            SocketAddr::new(ANY6, 443),
+        ),
+        servers: &[
+            ("ns1", ANY6, 80, true),
+            ("ns1", ANY6, 443, true),
+            ("ns1", ANY6, 53, false),
+            ("ns3", ANY6, 80, true),
+        ],
+        add: &["add", "--to", "172.18.0.2", "8081:80"],
+        rm: "8081",
+        added_at: (IpAddr::V4(HOST_OUT), 8081),
+    });
 }

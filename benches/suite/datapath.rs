@@ -49,8 +49,15 @@ pub fn data_path(rows: &mut Vec<Row>) {
             "nsport 1" => {
                 run(lab, NSPORT, &["add", "--to", "172.18.0.2", "29999"]);
             }
+            // 10,000 single ports in the exact map: an identity range would be one
+            // element (see `ranges`), so 9,999 of them are shifted.
             "nsport 10k" => {
-                run(lab, NSPORT, &["add", "--to", "172.18.0.2", "20000-29999"]);
+                let shifted = "20000-29998:40000-49998";
+                run(
+                    lab,
+                    NSPORT,
+                    &["add", "--to", "172.18.0.2", shifted, "29999"],
+                );
             }
             _ => {
                 lab.write_sysctl("host", "net/ipv4/ip_forward", "1");

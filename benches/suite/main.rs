@@ -24,6 +24,7 @@ mod publish;
 mod ranges;
 mod remove;
 mod report;
+mod startup;
 mod throughput;
 
 use std::time::Instant;
@@ -37,12 +38,14 @@ type Scenario = fn(&mut Vec<Row>);
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("publish one port", publish::publish_one),
     ("publish a range", ranges::publish_range),
+    ("ranges as intervals", ranges::ranges_as_intervals),
     ("data path", datapath::data_path),
     ("library", library::library),
     ("scale", remove::scale),
     ("listing", list::listing),
     ("footprint", footprint::footprint),
     ("throughput", throughput::throughput),
+    ("start-up", startup::startup),
     ("allow-from", allow_from::allow_from),
 ];
 

@@ -25,6 +25,19 @@ pub fn faster(scenario: String, nsport: Duration, baseline: Duration, times: f64
     }
 }
 
+/// A row comparing nsport with a baseline it may cost at most `times` of.
+pub fn at_most(scenario: String, nsport: Duration, baseline: Duration, times: f64) -> Row {
+    let r = ratio(nsport, baseline);
+    Row {
+        scenario,
+        nsport: ms(nsport),
+        baseline: ms(baseline),
+        ratio: r,
+        target: format!("≤ {times}x"),
+        met: r <= times,
+    }
+}
+
 pub fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
     samples[samples.len() / 2]

@@ -82,6 +82,9 @@ pub(super) fn wanted(
                 proto: port.proto,
                 host_addr: port.host_addr,
                 host_port: port.host_port,
+                // CNI runtimes hand over every port of a range as an entry of its own;
+                // they stay single ports, as they came.
+                host_port_end: None,
                 to_addr: to,
                 to_port: port.container_port,
                 via: vias.get(&to).cloned().unwrap_or_default(),
@@ -338,6 +341,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: None,
             host_port: port,
+            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port: 80,
             via: "cni0".into(),

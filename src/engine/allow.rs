@@ -18,9 +18,9 @@ use crate::spec::Proto;
 /// mapping that holds the port's list already (one of `current`) and the one that differs.
 pub fn check_shared_lists(current: &[Mapping], desired: &[Mapping]) -> Result<(), Error> {
     let existing: HashSet<&Mapping> = current.iter().collect();
-    let mut first: HashMap<(Proto, u16), &Mapping> = HashMap::new();
+    let mut first: HashMap<(Proto, u16, u16), &Mapping> = HashMap::new();
     for mapping in desired {
-        let port = (mapping.proto, mapping.host_port);
+        let port = mapping.port_span();
         let Some(other) = first.get(&port) else {
             first.insert(port, mapping);
             continue;
@@ -40,6 +40,22 @@ pub fn check_shared_lists(current: &[Mapping], desired: &[Mapping]) -> Result<()
             holder: format!("{} to {}", holder.host_label(), holder.target_label()),
             held: describe(holder),
         });
+    }
+    // A limited span that overlaps another span (a range and a port inside it) would
+    // give the kernel overlapping intervals: refused, naming the holder.
+    let mut spans: Vec<(&(Proto, u16, u16), &&Mapping)> = first.iter().collect();
+    spans.sort_by_key(|(span, _)| **span);
+    for pair in spans.windows(2) {
+        let ((a, held), (b, newcomer)) = (pair[0], pair[1]);
+        let overlap = a.0 == b.0 && b.1 <= a.2;
+        if overlap && (!held.allow_from.is_empty() || !newcomer.allow_from.is_empty()) {
+            return Err(Error::AllowListDiffers {
+                host: newcomer.host_label(),
+                wanted: describe(newcomer),
+                holder: format!("{} to {}", held.host_label(), held.target_label()),
+                held: describe(held),
+            });
+        }
     }
     Ok(())
 }
@@ -91,6 +107,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: host.map(|h| h.parse::<IpAddr>().unwrap()),
             host_port: 8080,
+            host_port_end: None,
             to_addr: "172.18.0.2".parse().unwrap(),
             to_port: 80,
             via: "br0".into(),

@@ -2,7 +2,10 @@
 //! on, for tests without root: batches apply whole or not at all; a stale generation is
 //! refused whole; an element added over one with other data is EEXIST, and so is any
 //! existing element created exclusively; deleting what is not there is ENOENT; a refusal
-//! names the index of the change. `between_read_and_commit` lets a test play another writer
+//! names the index of the change. An interval map (`is_range_set`) refuses, as the kernel's
+//! pipapo sets do, an interval that overlaps another (EEXIST, unless it is the same one with
+//! the same data and not created exclusively); a lookup of one key finds the interval that
+//! holds it, and so does a deletion. `between_read_and_commit` lets a test play another writer
 //! that gets in after the engine read and before it commits.
 
 use std::collections::BTreeMap;
@@ -11,7 +14,7 @@ use std::io;
 use super::kernel::Kernel;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump, RuleDump};
-use crate::ruleset::{Element, RuleDef, TABLE};
+use crate::ruleset::{Element, RuleDef, TABLE, is_range_set};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeChain {
@@ -28,6 +31,18 @@ pub type FakeSet = BTreeMap<Vec<u8>, (Vec<u8>, Option<String>)>;
 pub struct FakeTable {
     pub chains: BTreeMap<String, FakeChain>,
     pub sets: BTreeMap<String, FakeSet>,
+    /// The last key of each interval of an interval map, by set and first key.
+    pub ends: BTreeMap<String, BTreeMap<Vec<u8>, Vec<u8>>>,
+}
+
+impl FakeTable {
+    /// The first key of the interval of `set` that holds `key`, or that overlaps
+    /// `key..=end`.
+    fn holding(&self, set: &str, key: &[u8], end: &[u8]) -> Option<Vec<u8>> {
+        let ends = self.ends.get(set)?;
+        let (start, last) = ends.range(..=end.to_vec()).next_back()?;
+        (last.as_slice() >= key).then(|| start.clone())
+    }
 }
 
 type Meddler = Box<dyn FnMut(&mut Fake)>;
@@ -46,7 +61,17 @@ pub struct Fake {
     pub counts: Option<super::counts::Counts>,
 }
 
-/// How the fake keys an element: a key and, in a set of intervals, its end after it.
+/// The allow-lists' sets are intervals in several dimensions at once (ports and
+/// addresses): the fake keeps each element by its key and end one after the other
+/// (`stored_key`), and relies on the engine never writing two that overlap.
+fn is_allow_set(set: &str) -> bool {
+    matches!(
+        set,
+        crate::ruleset::SET_LIMITED | crate::ruleset::SET_ALLOW4 | crate::ruleset::SET_ALLOW6
+    )
+}
+
+/// How the fake keys an element: its key and, in an allow-list's set, its end after it.
 fn stored_key(element: &Element) -> Vec<u8> {
     [
         element.key.as_slice(),
@@ -55,18 +80,10 @@ fn stored_key(element: &Element) -> Vec<u8> {
     .concat()
 }
 
-/// A stored key as the kernel gives it back: the key, and the end of its interval in a
-/// set of intervals.
-fn split_key(set: &str, stored: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
-    let intervals = crate::ruleset::sets()
-        .iter()
-        .any(|def| def.name == set && def.intervals.is_some());
-    if intervals {
-        let half = stored.len() / 2;
-        (stored[..half].to_vec(), stored[half..].to_vec())
-    } else {
-        (stored, Vec::new())
-    }
+/// A stored key of an allow-list's set as the kernel gives it back: key and end.
+fn split_key(stored: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let half = stored.len() / 2;
+    (stored[..half].to_vec(), stored[half..].to_vec())
 }
 
 fn refused(index: usize, errno: i32) -> NetlinkError {
@@ -145,6 +162,49 @@ impl Fake {
                     .rules
                     .push(text);
             }
+            Change::AddElement(element) | Change::CreateElement(element)
+                if is_range_set(element.set) =>
+            {
+                set(table, element)?;
+                let exclusive = matches!(change, Change::CreateElement(_));
+                let end = element
+                    .key_end
+                    .clone()
+                    .unwrap_or_else(|| element.key.clone());
+                let data = element.data.clone().unwrap_or_default();
+                match table.holding(element.set, &element.key, &end) {
+                    Some(start) => {
+                        let same = start == element.key
+                            && table.ends[element.set][&start] == end
+                            && table.sets[element.set][&start].0 == data;
+                        if exclusive || !same {
+                            return Err(libc::EEXIST);
+                        }
+                    }
+                    None => {
+                        let elements = table.sets.get_mut(element.set).expect("checked");
+                        elements.insert(element.key.clone(), (data, element.comment.clone()));
+                        let ends = table.ends.entry(element.set.to_string()).or_default();
+                        ends.insert(element.key.clone(), end);
+                    }
+                }
+            }
+            Change::DelElement(element) if is_range_set(element.set) => {
+                set(table, element)?;
+                let start = table
+                    .holding(element.set, &element.key, &element.key)
+                    .ok_or(libc::ENOENT)?;
+                table
+                    .sets
+                    .get_mut(element.set)
+                    .expect("checked")
+                    .remove(&start);
+                table
+                    .ends
+                    .get_mut(element.set)
+                    .expect("held")
+                    .remove(&start);
+            }
             Change::AddElement(element) | Change::CreateElement(element) => {
                 set(table, element)?;
                 let exclusive = matches!(change, Change::CreateElement(_));
@@ -187,6 +247,16 @@ impl Fake {
         self.table
             .as_ref()
             .and_then(|t| t.sets.get(set))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The last key of the interval starting at `key`, for an element of an interval map.
+    fn end_of(&self, set: &str, key: &[u8]) -> Vec<u8> {
+        self.table
+            .as_ref()
+            .and_then(|t| t.ends.get(set))
+            .and_then(|ends| ends.get(key))
             .cloned()
             .unwrap_or_default()
     }
@@ -236,15 +306,24 @@ impl Kernel for Fake {
         Ok(self
             .elements_of(set)
             .into_iter()
-            .map(|(key, (data, comment))| {
-                let (key, key_end) = split_key(set, key);
-                ElementDump {
+            .map(|(key, (data, comment))| match is_allow_set(set) {
+                true => {
+                    let (key, key_end) = split_key(key);
+                    ElementDump {
+                        key,
+                        key_end,
+                        data,
+                        comment,
+                        counter: None,
+                    }
+                }
+                false => ElementDump {
+                    key_end: self.end_of(set, &key),
                     key,
-                    key_end,
                     data,
                     comment,
                     counter: None,
-                }
+                },
             })
             .collect())
     }
@@ -254,12 +333,19 @@ impl Kernel for Fake {
         set: &'static str,
         key: &[u8],
     ) -> Result<Option<ElementDump>, NetlinkError> {
+        let start = match is_range_set(set) {
+            true => self.table.as_ref().and_then(|t| t.holding(set, key, key)),
+            false => Some(key.to_vec()),
+        };
+        let Some(start) = start else {
+            return Ok(None);
+        };
         Ok(self
             .elements_of(set)
-            .remove(key)
+            .remove(&start)
             .map(|(data, comment)| ElementDump {
-                key: key.to_vec(),
-                key_end: Vec::new(),
+                key_end: self.end_of(set, &start),
+                key: start.clone(),
                 data,
                 comment,
                 counter: None,

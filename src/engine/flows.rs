@@ -15,6 +15,8 @@ use crate::spec::Proto;
 /// flows and unanswered SCTP INITs to the host side of `added` that still reach something
 /// else.
 pub fn forget(removed: &[Mapping], added: &[Mapping]) {
+    let removed = removed_ports(removed, added);
+    let removed = removed.as_slice();
     let redirected: Vec<Mapping> = added
         .iter()
         .filter(|m| matches!(m.proto, Proto::Udp | Proto::Sctp))
@@ -36,6 +38,44 @@ pub fn forget(removed: &[Mapping], added: &[Mapping]) {
     }
 }
 
+/// The mappings whose ports really went: a range split by `rm` of some of its ports is
+/// removed and its other parts added again, and the flows of those parts keep their path.
+fn removed_ports(removed: &[Mapping], added: &[Mapping]) -> Vec<Mapping> {
+    let mut out = Vec::new();
+    for mapping in removed {
+        if !mapping.is_range() {
+            out.push(mapping.clone());
+            continue;
+        }
+        let mut kept: Vec<&Mapping> = added
+            .iter()
+            .filter(|part| {
+                part.is_same_kind(mapping)
+                    && part.to_addr == mapping.to_addr
+                    && mapping.has_host_port(part.host_port)
+                    && mapping.has_host_port(*part.host_ports().end())
+                    && part.to_port == mapping.to_port_of(part.host_port)
+            })
+            .collect();
+        kept.sort_by_key(|part| part.host_port);
+        let mut next = Some(mapping.host_port);
+        for part in kept {
+            if let Some(start) = next
+                && start < part.host_port
+            {
+                out.push(mapping.part(start, part.host_port - 1));
+            }
+            next = part.host_ports().end().checked_add(1);
+        }
+        if let Some(start) = next
+            && start <= *mapping.host_ports().end()
+        {
+            out.push(mapping.part(start, *mapping.host_ports().end()));
+        }
+    }
+    out
+}
+
 fn forget_flows(
     mappings: &[Mapping],
     doomed: impl Fn(&Mapping, &Flow) -> bool,
@@ -49,17 +89,27 @@ fn forget_flows(
     } else {
         BTreeSet::new()
     };
-    let by_port: HashMap<(u8, u16), Vec<&Mapping>> =
-        mappings.iter().fold(HashMap::new(), |mut index, mapping| {
+    let by_port: HashMap<(u8, u16), Vec<&Mapping>> = mappings
+        .iter()
+        .filter(|mapping| !mapping.is_range())
+        .fold(HashMap::new(), |mut index, mapping| {
             let key = (mapping.proto.number(), mapping.host_port);
             index.entry(key).or_default().push(mapping);
             index
         });
+    // Ranges are few; each is checked against every flow.
+    let ranges: Vec<&Mapping> = mappings.iter().filter(|m| m.is_range()).collect();
     let deleted = conntrack::delete_flows(|flow| {
+        let in_range = ranges
+            .iter()
+            .copied()
+            .filter(|m| m.proto.number() == flow.proto && m.has_host_port(flow.dport));
         by_port
             .get(&(flow.proto, flow.dport))
             .into_iter()
             .flatten()
+            .copied()
+            .chain(in_range)
             .any(|mapping| {
                 let to_host = match mapping.host_addr {
                     Some(addr) => flow.dst == addr,

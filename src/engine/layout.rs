@@ -122,7 +122,7 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 /// is, not encoded. A mapping to an address given with `--to` was protected from direct
 /// access then; such targets are always reachable directly now, and say so.
 pub fn v1_mapping(set: &str, element: &ElementDump) -> Option<Mapping> {
-    let mut mapping = Mapping::from_element(set, &element.key, &element.data, None)?;
+    let mut mapping = Mapping::from_element(set, &element.key, &[], &element.data, None)?;
     for field in element.comment.as_deref().unwrap_or_default().split(' ') {
         match field.split_once('=') {
             Some(("via", value)) => mapping.via = value.to_string(),

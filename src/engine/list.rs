@@ -25,6 +25,10 @@ use crate::ruleset::{self, Element, Mapping, SET_CLOSED};
 pub struct Listing {
     #[serde(flatten)]
     pub mapping: Mapping,
+    /// The last target port of a range published as one (with `host_port_end`, which the
+    /// mapping carries); absent for a single port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_port_end: Option<u16>,
     /// The namespace the mapping was made for no longer exists (or is another one now).
     pub stale: bool,
     /// A host socket on the same port that the mapping hides from its clients.
@@ -134,6 +138,7 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
         .zip(stale)
         .map(|((mapping, (packets, bytes)), stale)| Listing {
             shadows: sockets.shadowed_by(&mapping),
+            to_port_end: mapping.to_port_end(),
             stale,
             loopback: mapping.serves_loopback(),
             packets,

@@ -13,6 +13,7 @@ pub mod kernel;
 mod layout;
 mod list;
 mod publish;
+mod ranges;
 mod remove;
 mod resolve;
 mod table;
@@ -20,6 +21,8 @@ mod transaction;
 
 #[cfg(test)]
 mod fake;
+#[cfg(test)]
+mod range_tests;
 #[cfg(test)]
 mod tests;
 

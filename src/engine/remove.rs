@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::list::stale_flags;
-use super::{change, transact, transaction, without};
+use super::{change, ranges, transact, transaction, without};
 use crate::error::Error;
 use crate::host::netns::{Namespace, NamespaceError};
 use crate::host::state;
@@ -25,38 +25,69 @@ use crate::spec::{self, HostSpec};
 /// # }
 /// ```
 pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    // A range of ports is looked for among every mapping: looking each port up by key
+    // would cost a round trip per port and map.
+    if specs.iter().any(|spec| spec.ports.start != spec.ports.end) {
+        return change(dry_run, |all| {
+            let mut parts: Vec<Mapping> = Vec::new();
+            let mut holders: Vec<Mapping> = Vec::new();
+            for spec in specs {
+                let (found, uncovered) = ports_of(all, spec);
+                if let Some(port) = uncovered {
+                    let side = HostSpec {
+                        ports: spec::PortRange {
+                            start: port,
+                            end: port,
+                        },
+                        ..*spec
+                    };
+                    return Err(Error::NotPublished(side.to_string()));
+                }
+                for mapping in found {
+                    let start = mapping.host_port.max(spec.ports.start);
+                    let end = (*mapping.host_ports().end()).min(spec.ports.end);
+                    parts.push(mapping.part(start, end));
+                    holders.push(mapping.clone());
+                }
+            }
+            let cut = ranges::cut(&holders, &parts);
+            let mut rest = without(all, &cut.removed);
+            rest.extend(cut.rest);
+            Ok(rest)
+        });
+    }
     // Each host port is looked up by key in the maps it can be in; the mappings found
-    // there, and the helper elements, are all the removal reads.
+    // there (in a range map, the range holding the port), and the helper elements, are
+    // all the removal reads.
     let mut keys: Vec<(&'static str, Vec<u8>)> = Vec::new();
     let mut sides: Vec<(HostSpec, std::ops::Range<usize>)> = Vec::new();
     for spec in specs {
-        for port in spec.ports.ports() {
-            let start = keys.len();
-            for set in ruleset::host_sets(spec.host_addr) {
-                let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
-                keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
-            }
-            let side = HostSpec {
-                ports: spec::PortRange {
-                    start: port,
-                    end: port,
-                },
-                ..*spec
-            };
-            sides.push((side, start..keys.len()));
+        let port = spec.ports.start;
+        let start = keys.len();
+        for set in ruleset::host_sets(spec.host_addr) {
+            let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
+            keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
         }
+        sides.push((*spec, start..keys.len()));
     }
     let choose = |found: &[Option<Mapping>]| {
         let mut chosen: Vec<Mapping> = Vec::new();
-        let mut seen: std::collections::HashSet<&Mapping> = std::collections::HashSet::new();
+        let mut seen: std::collections::HashSet<Mapping> = std::collections::HashSet::new();
         for (side, range) in &sides {
             let here: Vec<&Mapping> = found[range.clone()].iter().flatten().collect();
             if here.is_empty() {
                 return Err(Error::NotPublished(side.to_string()));
             }
             for mapping in here {
-                if seen.insert(mapping) {
-                    chosen.push(mapping.clone());
+                // Of a range, only the port asked for goes.
+                let part = mapping.part(side.ports.start, side.ports.start);
+                let going = if mapping.is_range() {
+                    part
+                } else {
+                    mapping.clone()
+                };
+                if seen.insert(going.clone()) {
+                    chosen.push(going);
                 }
             }
         }
@@ -66,6 +97,41 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
         transaction::remove(kernel, counts, &keys, dry_run, choose)
     })?;
     Ok(committed.plan)
+}
+
+/// The mappings that publish ports of `spec` (in the maps its host side can be in), and
+/// the first of its ports that none publishes, if any.
+fn ports_of<'a>(all: &'a [Mapping], spec: &HostSpec) -> (Vec<&'a Mapping>, Option<u16>) {
+    let sets = ruleset::host_sets(spec.host_addr);
+    let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
+    let mut found: Vec<&Mapping> = all
+        .iter()
+        .filter(|m| {
+            m.proto == spec.proto
+                && m.host_addr == host_addr
+                && sets.contains(&m.set())
+                && m.host_port <= spec.ports.end
+                && *m.host_ports().end() >= spec.ports.start
+        })
+        .collect();
+    found.sort_by_key(|m| m.host_port);
+    // Both families' mappings of a wildcard count: a port is published when either has it.
+    let mut next = Some(spec.ports.start);
+    for mapping in &found {
+        match next {
+            Some(port) if port > spec.ports.end => break,
+            Some(port) if mapping.host_port > port => return (found, Some(port)),
+            Some(port) => {
+                let end = *mapping.host_ports().end();
+                if end >= port {
+                    next = end.checked_add(1);
+                }
+            }
+            None => break,
+        }
+    }
+    let uncovered = next.filter(|port| *port <= spec.ports.end);
+    (found, uncovered)
 }
 
 /// Unpublishes every mapping made for namespace `name` (by the name it recorded) or whose

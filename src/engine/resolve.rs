@@ -247,12 +247,23 @@ pub fn mappings_for(
                 same
             }
         };
+        // An identity range is one interval element; a shifted one is one element per
+        // port (see `ranges_as_one`).
+        let pairs: Vec<(u16, Option<u16>, u16)> = match ranges_as_one(spec) {
+            true => vec![(
+                spec.host_ports.start,
+                Some(spec.host_ports.end),
+                spec.ns_ports.start,
+            )],
+            false => spec.port_pairs().map(|(h, t)| (h, None, t)).collect(),
+        };
         for target in families {
-            for (host_port, to_port) in spec.port_pairs() {
+            for &(host_port, host_port_end, to_port) in &pairs {
                 let mapping = Mapping {
                     proto: spec.proto,
                     host_addr,
                     host_port,
+                    host_port_end,
                     to_addr: target.addr,
                     to_port,
                     via: target.via.name.clone(),
@@ -288,7 +299,50 @@ pub fn mappings_for(
             }
         }
     }
+    // Ranges of several specs may overlap other ranges or single ports without sharing
+    // a key.
+    if specs.len() > 1
+        && let Some((first, second)) = overlapping(&mappings)
+    {
+        return Err(Error::Duplicate {
+            spec: second.host_label(),
+            first: first.target_label(),
+            second: second.target_label(),
+        });
+    }
     Ok(mappings)
+}
+
+/// Whether a spec's ports are published as one interval element: an identity range
+/// (`20000-29999:20000-29999`) of more than one port. A shifted range stays one element per
+/// port: nftables' NAT could shift ports only with NF_NAT_RANGE_PROTO_OFFSET, which `nft`
+/// neither shows nor writes back, so `nft list ruleset` would misstate such a rule.
+pub fn ranges_as_one(spec: &PublishSpec) -> bool {
+    spec.host_ports == spec.ns_ports && spec.host_ports.end > spec.host_ports.start
+}
+
+/// Two different mappings of `mappings` that publish a host port in common, if any: sorted
+/// by kind and first port, a clash is always between neighbours.
+pub fn overlapping(mappings: &[Mapping]) -> Option<(&Mapping, &Mapping)> {
+    let mut sorted: Vec<&Mapping> = mappings.iter().collect();
+    sorted.sort_by_key(|m| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
+    let mut last: Option<&Mapping> = None;
+    for mapping in sorted {
+        if let Some(previous) = last
+            && previous.overlaps(mapping)
+            && previous != mapping
+        {
+            return Some((previous, mapping));
+        }
+        // The one reaching furthest is the one a later mapping could clash with.
+        if last.is_none_or(|previous| {
+            !previous.is_same_kind(mapping)
+                || previous.host_ports().end() < mapping.host_ports().end()
+        }) {
+            last = Some(mapping);
+        }
+    }
+    None
 }
 
 /// The bridge port of a mapping's namespace, found through the namespace it records.

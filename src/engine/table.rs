@@ -12,14 +12,24 @@ use crate::error::{Error, kernel};
 use crate::model::SourcePrefix;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6,
-    SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
+    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
+    SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6,
+    SET_INSIDE, SET_LIMITED, SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4,
+    SET_TARGETS6, SetDef, TABLE,
 };
 use crate::spec::Proto;
 
 /// The maps that hold mappings.
-pub const MAPPING_SETS: [&str; 4] = [SET_ANY4, SET_ADDR4, SET_ANY6, SET_ADDR6];
+pub const MAPPING_SETS: [&str; 8] = [
+    SET_ANY4,
+    SET_ADDR4,
+    SET_RANGE4,
+    SET_ADDRRANGE4,
+    SET_ANY6,
+    SET_ADDR6,
+    SET_RANGE6,
+    SET_ADDRRANGE6,
+];
 /// The sets derived from the mappings: one element per target (or target and interface),
 /// so reading them costs what the number of targets does, not the number of mappings.
 pub const HELPER_SETS: [&str; 7] = [
@@ -62,62 +72,46 @@ pub struct Snapshot {
 /// The layout that brought the source allow-lists.
 const ALLOW_LAYOUT: u32 = 3;
 
-/// Each limited host port's list of sources.
-pub type AllowLists = HashMap<(Proto, u16), Vec<SourcePrefix>>;
+/// Each limited span of host ports' list of sources, by protocol and first and last port.
+pub type AllowLists = HashMap<(Proto, u16, u16), Vec<SourcePrefix>>;
 
-/// The allow-list elements of a table, and each limited host port's list, from a dump of
-/// the allow sets: `limited` names the ports, `allow4`/`allow6` their prefixes.
+/// The allow-list elements of a table, and each limited span's list, from a dump of the
+/// allow sets: `limited` names the spans, `allow4`/`allow6` their prefixes.
 pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, AllowLists), Error> {
     let mut elements = Vec::new();
     let mut lists = AllowLists::new();
-    for element in kernel.elements(SET_LIMITED).map_err(self::kernel_error)? {
-        if let Some(proto) = element.key.first().and_then(|n| Proto::from_number(*n))
-            && element.key.len() == 8
-        {
-            let port = u16::from_be_bytes([element.key[4], element.key[5]]);
-            lists.entry((proto, port)).or_default();
-            elements.push(Element::limited(proto, port));
-        }
+    let limited = limited_ports(kernel)?;
+    for &(proto, first, last) in &limited {
+        lists.entry((proto, first, last)).or_default();
+        elements.push(Element::limited(proto, first, last));
     }
     for set in [SET_ALLOW4, SET_ALLOW6] {
         for element in kernel.elements(set).map_err(self::kernel_error)? {
-            if let Some((proto, port, source)) = Element::allowed(&element.key, &element.key_end) {
-                elements.push(Element::allow(proto, port, source));
-                lists.entry((proto, port)).or_default().push(source);
+            if let Some((proto, first, last, source)) =
+                Element::allowed(&element.key, &element.key_end)
+            {
+                elements.push(Element::allow(proto, first, last, source));
+                lists.entry((proto, first, last)).or_default().push(source);
             }
         }
     }
-    // Prefixes of a port missing from `limited` restrict nothing in the kernel: such a
-    // port is listed as open, and the next change deletes the strays.
-    let limited: HashSet<(Proto, u16)> = elements
-        .iter()
-        .filter(|e| e.set == SET_LIMITED)
-        .filter_map(|e| {
-            Some((
-                Proto::from_number(e.key[0])?,
-                u16::from_be_bytes([e.key[4], e.key[5]]),
-            ))
-        })
-        .collect();
-    lists.retain(|port, _| limited.contains(port));
+    // Prefixes of ports missing from `limited` restrict nothing in the kernel: such ports
+    // are listed as open, and the next change deletes the strays.
+    lists.retain(|span, _| limited.contains(span));
     for list in lists.values_mut() {
         *list = crate::model::canonical(list);
     }
     Ok((elements, lists))
 }
 
-/// The host ports that have an allow-list, read from `limited` alone: what a change that
-/// does not read every mapping must know to leave lists to a full read.
-pub fn limited_ports(kernel: &mut impl Kernel) -> Result<HashSet<(Proto, u16)>, Error> {
+/// The spans of host ports that have an allow-list, read from `limited` alone: what a
+/// change that does not read every mapping must know to leave lists to a full read.
+pub fn limited_ports(kernel: &mut impl Kernel) -> Result<HashSet<(Proto, u16, u16)>, Error> {
     Ok(kernel
         .elements(SET_LIMITED)
         .map_err(self::kernel_error)?
         .iter()
-        .filter(|element| element.key.len() == 8)
-        .filter_map(|element| {
-            let proto = Proto::from_number(element.key[0])?;
-            Some((proto, u16::from_be_bytes([element.key[4], element.key[5]])))
-        })
+        .filter_map(|element| Element::limited_ports(&element.key, &element.key_end))
         .collect())
 }
 
@@ -140,6 +134,19 @@ pub fn table_interfaces(snapshot: &Snapshot) -> BTreeSet<String> {
 /// every element (mappings and helpers): all of it at that generation unless a commit
 /// against it is refused.
 pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, Error> {
+    read_trusting(kernel, with_mappings, None)
+}
+
+/// `read`, trusting the chains' rules without reading them when the ruleset is still at
+/// `verified`: the generation nsport's own last change left it at (its counts' one). That
+/// change checked every chain by content and repaired any that differed in its batch, and
+/// any commit by anyone since would have moved the generation on. Reading and comparing
+/// the rules is the dearest read of a publish (0.5 ms of 1.3 here).
+pub fn read_trusting(
+    kernel: &mut impl Kernel,
+    with_mappings: bool,
+    verified: Option<u32>,
+) -> Result<Snapshot, Error> {
     let genid = kernel.generation().map_err(self::kernel_error)?;
     let chains = kernel.base_chains().map_err(self::kernel_error)?;
     let exists = chains
@@ -150,7 +157,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         false => Layout::current(),
     };
     // Another layout's chains are not damaged for holding other rules than this one's.
-    let damaged = if exists && layout.is_current() {
+    let damaged = if exists && layout.is_current() && verified != Some(genid) {
         damaged_chains(kernel, &chains)?
     } else {
         Vec::new()
@@ -191,7 +198,7 @@ pub fn read(kernel: &mut impl Kernel, with_mappings: bool) -> Result<Snapshot, E
         let (elements, lists) = read_allow_lists(kernel)?;
         allow_elements = elements;
         for (mapping, _) in &mut mappings {
-            if let Some(list) = lists.get(&(mapping.proto, mapping.host_port)) {
+            if let Some(list) = lists.get(&mapping.port_span()) {
                 mapping.allow_from = list.clone();
             }
         }
@@ -213,7 +220,13 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 }
 
 pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
-    Mapping::from_element(set, &element.key, &element.data, element.comment.as_deref())
+    Mapping::from_element(
+        set,
+        &element.key,
+        &element.key_end,
+        &element.data,
+        element.comment.as_deref(),
+    )
 }
 
 /// The chains of the table whose content is not what nsport writes: a base chain missing,

@@ -18,6 +18,7 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
         proto: Proto::Tcp,
         host_addr: None,
         host_port,
+        host_port_end: None,
         to_addr: to.parse().unwrap(),
         to_port: 3000,
         via: via.into(),

@@ -26,13 +26,14 @@ use super::allow;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
+use super::ranges::{self, Holders, MAX_PROBES};
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
 use crate::host::settings::StillNeeded;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::{ChainDump, Change};
 use crate::plan::Plan;
-use crate::ruleset::{Element, Mapping};
+use crate::ruleset::{self, Element, Mapping};
 
 /// How many times a change is read, planned and committed before giving up.
 pub const TRIES: u32 = 10;
@@ -105,11 +106,17 @@ pub fn update(
         let snapshot = table::read(kernel, true)?;
         snapshot.layout.check_changeable()?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
-        let desired: Vec<Mapping> = decide(&current)?.iter().map(Mapping::as_recorded).collect();
+        let mut desired: Vec<Mapping> =
+            decide(&current)?.iter().map(Mapping::as_recorded).collect();
+        // An older table is rebuilt in the current layout by the very batch that changes it,
+        // its runs of identity ports (one element each before layout 3) as ranges.
+        let migrating = snapshot.exists && snapshot.layout.is_older();
+        if migrating {
+            desired = ranges::coalesce(&desired);
+        }
         allow::check_shared_lists(&current, &desired)?;
         let diff = Diff::between(&current, &snapshot, &desired);
-        // An older table is rebuilt in the current layout by the very batch that changes it.
-        let migrating = snapshot.exists && snapshot.layout.is_older();
+        ranges::check_overlaps(&desired, &diff.added)?;
         let rebuild;
         let changes = if migrating {
             rebuild = Rebuild::new(kernel, &desired)?;
@@ -182,15 +189,44 @@ pub fn create(
     if mappings.iter().any(|m| !m.allow_from.is_empty()) {
         return update(kernel, counts, false, merge);
     }
+    // Whether a range holds one of the single ports is asked of the kernel by probes in
+    // the batch itself; for many single ports, the range maps are read instead.
+    let singles = mappings.iter().filter(|m| !m.is_range()).count();
+    let probes = match singles <= MAX_PROBES {
+        true => ranges::probes(&mappings),
+        false => Vec::new(),
+    };
+    // The exact maps a new range could clash with, and the range maps when not probing.
+    let mut read: Vec<&'static str> = Vec::new();
+    for mapping in &mappings {
+        let set = match mapping.is_range() {
+            true => mapping.part(mapping.host_port, mapping.host_port).set(),
+            false if probes.is_empty() => {
+                let range_of = Mapping {
+                    host_port_end: Some(mapping.host_port),
+                    ..mapping.clone()
+                };
+                range_of.set()
+            }
+            false => continue,
+        };
+        if !read.contains(&set) {
+            read.push(set);
+        }
+    }
     let outcome = retrying(|| {
-        let snapshot = table::read(kernel, false)?;
+        let verified = counts.as_ref().map(|counts| counts.genid);
+        let snapshot = table::read_trusting(kernel, false, verified)?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
         }
-        // So is a port that has a list: the new mapping would not share it.
-        if snapshot.exists && touches_limited(kernel, &mappings)? {
+        // A clash with what the maps read hold is named by the full read; so is a port that
+        // has a list, which the new mapping would not share.
+        if snapshot.exists
+            && (ranges::clashes(kernel, &read, &mappings)? || touches_limited(kernel, &mappings)?)
+        {
             return Ok(Try::Done(None));
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
@@ -199,6 +235,11 @@ pub fn create(
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
+        for (probe, again) in &probes {
+            changes.push(Change::CreateElement(probe));
+            changes.push(Change::DelElement(again));
+        }
+        let last_probe = changes.len();
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
@@ -219,7 +260,7 @@ pub fn create(
                 index: Some(index),
                 error,
             }) if error.raw_os_error() == Some(libc::EEXIST)
-                && (first_mapping..first_mapping + elements.len()).contains(&index) =>
+                && (first_mapping..last_probe).contains(&index) =>
             {
                 Ok(Try::Done(None))
             }
@@ -247,7 +288,9 @@ pub fn create(
 
 /// Removes the mappings `choose` picks among those `keys` find (each a map and a key),
 /// reading only those elements and the helper elements. `choose` gets, for each key in
-/// order, the mapping found there, if any, and may refuse (a port not published).
+/// order, the mapping found there (in a range map, the range holding the key), if any, and
+/// may refuse (a port not published); it returns what goes: whole mappings, or ports of a
+/// range found, which is then cut (`ranges::cut`) and its other ports stay published.
 pub fn remove(
     kernel: &mut impl Kernel,
     counts: &mut Option<Counts>,
@@ -258,15 +301,24 @@ pub fn remove(
     let from_all = |current: &[Mapping]| {
         let by_key: HashMap<(&'static str, Vec<u8>), &Mapping> =
             current.iter().map(|m| ((m.set(), m.key()), m)).collect();
+        let ranges: Vec<&Mapping> = current.iter().filter(|m| m.is_range()).collect();
         let found: Vec<Option<Mapping>> = keys
             .iter()
-            .map(|(set, key)| by_key.get(&(*set, key.clone())).map(|m| (*m).clone()))
+            .map(|(set, key)| match ruleset::is_range_set(set) {
+                true => ranges
+                    .iter()
+                    .find(|m| m.holds(set, key))
+                    .map(|m| (*m).clone()),
+                false => by_key.get(&(*set, key.clone())).map(|m| (*m).clone()),
+            })
             .collect();
-        let removed: HashSet<Mapping> = choose(&found)?.into_iter().collect();
+        let cut = ranges::cut(&holders(&found), &choose(&found)?);
+        let removed: HashSet<&Mapping> = cut.removed.iter().collect();
         Ok(current
             .iter()
             .filter(|m| !removed.contains(m))
             .cloned()
+            .chain(cut.rest)
             .collect())
     };
     if dry_run {
@@ -274,7 +326,8 @@ pub fn remove(
     }
     let declarations = Declarations::new();
     let outcome = retrying(|| {
-        let snapshot = table::read(kernel, false)?;
+        let verified = counts.as_ref().map(|counts| counts.genid);
+        let snapshot = table::read_trusting(kernel, false, verified)?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
@@ -293,26 +346,34 @@ pub fn remove(
             };
             found.push(element.and_then(|element| mapping_of(set, &element)));
         }
-        let removed = choose(&found)?;
+        // Ports of a range go by cutting it: the range is deleted, and what is left of it
+        // added again, as new elements, in the same batch.
+        let cut = ranges::cut(&holders(&found), &choose(&found)?);
         // A port with a list loses it with its last mapping, which only a full read knows.
-        if touches_limited(kernel, &removed)? {
+        if touches_limited(kernel, &cut.removed)? || touches_limited(kernel, &cut.rest)? {
             return Ok(Try::Done(None));
         }
         let mut after_removal = valid.clone();
-        let Some(unneeded) = after_removal.remove(&helpers_for(&removed)) else {
+        let Some(new_helpers) = after_removal.add(&helpers_for(&cut.rest)) else {
             return Ok(Try::Done(None));
         };
-        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        let Some(unneeded) = after_removal.remove(&helpers_for(&cut.removed)) else {
+            return Ok(Try::Done(None));
+        };
+        let mut delete: Vec<Element> = cut.removed.iter().map(Element::mapping).collect();
         delete.extend(unneeded);
-        let changes = if removed.is_empty() {
+        let mut add: Vec<Element> = cut.rest.iter().map(Element::mapping).collect();
+        add.extend(new_helpers);
+        let changes = if cut.removed.is_empty() {
             Vec::new()
         } else {
-            with_repairs(&declarations, &snapshot, &delete, &[])
+            with_repairs(&declarations, &snapshot, &delete, &add)
         };
         let committed = Committed {
-            plan: plan_of(&snapshot, &changes, &delete, &[]),
+            plan: plan_of(&snapshot, &changes, &delete, &add),
             still_needed: Some(after_removal.still_needed()),
-            removed,
+            removed: cut.removed,
+            added: cut.rest,
             genid: snapshot.genid,
             existed: snapshot.exists,
             chains: snapshot.chains.clone(),
@@ -344,9 +405,23 @@ fn touches_limited(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<boo
         return Ok(false);
     }
     let limited = table::limited_ports(kernel)?;
-    Ok(mappings
+    Ok(mappings.iter().any(|m| {
+        let (proto, first, last) = m.port_span();
+        limited
+            .iter()
+            .any(|&(p, f, l)| p == proto && f <= last && first <= l)
+    }))
+}
+
+/// The mappings found, each once.
+fn holders(found: &[Option<Mapping>]) -> Vec<Mapping> {
+    let mut seen: HashSet<&Mapping> = HashSet::new();
+    found
         .iter()
-        .any(|m| limited.contains(&(m.proto, m.host_port))))
+        .flatten()
+        .filter(|mapping| seen.insert(mapping))
+        .cloned()
+        .collect()
 }
 
 /// The table's repairs (or its creation), then the element changes: deletions first, so
@@ -388,24 +463,31 @@ fn commit(
 /// replaced (its metadata refreshed), and so is one made for the same namespace, whose
 /// address changed when it was made again; one with another target is a conflict.
 pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, Error> {
-    let mut by_key: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
+    type HostSide = (&'static str, Vec<u8>, Option<Vec<u8>>);
+    let side = |m: &Mapping| -> HostSide { (m.set(), m.key(), m.key_end()) };
+    let mut by_key: HashMap<HostSide, usize> = HashMap::new();
+    let mut holders = Holders::default();
     let mut out: Vec<Mapping> = current.to_vec();
     for (index, mapping) in out.iter().enumerate() {
-        by_key.insert((mapping.set(), mapping.key()), index);
+        by_key.insert(side(mapping), index);
+        holders.insert(mapping, index);
     }
     for mapping in wanted {
-        match by_key.get(&(mapping.set(), mapping.key())) {
+        match by_key.get(&side(mapping)) {
             Some(&index)
                 if out[index].data() != mapping.data() && !same_namespace(&out[index], mapping) =>
             {
-                return Err(Error::Conflict {
-                    host: mapping.host_label(),
-                    existing: out[index].target_label(),
-                });
+                return Err(ranges::conflict(mapping, &out[index]));
             }
             Some(&index) => out[index] = mapping.clone(),
+            // Another host side of the same kind may still hold one of its ports: a range
+            // holding a single port, or the reverse, or two ranges across each other.
             None => {
-                by_key.insert((mapping.set(), mapping.key()), out.len());
+                if let Some(index) = holders.clash(mapping) {
+                    return Err(ranges::conflict(mapping, &out[index]));
+                }
+                by_key.insert(side(mapping), out.len());
+                holders.insert(mapping, out.len());
                 out.push(mapping.clone());
             }
         }

@@ -60,8 +60,6 @@ impl StillNeeded {
 pub struct Settings<'a> {
     lock: &'a WriterLock,
     pub originals: Originals,
-    /// The settings part of the record as last synced to disk.
-    synced: Originals,
 }
 
 impl<'a> Settings<'a> {
@@ -101,43 +99,21 @@ impl<'a> Settings<'a> {
                         ifaces.join(", ")
                     }
                 );
-                let synced = Originals::default();
-                let mut settings = Settings {
-                    lock,
-                    originals,
-                    synced,
-                };
+                let mut settings = Settings { lock, originals };
                 settings.save()?;
                 return Ok(settings);
             }
         };
-        let synced = Originals {
-            counts: None,
-            ..originals.clone()
-        };
-        Ok(Settings {
-            lock,
-            originals,
-            synced,
-        })
+        Ok(Settings { lock, originals })
     }
 
     /// Writes the record as it is now.
     pub fn save(&mut self) -> Result<(), Error> {
         let path = self.lock.record_path().to_path_buf();
-        let settings = Originals {
-            counts: None,
-            ..self.originals.clone()
-        };
-        let durable = settings != self.synced;
-        self.lock
-            .save(&self.originals, durable)
-            .map_err(state(path))?;
-        self.synced = settings;
-        Ok(())
+        self.lock.save(&self.originals).map_err(state(path))
     }
 
-    /// Turns on what `needs` require. Every value found is recorded durably before the
+    /// Turns on what `needs` require. Every value found is recorded before the
     /// first write; when the record cannot be saved (a full /run), nothing is written.
     pub fn turn_on(&mut self, needs: &[TargetNeeds<'_>]) -> Result<(), Error> {
         let all = || needs.iter().flat_map(|need| need.mappings.iter().copied());

@@ -48,7 +48,7 @@ impl HostSockets {
         };
         let socket = sockets
             .iter()
-            .find(|socket| socket.port == mapping.host_port && receives(socket.addr, mapping))?;
+            .find(|socket| mapping.has_host_port(socket.port) && receives(socket.addr, mapping))?;
         let at = match socket.addr {
             IpAddr::V6(addr) => format!("[{addr}]:{}", socket.port),
             IpAddr::V4(addr) => format!("{addr}:{}", socket.port),
@@ -115,6 +115,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: host_addr.map(IpAddr::V4),
             host_port: 3000,
+            host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 3000,
             via: "br0".into(),

@@ -158,8 +158,14 @@ impl MappingsFile {
                     } else {
                         IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
                     })),
-                    host_ports: single(m.host_port),
-                    ns_ports: single(m.to_port),
+                    host_ports: PortRange {
+                        start: m.host_port,
+                        end: *m.host_ports().end(),
+                    },
+                    ns_ports: PortRange {
+                        start: m.to_port,
+                        end: m.to_port_end().unwrap_or(m.to_port),
+                    },
                     proto: m.proto,
                 };
                 let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
@@ -199,7 +205,8 @@ impl MappingsFile {
             host_addr: Option<IpAddr>,
             allow_from: Vec<SourcePrefix>,
         }
-        let mut rows: Vec<(Key, u16, u16)> = Vec::new();
+        // Host ports (first, last), first target port, and whether it is one range.
+        let mut rows: Vec<(Key, u16, u16, u16, bool)> = Vec::new();
         for m in mappings.iter().filter(|m| m.container.is_none()) {
             let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
             let via =
@@ -228,31 +235,38 @@ impl MappingsFile {
                 host_addr,
                 allow_from: m.allow_from.clone(),
             };
-            rows.push((key, m.host_port, m.to_port));
+            let last = *m.host_ports().end();
+            rows.push((key, m.host_port, last, m.to_port, m.is_range()));
         }
         rows.sort();
         rows.dedup();
         let mut entries: Vec<MappingEntry> = Vec::new();
         let mut i = 0;
         while i < rows.len() {
-            let (key, host, to) = &rows[i];
+            let (key, host, _, to, _) = &rows[i];
+            // Runs of consecutive single ports are one entry; a range published as one
+            // stays an entry of its own, so that applying the file leaves it as it is.
             let mut end = i;
             while end + 1 < rows.len()
+                && !rows[end].4
+                && !rows[end + 1].4
                 && rows[end + 1].0 == *key
                 && u32::from(rows[end + 1].1) == u32::from(rows[end].1) + 1
-                && u32::from(rows[end + 1].2) == u32::from(rows[end].2) + 1
+                && u32::from(rows[end + 1].3) == u32::from(rows[end].3) + 1
             {
                 end += 1;
             }
+            let (_, last_start, last_host, last_to_start, _) = rows[end];
+            let last_to = last_to_start + (last_host - last_start);
             let spec = PublishSpec {
                 host_addr: key.host_addr,
                 host_ports: PortRange {
                     start: *host,
-                    end: rows[end].1,
+                    end: last_host,
                 },
                 ns_ports: PortRange {
                     start: *to,
-                    end: rows[end].2,
+                    end: last_to,
                 },
                 proto: key.proto,
             };
@@ -278,13 +292,6 @@ impl MappingsFile {
     }
 }
 
-fn single(port: u16) -> PortRange {
-    PortRange {
-        start: port,
-        end: port,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,6 +301,7 @@ mod tests {
             proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
             host_port,
+            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port,
             via: "br0".into(),

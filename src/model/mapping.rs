@@ -12,6 +12,10 @@ pub struct Mapping {
     /// `None` when published on every local address of the target's family.
     pub host_addr: Option<IpAddr>,
     pub host_port: u16,
+    /// The last host port of a range published as one (an identity range: its target
+    /// ports run from `to_port` on, one for one); `None` for a single port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port_end: Option<u16>,
     /// The target; its family is the mapping's family.
     pub to_addr: IpAddr,
     pub to_port: u16,
@@ -44,18 +48,73 @@ pub struct Mapping {
 }
 
 impl Mapping {
-    /// The host side as users write it: `8080/tcp`, `127.0.0.1:8080/tcp`, `8080/tcp (IPv6)`.
+    /// The host side as users write it: `8080/tcp`, `127.0.0.1:8080/tcp`, `8080/tcp (IPv6)`,
+    /// `20000-29999/tcp`.
     pub fn host_label(&self) -> String {
         let family = if self.is_ipv6() { " (IPv6)" } else { "" };
+        let ports = self.host_ports_text();
         match self.host_addr {
-            Some(addr) => format!("{}/{}", with_port(addr, self.host_port), self.proto),
-            None => format!("{}/{}{family}", self.host_port, self.proto),
+            Some(addr) => format!("{}/{}", with_port(addr, &ports), self.proto),
+            None => format!("{ports}/{}{family}", self.proto),
+        }
+    }
+
+    /// The host port, or the first and last of a range: `8080`, `20000-29999`.
+    pub fn host_ports_text(&self) -> String {
+        match self.host_port_end {
+            Some(end) => format!("{}-{end}", self.host_port),
+            None => self.host_port.to_string(),
+        }
+    }
+
+    /// The target port, or the first and last of a range.
+    pub fn to_ports_text(&self) -> String {
+        match self.to_port_end() {
+            Some(end) => format!("{}-{end}", self.to_port),
+            None => self.to_port.to_string(),
+        }
+    }
+
+    /// Whether it publishes a range of ports as one.
+    pub fn is_range(&self) -> bool {
+        self.host_port_end.is_some()
+    }
+
+    /// The host ports it publishes.
+    pub fn host_ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.host_port..=self.host_port_end.unwrap_or(self.host_port)
+    }
+
+    /// Whether it publishes this host port.
+    pub fn has_host_port(&self, port: u16) -> bool {
+        self.host_ports().contains(&port)
+    }
+
+    /// The last target port of a range.
+    pub fn to_port_end(&self) -> Option<u16> {
+        self.host_port_end
+            .map(|end| self.to_port.wrapping_add(end - self.host_port))
+    }
+
+    /// The target port that host port `port` (one of its own) leads to.
+    pub fn to_port_of(&self, port: u16) -> u16 {
+        self.to_port.wrapping_add(port.wrapping_sub(self.host_port))
+    }
+
+    /// The same mapping for host ports `start..=end`, a part of its own: a range of one
+    /// port is a single port.
+    pub fn part(&self, start: u16, end: u16) -> Mapping {
+        Mapping {
+            host_port: start,
+            host_port_end: (end > start).then_some(end),
+            to_port: self.to_port_of(start),
+            ..self.clone()
         }
     }
 
     /// Where it leads: `172.18.0.2:80 via br0 (netns ns1)`.
     pub fn target_label(&self) -> String {
-        let to = with_port(self.to_addr, self.to_port);
+        let to = with_port(self.to_addr, self.to_ports_text());
         let mut label = format!("{to} via {}", self.via);
         if let Some(netns) = &self.netns {
             label.push_str(&format!(" (netns {netns})"));

@@ -9,6 +9,7 @@ use std::io;
 
 mod attributes;
 pub mod conntrack;
+mod kept;
 pub mod nftables;
 pub mod rtnetlink;
 pub mod sock_diag;

@@ -11,9 +11,11 @@ use netlink_packet_route::link::{
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::NetlinkError;
+use super::kept::with_kept;
+use super::socket::{next_seq, used_seq};
 
 /// An address of an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,52 +48,53 @@ fn request(
     message: RouteNetlinkMessage,
     flags: u16,
 ) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
-    let mut socket = Socket::new(NETLINK_ROUTE).map_err(NetlinkError::Open)?;
-    socket.bind_auto().map_err(NetlinkError::Open)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(NetlinkError::Open)?;
-
+    let seq = next_seq();
+    used_seq(seq);
     let mut header = NetlinkHeader::default();
     header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = 1;
+    header.sequence_number = seq;
     let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
     packet.finalize();
     let mut buf = vec![0; packet.buffer_len()];
     packet.serialize(&mut buf);
-    socket.send(&buf, 0).map_err(NetlinkError::Send)?;
-
-    let mut replies = Vec::new();
-    loop {
-        let (data, _) = socket.recv_from_full().map_err(NetlinkError::Receive)?;
-        let mut offset = 0;
-        while offset < data.len() {
-            let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                .map_err(|e| NetlinkError::Receive(std::io::Error::other(e.to_string())))?;
-            offset += reply.header.length as usize;
-            match reply.payload {
-                NetlinkPayload::Done(_) => return Ok(replies),
-                NetlinkPayload::Error(error) if error.code.is_some() => {
-                    return Err(NetlinkError::Kernel {
-                        index: None,
-                        error: error.to_io(),
-                    });
+    with_kept(NETLINK_ROUTE, |kept| {
+        kept.socket.send(&buf, 0).map_err(NetlinkError::Send)?;
+        let mut replies = Vec::new();
+        loop {
+            let data = kept.receive()?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| NetlinkError::Receive(std::io::Error::other(e.to_string())))?;
+                offset += reply.header.length as usize;
+                if reply.header.length == 0 {
+                    break;
                 }
-                // An acknowledgement ends a request that is not a dump.
-                NetlinkPayload::Error(_) => return Ok(replies),
-                NetlinkPayload::InnerMessage(inner) => {
-                    replies.push(inner);
-                    if flags & NLM_F_DUMP == 0 && flags & NLM_F_ACK == 0 {
-                        return Ok(replies);
+                // What an earlier request left unread answers another sequence number.
+                if reply.header.sequence_number != seq {
+                    continue;
+                }
+                match reply.payload {
+                    NetlinkPayload::Done(_) => return Ok(replies),
+                    NetlinkPayload::Error(error) if error.code.is_some() => {
+                        return Err(NetlinkError::Kernel {
+                            index: None,
+                            error: error.to_io(),
+                        });
                     }
+                    // An acknowledgement ends a request that is not a dump.
+                    NetlinkPayload::Error(_) => return Ok(replies),
+                    NetlinkPayload::InnerMessage(inner) => {
+                        replies.push(inner);
+                        if flags & NLM_F_DUMP == 0 && flags & NLM_F_ACK == 0 {
+                            return Ok(replies);
+                        }
+                    }
+                    _ => {}
                 }
-                _ => {}
-            }
-            if reply.header.length == 0 {
-                break;
             }
         }
-    }
+    })
 }
 
 /// Every IPv4 and IPv6 address of the current namespace, in the kernel's order.

@@ -3,10 +3,12 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_SOCK_DIAG};
+use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 use super::NetlinkError;
 use super::attributes;
+use super::kept::{Kept, with_kept};
+use super::socket::{next_seq, used_seq};
 use crate::spec::Proto;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -50,8 +52,8 @@ fn parse(message: &[u8]) -> Option<BoundSocket> {
 
 /// Every TCP or SCTP socket listening, or every UDP socket bound, in both address families.
 ///
-/// The two families are asked on two sockets at once: a netlink socket runs one dump at a
-/// time, and asking one after the other would cost a second round trip.
+/// One dump after the other on the thread's kept socket: a netlink socket runs one dump at
+/// a time, and a second socket would cost more to open than the second dump takes.
 ///
 /// A kernel without SCTP has no handler for SCTP dumps and answers ENOENT: it can have no
 /// SCTP socket, so that is an empty answer, not an error. (A kernel with SCTP but without
@@ -64,25 +66,21 @@ pub fn bound_sockets(proto: Proto) -> Result<Vec<BoundSocket>, NetlinkError> {
         // An SCTP endpoint's listening state has TCP's number (SCTP_SS_LISTENING).
         Proto::Sctp => (libc::IPPROTO_SCTP as u8, 1 << TCP_LISTEN),
     };
-    let mut sockets = Vec::new();
+    let mut found = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(NetlinkError::Open)?;
-        socket.bind_auto().map_err(NetlinkError::Open)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NetlinkError::Open)?;
+        let seq = next_seq();
+        used_seq(seq);
         let message = attributes::message(
             SOCK_DIAG_BY_FAMILY,
             REQUEST_DUMP,
-            1,
+            seq,
             &request(family, protocol, states),
         )?;
-        socket.send(&message, 0).map_err(NetlinkError::Send)?;
-        sockets.push(socket);
-    }
-    let mut found = Vec::new();
-    for socket in &sockets {
-        match read_dump(socket, &mut found) {
+        let dumped = with_kept(NETLINK_SOCK_DIAG, |kept| {
+            kept.socket.send(&message, 0).map_err(NetlinkError::Send)?;
+            read_dump(kept, seq, &mut found)
+        });
+        match dumped {
             Err(NetlinkError::Kernel { error, .. })
                 if proto == Proto::Sctp && error.raw_os_error() == Some(libc::ENOENT) => {}
             other => other?,
@@ -92,14 +90,23 @@ pub fn bound_sockets(proto: Proto) -> Result<Vec<BoundSocket>, NetlinkError> {
 }
 
 /// Reads one dump's answers to its end.
-fn read_dump(socket: &Socket, found: &mut Vec<BoundSocket>) -> Result<(), NetlinkError> {
+fn read_dump(kept: &mut Kept, seq: u32, found: &mut Vec<BoundSocket>) -> Result<(), NetlinkError> {
     loop {
-        let (data, _) = socket.recv_from_full().map_err(NetlinkError::Receive)?;
+        let data = kept.receive()?;
         let mut offset = 0;
         while offset + 16 <= data.len() {
             let len = u32::from_ne_bytes(data[offset..offset + 4].try_into().unwrap()) as usize;
             let kind = u16::from_ne_bytes([data[offset + 4], data[offset + 5]]);
+            let answers = u32::from_ne_bytes(data[offset + 8..offset + 12].try_into().unwrap());
             let message = &data[offset..(offset + len).min(data.len())];
+            if len < 16 {
+                return Ok(());
+            }
+            offset += len.next_multiple_of(4);
+            // What an earlier request left unread answers another sequence number.
+            if answers != seq {
+                continue;
+            }
             // A dump that failed says why in its NLMSG_DONE (ENOENT: no handler for the
             // protocol) as an NLMSG_ERROR would.
             let errno = message
@@ -115,10 +122,6 @@ fn read_dump(socket: &Socket, found: &mut Vec<BoundSocket>) -> Result<(), Netlin
                 }
                 _ => found.extend(parse(message)),
             }
-            if len < 16 {
-                return Ok(());
-            }
-            offset += len.next_multiple_of(4);
         }
     }
 }

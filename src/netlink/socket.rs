@@ -1,9 +1,18 @@
 //! Netfilter netlink sockets shared by `nftables` and `conntrack`: opening one sized for a
 //! request, reading what the kernel queued, and walking the messages of an answer.
+//!
+//! Each thread keeps one netfilter socket for all its requests (`with_shared`), opened on
+//! its first request and again only after a failure or a move to another network
+//! namespace. Opening one cost six system calls and a 256 KiB buffer per request, and
+//! closing one after a batch that deleted anything waits for an RCU grace period
+//! (nf_tables frees what was deleted first, 10-20 ms here): with one socket that wait
+//! comes once, when the thread or process ends, and overlaps whatever it does meanwhile.
 
+use std::cell::RefCell;
 use std::io;
 use std::io::IoSlice;
 use std::os::fd::{BorrowedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use nix::sys::socket::{self, MsgFlags, NetlinkAddr, sockopt};
@@ -35,6 +44,12 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
     let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(&socket)) };
     let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
+    // A socket kept for the thread's life must not leak into programs it starts.
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(set_error)?;
     let timeout = TimeVal::new(RECEIVE_TIMEOUT.as_secs() as i64, 0);
     socket::setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(set_error)?;
     // Errors then carry the refused message's header only, not all of it: a refused
@@ -43,8 +58,17 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     // And they say which attribute was refused (NLMSGERR_ATTR_OFFS): for a message of many
     // elements, which element. Kernels before 4.12 do not know the option and say nothing.
     let _ = socket::setsockopt(&fd, NetlinkFlag(NETLINK_EXT_ACK), &true);
-    // Past the default socket buffers (about 200 KiB), large batches would fail with
-    // EMSGSIZE and their acknowledgements with ENOBUFS; root may raise both.
+    size(&socket, send_bytes, answers)?;
+    Ok(socket)
+}
+
+/// Raises the socket's buffers for a request of `send_bytes` with `answers` answers: past
+/// the default socket buffers (about 200 KiB), large batches would fail with EMSGSIZE and
+/// their acknowledgements with ENOBUFS; root may raise both.
+fn size(socket: &mnl::Socket, send_bytes: usize, answers: usize) -> Result<(), NetlinkError> {
+    // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
+    let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(socket)) };
+    let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
     if send_bytes > DEFAULT_SOCKET_BUFFER {
         socket::setsockopt(&fd, sockopt::SndBufForce, &(send_bytes + 4096)).map_err(set_error)?;
     }
@@ -52,7 +76,78 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     if receive_bytes > DEFAULT_SOCKET_BUFFER {
         socket::setsockopt(&fd, sockopt::RcvBufForce, &receive_bytes).map_err(set_error)?;
     }
-    Ok(socket)
+    Ok(())
+}
+
+/// A thread's netfilter socket, with what it was opened for.
+pub(super) struct Shared {
+    pub(super) socket: mnl::Socket,
+    /// Room for one read of answers, kept with the socket rather than allocated per read.
+    pub(super) buffer: AlignedBuffer,
+    /// The inode of the network namespace the socket was opened in.
+    netns: u64,
+    send_bytes: usize,
+    answers: usize,
+}
+
+thread_local! {
+    static SHARED: RefCell<Option<Shared>> = const { RefCell::new(None) };
+    /// The thread's next sequence number: every request gets its own, so that an answer is
+    /// only ever matched to the request that asked for it.
+    static NEXT_SEQ: std::cell::Cell<u32> = const { std::cell::Cell::new(1) };
+}
+
+/// The first of the sequence numbers a request of several messages numbers from; it tells
+/// `used_seq` the last it used.
+pub(super) fn next_seq() -> u32 {
+    NEXT_SEQ.with(std::cell::Cell::get)
+}
+
+/// Marks the sequence numbers through `last` as used.
+pub(super) fn used_seq(last: u32) {
+    NEXT_SEQ.with(|next| next.set(last.wrapping_add(1).max(1)));
+}
+
+/// The inode of the calling thread's network namespace.
+pub(super) fn current_netns() -> Result<u64, NetlinkError> {
+    std::fs::metadata("/proc/thread-self/ns/net")
+        .map(|meta| meta.ino())
+        .map_err(NetlinkError::Open)
+}
+
+/// Runs `exchange` on the calling thread's netfilter socket, sized for `send_bytes` and
+/// `answers`. The socket is opened on first use and again when the thread moved to another
+/// network namespace (a socket speaks for the namespace it was opened in), and it is kept
+/// only when `exchange` succeeds: after a failure, answers nobody read may be queued on it.
+pub(super) fn with_shared<T>(
+    send_bytes: usize,
+    answers: usize,
+    exchange: impl FnOnce(&mut Shared) -> Result<T, NetlinkError>,
+) -> Result<T, NetlinkError> {
+    let netns = current_netns()?;
+    let kept = SHARED.with(|cell| cell.borrow_mut().take());
+    let mut shared = match kept {
+        Some(mut shared) if shared.netns == netns => {
+            if send_bytes > shared.send_bytes || answers > shared.answers {
+                size(&shared.socket, send_bytes, answers)?;
+                shared.send_bytes = shared.send_bytes.max(send_bytes);
+                shared.answers = shared.answers.max(answers);
+            }
+            shared
+        }
+        _ => Shared {
+            socket: open(send_bytes, answers)?,
+            buffer: AlignedBuffer::new(RECEIVE_BUFFER),
+            netns,
+            send_bytes,
+            answers,
+        },
+    };
+    let result = exchange(&mut shared);
+    if result.is_ok() {
+        SHARED.with(|cell| *cell.borrow_mut() = Some(shared));
+    }
+    result
 }
 
 const NETLINK_CAP_ACK: libc::c_int = 10;
@@ -181,28 +276,41 @@ pub(super) fn exchange(
     request: &[u8],
     mut on_message: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
 ) -> Result<bool, NetlinkError> {
-    let socket = open(request.len(), 1)?;
-    socket.send(request).map_err(NetlinkError::Send)?;
-    let mut buffer = AlignedBuffer::new(RECEIVE_BUFFER);
-    loop {
-        let len = receive(&socket, &mut buffer, true)?;
-        for reply in replies(&buffer.bytes()[..len]) {
-            let reply = reply?;
-            match reply.kind {
-                NLMSG_DONE => return Ok(true),
-                NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(false),
-                NLMSG_ERROR if reply.errno != 0 => {
-                    return Err(NetlinkError::Kernel {
-                        index: None,
-                        error: io::Error::from_raw_os_error(reply.errno),
-                    });
+    with_shared(request.len(), 1, |shared| {
+        let mut request = request.to_vec();
+        let seq = next_seq();
+        used_seq(seq);
+        // The request's own sequence number (bytes 8..12 of its header).
+        request
+            .get_mut(8..12)
+            .ok_or_else(|| NetlinkError::Send(io::Error::other("a request without a header")))?
+            .copy_from_slice(&seq.to_ne_bytes());
+        shared.socket.send(&request).map_err(NetlinkError::Send)?;
+        loop {
+            let len = receive(&shared.socket, &mut shared.buffer, true)?;
+            for reply in replies(&shared.buffer.bytes()[..len]) {
+                let reply = reply?;
+                // What an earlier request left unread (an acknowledgement a newer kernel
+                // adds, say) answers another sequence number: it is not this answer.
+                if reply.seq != seq {
+                    continue;
                 }
-                // The acknowledgement that ends a request that is not a dump.
-                NLMSG_ERROR => return Ok(true),
-                _ => on_message(reply.message)?,
+                match reply.kind {
+                    NLMSG_DONE => return Ok(true),
+                    NLMSG_ERROR if reply.errno == libc::ENOENT => return Ok(false),
+                    NLMSG_ERROR if reply.errno != 0 => {
+                        return Err(NetlinkError::Kernel {
+                            index: None,
+                            error: io::Error::from_raw_os_error(reply.errno),
+                        });
+                    }
+                    // The acknowledgement that ends a request that is not a dump.
+                    NLMSG_ERROR => return Ok(true),
+                    _ => on_message(reply.message)?,
+                }
             }
         }
-    }
+    })
 }
 
 /// A buffer aligned for `nlmsghdr`, as libmnl and libnftnl require of what they read and

@@ -3,9 +3,9 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_CLOSED,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4, SET_REACH6, SET_TARGETS4,
-    SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED,
+    SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -103,202 +103,292 @@ fn udata(kind: u8, value: &[u8]) -> Vec<u8> {
     out
 }
 
+/// nftables' byte orders, as its set user data records them.
+const BYTEORDER_CONCAT: u32 = 0;
+const BYTEORDER_HOST: u32 = 1;
+const BYTEORDER_BIG_ENDIAN: u32 = 2;
+
 /// The user data `nft` writes for a `type` declaration: the byte order of key and data
-/// (0 for concatenations, 1 for host order) and, for concatenations, an empty `typeof`
-/// record that nft uses to remember the concatenation's shape.
-fn set_userdata(key_byteorder: u32, data_byteorder: Option<u32>, concat: bool) -> Vec<u8> {
+/// (0 for concatenations) and, for concatenations, an empty `typeof` record that nft uses
+/// to remember the concatenation's shape; a map's data also gets its interval record.
+fn set_userdata(key: &[Field], data: &[Field]) -> Vec<u8> {
     const KEYBYTEORDER: u8 = 0;
     const DATABYTEORDER: u8 = 1;
     const KEY_TYPEOF: u8 = 3;
     const DATA_TYPEOF: u8 = 4;
     const DATA_INTERVAL: u8 = 6;
+    let byteorder = |fields: &[Field]| match fields {
+        [single] => single.byteorder(),
+        _ => BYTEORDER_CONCAT,
+    };
     // Nested: expression kind 13 (concatenation) with no members.
     let empty_concat = [udata(0, &13u32.to_le_bytes()), udata(1, &[])].concat();
-    let mut out = udata(KEYBYTEORDER, &key_byteorder.to_le_bytes());
-    if let Some(order) = data_byteorder {
-        out.extend(udata(DATABYTEORDER, &order.to_le_bytes()));
+    let mut out = udata(KEYBYTEORDER, &byteorder(key).to_le_bytes());
+    if !data.is_empty() {
+        out.extend(udata(DATABYTEORDER, &byteorder(data).to_le_bytes()));
     }
-    if concat {
+    if key.len() > 1 {
         out.extend(udata(KEY_TYPEOF, &empty_concat));
     }
-    if data_byteorder.is_some() {
+    if data.len() > 1 {
         out.extend(udata(DATA_TYPEOF, &empty_concat));
+    }
+    if !data.is_empty() {
         out.extend(udata(DATA_INTERVAL, &0u32.to_le_bytes()));
     }
     out
 }
 
-/// The maps and sets of one address family: any-address and one-address maps, hairpin
-/// pairs, and targets protected from direct access, with their set ids.
-fn family_sets(v6: bool, ids: [u32; 5]) -> [SetDef; 5] {
-    use datatype::*;
-    let (addr, addr_len) = if v6 { (IP6ADDR, 16) } else { (IPADDR, 4) };
-    let target = Some((concat(&[addr, INET_SERVICE]), addr_len + 4));
-    let pick = |v4: &'static str, v6_name: &'static str| if v6 { v6_name } else { v4 };
-    let map = |name, nft_type, id, key_type, key_len| SetDef {
-        name,
-        nft_type,
-        id,
-        key_type,
-        key_len,
-        data: target,
-        counter: true,
-        intervals: None,
-        userdata: set_userdata(0, Some(0), true),
-    };
-    [
-        // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }
-        map(
-            pick(SET_ANY4, SET_ANY6),
-            pick(
-                "inet_proto . inet_service : ipv4_addr . inet_service",
-                "inet_proto . inet_service : ipv6_addr . inet_service",
-            ),
-            ids[0],
-            concat(&[INET_PROTOCOL, INET_SERVICE]),
-            8,
-        ),
-        // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-        map(
-            pick(SET_ADDR4, SET_ADDR6),
-            pick(
-                "ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service",
-                "ipv6_addr . inet_proto . inet_service : ipv6_addr . inet_service",
-            ),
-            ids[1],
-            concat(&[addr, INET_PROTOCOL, INET_SERVICE]),
-            addr_len + 8,
-        ),
-        // set hairpin4 { type ipv4_addr . ipv4_addr; }
-        SetDef {
-            name: pick(SET_HAIRPIN4, SET_HAIRPIN6),
-            nft_type: pick("ipv4_addr . ipv4_addr", "ipv6_addr . ipv6_addr"),
-            id: ids[2],
-            key_type: concat(&[addr, addr]),
-            key_len: 2 * addr_len,
-            data: None,
-            counter: false,
-            intervals: None,
-            userdata: set_userdata(0, None, true),
-        },
-        // set reach4 { type ifname . ipv4_addr; }
-        SetDef {
-            name: pick(SET_REACH4, SET_REACH6),
-            nft_type: pick("ifname . ipv4_addr", "ifname . ipv6_addr"),
-            id: ids[3],
-            key_type: concat(&[IFNAME, addr]),
-            key_len: IFNAME_LEN as u32 + addr_len,
-            data: None,
-            counter: false,
-            intervals: None,
-            userdata: set_userdata(0, None, true),
-        },
-        // set targets4 { type ipv4_addr; }
-        SetDef {
-            name: pick(SET_TARGETS4, SET_TARGETS6),
-            nft_type: pick("ipv4_addr", "ipv6_addr"),
-            id: ids[4],
-            key_type: addr,
-            key_len: addr_len,
-            data: None,
-            counter: false,
-            intervals: None,
-            userdata: set_userdata(2, None, false),
-        },
-    ]
+/// One member of a key or of a map's data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    /// An address of the row's family.
+    Addr,
+    Proto,
+    Service,
+    Ifname,
 }
 
-/// The sets and maps, in the order `nft list` shows them.
+use Field::{Addr, Ifname, Proto, Service};
+
+impl Field {
+    fn nft_name(self, v6: bool) -> &'static str {
+        match self {
+            Addr if v6 => "ipv6_addr",
+            Addr => "ipv4_addr",
+            Proto => "inet_proto",
+            Service => "inet_service",
+            Ifname => "ifname",
+        }
+    }
+
+    fn datatype(self, v6: bool) -> u32 {
+        use datatype::*;
+        match self {
+            Addr if v6 => IP6ADDR,
+            Addr => IPADDR,
+            Proto => INET_PROTOCOL,
+            Service => INET_SERVICE,
+            Ifname => IFNAME,
+        }
+    }
+
+    /// Its length as the kernel's interval sets are told it (`NFTA_SET_DESC_CONCAT`).
+    fn len(self, v6: bool) -> u8 {
+        match self {
+            Addr if v6 => 16,
+            Addr => 4,
+            Proto => 1,
+            Service => 2,
+            Ifname => IFNAME_LEN as u8,
+        }
+    }
+
+    /// Its length in a key or data: every member padded to 4 bytes.
+    fn padded_len(self, v6: bool) -> u32 {
+        u32::from(self.len(v6)).div_ceil(4) * 4
+    }
+
+    fn byteorder(self) -> u32 {
+        match self {
+            Ifname => BYTEORDER_HOST,
+            _ => BYTEORDER_BIG_ENDIAN,
+        }
+    }
+}
+
+/// One set or map of each address family: a row here declares both.
+struct FamilySet {
+    /// The IPv4 and the IPv6 one.
+    names: [&'static str; 2],
+    key: &'static [Field],
+    /// Empty for a set.
+    data: &'static [Field],
+    counter: bool,
+    interval: bool,
+}
+
+/// The sets and maps of each family, in the order `nft list` shows them. The mapping maps
+/// come first: exact ports (hashed), then identity port ranges (intervals whose data is
+/// only the target address: NAT to an address alone keeps the destination port).
+const FAMILY_SETS: &[FamilySet] = &[
+    // map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; counter; }
+    FamilySet {
+        names: [SET_ANY4, SET_ANY6],
+        key: &[Proto, Service],
+        data: &[Addr, Service],
+        counter: true,
+        interval: false,
+    },
+    // map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; … }
+    FamilySet {
+        names: [SET_ADDR4, SET_ADDR6],
+        key: &[Addr, Proto, Service],
+        data: &[Addr, Service],
+        counter: true,
+        interval: false,
+    },
+    // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; counter; }
+    FamilySet {
+        names: [SET_RANGE4, SET_RANGE6],
+        key: &[Proto, Service],
+        data: &[Addr],
+        counter: true,
+        interval: true,
+    },
+    // map addrrange4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr; flags interval; … }
+    FamilySet {
+        names: [SET_ADDRRANGE4, SET_ADDRRANGE6],
+        key: &[Addr, Proto, Service],
+        data: &[Addr],
+        counter: true,
+        interval: true,
+    },
+    // set hairpin4 { type ipv4_addr . ipv4_addr; }: a namespace reaching its own port.
+    FamilySet {
+        names: [SET_HAIRPIN4, SET_HAIRPIN6],
+        key: &[Addr, Addr],
+        data: &[],
+        counter: false,
+        interval: false,
+    },
+    // set reach4 { type ifname . ipv4_addr; }: a target behind its interface.
+    FamilySet {
+        names: [SET_REACH4, SET_REACH6],
+        key: &[Ifname, Addr],
+        data: &[],
+        counter: false,
+        interval: false,
+    },
+    // set targets4 { type ipv4_addr; }: targets protected from direct access.
+    FamilySet {
+        names: [SET_TARGETS4, SET_TARGETS6],
+        key: &[Addr],
+        data: &[],
+        counter: false,
+        interval: false,
+    },
+];
+
+/// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
+/// element and a lookup costs the same whatever the number of ports and prefixes:
+/// `limited` holds the host ports that have a list (one set for both families), and
+/// `allow4`/`allow6` each port with each prefix of its list.
+const ALLOW_SETS: &[FamilySet] = &[
+    // set limited { type inet_proto . inet_service; flags interval; }
+    FamilySet {
+        names: [SET_LIMITED, SET_LIMITED],
+        key: &[Proto, Service],
+        data: &[],
+        counter: false,
+        interval: true,
+    },
+    // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
+    FamilySet {
+        names: [SET_ALLOW4, SET_ALLOW6],
+        key: &[Proto, Service, Addr],
+        data: &[],
+        counter: false,
+        interval: true,
+    },
+];
+
+/// A key's or data's type as `nft list` prints it.
+fn type_text(fields: &[Field], v6: bool) -> String {
+    let names: Vec<&str> = fields.iter().map(|f| f.nft_name(v6)).collect();
+    names.join(" . ")
+}
+
+fn family_set(row: &FamilySet, v6: bool, id: u32) -> SetDef {
+    let datatypes = |fields: &[Field]| {
+        let types: Vec<u32> = fields.iter().map(|f| f.datatype(v6)).collect();
+        datatype::concat(&types)
+    };
+    let padded = |fields: &[Field]| fields.iter().map(|f| f.padded_len(v6)).sum::<u32>();
+    let mut nft_type = type_text(row.key, v6);
+    if !row.data.is_empty() {
+        nft_type = format!("{nft_type} : {}", type_text(row.data, v6));
+    }
+    SetDef {
+        name: row.names[usize::from(v6)],
+        nft_type,
+        id,
+        key_type: datatypes(row.key),
+        key_len: padded(row.key),
+        data: (!row.data.is_empty()).then(|| (datatypes(row.data), padded(row.data))),
+        counter: row.counter,
+        interval: row.interval,
+        fields: match row.interval {
+            true => row.key.iter().map(|f| f.len(v6)).collect(),
+            false => Vec::new(),
+        },
+        userdata: set_userdata(row.key, row.data),
+    }
+}
+
+/// The sets and maps, in the order `nft list` shows them: each family's, then those of no
+/// family. Their ids (by which rules of the batch that creates them refer to them) are
+/// their positions, from 1.
 pub fn sets() -> Vec<SetDef> {
-    let mut sets = family_sets(false, [1, 2, 3, 4, 5]).to_vec();
-    sets.extend(family_sets(true, [6, 7, 8, 9, 10]));
-    sets.extend([
-        // set inside { type ifname; }: interfaces toward published namespaces, the only
-        // ones new forwarded connections may come from once nsport turned forwarding on.
-        SetDef {
-            name: SET_INSIDE,
-            nft_type: "ifname",
-            id: 11,
-            key_type: datatype::IFNAME,
-            key_len: IFNAME_LEN as u32,
+    let mut sets: Vec<SetDef> = Vec::new();
+    for v6 in [false, true] {
+        for row in FAMILY_SETS {
+            let id = sets.len() as u32 + 1;
+            sets.push(family_set(row, v6, id));
+        }
+    }
+    // set inside { type ifname; }: interfaces toward published namespaces, the only
+    // ones new forwarded connections may come from once nsport turned forwarding on.
+    // set closed { type nf_proto; }: the families whose forwarding nsport turned on.
+    for (name, nft_type, key_type, key_len, userdata) in [
+        (
+            SET_INSIDE,
+            "ifname",
+            datatype::IFNAME,
+            IFNAME_LEN as u32,
+            set_userdata(&[Ifname], &[]),
+        ),
+        (
+            SET_CLOSED,
+            "nf_proto",
+            datatype::NFPROTO,
+            1,
+            udata(0, &BYTEORDER_CONCAT.to_le_bytes()),
+        ),
+    ] {
+        let id = sets.len() as u32 + 1;
+        sets.push(SetDef {
+            name,
+            nft_type: nft_type.to_string(),
+            id,
+            key_type,
+            key_len,
             data: None,
             counter: false,
-            intervals: None,
-            userdata: set_userdata(1, None, false),
-        },
-        // set closed { type nf_proto; }: the families whose forwarding nsport turned on.
-        SetDef {
-            name: SET_CLOSED,
-            nft_type: "nf_proto",
-            id: 12,
-            key_type: datatype::NFPROTO,
-            key_len: 1,
-            data: None,
-            counter: false,
-            intervals: None,
-            userdata: set_userdata(0, None, false),
-        },
-    ]);
-    sets.extend(allow_sets());
+            interval: false,
+            fields: Vec::new(),
+            userdata,
+        });
+    }
+    // The allow-lists: `limited` once, `allow4` and `allow6`.
+    for (row, v6) in [
+        (&ALLOW_SETS[0], false),
+        (&ALLOW_SETS[1], false),
+        (&ALLOW_SETS[1], true),
+    ] {
+        let id = sets.len() as u32 + 1;
+        sets.push(family_set(row, v6, id));
+    }
     sets
 }
 
-/// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
-/// element and a lookup costs the same whatever the number of ports and prefixes: `limited`
-/// holds the host ports that have a list, `allow4`/`allow6` each port with each prefix of
-/// its list. Every row is one declaration: name, nft type, set id, key type, field lengths.
-fn allow_sets() -> Vec<SetDef> {
-    use datatype::*;
-    let rows: [(&'static str, &'static str, u32, u32, &'static [u8]); 3] = [
-        // set limited { type inet_proto . inet_service; flags interval; }
-        (
-            SET_LIMITED,
-            "inet_proto . inet_service",
-            13,
-            concat(&[INET_PROTOCOL, INET_SERVICE]),
-            &[1, 2],
-        ),
-        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
-        (
-            SET_ALLOW4,
-            "inet_proto . inet_service . ipv4_addr",
-            14,
-            concat(&[INET_PROTOCOL, INET_SERVICE, IPADDR]),
-            &[1, 2, 4],
-        ),
-        // set allow6 { type inet_proto . inet_service . ipv6_addr; flags interval; }
-        (
-            SET_ALLOW6,
-            "inet_proto . inet_service . ipv6_addr",
-            15,
-            concat(&[INET_PROTOCOL, INET_SERVICE, IP6ADDR]),
-            &[1, 2, 16],
-        ),
-    ];
-    rows.into_iter()
-        .map(|(name, nft_type, id, key_type, fields)| SetDef {
-            name,
-            nft_type,
-            id,
-            key_type,
-            // Each field padded to a 4-byte register.
-            key_len: fields
-                .iter()
-                .map(|len| u32::from(*len).div_ceil(4) * 4)
-                .sum(),
-            data: None,
-            counter: false,
-            intervals: Some(fields),
-            userdata: set_userdata(0, None, true),
-        })
-        .collect()
-}
-
+/// The set id of a set of the table, by its name.
 pub(super) fn set_id(name: &str) -> u32 {
-    sets()
+    static IDS: std::sync::OnceLock<Vec<(&'static str, u32)>> = std::sync::OnceLock::new();
+    IDS.get_or_init(|| sets().iter().map(|set| (set.name, set.id)).collect())
         .iter()
-        .find(|set| set.name == name)
-        .map(|set| set.id)
+        .find(|(set, _)| *set == name)
+        .map(|(_, id)| *id)
         .expect("a set of the table")
 }
 
@@ -312,29 +402,57 @@ mod tests {
         let sets = sets();
         assert_eq!(sets[0].key_type, 0x30d);
         assert_eq!(sets[1].key_type, 0x730d);
-        assert_eq!(sets[2].key_type, 0x1c7);
         assert_eq!(sets[0].data, Some((0x1cd, 8)));
         assert_eq!(sets[0].userdata.len(), 38);
-        assert_eq!(sets[2].userdata.len(), 16);
-        // set reach4 { type ifname . ipv4_addr; }
-        assert_eq!(sets[3].key_type, 0xa47);
-        assert_eq!(sets[3].key_len, 20);
+        // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
+        assert_eq!(sets[2].key_type, 0x30d);
+        assert_eq!(sets[2].data, Some((7, 4)));
+        assert_eq!(sets[2].fields, [1, 2]);
         assert_eq!(
-            sets[3].userdata,
+            sets[2].userdata,
+            [
+                0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0
+            ]
+        );
+        assert_eq!((sets[3].key_type, sets[3].key_len), (0x730d, 12));
+        assert_eq!(sets[3].fields, [4, 1, 2]);
+        // set hairpin4 { type ipv4_addr . ipv4_addr; }
+        assert_eq!(sets[4].key_type, 0x1c7);
+        assert_eq!(sets[4].userdata.len(), 16);
+        // set reach4 { type ifname . ipv4_addr; }
+        assert_eq!(sets[5].key_type, 0xa47);
+        assert_eq!(sets[5].key_len, 20);
+        assert_eq!(
+            sets[5].userdata,
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
-        assert_eq!(sets[4].userdata, [0, 4, 2, 0, 0, 0]);
+        assert_eq!(sets[6].userdata, [0, 4, 2, 0, 0, 0]);
+        let range6 = sets.iter().find(|s| s.name == SET_ADDRRANGE6).unwrap();
+        assert_eq!(
+            range6.nft_type,
+            "ipv6_addr . inet_proto . inet_service : ipv6_addr"
+        );
+        assert_eq!((range6.key_len, range6.data), (24, Some((8, 16))));
+        assert_eq!(range6.fields, [16, 1, 2]);
+        let inside = sets.iter().find(|s| s.name == SET_INSIDE).unwrap();
+        assert_eq!(inside.userdata, [0, 4, 1, 0, 0, 0]);
         // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }, as
         // `nft --debug=mnl` writes it.
         let allow4 = sets.iter().find(|s| s.name == SET_ALLOW4).unwrap();
         assert_eq!(allow4.key_type, 0xc347);
         assert_eq!(allow4.key_len, 12);
-        assert_eq!(allow4.intervals, Some(&[1u8, 2, 4][..]));
+        assert_eq!(allow4.fields, [1, 2, 4]);
+        assert!(allow4.interval);
         assert_eq!(
             allow4.userdata,
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
         let allow6 = sets.iter().find(|s| s.name == SET_ALLOW6).unwrap();
-        assert_eq!(allow6.key_len, 24);
+        assert_eq!(
+            (allow6.key_len, &allow6.fields[..]),
+            (24, &[1u8, 2, 16][..])
+        );
+        let limited = sets.iter().find(|s| s.name == SET_LIMITED).unwrap();
+        assert_eq!((limited.key_len, &limited.fields[..]), (8, &[1u8, 2][..]));
     }
 }

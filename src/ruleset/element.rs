@@ -5,36 +5,72 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_CLOSED,
-    SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_REACH4, SET_REACH6, SET_TARGETS4,
-    SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED,
+    SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes,
+    addr_from, declarations::set_id, ifname_bytes,
 };
 use crate::model::{Mapping, SourcePrefix};
 use crate::spec::Proto;
 
 /// How a mapping is stored as a map element.
 impl Mapping {
-    /// The map the mapping lives in.
+    /// The map the mapping lives in: exact ports are hashed, ranges are intervals.
     pub fn set(&self) -> &'static str {
-        match (self.is_ipv6(), self.host_addr.is_some()) {
-            (false, false) => SET_ANY4,
-            (false, true) => SET_ADDR4,
-            (true, false) => SET_ANY6,
-            (true, true) => SET_ADDR6,
+        match (self.is_ipv6(), self.host_addr.is_some(), self.is_range()) {
+            (false, false, false) => SET_ANY4,
+            (false, true, false) => SET_ADDR4,
+            (true, false, false) => SET_ANY6,
+            (true, true, false) => SET_ADDR6,
+            (false, false, true) => SET_RANGE4,
+            (false, true, true) => SET_ADDRRANGE4,
+            (true, false, true) => SET_RANGE6,
+            (true, true, true) => SET_ADDRRANGE6,
         }
     }
 
-    /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes.
+    /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes;
+    /// for a range, the key of its first port.
     pub fn key(&self) -> Vec<u8> {
         host_key(self.proto, self.host_addr, self.host_port)
     }
 
-    /// The map data: `ip . port` of the target.
+    /// For a range, the key of its last port: the end of the interval.
+    pub fn key_end(&self) -> Option<Vec<u8>> {
+        let end = self.host_port_end?;
+        Some(host_key(self.proto, self.host_addr, end))
+    }
+
+    /// The map data: `ip . port` of the target; for an (identity) range only the address,
+    /// so that the NAT keeps each connection's destination port.
     pub fn data(&self) -> Vec<u8> {
         let mut data = addr_bytes(self.to_addr);
-        data.extend_from_slice(&self.to_port.to_be_bytes());
-        data.extend_from_slice(&[0, 0]);
+        if !self.is_range() {
+            data.extend_from_slice(&self.to_port.to_be_bytes());
+            data.extend_from_slice(&[0, 0]);
+        }
         data
+    }
+
+    /// The same host side: same map and key (`is_same_kind` and overlapping ports tells
+    /// apart mappings that would clash).
+    pub fn same_host_side(&self, other: &Mapping) -> bool {
+        self.set() == other.set() && self.key() == other.key() && self.key_end() == other.key_end()
+    }
+
+    /// Whether the two publish host ports of the same kind (protocol, family, and host
+    /// address or none), so that a port of both would be one of them too many.
+    pub fn is_same_kind(&self, other: &Mapping) -> bool {
+        self.proto == other.proto
+            && self.host_addr == other.host_addr
+            && self.is_ipv6() == other.is_ipv6()
+    }
+
+    /// Whether the two are of the same kind and publish a host port in common.
+    pub fn overlaps(&self, other: &Mapping) -> bool {
+        self.is_same_kind(other)
+            && self.host_port <= *other.host_ports().end()
+            && other.host_port <= *self.host_ports().end()
     }
 
     /// The element comment: readable in `nft list`, and how `ls` recovers `via` and the
@@ -72,35 +108,61 @@ impl Mapping {
         }
     }
 
-    /// Rebuilds a mapping from a map element; `None` for an element nsport did not write.
+    /// Rebuilds a mapping from a map element (`key_end` empty but for a range's);
+    /// `None` for an element nsport did not write.
     pub fn from_element(
         set: &str,
         key: &[u8],
+        key_end: &[u8],
         data: &[u8],
         comment: Option<&str>,
     ) -> Option<Mapping> {
-        let addr_len = match set {
-            SET_ANY4 | SET_ADDR4 => 4,
-            SET_ANY6 | SET_ADDR6 => 16,
+        let (addr_len, with_addr, range) = match set {
+            SET_ANY4 => (4, false, false),
+            SET_ADDR4 => (4, true, false),
+            SET_ANY6 => (16, false, false),
+            SET_ADDR6 => (16, true, false),
+            SET_RANGE4 => (4, false, true),
+            SET_ADDRRANGE4 => (4, true, true),
+            SET_RANGE6 => (16, false, true),
+            SET_ADDRRANGE6 => (16, true, true),
             _ => return None,
         };
-        let (host_addr, rest) = match set {
-            SET_ADDR4 | SET_ADDR6 if key.len() == addr_len + 8 => {
-                (Some(addr_from(&key[..addr_len])?), &key[addr_len..])
-            }
-            SET_ANY4 | SET_ANY6 if key.len() == 8 => (None, key),
-            _ => return None,
-        };
-        if data.len() != addr_len + 4 {
+        let prefix = if with_addr { addr_len } else { 0 };
+        if key.len() != prefix + 8 {
             return None;
         }
+        let host_addr = match with_addr {
+            true => Some(addr_from(&key[..addr_len])?),
+            false => None,
+        };
+        let rest = &key[prefix..];
+        let host_port = u16::from_be_bytes([rest[4], rest[5]]);
+        // A range's end differs from its start in the port only.
+        let host_port_end = match range {
+            true if key_end.len() == key.len() && key_end[..prefix + 4] == key[..prefix + 4] => {
+                let end = u16::from_be_bytes([key_end[prefix + 4], key_end[prefix + 5]]);
+                Some(end).filter(|end| *end >= host_port)?;
+                Some(end)
+            }
+            true => return None,
+            false => None,
+        };
+        let to_port = match range {
+            true if data.len() == addr_len => host_port,
+            false if data.len() == addr_len + 4 => {
+                u16::from_be_bytes([data[addr_len], data[addr_len + 1]])
+            }
+            _ => return None,
+        };
         let metadata = Metadata::parse(comment.unwrap_or_default());
         Some(Mapping {
             proto: Proto::from_number(rest[0])?,
             host_addr,
-            host_port: u16::from_be_bytes([rest[4], rest[5]]),
+            host_port,
+            host_port_end,
             to_addr: addr_from(&data[..addr_len])?,
-            to_port: u16::from_be_bytes([data[addr_len], data[addr_len + 1]]),
+            to_port,
             via: metadata.via,
             netns: metadata.netns,
             netns_inode: metadata.netns_inode,
@@ -123,45 +185,86 @@ pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
     key
 }
 
-/// `PROTO . PORT`, from the first 8 bytes of a key.
-fn service_text(key: &[u8]) -> String {
+/// `PROTO . PORT` or `PROTO . FIRST-LAST`, from the first 8 bytes of a key and its end.
+fn service_text(key: &[u8], end: Option<&[u8]>) -> String {
     if key.len() < 8 {
         return String::new();
     }
     let proto = Proto::from_number(key[0]).map_or("?".into(), |p| p.to_string());
-    format!("{proto} . {}", u16::from_be_bytes([key[4], key[5]]))
+    let first = u16::from_be_bytes([key[4], key[5]]);
+    match end.filter(|end| end.len() >= 8) {
+        Some(end) if end[4..6] != key[4..6] => {
+            format!("{proto} . {first}-{}", u16::from_be_bytes([end[4], end[5]]))
+        }
+        _ => format!("{proto} . {first}"),
+    }
 }
 
 /// The elements of the source allow-lists `mappings` carry: one `limited` element per host
-/// port that has a list and one `allow4`/`allow6` element per prefix of it, each once, in
-/// first-seen order. Mappings of one port have one list (the engine refuses two).
+/// port (or range of ports) that has a list and one `allow4`/`allow6` element per prefix of
+/// it, each once, in first-seen order. Mappings of one port have one list, and ports with a
+/// list are never in two different spans (the engine refuses both).
 pub fn allow_elements_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
     let mut seen = std::collections::HashSet::new();
     let mut out = Vec::new();
     for mapping in mappings {
-        if mapping.allow_from.is_empty() || !seen.insert((mapping.proto, mapping.host_port)) {
+        let (proto, first, last) = mapping.port_span();
+        if mapping.allow_from.is_empty() || !seen.insert((proto, first, last)) {
             continue;
         }
-        out.push(Element::limited(mapping.proto, mapping.host_port));
+        out.push(Element::limited(proto, first, last));
         out.extend(
             mapping
                 .allow_from
                 .iter()
-                .map(|source| Element::allow(mapping.proto, mapping.host_port, *source)),
+                .map(|source| Element::allow(proto, first, last, *source)),
         );
     }
     out
 }
 
+impl Mapping {
+    /// The protocol and the first and last host port.
+    pub fn port_span(&self) -> (Proto, u16, u16) {
+        (
+            self.proto,
+            self.host_port,
+            self.host_port_end.unwrap_or(self.host_port),
+        )
+    }
+}
+
 /// The maps a host side can be in: both families' any-address maps for a wildcard (one
-/// family's for `0.0.0.0` or `::`), the one-address map of the address's family otherwise.
+/// family's for `0.0.0.0` or `::`), the one-address maps of the address's family otherwise;
+/// each the exact map and the range map.
 pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
     match host_addr {
-        None => &[SET_ANY4, SET_ANY6],
-        Some(addr) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ANY4],
-        Some(addr) if addr.is_unspecified() => &[SET_ANY6],
-        Some(IpAddr::V4(_)) => &[SET_ADDR4],
-        Some(IpAddr::V6(_)) => &[SET_ADDR6],
+        None => &[SET_ANY4, SET_RANGE4, SET_ANY6, SET_RANGE6],
+        Some(addr) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ANY4, SET_RANGE4],
+        Some(addr) if addr.is_unspecified() => &[SET_ANY6, SET_RANGE6],
+        Some(IpAddr::V4(_)) => &[SET_ADDR4, SET_ADDRRANGE4],
+        Some(IpAddr::V6(_)) => &[SET_ADDR6, SET_ADDRRANGE6],
+    }
+}
+
+/// Whether a map is an interval map, whose elements are ranges of ports.
+pub fn is_range_set(set: &str) -> bool {
+    matches!(
+        set,
+        SET_RANGE4 | SET_ADDRRANGE4 | SET_RANGE6 | SET_ADDRRANGE6
+    )
+}
+
+impl Mapping {
+    /// Whether it is in map `set` and publishes the host side `key` (`host_key`).
+    pub fn holds(&self, set: &str, key: &[u8]) -> bool {
+        if self.set() != set {
+            return false;
+        }
+        match self.key_end() {
+            Some(end) => self.key().as_slice() <= key && key <= end.as_slice(),
+            None => self.key() == key,
+        }
     }
 }
 
@@ -170,7 +273,7 @@ pub fn host_sets(host_addr: Option<IpAddr>) -> &'static [&'static str] {
 pub struct Element {
     pub set: &'static str,
     pub key: Vec<u8>,
-    /// The end of the key's interval, in a set of intervals (`flags interval`).
+    /// The last key of an interval, in a set of intervals (`flags interval`).
     pub key_end: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
@@ -187,7 +290,7 @@ impl Element {
         Element {
             set: mapping.set(),
             key: mapping.key(),
-            key_end: None,
+            key_end: mapping.key_end(),
             data: Some(mapping.data()),
             comment: Some(comment),
         }
@@ -257,15 +360,21 @@ impl Element {
             SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
                 .map(|addr| addr.to_string())
                 .unwrap_or_default(),
-            SET_LIMITED => service_text(&self.key),
+            SET_LIMITED => service_text(&self.key, self.key_end.as_deref()),
             SET_ALLOW4 | SET_ALLOW6 => {
-                let source = self.key_end.as_deref().and_then(|end| {
-                    SourcePrefix::from_range(addr_from(&self.key[8..])?, addr_from(&end[8..])?)
-                });
+                let end = self.key_end.as_deref().unwrap_or(&self.key);
+                let source = SourcePrefix::from_range(
+                    addr_from(&self.key[8..]).unwrap_or(IpAddr::from([0u8; 4])),
+                    addr_from(&end[8..]).unwrap_or(IpAddr::from([0u8; 4])),
+                );
                 let source = source.map(|p| p.to_string()).unwrap_or_default();
-                format!("{} . {source}", service_text(&self.key[..8]))
+                format!(
+                    "{} . {source}",
+                    service_text(&self.key[..8], Some(&end[..8]))
+                )
             }
-            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes.
+            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes; an
+            // interval's `PORT-PORT`.
             _ => {
                 let cut = self.key.len().saturating_sub(8);
                 let (host, service) = self.key.split_at(cut);
@@ -274,53 +383,76 @@ impl Element {
                     .unwrap_or_default();
                 let proto = Proto::from_number(service[0]).map_or("?".into(), |p| p.to_string());
                 let port = u16::from_be_bytes([service[4], service[5]]);
-                format!("{host}{proto} . {port}")
+                match self
+                    .key_end
+                    .as_deref()
+                    .and_then(|end| end.get(cut + 4..cut + 6))
+                {
+                    Some(end) => {
+                        let end = u16::from_be_bytes([end[0], end[1]]);
+                        format!("{host}{proto} . {port}-{end}")
+                    }
+                    None => format!("{host}{proto} . {port}"),
+                }
             }
         }
     }
 
-    /// A host port whose sources are limited to a list.
-    pub fn limited(proto: Proto, port: u16) -> Element {
-        let key = host_key(proto, None, port);
+    /// Host ports `first..=last` whose sources are limited to a list.
+    pub fn limited(proto: Proto, first: u16, last: u16) -> Element {
         Element {
             set: SET_LIMITED,
-            key_end: Some(key.clone()),
-            key,
+            key: host_key(proto, None, first),
+            key_end: Some(host_key(proto, None, last)),
             data: None,
             comment: None,
         }
     }
 
-    /// A source prefix allowed to use a limited host port: the interval of its addresses.
-    pub fn allow(proto: Proto, port: u16, source: SourcePrefix) -> Element {
-        let service = host_key(proto, None, port);
+    /// A source prefix allowed to use limited host ports `first..=last`: the interval of
+    /// the ports and the interval of its addresses.
+    pub fn allow(proto: Proto, first: u16, last: u16, source: SourcePrefix) -> Element {
         Element {
             set: if source.is_ipv6() {
                 SET_ALLOW6
             } else {
                 SET_ALLOW4
             },
-            key: [service.clone(), addr_bytes(source.first())].concat(),
-            key_end: Some([service, addr_bytes(source.last())].concat()),
+            key: [host_key(proto, None, first), addr_bytes(source.first())].concat(),
+            key_end: Some([host_key(proto, None, last), addr_bytes(source.last())].concat()),
             data: None,
             comment: None,
         }
     }
 
-    /// What an element of `allow4`/`allow6` allows: the host port and the source prefix.
-    pub fn allowed(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, SourcePrefix)> {
-        if key.len() != key_end.len() || key.len() < 12 || key[..8] != key_end[..8] {
+    /// What an element of `limited` limits: the protocol and the ports.
+    pub fn limited_ports(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, u16)> {
+        if key.len() != 8 || key_end.len() != 8 || key[0] != key_end[0] {
             return None;
         }
         let proto = Proto::from_number(key[0])?;
-        let port = u16::from_be_bytes([key[4], key[5]]);
-        let prefix = SourcePrefix::from_range(addr_from(&key[8..])?, addr_from(&key_end[8..])?)?;
-        Some((proto, port, prefix))
+        let first = u16::from_be_bytes([key[4], key[5]]);
+        let last = u16::from_be_bytes([key_end[4], key_end[5]]);
+        (first <= last).then_some((proto, first, last))
     }
 
-    /// The map data as nft writes it: `ADDR . PORT`.
+    /// What an element of `allow4`/`allow6` allows: the protocol, the ports and the
+    /// source prefix.
+    pub fn allowed(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, u16, SourcePrefix)> {
+        if key.len() != key_end.len() || key.len() < 12 {
+            return None;
+        }
+        let (proto, first, last) = Element::limited_ports(&key[..8], &key_end[..8])?;
+        let prefix = SourcePrefix::from_range(addr_from(&key[8..])?, addr_from(&key_end[8..])?)?;
+        Some((proto, first, last, prefix))
+    }
+
+    /// The map data as nft writes it: `ADDR . PORT`, or `ADDR` alone.
     fn data_text(&self) -> Option<String> {
         let data = self.data.as_ref()?;
+        if matches!(data.len(), 4 | 16) {
+            return addr_from(data).map(|addr| addr.to_string());
+        }
         let (addr, port) = data.split_at(data.len() - 4);
         let port = u16::from_be_bytes([port[0], port[1]]);
         Some(format!("{} . {port}", addr_from(addr)?))
@@ -421,6 +553,7 @@ mod tests {
             proto: Proto::Udp,
             host_addr: host_addr.map(IpAddr::V4),
             host_port: 5353,
+            host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 53,
             via: "br0".into(),
@@ -474,6 +607,7 @@ mod tests {
             let back = Mapping::from_element(
                 element.set,
                 &element.key,
+                element.key_end.as_deref().unwrap_or_default(),
                 element.data.as_deref().unwrap(),
                 element.comment.as_deref(),
             );
@@ -484,11 +618,11 @@ mod tests {
     #[test]
     fn foreign_elements_are_ignored() {
         assert_eq!(
-            Mapping::from_element(SET_ANY4, &[6, 0, 0, 0], &[0; 8], None),
+            Mapping::from_element(SET_ANY4, &[6, 0, 0, 0], &[], &[0; 8], None),
             None
         );
         assert_eq!(
-            Mapping::from_element(SET_ANY4, &[1, 0, 0, 0, 0, 80, 0, 0], &[0; 8], None),
+            Mapping::from_element(SET_ANY4, &[1, 0, 0, 0, 0, 80, 0, 0], &[], &[0; 8], None),
             None
         );
     }
@@ -526,7 +660,7 @@ mod tests {
         let back = Element::allowed(&elements[2].key, elements[2].key_end.as_ref().unwrap());
         assert_eq!(
             back,
-            Some((Proto::Udp, 5353, "2001:db8::/32".parse().unwrap()))
+            Some((Proto::Udp, 5353, 5353, "2001:db8::/32".parse().unwrap()))
         );
     }
 

@@ -42,7 +42,7 @@ pub struct ChainDef {
 pub struct SetDef {
     pub name: &'static str,
     /// The declared type, as `nft list` prints it.
-    pub nft_type: &'static str,
+    pub nft_type: String,
     /// The transaction-local id by which rules in the same batch refer to a new set.
     pub id: u32,
     pub key_type: u32,
@@ -51,10 +51,12 @@ pub struct SetDef {
     pub data: Option<(u32, u32)>,
     /// Every element gets its own packet and byte counter.
     pub counter: bool,
-    /// For a set of intervals over a concatenation (`flags interval`), the length in bytes
-    /// of each field, which the kernel's pipapo set matches field by field; every element
-    /// then has a key and a key end.
-    pub intervals: Option<&'static [u8]>,
+    /// Elements are intervals of their key (`flags interval`): a concatenation whose last
+    /// field is a range, looked up by nftables' pipapo set.
+    pub interval: bool,
+    /// The length in bytes of each field of a concatenated interval key, as the kernel
+    /// must be told them (`NFTA_SET_DESC_CONCAT`); empty for other sets.
+    pub fields: Vec<u8>,
     pub userdata: Vec<u8>,
 }
 
@@ -138,13 +140,23 @@ pub enum Expr {
         /// `!= @set`: matches when the key is not in the set.
         invert: bool,
     },
-    /// `dnat ip to` (or `ip6`) the address in `reg_addr` and the port in `reg_port`.
+    /// `dnat ip to` (or `ip6`) the address in `reg_addr` and the port in `reg_port`; with
+    /// no port, the destination port stays as it is.
     Dnat {
         ipv6: bool,
         reg_addr: u32,
-        reg_port: u32,
+        reg_port: Option<u32>,
     },
     Masquerade,
+    /// `byteorder reg = hton(reg, size, len)`: what nft writes after loading a host-order
+    /// member (`meta l4proto`) of the key of an interval map, whose ranges compare bytes
+    /// in network order. For the one byte of a protocol it changes nothing; it is written
+    /// so that the rule is the one nft itself makes of the same text.
+    Hton {
+        reg: u32,
+        size: u32,
+        len: u32,
+    },
     Verdict(Verdict),
 }
 

@@ -6,10 +6,12 @@
 //!
 //! ```text
 //! table inet nsport {
-//!   comment "nsport-layout=2"
+//!   comment "nsport-layout=3"
 //!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-//!   map any6, addr6, set hairpin6, targets6: the same for IPv6
+//!   map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
+//!   map addrrange4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr; flags interval; }
+//!   map any6, addr6, range6, addrrange6, set hairpin6, targets6: the same for IPv6
 //!   set hairpin4 { type ipv4_addr . ipv4_addr; }
 //!   set ifaces { type ifname; }
 //!   set targets4 { type ipv4_addr; }
@@ -25,6 +27,7 @@
 mod declarations;
 mod element;
 mod expr;
+mod mapping_rules;
 pub mod metadata;
 mod rules;
 
@@ -35,7 +38,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, allow_elements_for, host_key, host_sets};
+pub use element::{Element, allow_elements_for, host_key, host_sets, is_range_set};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -53,9 +56,12 @@ pub const TABLE: &str = "nsport";
 ///   comments held names as they are.
 /// - 2: sets keyed per target (`reach4`/`reach6`), `inside` and `closed` for forwarding nsport
 ///   turned on, IPv4 link-local returns, percent-encoded comments with `net=`.
-/// - 3: source allow-lists: the sets `limited`, `allow4` and `allow6`, the rules that
-///   return before DNAT for a source not on a port's list, and the guard against 127/8
-///   sources from other interfaces than `lo`.
+/// - 3: interval maps `range4`/`addrrange4`/`range6`/`addrrange6`: an identity port range is
+///   one element whose data is only the target address.
+/// - 3 also brought source allow-lists: the sets `limited`, `allow4` and `allow6`, the rules
+///   that return before DNAT for a source not on a port's list, and the guard against 127/8
+///   sources from other interfaces than `lo` (a table without them is repaired by the next
+///   change, as a damaged chain is).
 pub const LAYOUT: u32 = 3;
 
 /// How the table's comment names its layout.
@@ -94,6 +100,10 @@ pub fn layout_of_userdata(mut userdata: &[u8]) -> Option<u32> {
 }
 
 pub const SET_ANY4: &str = "any4";
+pub const SET_RANGE4: &str = "range4";
+pub const SET_ADDRRANGE4: &str = "addrrange4";
+pub const SET_RANGE6: &str = "range6";
+pub const SET_ADDRRANGE6: &str = "addrrange6";
 pub const SET_ADDR4: &str = "addr4";
 pub const SET_HAIRPIN4: &str = "hairpin4";
 pub const SET_REACH4: &str = "reach4";
@@ -135,7 +145,7 @@ pub fn table_script() -> String {
             "\t{kind} {} {{\n\t\ttype {}\n",
             set.name, set.nft_type
         ));
-        if set.intervals.is_some() {
+        if set.interval {
             out.push_str("\t\tflags interval\n");
         }
         if set.counter {

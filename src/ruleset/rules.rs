@@ -5,6 +5,7 @@ use std::net::Ipv6Addr;
 
 use super::declarations::*;
 use super::expr::*;
+use super::mapping_rules::{count_rules, publish_rules};
 use super::*;
 
 const NFPROTO_IPV4: u8 = 2;
@@ -13,14 +14,14 @@ const RTN_LOCAL: u32 = 2;
 const IPS_DST_NAT: u32 = 0x20;
 const CT_STATE_ESTABLISHED_RELATED: u32 = 0x2 | 0x4;
 /// Offsets into the IPv4 header and the transport header.
-const IPV4_SADDR: u32 = 12;
-const IPV4_DADDR: u32 = 16;
-const TH_SPORT: u32 = 0;
-const TH_DPORT: u32 = 2;
-const IPV6_SADDR: u32 = 8;
-const IPV6_DADDR: u32 = 24;
+pub(super) const IPV4_SADDR: u32 = 12;
+pub(super) const IPV4_DADDR: u32 = 16;
+pub(super) const TH_SPORT: u32 = 0;
+pub(super) const TH_DPORT: u32 = 2;
+pub(super) const IPV6_SADDR: u32 = 8;
+pub(super) const IPV6_DADDR: u32 = 24;
 
-fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
+pub(super) fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     Expr::Lookup {
         set,
         set_id: set_id(set),
@@ -30,7 +31,7 @@ fn lookup(set: &'static str, sreg: u32, dreg: Option<u32>) -> Expr {
     }
 }
 
-fn meta(key: MetaKey, dreg: u32) -> Expr {
+pub(super) fn meta(key: MetaKey, dreg: u32) -> Expr {
     Expr::Meta { key, dreg }
 }
 
@@ -45,15 +46,15 @@ fn is_family(nfproto: u8) -> [Expr; 2] {
     ]
 }
 
-fn is_ipv4() -> [Expr; 2] {
+pub(super) fn is_ipv4() -> [Expr; 2] {
     is_family(NFPROTO_IPV4)
 }
 
-fn is_ipv6() -> [Expr; 2] {
+pub(super) fn is_ipv6() -> [Expr; 2] {
     is_family(NFPROTO_IPV6)
 }
 
-fn ipv6_field(offset: u32, dreg: u32) -> Expr {
+pub(super) fn ipv6_field(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -105,7 +106,7 @@ fn link_local4_return(offset: u32) -> Vec<Expr> {
     .concat()
 }
 
-fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
+pub(super) fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Network,
         offset,
@@ -114,11 +115,7 @@ fn ipv4_field(offset: u32, len: u32, dreg: u32) -> Expr {
     }
 }
 
-fn th_dport(dreg: u32) -> Expr {
-    th_port(TH_DPORT, dreg)
-}
-
-fn th_port(offset: u32, dreg: u32) -> Expr {
+pub(super) fn th_port(offset: u32, dreg: u32) -> Expr {
     Expr::Payload {
         base: PayloadBase::Transport,
         offset,
@@ -172,66 +169,6 @@ fn local_daddr_jump_publish() -> Vec<Expr> {
     ]
 }
 
-/// The rules that count a packet against its mapping's element: by the host side, which
-/// is the destination of a request before NAT and the source of a reply after it.
-fn count_rules(chain: &'static str, texts: [&'static str; 4], request: bool) -> Vec<RuleDef> {
-    let (v4_addr, v6_addr, port) = if request {
-        (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
-    } else {
-        (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
-    };
-    let counted = |set| vec![lookup(set, REG_1, None), Expr::Verdict(Verdict::Return)];
-    let any = |family: [Expr; 2], set| {
-        [
-            family.to_vec(),
-            vec![meta(MetaKey::L4proto, REG_1), th_port(port, REG32_01)],
-            counted(set),
-        ]
-        .concat()
-    };
-    let [addr4, any4, addr6, any6] = texts;
-    vec![
-        RuleDef {
-            chain,
-            nft: addr4,
-            exprs: [
-                is_ipv4().to_vec(),
-                vec![
-                    ipv4_field(v4_addr, 4, REG_1),
-                    meta(MetaKey::L4proto, REG32_01),
-                    th_port(port, REG32_02),
-                ],
-                counted(SET_ADDR4),
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any4,
-            exprs: any(is_ipv4(), SET_ANY4),
-        },
-        RuleDef {
-            chain,
-            nft: addr6,
-            exprs: [
-                is_ipv6().to_vec(),
-                vec![
-                    ipv6_field(v6_addr, REG_1),
-                    meta(MetaKey::L4proto, REG_2),
-                    th_port(port, REG32_05),
-                ],
-                counted(SET_ADDR6),
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain,
-            nft: any6,
-            exprs: any(is_ipv6(), SET_ANY6),
-        },
-    ]
-}
-
 /// `ct direction original|reply ct status dnat jump CHAIN`.
 fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'static str) -> RuleDef {
     RuleDef {
@@ -259,26 +196,8 @@ fn jump_if_dnat(chain: &'static str, nft: &'static str, reply: bool, to: &'stati
 /// The rules, in chain order.
 pub fn rules() -> Vec<RuleDef> {
     let mut rules = base_rules();
-    rules.extend(count_rules(
-        CHAIN_COUNT_REQUEST,
-        [
-            "ip daddr . meta l4proto . th dport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th dport @any4 return",
-            "ip6 daddr . meta l4proto . th dport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th dport @any6 return",
-        ],
-        true,
-    ));
-    rules.extend(count_rules(
-        CHAIN_COUNT_REPLY,
-        [
-            "ip saddr . meta l4proto . th sport @addr4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @any4 return",
-            "ip6 saddr . meta l4proto . th sport @addr6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @any6 return",
-        ],
-        false,
-    ));
+    rules.extend(count_rules(CHAIN_COUNT_REQUEST, true));
+    rules.extend(count_rules(CHAIN_COUNT_REPLY, false));
     let request = "ct direction original ct status dnat jump count_request";
     let reply = "ct direction reply ct status dnat jump count_reply";
     rules.push(jump_if_dnat(
@@ -296,76 +215,6 @@ pub fn rules() -> Vec<RuleDef> {
     rules.push(jump_if_dnat("replies_in", reply, true, CHAIN_COUNT_REPLY));
     rules.push(jump_if_dnat("replies_out", reply, true, CHAIN_COUNT_REPLY));
     rules
-}
-
-/// `dnat ip to ip daddr . meta l4proto . th dport map @addr4` and
-/// `dnat ip to meta l4proto . th dport map @any4`, or the same for IPv6. An IPv6 address
-/// fills a whole 16-byte register, so what follows it moves to register 2 and its next
-/// 4-byte slot.
-fn publish_rules(v6: bool) -> [RuleDef; 2] {
-    let (family, daddr, addr_set, any_set) = if v6 {
-        (
-            is_ipv6(),
-            ipv6_field(IPV6_DADDR, REG_1),
-            SET_ADDR6,
-            SET_ANY6,
-        )
-    } else {
-        (
-            is_ipv4(),
-            ipv4_field(IPV4_DADDR, 4, REG_1),
-            SET_ADDR4,
-            SET_ANY4,
-        )
-    };
-    let (proto_reg, port_reg) = if v6 {
-        (REG_2, REG32_05)
-    } else {
-        (REG32_01, REG32_02)
-    };
-    let dnat = Expr::Dnat {
-        ipv6: v6,
-        reg_addr: REG_1,
-        reg_port: if v6 { REG_2 } else { REG32_01 },
-    };
-    let texts = if v6 {
-        [
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addr6",
-            "dnat ip6 to meta l4proto . th dport map @any6",
-        ]
-    } else {
-        [
-            "dnat ip to ip daddr . meta l4proto . th dport map @addr4",
-            "dnat ip to meta l4proto . th dport map @any4",
-        ]
-    };
-    [
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: texts[0],
-            exprs: [
-                family.to_vec(),
-                vec![
-                    daddr,
-                    meta(MetaKey::L4proto, proto_reg),
-                    th_dport(port_reg),
-                    lookup(addr_set, REG_1, Some(REG_1)),
-                    dnat.clone(),
-                ],
-            ]
-            .concat(),
-        },
-        RuleDef {
-            chain: CHAIN_PUBLISH,
-            nft: texts[1],
-            exprs: vec![
-                meta(MetaKey::L4proto, REG_1),
-                th_dport(REG32_01),
-                lookup(any_set, REG_1, Some(REG_1)),
-                dnat,
-            ],
-        },
-    ]
 }
 
 /// The rules that publish, guard and keep namespaces private.
@@ -462,8 +311,7 @@ fn base_rules() -> Vec<RuleDef> {
         },
     ];
     rules.extend([false, true].map(allow_list_return));
-    rules.extend(publish_rules(false));
-    rules.extend(publish_rules(true));
+    rules.extend(publish_rules());
     rules.push(loopback_masquerade());
     rules.extend([false, true].map(hairpin_masquerade));
     rules.extend([false, true].map(neighbour_masquerade));
@@ -478,7 +326,19 @@ fn base_rules() -> Vec<RuleDef> {
 /// the port were not published (a reset, or an ICMP port unreachable). Two lookups in sets
 /// of intervals, whatever the number of ports and prefixes.
 fn allow_list_return(v6: bool) -> RuleDef {
-    let service = || [meta(MetaKey::L4proto, REG_1), th_dport(REG32_01)];
+    // The protocol in network order, as nft loads it for a set of intervals, so that
+    // `nft -f` of an export makes the very rule nsport writes.
+    let service = || {
+        [
+            meta(MetaKey::L4proto, REG_1),
+            Expr::Hton {
+                reg: REG_1,
+                size: 2,
+                len: 1,
+            },
+            th_port(TH_DPORT, REG32_01),
+        ]
+    };
     let (nft, loopback, saddr, allow) = if v6 {
         (
             "meta l4proto . th dport @limited ip6 saddr != ::1 meta l4proto . th dport . ip6 saddr != @allow6 return",

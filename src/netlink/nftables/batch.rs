@@ -15,7 +15,9 @@ use super::encode::{
 };
 use crate::netlink::NetlinkError;
 use crate::netlink::attributes;
-use crate::netlink::socket::{AlignedBuffer, NLMSG_ERROR, open, receive, replies, send_whole};
+use crate::netlink::socket::{
+    AlignedBuffer, NLMSG_ERROR, next_seq, receive, replies, send_whole, used_seq, with_shared,
+};
 use crate::ruleset::{ChainDef, Element, RuleDef, SetDef, TABLE};
 
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
@@ -119,48 +121,53 @@ pub fn commit_to(
     for change in changes {
         log::debug!("netlink: {}", describe(change));
     }
-    let batch = encode_batch(table, changes, genid, 1)?;
-    let socket = open(batch.bytes.len(), batch.first_change.len() + 2)?;
-    send_whole(&socket, &batch.bytes)?;
-
-    // The kernel handles a batch inside sendmsg(), so every answer is queued by now, in
-    // sequence order: an error for each refused message, whatever its flags. Begin and end
-    // never ask for an acknowledgement (only Linux 6.10 and later would give one), so
-    // success is silence and an empty queue ends the wait on every kernel. The first error
-    // is the one reported, and the rest (a refused batch can queue thousands) are dropped
-    // with the socket.
-    let mut buffer = AlignedBuffer::new(crate::netlink::socket::RECEIVE_BUFFER);
-    let mut first_error: Option<(u32, i32, Option<u32>)> = None;
-    'answers: loop {
-        let len = match receive(&socket, &mut buffer, false) {
-            Ok(len) => len,
-            Err(NetlinkError::Receive(error)) if error.kind() == io::ErrorKind::WouldBlock => {
-                break;
-            }
-            Err(error) => return Err(error),
-        };
-        for reply in replies(&buffer.bytes()[..len]) {
-            let reply = reply?;
-            if reply.kind == NLMSG_ERROR && reply.errno != 0 {
-                first_error = Some((reply.seq, reply.errno, reply.bad_attr));
-                break 'answers;
-            }
-            if reply.seq == batch.end_seq {
-                break 'answers;
+    let batch = encode_batch(table, changes, genid, next_seq())?;
+    used_seq(batch.end_seq);
+    with_shared(batch.bytes.len(), batch.first_change.len() + 2, |shared| {
+        send_whole(&shared.socket, &batch.bytes)?;
+        // The kernel handles a batch inside sendmsg(), so every answer is queued by now, in
+        // sequence order: an error for each refused message, whatever its flags. Begin and
+        // end never ask for an acknowledgement (only Linux 6.10 and later would give one),
+        // so success is silence and an empty queue ends the wait on every kernel. The first
+        // error is the one reported, and the rest (a refused batch can queue thousands) are
+        // dropped with the socket, which is not kept after a failure.
+        let mut first_error: Option<(u32, i32, Option<u32>)> = None;
+        'answers: loop {
+            let len = match receive(&shared.socket, &mut shared.buffer, false) {
+                Ok(len) => len,
+                Err(NetlinkError::Receive(error)) if error.kind() == io::ErrorKind::WouldBlock => {
+                    break;
+                }
+                Err(error) => return Err(error),
+            };
+            for reply in replies(&shared.buffer.bytes()[..len]) {
+                let reply = reply?;
+                // Answers to earlier requests on this socket are not this batch's.
+                let span = batch.end_seq.wrapping_sub(batch.begin_seq);
+                if reply.seq.wrapping_sub(batch.begin_seq) > span {
+                    continue;
+                }
+                if reply.kind == NLMSG_ERROR && reply.errno != 0 {
+                    first_error = Some((reply.seq, reply.errno, reply.bad_attr));
+                    break 'answers;
+                }
+                if reply.seq == batch.end_seq {
+                    break 'answers;
+                }
             }
         }
-    }
-    match first_error {
-        None => Ok(()),
-        // A stale generation is answered on the begin message, and nothing is applied.
-        Some((seq, ERESTART, _)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
-        // In a message of several elements, the kernel names the refused one by its
-        // offset; without that (kernels before 4.12), the message's first stands for all.
-        Some((seq, errno, bad_attr)) => Err(NetlinkError::Kernel {
-            index: batch.change_of(seq, bad_attr),
-            error: io::Error::from_raw_os_error(errno),
-        }),
-    }
+        match first_error {
+            None => Ok(()),
+            // A stale generation is answered on the begin message, and nothing is applied.
+            Some((seq, ERESTART, _)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
+            // In a message of several elements, the kernel names the refused one by its
+            // offset; without that (kernels before 4.12), the message's first stands for all.
+            Some((seq, errno, bad_attr)) => Err(NetlinkError::Kernel {
+                index: batch.change_of(seq, bad_attr),
+                error: io::Error::from_raw_os_error(errno),
+            }),
+        }
+    })
 }
 
 /// A batch as it is sent: its bytes, and which sequence number is which message.

@@ -19,7 +19,7 @@ use crate::ruleset::{Element, RuleDef, TABLE};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementDump {
     pub key: Vec<u8>,
-    /// The end of the key's interval, in a set of intervals; empty otherwise.
+    /// The last key of an interval; empty for an element of a set of single keys.
     pub key_end: Vec<u8>,
     pub data: Vec<u8>,
     pub comment: Option<String>,

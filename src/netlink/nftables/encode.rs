@@ -17,9 +17,6 @@ pub(super) const FAMILY_INET: u16 = libc::NFPROTO_INET as u16;
 const NFT_SET_INTERVAL: u32 = 0x4;
 const NFT_SET_MAP: u32 = 0x8;
 const NFT_SET_CONCAT: u32 = 0x80;
-/// The most fields a concatenation has: one per 4-byte register (`NFT_REG32_COUNT`), the
-/// size of libnftnl's array of field lengths.
-const CONCAT_FIELDS_MAX: usize = 16;
 pub(super) const NF_ACCEPT: u32 = 1;
 
 /// The longest table, chain or set name: `NFT_NAME_MAXLEN` (256) counts the NUL.
@@ -133,7 +130,7 @@ impl<'a> CheckedElement<'a> {
         };
         let key = value(what("key"), &element.key)?;
         let key_end = match &element.key_end {
-            Some(key_end) => value(what("key end"), key_end)?,
+            Some(end) => value(what("interval end"), end)?,
             None => 0,
         };
         let data = match &element.data {
@@ -214,10 +211,8 @@ pub(super) fn check_set(table: &str, set: &SetDef) -> Result<(), NetlinkError> {
     if let Some((_, data_len)) = set.data {
         too_long(what("data length"), data_len as usize, VALUE_MAX)?;
     }
-    if let Some(fields) = set.intervals {
-        // libnftnl counts the fields up to the first zero length.
-        too_long(what("fields"), fields.len(), CONCAT_FIELDS_MAX - 1)?;
-    }
+    // libnftnl keeps at most 16 field lengths (NFT_REG32_COUNT).
+    too_long(what("fields"), set.fields.len(), 16)?;
     too_long(what("user data"), set.userdata.len(), USERDATA_MAX)
 }
 
@@ -369,22 +364,19 @@ pub(super) fn set_object(table: &str, set: &SetDef) -> Result<Set, NetlinkError>
     // `check_set` bounded by USERDATA_MAX.
     unsafe {
         let mut flags = if set.is_map() { NFT_SET_MAP } else { 0 };
-        if set.intervals.is_some() {
+        if set.interval {
             flags |= NFT_SET_INTERVAL | NFT_SET_CONCAT;
-        }
-        sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags);
-        if let Some(fields) = set.intervals {
-            // libnftnl copies the lengths into its array of CONCAT_FIELDS_MAX and counts
-            // them up to the first zero: `check_set` bounded them below that, none zero.
-            let mut lengths = [0u8; CONCAT_FIELDS_MAX];
-            lengths[..fields.len()].copy_from_slice(fields);
+            // The length of each field of the concatenation: libnftnl copies them into its
+            // zeroed array of 16, whose first zero ends them; `check_set` bounded their
+            // number by 16 and no field is of length 0.
             sys::nftnl_set_set_data(
                 ptr,
                 sys::NFTNL_SET_DESC_CONCAT as u16,
-                lengths.as_ptr().cast(),
-                fields.len() as u32,
+                set.fields.as_ptr().cast(),
+                set.fields.len() as u32,
             );
         }
+        sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_FLAGS as u16, flags);
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_TYPE as u16, set.key_type);
         sys::nftnl_set_set_u32(ptr, sys::NFTNL_SET_KEY_LEN as u16, set.key_len);
         if let Some((data_type, data_len)) = set.data {

@@ -149,11 +149,24 @@ pub(super) fn expr_object(expr: &Expr) -> Result<*mut sys::nftnl_expr, NetlinkEr
             u32_attr(e, sys::NFTNL_EXPR_NAT_TYPE, NFT_NAT_DNAT);
             u32_attr(e, sys::NFTNL_EXPR_NAT_FAMILY, family as u32);
             u32_attr(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, *reg_addr);
-            u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
+            if let Some(reg_port) = reg_port {
+                u32_attr(e, sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, *reg_port);
+            }
             e
         }
         // masquerade
         Expr::Masquerade => new(c"masq"),
+        // byteorder reg N = hton(reg N, size, len)
+        Expr::Hton { reg, size, len } => {
+            const NFT_BYTEORDER_HTON: u32 = 1;
+            let e = new(c"byteorder");
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_SREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_DREG, *reg);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_OP, NFT_BYTEORDER_HTON);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_SIZE, *size);
+            u32_attr(e, sys::NFTNL_EXPR_BYTEORDER_LEN, *len);
+            e
+        }
         // drop / jump <chain>
         Expr::Verdict(verdict) => {
             let e = new(c"immediate");

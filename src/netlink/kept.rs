@@ -1,0 +1,80 @@
+//! Route and sock_diag netlink sockets kept per thread, as the netfilter one is (`socket`):
+//! a publish asked the kernel five questions on five sockets opened for one each (four
+//! system calls apiece, and two reads per answer to size its buffer). A kept socket is
+//! checked against the thread's network namespace before each use, and dropped after a
+//! failure, whose unread answers must not be taken for another request's.
+
+use std::cell::RefCell;
+use std::io;
+
+use netlink_sys::{Socket, SocketAddr};
+
+use super::NetlinkError;
+use super::socket::current_netns;
+
+/// Room for one datagram: the kernel sends dump answers in pieces of at most 32 KiB.
+const DATAGRAM: usize = 64 * 1024;
+
+/// A socket of one netlink protocol, with the buffer its answers are read into.
+pub(super) struct Kept {
+    pub(super) socket: Socket,
+    netns: u64,
+    buffer: Vec<u8>,
+}
+
+impl Kept {
+    /// Reads one datagram of answers whole; one larger than the buffer is an error rather
+    /// than cut short.
+    pub(super) fn receive(&mut self) -> Result<&[u8], NetlinkError> {
+        self.buffer.clear();
+        let len = self
+            .socket
+            .recv(&mut self.buffer, libc::MSG_TRUNC)
+            .map_err(NetlinkError::Receive)?;
+        if len > self.buffer.len() {
+            return Err(NetlinkError::Receive(io::Error::other(format!(
+                "a netlink answer of {len} bytes, more than the {DATAGRAM} bytes read"
+            ))));
+        }
+        Ok(&self.buffer[..len])
+    }
+}
+
+thread_local! {
+    static KEPT: RefCell<Vec<(isize, Kept)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `exchange` on the calling thread's socket of `protocol`, opened when there is none
+/// for the thread's current network namespace, and kept when `exchange` ends with the
+/// request's last answer: after success or a refusal, which ends a request or a dump.
+pub(super) fn with_kept<T>(
+    protocol: isize,
+    exchange: impl FnOnce(&mut Kept) -> Result<T, NetlinkError>,
+) -> Result<T, NetlinkError> {
+    let netns = current_netns()?;
+    let kept = KEPT.with(|cell| {
+        let mut all = cell.borrow_mut();
+        let at = all.iter().position(|(p, _)| *p == protocol)?;
+        Some(all.swap_remove(at).1)
+    });
+    let mut kept = match kept {
+        Some(kept) if kept.netns == netns => kept,
+        _ => {
+            let mut socket = Socket::new(protocol).map_err(NetlinkError::Open)?;
+            socket.bind_auto().map_err(NetlinkError::Open)?;
+            socket
+                .connect(&SocketAddr::new(0, 0))
+                .map_err(NetlinkError::Open)?;
+            Kept {
+                socket,
+                netns,
+                buffer: Vec::with_capacity(DATAGRAM),
+            }
+        }
+    };
+    let result = exchange(&mut kept);
+    if matches!(result, Ok(_) | Err(NetlinkError::Kernel { .. })) {
+        KEPT.with(|cell| cell.borrow_mut().push((protocol, kept)));
+    }
+    result
+}
