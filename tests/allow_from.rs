@@ -675,3 +675,31 @@ fn concurrent_writers_leave_one_whole_list_per_port() {
     );
     assert_eq!(elements(&lab, "limited").matches("tcp .").count(), 9);
 }
+
+#[test]
+fn a_range_has_one_list_element_and_no_port_inside_it_another_list() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 9005);
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "9000-9009",
+        "--allow-from",
+        "192.0.2.2",
+    ]);
+    assert_eq!(elements(&lab, "limited"), "tcp . 9000-9009");
+    assert_eq!(elements(&lab, "allow4"), "tcp . 9000-9009 . 192.0.2.2");
+    assert_eq!(connect(&lab, "out", HOST_OUT, 9005), answer(OUT));
+    assert_eq!(connect(&lab, "ns3", HOST_V3, 9005), Met::Refused);
+    let before = lab.ruleset();
+    let output = lab.nsport(&["add", "--netns", &ns1, "198.51.100.1:9005:9005"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(error.contains("only 192.0.2.2"), "{error}");
+    assert_eq!(lab.ruleset(), before);
+    lab.nsport_ok(&["rm", "9000-9009"]);
+    assert_eq!(elements(&lab, "limited"), "");
+    assert_eq!(elements(&lab, "allow4"), "");
+}
