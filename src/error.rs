@@ -59,6 +59,18 @@ pub enum Error {
         first: String,
         second: String,
     },
+    #[error(
+        "host port {host} would allow {wanted}, but {holder} on the same port allows {held}: \
+         every mapping of a port shares one --allow-from list (re-add them all to change it)"
+    )]
+    AllowListDiffers {
+        host: String,
+        wanted: String,
+        holder: String,
+        held: String,
+    },
+    #[error("{0}")]
+    Prefix(#[from] crate::model::PrefixError),
     #[error("host port {host} is already published to {existing}")]
     Conflict { host: String, existing: String },
     /// Docker's rule: a specific host address (or interface) and the wildcard on the same
@@ -141,6 +153,7 @@ impl Error {
                 | Error::Duplicate { .. }
                 | Error::NotPublished(_)
                 | Error::File(_)
+                | Error::Prefix(_)
         )
     }
 

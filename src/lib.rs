@@ -40,7 +40,7 @@ pub use engine::{
 pub use error::Error;
 pub use host::netns::{self, NamespaceError};
 pub use host::sysctl;
-pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
+pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile, PrefixError, SourcePrefix};
 pub use plan::Plan;
 pub use ruleset::Mapping;
 pub use spec::{HostSpec, Proto, PublishRequest, PublishSpec, SpecError, with_port};

@@ -133,6 +133,11 @@ struct AddArgs {
     /// overlaps it (the more specific one wins where they overlap)
     #[arg(long)]
     force: bool,
+    /// Only this source may use the published ports: an address or a prefix, IPv4 or IPv6
+    /// (may be repeated). Others get what an unpublished port gives. The list belongs to the
+    /// host port: every mapping of the port shares it; re-adding changes it.
+    #[arg(long, value_name = "CIDR")]
+    allow_from: Vec<nsport::SourcePrefix>,
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -287,6 +292,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 allow_direct: args.allow_direct,
                 force: args.force,
                 on: args.on,
+                allow_from: args.allow_from,
             };
             let requests: Vec<PublishRequest> = args
                 .publish
@@ -687,6 +693,8 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
     ]
     .map(String::from);
+    // The sources column appears only when some port has an allow-list.
+    let limited = listings.iter().any(|l| !l.mapping.allow_from.is_empty());
     let names = if listings.iter().any(|l| {
         l.mapping
             .netns
@@ -754,7 +762,15 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         })
         .map(|row: [String; 8]| row.map(printable))
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let (header, rows) = if limited {
+        with_sources_column(header, rows, listings)
+    } else {
+        (
+            header.to_vec(),
+            rows.into_iter().map(|r| r.to_vec()).collect(),
+        )
+    };
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -764,13 +780,46 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
     for row in std::iter::once(&header).chain(&rows) {
         let line: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}", width = *width))
             .collect();
         text.push_str(line.join("  ").trim_end());
         text.push('\n');
     }
     text
+}
+
+/// The table with a FROM column before STATUS: the sources allowed to use each mapping's
+/// host port, `*` for every source. A long list is shortened; `ls --json` gives it whole.
+fn with_sources_column(
+    header: [String; 8],
+    rows: Vec<[String; 8]>,
+    listings: &[Listing],
+) -> (Vec<String>, Vec<Vec<String>>) {
+    const SHOWN: usize = 3;
+    let insert = |row: &[String], cell: String| {
+        let mut row = row.to_vec();
+        row.insert(7, cell);
+        row
+    };
+    let rows = rows
+        .iter()
+        .zip(listings)
+        .map(|(row, listing)| {
+            let list = &listing.mapping.allow_from;
+            let mut cell: Vec<String> = list.iter().take(SHOWN).map(ToString::to_string).collect();
+            if list.len() > SHOWN {
+                cell.push(format!("+{} more", list.len() - SHOWN));
+            }
+            let cell = if list.is_empty() {
+                "*".into()
+            } else {
+                cell.join(",")
+            };
+            insert(row, cell)
+        })
+        .collect();
+    (insert(&header, "FROM".into()), rows)
 }
 
 #[cfg(test)]

@@ -135,6 +135,7 @@ mod tests {
                 container: None,
                 container_ifname: None,
                 network: None,
+                allow_from: Vec::new(),
             },
             to_port_end: None,
             stale: false,

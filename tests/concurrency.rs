@@ -369,6 +369,7 @@ mod checker {
         );
         if guard {
             json.push(json!({"rule": {"chain": "guard", "expr": guard_rule()}}));
+            json.push(json!({"rule": {"chain": "guard", "expr": source_guard_rule()}}));
         }
         Table::parse(&json!({ "nftables": json }))
     }

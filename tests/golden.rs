@@ -186,3 +186,34 @@ fn element_sorting_is_stable() {
         "\t\telements = { a . 1,\n\t\t             b . 2 }\n\tchain x {\n"
     );
 }
+
+#[test]
+fn source_allow_lists() {
+    check_in(
+        Lab::dual_stack(BrNetfilter::On),
+        "allow-from",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "8080:80",
+                "--allow-from",
+                "192.0.2.0/24",
+                "--allow-from",
+                "10.77.0.2",
+                "--allow-from",
+                "2001:db8::/48",
+            ],
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "5353:53/udp",
+                "--allow-from",
+                "198.51.100.7",
+            ],
+            &["add", "--to", "10.77.0.2", "9000:80"],
+        ],
+    );
+}

@@ -13,6 +13,7 @@
 #[path = "../../tests/lab/mod.rs"]
 mod lab;
 
+mod allow_from;
 mod commands;
 mod datapath;
 mod footprint;
@@ -47,6 +48,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("footprint", footprint::footprint),
     ("throughput", throughput::throughput),
     ("start-up", startup::startup),
+    ("allow-from", allow_from::allow_from),
 ];
 
 fn main() {

@@ -59,6 +59,8 @@ pub(super) struct Origin<'a> {
     pub netns: Option<&'a str>,
     pub netns_inode: Option<u64>,
     pub allow_direct: bool,
+    /// The sources portmap's conditions allow; empty for every source.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The mappings the port mappings ask for: each on the container's first address of
@@ -93,6 +95,7 @@ pub(super) fn wanted(
                 container: Some(origin.attachment.id.to_string()),
                 container_ifname: Some(origin.attachment.ifname.to_string()),
                 network: origin.attachment.network.map(String::from),
+                allow_from: origin.allow_from.clone(),
             };
             match mappings
                 .iter()
@@ -298,6 +301,20 @@ pub(super) fn check(
                     "it was made with another directAccess setting".into(),
                 ));
             }
+            Some(m) if m.allow_from != mapping.allow_from => {
+                let list = |m: &Mapping| match m.allow_from.is_empty() {
+                    true => "every source".to_string(),
+                    false => crate::model::list_label(&m.allow_from),
+                };
+                return Err(missing(
+                    mapping,
+                    format!(
+                        "its host port allows {}, not {} as the conditions ask",
+                        list(m),
+                        list(mapping)
+                    ),
+                ));
+            }
             Some(_) => {}
         }
         // The helper elements the engine writes for this mapping (`reach`, `hairpin`,
@@ -367,6 +384,7 @@ mod tests {
             container: att.map(|a| a.id.to_string()),
             container_ifname: att.map(|a| a.ifname.to_string()),
             network: att.and_then(|a| a.network.map(String::from)),
+            allow_from: Vec::new(),
         }
     }
 

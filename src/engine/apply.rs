@@ -9,7 +9,7 @@ use super::{list, overlap, transact, transaction};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
-use crate::model::{EntryTarget, MappingsFile};
+use crate::model::{EntryTarget, MappingsFile, SourcePrefix};
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
@@ -58,7 +58,14 @@ type Resolved = (
 /// Every entry resolved to mappings, through the same steps as `add`; entries with the
 /// same target and options are resolved together (one namespace lookup).
 fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
-    type Group = (EntryTarget, Option<String>, bool, bool, Option<String>);
+    type Group = (
+        EntryTarget,
+        Option<String>,
+        bool,
+        bool,
+        Option<String>,
+        Vec<SourcePrefix>,
+    );
     let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
     let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
     let mut order: Vec<Group> = Vec::new();
@@ -68,12 +75,15 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         let spec = entry
             .spec()
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
+        let allow_from =
+            crate::model::parse_list(&entry.allow_from).map_err(|error| at(error.to_string()))?;
         let group = (
             target,
             entry.via.clone(),
             entry.allow_direct,
             entry.force,
             entry.on.clone(),
+            allow_from,
         );
         if !seen.insert((group.clone(), spec)) {
             continue;
@@ -88,7 +98,7 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
     let mut forced = HashSet::new();
     let mut ports = HashMap::new();
     for group in order {
-        let (target, via, allow_direct, force, on) = &group;
+        let (target, via, allow_direct, force, on, allow_from) = &group;
         let specs = &groups[&group];
         if let Some(on) = on {
             resolve::check_on(on, specs)?;
@@ -117,7 +127,10 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         if on.is_none() {
             resolve::check_local(specs)?;
         }
-        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct, on.as_deref())?;
+        let mut mappings = resolve::mappings_for(&resolved, specs, *allow_direct, on.as_deref())?;
+        for mapping in &mut mappings {
+            mapping.allow_from = allow_from.clone();
+        }
         for r in resolved {
             ports.insert(r.addr, r.bridge_port);
         }
@@ -270,6 +283,7 @@ mod tests {
             container: container.map(String::from),
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

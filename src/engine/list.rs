@@ -234,6 +234,12 @@ pub fn export_nft() -> Result<String, Error> {
             out.push('\n');
         }
     }
+    // The source allow-lists, from the lists the mappings carry.
+    let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
+    for element in ruleset::allow_elements_for(&mappings) {
+        out.push_str(&element.nft_add());
+        out.push('\n');
+    }
     // Which families' forwarding nsport turned on stays closed in the copy too.
     for closed in kernel.elements(SET_CLOSED).map_err(kernel_error)? {
         let ipv6 = closed.key.first() == Some(&(libc::NFPROTO_IPV6 as u8));

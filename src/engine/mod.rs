@@ -3,6 +3,7 @@
 //! commits one batch against that generation (`transaction`), then turns settings on or
 //! puts them back in the order that keeps the host safe at every crash point (`finish`).
 
+mod allow;
 mod apply;
 mod counts;
 mod finish;

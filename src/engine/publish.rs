@@ -57,12 +57,16 @@ fn prepare_publish(
     if options.on.is_none() {
         resolve::check_local(specs)?;
     }
-    let mappings = resolve::mappings_for(
+    let mut mappings = resolve::mappings_for(
         &resolved,
         specs,
         options.allow_direct,
         options.on.as_deref(),
     )?;
+    let allow_from = crate::model::canonical(&options.allow_from);
+    for mapping in &mut mappings {
+        mapping.allow_from = allow_from.clone();
+    }
     if !options.force {
         overlap::check(&[], &mappings)?;
         resolve::check_host_ports(&mappings)?;

@@ -34,6 +34,7 @@ fn mapping(host_port: u16, end: Option<u16>, to: &str) -> Mapping {
         container: None,
         container_ifname: None,
         network: None,
+        allow_from: Vec::new(),
     }
 }
 

@@ -284,6 +284,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

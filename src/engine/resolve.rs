@@ -36,6 +36,9 @@ pub struct PublishOptions {
     /// Publish only for traffic that arrives on this interface (`--on`), whatever
     /// addresses it has or will get; it need not exist yet.
     pub on: Option<String>,
+    /// Only these sources may use the published host ports (`--allow-from`); empty for
+    /// every source. A list belongs to a host port: every mapping of the port shares it.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The target of a publish in one address family, resolved: address, interface toward
@@ -318,6 +321,7 @@ pub fn mappings_for(
                     container: None,
                     container_ifname: None,
                     network: None,
+                    allow_from: Vec::new(),
                 };
                 // One spec cannot name a host port twice; only several can.
                 if specs.len() == 1 {

@@ -29,6 +29,7 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
         container: None,
         container_ifname: None,
         network: None,
+        allow_from: Vec::new(),
     }
 }
 

@@ -27,6 +27,7 @@ fn side(on: Option<&str>, addr: Option<&str>, to: &str) -> Mapping {
         container: None,
         container_ifname: None,
         network: None,
+        allow_from: Vec::new(),
     }
 }
 

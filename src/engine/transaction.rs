@@ -22,6 +22,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::allow;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
@@ -114,7 +115,8 @@ pub fn update(
         if migrating {
             desired = ranges::coalesce(&desired);
         }
-        let diff = Diff::between(&current, &snapshot.helpers, &desired);
+        allow::check_shared_lists(&current, &desired)?;
+        let diff = Diff::between(&current, &snapshot, &desired);
         ranges::check_overlaps(&desired, &diff.added)?;
         let rebuild;
         let changes = if migrating {
@@ -186,6 +188,10 @@ pub fn create(
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     let needed = helpers_for(&mappings);
+    // A list is checked against the port's other mappings, which only a full read knows.
+    if mappings.iter().any(|m| !m.allow_from.is_empty()) {
+        return update(kernel, counts, false, merge);
+    }
     // Whether a range holds one of the single ports is asked of the kernel: a lookup of
     // the port in the range map of its kind answers with the interval holding it. For
     // many single ports, the range maps are read instead.
@@ -222,10 +228,13 @@ pub fn create(
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
         }
-        // A clash with what the maps read or looked up hold is named by the full read.
-        // Both are read at the generation the batch is committed against.
+        // A clash with what the maps read or looked up hold is named by the full read; so
+        // is a port that has a list, which the new mapping would not share. Both are read at
+        // the generation the batch is committed against.
         if snapshot.exists
-            && (ranges::clashes(kernel, &read, &mappings)? || ranges::any_held(kernel, &lookups)?)
+            && (ranges::clashes(kernel, &read, &mappings)?
+                || ranges::any_held(kernel, &lookups)?
+                || touches_limited(kernel, &mappings)?)
         {
             return Ok(Try::Done(None));
         }
@@ -361,6 +370,10 @@ pub fn remove(
         // Ports of a range go by cutting it: the range is deleted, and what is left of it
         // added again, as new elements, in the same batch.
         let cut = ranges::cut(&holders(&found), &choose(&found)?);
+        // A port with a list loses it with its last mapping, which only a full read knows.
+        if touches_limited(kernel, &cut.removed)? || touches_limited(kernel, &cut.rest)? {
+            return Ok(Try::Done(None));
+        }
         let mut after_removal = valid.clone();
         let Some(new_helpers) = after_removal.add(&helpers_for(&cut.rest)) else {
             return Ok(Try::Done(None));
@@ -405,6 +418,20 @@ pub fn remove(
         }
         None => update(kernel, counts, false, from_all),
     }
+}
+
+/// Whether a host port of `mappings` has a source allow-list (read from `limited` alone).
+fn touches_limited(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<bool, Error> {
+    if mappings.is_empty() {
+        return Ok(false);
+    }
+    let limited = table::limited_ports(kernel)?;
+    Ok(mappings.iter().any(|m| {
+        let (proto, first, last) = m.port_span();
+        limited
+            .iter()
+            .any(|&(p, f, l)| p == proto && f <= last && first <= l)
+    }))
 }
 
 /// The mappings found, each once.
@@ -592,7 +619,10 @@ struct Diff {
 impl Diff {
     /// Hashed: linear in the number of mappings. A mapping whose host side stays but
     /// whose target or metadata changes is deleted and added again in the same batch.
-    fn between(current: &[Mapping], helpers: &HashSet<HelperKey>, desired: &[Mapping]) -> Diff {
+    /// A mapping whose allow-list alone changes keeps its element (and its counters): only
+    /// the list's elements change.
+    fn between(current: &[Mapping], snapshot: &Snapshot, desired: &[Mapping]) -> Diff {
+        let helpers = &snapshot.helpers;
         let desired_set: HashSet<&Mapping> = desired.iter().collect();
         let current_set: HashSet<&Mapping> = current.iter().collect();
         let removed: Vec<Mapping> = current
@@ -610,7 +640,16 @@ impl Diff {
             .iter()
             .map(|(e, _)| (e.set, e.key.as_slice()))
             .collect();
-        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        let desired_elements: HashSet<Mapping> = desired.iter().map(allow::without_list).collect();
+        let current_elements: HashSet<Mapping> = current.iter().map(allow::without_list).collect();
+        let (delete_allowed, add_allowed) = allow::allow_diff(&snapshot.allow_elements, desired);
+        let mut delete: Vec<Element> = removed
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !desired_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        delete.extend(delete_allowed);
         let mut unneeded: Vec<&HelperKey> = helpers
             .iter()
             .filter(|(set, key)| !needed_keys.contains(&(*set, key.as_slice())))
@@ -621,7 +660,13 @@ impl Diff {
                 .into_iter()
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
-        let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
+        let mut add: Vec<Element> = added
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !current_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        add.extend(add_allowed);
         add.extend(
             needed
                 .into_iter()

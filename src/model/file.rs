@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Mapping;
+use super::{Mapping, SourcePrefix};
 use crate::spec::{PortRange, Proto, PublishSpec, SpecError};
 
 /// The version this nsport writes, and the only object version it reads.
@@ -65,6 +65,10 @@ pub struct MappingEntry {
     /// Like `add --on`: only for traffic arriving on this interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on: Option<String>,
+    /// Like `add --allow-from`: the only sources that may use the host port (prefixes or
+    /// addresses); absent or empty for every source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -177,6 +181,7 @@ impl MappingsFile {
                     allow_direct: m.allow_direct,
                     force: false,
                     on: m.on.clone(),
+                    allow_from: m.allow_from.iter().map(ToString::to_string).collect(),
                 }
             })
             .collect();
@@ -207,6 +212,7 @@ impl MappingsFile {
             force: bool,
             proto: Proto,
             host_addr: Option<IpAddr>,
+            allow_from: Vec<SourcePrefix>,
         }
         // Overlaps are only between mappings of one protocol and family with a port in
         // common: single ports are found by port, ranges (few) by a search.
@@ -260,6 +266,7 @@ impl MappingsFile {
                 force: wins,
                 proto: m.proto,
                 host_addr,
+                allow_from: m.allow_from.clone(),
             };
             let last = *m.host_ports().end();
             rows.push((key, m.host_port, last, m.to_port, m.is_range()));
@@ -308,6 +315,7 @@ impl MappingsFile {
                 allow_direct: key.allow_direct,
                 force: key.force,
                 on: key.on.clone(),
+                allow_from: key.allow_from.iter().map(ToString::to_string).collect(),
             });
             i = end + 1;
         }
@@ -338,6 +346,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use super::source::SourcePrefix;
 use crate::spec::{Proto, with_port};
 
 /// One published port: host side, target, and where it came from.
@@ -43,6 +44,11 @@ pub struct Mapping {
     /// … on this CNI network (the configuration's `name`).
     #[serde(default)]
     pub network: Option<String>,
+    /// The sources that may use the host port (`--allow-from`), in canonical form; empty
+    /// for every source. The list belongs to the host port (protocol and number): every
+    /// mapping of the port has the same one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<SourcePrefix>,
 }
 
 impl Mapping {

@@ -3,9 +3,10 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ANY4, SET_ANY6,
-    SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6,
-    SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_ON4,
+    SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6,
+    SET_TARGETS4, SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -287,6 +288,29 @@ const FAMILY_SETS: &[FamilySet] = &[
     },
 ];
 
+/// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
+/// element and a lookup costs the same whatever the number of ports and prefixes:
+/// `limited` holds the host ports that have a list (one set for both families), and
+/// `allow4`/`allow6` each port with each prefix of its list.
+const ALLOW_SETS: &[FamilySet] = &[
+    // set limited { type inet_proto . inet_service; flags interval; }
+    FamilySet {
+        names: [SET_LIMITED, SET_LIMITED],
+        key: &[Proto, Service],
+        data: &[],
+        counter: false,
+        interval: true,
+    },
+    // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
+    FamilySet {
+        names: [SET_ALLOW4, SET_ALLOW6],
+        key: &[Proto, Service, Addr],
+        data: &[],
+        counter: false,
+        interval: true,
+    },
+];
+
 /// A key's or data's type as `nft list` prints it.
 fn type_text(fields: &[Field], v6: bool) -> String {
     let names: Vec<&str> = fields.iter().map(|f| f.nft_name(v6)).collect();
@@ -364,6 +388,15 @@ pub fn sets() -> Vec<SetDef> {
             userdata,
         });
     }
+    // The allow-lists: `limited` once, `allow4` and `allow6`.
+    for (row, v6) in [
+        (&ALLOW_SETS[0], false),
+        (&ALLOW_SETS[1], false),
+        (&ALLOW_SETS[1], true),
+    ] {
+        let id = sets.len() as u32 + 1;
+        sets.push(family_set(row, v6, id));
+    }
     sets
 }
 
@@ -429,5 +462,23 @@ mod tests {
         assert_eq!(set(SET_ONADDR6).key_len, 16 + 16 + 8);
         let inside = sets.iter().find(|s| s.name == SET_INSIDE).unwrap();
         assert_eq!(inside.userdata, [0, 4, 1, 0, 0, 0]);
+        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }, as
+        // `nft --debug=mnl` writes it.
+        let allow4 = sets.iter().find(|s| s.name == SET_ALLOW4).unwrap();
+        assert_eq!(allow4.key_type, 0xc347);
+        assert_eq!(allow4.key_len, 12);
+        assert_eq!(allow4.fields, [1, 2, 4]);
+        assert!(allow4.interval);
+        assert_eq!(
+            allow4.userdata,
+            [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
+        );
+        let allow6 = sets.iter().find(|s| s.name == SET_ALLOW6).unwrap();
+        assert_eq!(
+            (allow6.key_len, &allow6.fields[..]),
+            (24, &[1u8, 2, 16][..])
+        );
+        let limited = sets.iter().find(|s| s.name == SET_LIMITED).unwrap();
+        assert_eq!((limited.key_len, &limited.fields[..]), (8, &[1u8, 2][..]));
     }
 }

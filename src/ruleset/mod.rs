@@ -40,7 +40,10 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, host_key, host_key_on, host_sets, host_sets_on, is_range_set, map_of};
+pub use element::{
+    Element, allow_elements_for, host_key, host_key_on, host_sets, host_sets_on, is_range_set,
+    map_of,
+};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -62,6 +65,10 @@ pub const TABLE: &str = "nsport";
 ///   one element whose data is only the target address; interface-bound maps
 ///   (`on4`/`onaddr4`, `on6`/`onaddr6`), looked up before the address maps by `publish` and
 ///   by the counting chains.
+/// - 3 also brought source allow-lists: the sets `limited`, `allow4` and `allow6`, the rules
+///   that return before DNAT for a source not on a port's list, and the guard against 127/8
+///   sources from other interfaces than `lo` (a table without them is repaired by the next
+///   change, as a damaged chain is).
 pub const LAYOUT: u32 = 3;
 
 /// How the table's comment names its layout.
@@ -119,6 +126,9 @@ pub const SET_ON4: &str = "on4";
 pub const SET_ONADDR4: &str = "onaddr4";
 pub const SET_ON6: &str = "on6";
 pub const SET_ONADDR6: &str = "onaddr6";
+pub const SET_LIMITED: &str = "limited";
+pub const SET_ALLOW4: &str = "allow4";
+pub const SET_ALLOW6: &str = "allow6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
 /// `nft --debug=netlink`), numbered as the kernel numbers them.

@@ -126,6 +126,17 @@ pub fn guard_rule() -> Value {
     ])
 }
 
+/// The guard's second rule, `iifname != "lo" ip saddr 127.0.0.0/8 drop`: no forged
+/// loopback source passes the allow-lists' loopback exemption.
+pub fn source_guard_rule() -> Value {
+    json!([
+        {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                   "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+        {"drop": null}
+    ])
+}
+
 /// An element or value as nft writes it: `a . b`, `10.0.0.0/8`, `1000-2000`.
 fn text(value: &Value) -> String {
     match value {
@@ -273,7 +284,7 @@ impl Table {
     /// What is wrong with the guard chain, if anything: it must be a prerouting filter
     /// chain that runs before DNAT (priority below dstnat, -100: otherwise a 127.0.0.1
     /// publish is rewritten before the guard sees it), accept by default, and hold exactly
-    /// the one rule.
+    /// its two rules.
     pub fn guard_problem(&self) -> Option<String> {
         let Some(chain) = self.chains.get("guard") else {
             return Some("there is no chain guard".into());
@@ -288,9 +299,9 @@ impl Table {
             ));
         }
         let rules = &self.rules["guard"];
-        if rules.len() != 1 || rules[0] != guard_rule() {
+        if *rules != [guard_rule(), source_guard_rule()] {
             return Some(format!(
-                "chain guard does not hold exactly `iifname != \"lo\" ip daddr 127.0.0.0/8 drop`: {rules:?}"
+                "chain guard does not hold exactly `iifname != \"lo\" ip daddr 127.0.0.0/8 drop` and `iifname != \"lo\" ip saddr 127.0.0.0/8 drop`: {rules:?}"
             ));
         }
         None

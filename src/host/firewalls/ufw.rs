@@ -150,6 +150,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 
