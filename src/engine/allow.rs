@@ -187,7 +187,17 @@ mod tests {
                 [wildcard, addr]
             };
             publish(&mut fake, &one(&["10.0.0.0/8", "192.0.2.7"])[..1]).unwrap();
-            publish(&mut fake, &one(&["10.0.0.0/8", "192.0.2.7"])[1..]).unwrap();
+            // The address overlaps the wildcard (Docker's rule): forced, as `add --force` does.
+            run(&mut fake, |fake, counts| {
+                transaction::create(
+                    fake,
+                    counts,
+                    &one(&["10.0.0.0/8", "192.0.2.7"])[1..],
+                    true,
+                    false,
+                )
+            })
+            .unwrap();
             assert_eq!(fake.elements_of(SET_LIMITED).len(), 1);
             assert_eq!(fake.elements_of(SET_ALLOW4).len(), 2);
             for listed in listed(&mut fake) {
@@ -197,7 +207,7 @@ mod tests {
             let before = fake.elements_of(SET_ANY4);
             let switched = one(&["10.0.0.0/8", "198.51.100.0/24"]);
             let committed = run(&mut fake, |fake, counts| {
-                transaction::create(fake, counts, &switched, false, false)
+                transaction::create(fake, counts, &switched, true, false)
             })
             .unwrap();
             let deleted: Vec<String> = committed
