@@ -385,16 +385,16 @@ pub fn run() -> Vec<Check> {
         checks.extend(forwarding(&mappings));
         checks.extend(br_netfilter(&mappings)?);
         let chains = nftables::dump_base_chains().map_err(kernel)?;
-        let blocking = firewalls::blocking_forward_chains(&chains);
-        if blocking.is_empty() {
-            checks.push(pass(
-                "other firewalls",
-                "no other table's forward chain (ip, ip6, inet) drops DNATed traffic",
-            ));
-        }
-        for chain in blocking {
-            checks.push(fail("other firewalls", chain.detail(), chain.fix()));
-        }
+        checks.extend(
+            firewalls::findings(&chains, &mappings)
+                .into_iter()
+                .map(|finding| Check {
+                    check: finding.check,
+                    ok: finding.ok,
+                    detail: finding.detail,
+                    fix: finding.fix,
+                }),
+        );
         let problems = path_problems(&mappings)?;
         checks.extend(loopback_path(&mappings, &problems));
         let stale: Vec<String> = mappings

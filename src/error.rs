@@ -35,6 +35,14 @@ pub enum Error {
     BadNetnsName(String),
     #[error("interface {0:?} is the host's loopback: give the interface toward the target")]
     LoopbackVia(String),
+    #[error(
+        "cannot publish on interface {0:?}: the host's own traffic has no input interface; publish on 127.0.0.1 instead"
+    )]
+    OnLoopback(String),
+    #[error("host address {addr} never arrives on interface {on:?}: only lo carries 127.0.0.0/8")]
+    LoopbackOn { addr: IpAddr, on: String },
+    #[error("host address {addr} is {why}: no traffic to it is ever published")]
+    BadHostAddr { addr: IpAddr, why: &'static str },
     #[error("interface {0:?} does not exist")]
     NoSuchIface(String),
     #[error("no route to target {0}: give the interface with --via")]
@@ -51,8 +59,32 @@ pub enum Error {
         first: String,
         second: String,
     },
+    #[error(
+        "host port {host} would allow {wanted}, but {holder} on the same port allows {held}: \
+         every mapping of a port shares one --allow-from list (re-add them all to change it)"
+    )]
+    AllowListDiffers {
+        host: String,
+        wanted: String,
+        holder: String,
+        held: String,
+    },
+    #[error("{0}")]
+    Prefix(#[from] crate::model::PrefixError),
     #[error("host port {host} is already published to {existing}")]
     Conflict { host: String, existing: String },
+    /// Docker's rule: a specific host address (or interface) and the wildcard on the same
+    /// port and protocol conflict, as two sockets would.
+    #[error(
+        "host port {host} overlaps host port {holder}, published to {existing}: \
+         two sockets could not share them; publish with --force (\"force\": true in a \
+         mappings file) to have both, the more specific one winning where they overlap"
+    )]
+    Overlap {
+        host: String,
+        holder: String,
+        existing: String,
+    },
     #[error(
         "host port {host} is in use by {owner}; publishing it would cut that socket off (use --force to publish anyway)"
     )]
@@ -110,6 +142,9 @@ impl Error {
                 | Error::IfaceTooLong(_)
                 | Error::BadIfaceName(_)
                 | Error::LoopbackVia(_)
+                | Error::OnLoopback(_)
+                | Error::LoopbackOn { .. }
+                | Error::BadHostAddr { .. }
                 | Error::BadNetnsName(_)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)
@@ -118,6 +153,7 @@ impl Error {
                 | Error::Duplicate { .. }
                 | Error::NotPublished(_)
                 | Error::File(_)
+                | Error::Prefix(_)
         )
     }
 

@@ -35,11 +35,12 @@ pub mod spec;
 pub use engine::{
     Layout, Listing, PublishOptions, Target, apply, export_nft, flush, list, list_status, migrate,
     parse_mappings, prune, publish, publish_dry_run, table_layout, unpublish, unpublish_netns,
+    unpublish_on,
 };
 pub use error::Error;
 pub use host::netns::{self, NamespaceError};
 pub use host::sysctl;
-pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
+pub use model::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile, PrefixError, SourcePrefix};
 pub use plan::Plan;
 pub use ruleset::Mapping;
 pub use spec::{HostSpec, Proto, PublishRequest, PublishSpec, SpecError, with_port};

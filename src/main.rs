@@ -125,9 +125,19 @@ struct AddArgs {
     /// Let hosts that route to the target reach its unpublished ports directly
     #[arg(long)]
     allow_direct: bool,
-    /// Publish even if a host socket holds the port (it stops receiving)
+    /// Publish only for traffic arriving on this interface, whatever addresses it has or
+    /// will get; it need not exist yet
+    #[arg(long, value_name = "IFACE")]
+    on: Option<String>,
+    /// Publish even if a host socket holds the port (it stops receiving), or another mapping
+    /// overlaps it (the more specific one wins where they overlap)
     #[arg(long)]
     force: bool,
+    /// Only this source may use the published ports: an address or a prefix, IPv4 or IPv6
+    /// (may be repeated). Others get what an unpublished port gives. The list belongs to the
+    /// host port: every mapping of the port shares it; re-adding changes it.
+    #[arg(long, value_name = "CIDR")]
+    allow_from: Vec<nsport::SourcePrefix>,
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -161,6 +171,9 @@ struct RmArgs {
 struct RmCommand {
     #[command(flatten)]
     what: RmArgs,
+    /// Unpublish the host ports published on this interface (with add --on)
+    #[arg(long, value_name = "IFACE", conflicts_with = "netns")]
+    on: Option<String>,
     /// Print what would change, as nft commands, and change nothing
     #[arg(long)]
     dry_run: bool,
@@ -278,6 +291,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 via: args.via,
                 allow_direct: args.allow_direct,
                 force: args.force,
+                on: args.on,
+                allow_from: args.allow_from,
             };
             let requests: Vec<PublishRequest> = args
                 .publish
@@ -305,7 +320,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         print(text)?;
                         break;
                     }
-                    Err(nsport::Error::Conflict { .. }) if !chosen.is_empty() && attempt < 5 => {
+                    Err(nsport::Error::Conflict { .. } | nsport::Error::Overlap { .. })
+                        if !chosen.is_empty() && attempt < 5 =>
+                    {
                         avoid.extend(chosen.iter().flat_map(|spec| {
                             spec.host_ports.ports().map(move |port| (spec.proto, port))
                         }));
@@ -318,8 +335,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let plan = match args.what.netns {
                 Some(netns) => nsport::unpublish_netns(&netns, args.dry_run)?,
                 None => {
-                    check_namespace_sides(&args.what.host)?;
-                    nsport::unpublish(&args.what.host, args.dry_run)?
+                    check_namespace_sides(&args.what.host, args.on.as_deref())?;
+                    nsport::unpublish_on(args.on.as_deref(), &args.what.host, args.dry_run)?
                 }
             };
             if args.dry_run {
@@ -583,7 +600,7 @@ impl std::error::Error for UsageError {}
 
 /// `rm HOST:NS` names a mapping by both sides: refused (exit 2) when the mapping on that
 /// host port leads to another namespace port, instead of removing it anyway.
-fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
+fn check_namespace_sides(specs: &[HostSpec], on: Option<&str>) -> anyhow::Result<()> {
     if specs.iter().all(|spec| spec.ns_ports.is_none()) {
         return Ok(());
     }
@@ -595,6 +612,7 @@ fn check_namespace_sides(specs: &[HostSpec]) -> anyhow::Result<()> {
             };
             let wrong = mappings.iter().find(|m| {
                 m.proto == spec.proto
+                    && m.on.as_deref() == on
                     && m.has_host_port(port)
                     && m.host_addr == spec.host_addr.filter(|a| !a.is_unspecified())
                     && m.to_port_of(port) != ns_port
@@ -675,6 +693,8 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
     ]
     .map(String::from);
+    // The sources column appears only when some port has an allow-list.
+    let limited = listings.iter().any(|l| !l.mapping.allow_from.is_empty());
     let names = if listings.iter().any(|l| {
         l.mapping
             .netns
@@ -690,7 +710,7 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         .zip(problems)
         .map(|(listing, problem)| {
             let m = &listing.mapping;
-            let status = match (&listing.shadows, listing.stale, problem) {
+            let mut status = match (&listing.shadows, listing.stale, problem) {
                 (_, true, _) => "stale: namespace gone".to_string(),
                 (Some(owner), false, _) => format!("shadows {owner}"),
                 (None, false, Some(problem)) => {
@@ -698,14 +718,27 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
                 }
                 (None, false, None) => "ok".to_string(),
             };
+            // Mappings published over each other with --force: which takes whose traffic.
+            if !listing.shadows_mappings.is_empty() {
+                status.push_str(&format!(
+                    "; shadows {}",
+                    listing.shadows_mappings.join(", ")
+                ));
+            }
+            if !listing.shadowed_by.is_empty() {
+                status.push_str(&format!("; shadowed by {}", listing.shadowed_by.join(", ")));
+            }
             // A range is one row: its first and last port.
             let ports = m.host_ports_text();
-            let host = match m.host_addr {
+            let mut host = match m.host_addr {
                 Some(addr) => with_port(addr, &ports),
                 // Every address of the mapping's family; IPv6 ones never include [::1].
                 None if m.is_ipv6() => format!("[*]:{ports}"),
                 None => format!("*:{ports}"),
             };
+            if let Some(on) = &m.on {
+                host.push_str(&format!(" on {on}"));
+            }
             [
                 m.proto.to_string(),
                 host,
@@ -729,7 +762,15 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
         })
         .map(|row: [String; 8]| row.map(printable))
         .collect();
-    let mut widths = header.clone().map(|h| h.len());
+    let (header, rows) = if limited {
+        with_sources_column(header, rows, listings)
+    } else {
+        (
+            header.to_vec(),
+            rows.into_iter().map(|r| r.to_vec()).collect(),
+        )
+    };
+    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
     for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.len());
@@ -739,13 +780,46 @@ fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> 
     for row in std::iter::once(&header).chain(&rows) {
         let line: Vec<String> = row
             .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}", width = *width))
             .collect();
         text.push_str(line.join("  ").trim_end());
         text.push('\n');
     }
     text
+}
+
+/// The table with a FROM column before STATUS: the sources allowed to use each mapping's
+/// host port, `*` for every source. A long list is shortened; `ls --json` gives it whole.
+fn with_sources_column(
+    header: [String; 8],
+    rows: Vec<[String; 8]>,
+    listings: &[Listing],
+) -> (Vec<String>, Vec<Vec<String>>) {
+    const SHOWN: usize = 3;
+    let insert = |row: &[String], cell: String| {
+        let mut row = row.to_vec();
+        row.insert(7, cell);
+        row
+    };
+    let rows = rows
+        .iter()
+        .zip(listings)
+        .map(|(row, listing)| {
+            let list = &listing.mapping.allow_from;
+            let mut cell: Vec<String> = list.iter().take(SHOWN).map(ToString::to_string).collect();
+            if list.len() > SHOWN {
+                cell.push(format!("+{} more", list.len() - SHOWN));
+            }
+            let cell = if list.is_empty() {
+                "*".into()
+            } else {
+                cell.join(",")
+            };
+            insert(row, cell)
+        })
+        .collect();
+    (insert(&header, "FROM".into()), rows)
 }
 
 #[cfg(test)]

@@ -129,6 +129,8 @@ nsport add --netns ns1 -p 3000 -p 127.0.0.1:8080:80
 # UDP to a fixed address; a host port chosen by nsport
 nsport add --to 10.77.0.2 5353:53/udp
 nsport add --netns ns1 ::80
+# only for traffic arriving on eth0, even before it exists or has an address
+nsport add --netns ns1 --on eth0 8080:80
 # what is published, what the first add would do
 nsport ls
 nsport add --dry-run --netns ns2 8443:443
@@ -218,7 +220,12 @@ pub fn page(cmd: &Command) -> String {
     section(&mut out, "THE MAPPINGS FILE");
     paragraph(
         &mut out,
-        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"allow_direct\" and \"force\" (booleans, default false). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
+        "export writes, and apply reads, JSON that records intent, not state: {\"version\": 1, \"mappings\": [ENTRY, ...]}. An ENTRY has \"netns\" (a name under /run/netns or a path) or \"to\" (an address), \"publish\" (one PUBLISH with its host port), and optionally \"via\" (an interface), \"on\" (the interface to publish on, as add --on), \"allow_direct\" and \"force\" (booleans, default false; force also lets an entry overlap another mapping, and wins over it) and \"allow_from\" (a list of source addresses or prefixes, like add --allow-from; absent for every source). apply resolves each namespace when it runs, as add does, so a recreated namespace or a changed address is followed; a namespace that does not exist is an error (exit 2) unless --skip-missing. apply leaves mappings made by the CNI plugin alone. The array that ls --json prints (version 0) is read too.",
+    );
+    section(&mut out, "SOURCE ALLOW-LISTS");
+    paragraph(
+        &mut out,
+        "add --allow-from CIDR (repeatable; an address means /32 or /128) lets only those sources use the published ports: any other source gets what an unpublished port gives (a TCP reset, an ICMP port unreachable), not a silent drop. A list belongs to the host port (protocol and number) and every mapping of the port shares it: add refuses a mapping whose list differs from the port's, naming the mapping that holds it; re-adding the port's mappings with another list replaces it in one batch; rm of the port's last mapping removes it. The host's own non-loopback addresses and hairpin connections are sources like any other; loopback sources (127.0.0.0/8, ::1) are always allowed, since a local process can reach the target directly anyway, and 127.0.0.0/8 sources from any interface but lo are dropped. ls shows a FROM column, ls --json the field allow_from. In CNI mode, portmap's conditionsV4/conditionsV6 on source addresses (-s, --src-range, ip saddr) become the list, and on one destination address (-d, ip daddr) the host address.",
     );
     section(&mut out, "EXAMPLES");
     example(&mut out, EXAMPLES);
@@ -227,7 +234,7 @@ pub fn page(cmd: &Command) -> String {
     item(
         &mut out,
         "1",
-        "The system refused: a conflict with an existing mapping, a host port in use, no privilege, a kernel refusal; doctor: a check failed.",
+        "The system refused: a conflict with an existing mapping, an overlap with one (a wildcard and a specific host address or interface on one port), a host port in use, no privilege, a kernel refusal; doctor: a check failed.",
     );
     item(
         &mut out,
@@ -328,7 +335,7 @@ pub fn candidates(kind: Kind) -> String {
 }
 
 /// clap's script for `shell`, taught to ask nsport for namespace names (after --netns),
-/// interface names (after --via) and published ports (the arguments of rm).
+/// interface names (after --via and --on) and published ports (the arguments of rm).
 pub fn completions(shell: clap_complete::Shell, cmd: &mut Command) -> String {
     use clap_complete::Shell;
     let mut script = Vec::new();
@@ -363,7 +370,7 @@ _nsport_dynamic() {
     local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" kind=""
     case "$prev" in
         --netns) kind=netns ;;
-        --via) kind=iface ;;
+        --via|--on) kind=iface ;;
         *) if [[ "${COMP_WORDS[1]}" == rm && "$cur" != -* ]]; then kind=published; fi ;;
     esac
     if [[ -n "$kind" ]]; then
@@ -384,5 +391,6 @@ const FISH: &str = r#"
 # Values clap cannot know, asked of nsport itself.
 complete -c nsport -n "__fish_nsport_using_subcommand add rm" -l netns -f -r -a "(nsport __complete netns 2>/dev/null)"
 complete -c nsport -n "__fish_nsport_using_subcommand add" -l via -f -r -a "(nsport __complete iface 2>/dev/null)"
+complete -c nsport -n "__fish_nsport_using_subcommand add rm" -l on -f -r -a "(nsport __complete iface 2>/dev/null)"
 complete -c nsport -n "__fish_nsport_using_subcommand rm" -f -a "(nsport __complete published 2>/dev/null)"
 "#;

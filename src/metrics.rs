@@ -6,7 +6,7 @@
 //! ```text
 //! # HELP nsport_mapping_packets_total Packets through a published port, both directions, since it was published.
 //! # TYPE nsport_mapping_packets_total counter
-//! nsport_mapping_packets_total{proto="tcp",host_addr="0.0.0.0",host_port="8080",target="10.22.0.2:80",via="cni-podman1",netns="",container="c1"} 12
+//! nsport_mapping_packets_total{proto="tcp",host_addr="0.0.0.0",host_port="8080",target="10.22.0.2:80",via="cni-podman1",netns="",container="c1",on=""} 12
 //! ```
 //!
 //! Labels, the same on every series of a mapping, and together unique per mapping:
@@ -14,7 +14,7 @@
 //! family; `host_port`; `target`, the target address and port as `ADDR:PORT` or
 //! `[ADDR]:PORT`; `via`, the host-side interface; `netns`, the namespace name or path given
 //! to `add --netns` (empty otherwise); `container`, the CNI container ID (empty for the
-//! CLI's mappings). Label values are escaped as the format says (`\\`, `\"`, `\n`), so any
+//! CLI's mappings); `on`, the interface of `add --on` (empty for every interface). Label values are escaped as the format says (`\\`, `\"`, `\n`), so any
 //! name a namespace or container may have is safe.
 
 use std::fmt::Write;
@@ -85,6 +85,7 @@ fn labels(listing: &Listing) -> String {
         ("via", m.via.clone()),
         ("netns", m.netns.clone().unwrap_or_default()),
         ("container", m.container.clone().unwrap_or_default()),
+        ("on", m.on.clone().unwrap_or_default()),
     ];
     pairs
         .iter()
@@ -122,6 +123,7 @@ mod tests {
             mapping: Mapping {
                 proto: Proto::Tcp,
                 host_addr,
+                on: None,
                 host_port: 8080,
                 host_port_end: None,
                 to_addr,
@@ -133,10 +135,13 @@ mod tests {
                 container: None,
                 container_ifname: None,
                 network: None,
+                allow_from: Vec::new(),
             },
             to_port_end: None,
             stale: false,
             shadows: None,
+            shadows_mappings: Vec::new(),
+            shadowed_by: Vec::new(),
             loopback: true,
             packets: 7,
             bytes: 420,

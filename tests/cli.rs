@@ -64,12 +64,12 @@ fn listing_shows_every_field() {
          "to_port": 80, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
          "container": null, "container_ifname": null, "network": null, "family": "ipv4",
-         "problem": null},
+         "on": null, "shadows_mappings": [], "shadowed_by": [], "problem": null},
         {"proto": "udp", "host_addr": "127.0.0.1", "host_port": 5353, "to_addr": "172.18.0.2",
          "to_port": 53, "via": "br0", "netns": ns1, "netns_inode": inode, "allow_direct": false,
          "stale": false, "shadows": null, "loopback": true, "packets": 0, "bytes": 0,
          "container": null, "container_ifname": null, "network": null, "family": "ipv4",
-         "problem": null},
+         "on": null, "shadows_mappings": [], "shadowed_by": [], "problem": null},
     ]);
     assert_eq!(listing, expected);
     let human = lab.nsport_ok(&["ls"]);

@@ -234,7 +234,7 @@ fn spec_conformance() {
         (json!({"name": "x", "type": "nsport"}), 7),
         (json!({"cniVersion": "0.1.0", "type": "nsport"}), 1),
         (
-            json!({"cniVersion": "1.0.0", "type": "nsport", "conditionsV4": ["-s", "192.0.2.9"]}),
+            json!({"cniVersion": "1.0.0", "type": "nsport", "conditionsV4": ["-p", "tcp"]}),
             2,
         ),
         (

@@ -544,10 +544,13 @@ fn del_never_fails_on_configuration() {
         config.to_string()
     };
     let cases: Vec<(&str, String)> = vec![
-        ("conditionsV4 []", with("conditionsV4", json!([]))),
         (
-            "conditionsV6 rules",
-            with("conditionsV6", json!(["-s", "2001:db8::9"])),
+            "conditionsV4 negated",
+            with("conditionsV4", json!(["!", "-s", "192.0.2.9"])),
+        ),
+        (
+            "conditionsV6 on ports",
+            with("conditionsV6", json!(["-p", "tcp"])),
         ),
         ("no cniVersion", without("cniVersion")),
         ("cniVersion 0.2.0", with("cniVersion", json!("0.2.0"))),
@@ -706,12 +709,12 @@ fn check_verifies_every_access_path() {
         &result,
         json!([{"hostPort": 8080, "containerPort": 80}]),
     );
-    config["conditionsV4"] = json!(["-s", "192.0.2.9"]);
+    config["conditionsV4"] = json!(["-s", "192.0.2.9", "--dport", "8080"]);
     let out = ns(&lab, "ADD", pod, &config);
     assert_eq!(out.code(), 2);
     let msg = out.json()["msg"].as_str().unwrap().to_string();
     assert!(
-        msg.contains("conditionsV4") && msg.contains("192.0.2.9"),
+        msg.contains("conditionsV4") && msg.contains("--dport"),
         "{msg}"
     );
     config.as_object_mut().unwrap().remove("conditionsV4");

@@ -369,6 +369,7 @@ mod checker {
         );
         if guard {
             json.push(json!({"rule": {"chain": "guard", "expr": guard_rule()}}));
+            json.push(json!({"rule": {"chain": "guard", "expr": source_guard_rule()}}));
         }
         Table::parse(&json!({ "nftables": json }))
     }
@@ -436,5 +437,31 @@ mod checker {
         // No table: any route_localnet left on is a violation.
         let v = check_state_given(None, &localnet(&[("br0", "1"), ("all", "0")]));
         assert_eq!(v.len(), 1, "{v:?}");
+    }
+
+    #[test]
+    fn overlapping_mappings_are_found() {
+        let helpers: [(&str, &[&str]); 3] = [
+            ("hairpin4", &["172.18.0.2 . 172.18.0.2"]),
+            ("reach4", &["br0 . 172.18.0.2"]),
+            ("targets4", &["172.18.0.2"]),
+        ];
+        let mut t = table(&[("via=br0 netns=ns1", "172.18.0.2")], &helpers, true);
+        let wildcard = t.mappings[0].clone();
+        // The same port on one address and on an interface: both overlap the wildcard.
+        t.mappings.push(Mapping {
+            set: "addr4".into(),
+            host_addr: Some("127.0.0.1".parse().unwrap()),
+            ..wildcard.clone()
+        });
+        t.mappings.push(Mapping {
+            set: "on4".into(),
+            on: Some("eth1".into()),
+            host_port: 3001,
+            ..wildcard.clone()
+        });
+        let v = check_state_given(Some(&t), &localnet(&[("br0", "1")]));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(v[0].starts_with("(f)"), "{v:?}");
     }
 }

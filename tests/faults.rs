@@ -141,7 +141,17 @@ fn overlapping_ranges_conflict_and_name_the_holder() {
     let lab = Lab::new(BrNetfilter::Off);
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "5000-5005:6000-6005"]);
     let before = lab.ruleset();
+    // An identity range is one element: the clash is named by its first port held.
     let output = lab.nsport(&["add", "--to", "10.77.0.2", "5003-5010"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("host port 5003-5010/tcp is already published to 172.18.0.2:6003 via br0")
+            && stderr.contains("by host port 5003/tcp"),
+        "{stderr}"
+    );
+    // A shifted range is one element per port, named as the kernel refuses it.
+    let output = lab.nsport(&["add", "--to", "10.77.0.2", "5003-5010:7003-7010"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(
@@ -412,17 +422,18 @@ fn a_first_publish_of_ten_thousand_ports_lands_whole() {
     // The elements-only attempt fails with one ENOENT per message when there is no table;
     // those answers once overflowed the socket and were read as success.
     let lab = Lab::new(BrNetfilter::Off);
-    let _server = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 29999);
-    lab.nsport_ok(&["add", "--to", "10.77.0.2", "20000-29999"]);
+    // A shifted range: one element per port (an identity range is one element).
+    let _server = lab.serve_tcp("ns3", Ipv4Addr::UNSPECIFIED, 49999);
+    lab.nsport_ok(&["add", "--to", "10.77.0.2", "20000-29999:40000-49999"]);
     let listing: serde_json::Value =
         serde_json::from_str(&lab.nsport_ok(&["ls", "--json"])).unwrap();
     assert_eq!(listing.as_array().unwrap().len(), 10_000);
     assert_eq!(lab.tcp("out", HOST_OUT, 29999), some(OUT));
     // A conflict deep inside a message of many elements is still named exactly.
-    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "29990-30010"]);
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "29990-30010:39990-40010"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("host port 29990/tcp is already published to 10.77.0.2:29990"),
+        stderr.contains("host port 29990/tcp is already published to 10.77.0.2:49990"),
         "{stderr}"
     );
 }

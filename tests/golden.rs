@@ -140,6 +140,37 @@ fn dual_stack_namespace() {
 }
 
 #[test]
+fn published_on_interfaces() {
+    check_in(
+        Lab::dual_stack(BrNetfilter::On),
+        "on-interface",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "--on",
+                "vo",
+                "8080:80",
+                "5353:53/udp",
+            ],
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "--on",
+                "vo",
+                "192.0.2.1:8443:443",
+                "[2001:db8::1]:8443:443",
+            ],
+            // An interface that does not exist yet, and one overlap forced.
+            &["add", "--to", "10.77.0.2", "--on", "wlan0", "9000:80"],
+            &["add", "--netns", "{ns3}", "--force", "198.51.100.1:8080:80"],
+        ],
+    );
+}
+
+#[test]
 fn inodes_are_hidden() {
     assert_eq!(
         hide_inodes("a ino=4026532 b ino=1\""),
@@ -153,5 +184,36 @@ fn element_sorting_is_stable() {
     assert_eq!(
         sort_elements(table),
         "\t\telements = { a . 1,\n\t\t             b . 2 }\n\tchain x {\n"
+    );
+}
+
+#[test]
+fn source_allow_lists() {
+    check_in(
+        Lab::dual_stack(BrNetfilter::On),
+        "allow-from",
+        &[
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "8080:80",
+                "--allow-from",
+                "192.0.2.0/24",
+                "--allow-from",
+                "10.77.0.2",
+                "--allow-from",
+                "2001:db8::/48",
+            ],
+            &[
+                "add",
+                "--netns",
+                "{ns1}",
+                "5353:53/udp",
+                "--allow-from",
+                "198.51.100.7",
+            ],
+            &["add", "--to", "10.77.0.2", "9000:80"],
+        ],
     );
 }

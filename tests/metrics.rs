@@ -222,6 +222,7 @@ fn metrics_after_real_traffic_parse_back_with_stable_labels() {
                 "host_addr",
                 "host_port",
                 "netns",
+                "on",
                 "proto",
                 "target",
                 "via"

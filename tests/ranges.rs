@@ -155,9 +155,15 @@ fn a_single_port_inside_a_range_is_refused_naming_the_range_and_the_reverse() {
     let output = lab.nsport(&["add", "--netns", &ns2, "9000-9010:9000-9010", "9005:80"]);
     assert_eq!(output.status.code(), Some(2));
     assert_eq!(lab.ruleset(), before);
-    // UDP, another address, or beyond the range: no clash.
+    // A specific address inside the wildcard range overlaps it (Docker's rule): refused,
+    // naming the range, unless forced.
+    refused(
+        &["add", "--netns", &ns2, "127.0.0.1:20050:80"],
+        &["overlaps", "20000-20099/tcp"],
+    );
+    // UDP, beyond the range, or forced: no clash.
     lab.nsport_ok(&["add", "--netns", &ns2, "20050:80/udp"]);
-    lab.nsport_ok(&["add", "--netns", &ns2, "127.0.0.1:20050:80"]);
+    lab.nsport_ok(&["add", "--force", "--netns", &ns2, "127.0.0.1:20050:80"]);
     lab.nsport_ok(&["add", "--netns", &ns2, "20100:80"]);
     // Publishing the same range again to the same namespace refreshes it.
     lab.nsport_ok(&["add", "--netns", &ns1, "20000-20099:20000-20099"]);

@@ -350,14 +350,14 @@ fn upgrade(scenario: Scenario) {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(
-        String::from_utf8_lossy(&output.stderr).contains("rebuilt in layout 3"),
+        String::from_utf8_lossy(&output.stderr).contains(&format!("rebuilt in layout {LAYOUT}")),
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(connection.still_works(), "after the migrating add");
     let table = lab.nft("host", "list table inet nsport");
     assert!(
-        table.contains("comment \"nsport-layout=3\"") && !table.contains("ifaces"),
+        table.contains(&format!("comment \"nsport-layout={LAYOUT}\"")) && !table.contains("ifaces"),
         "{table}"
     );
     // Runs of identity ports, one element each in the old table, are one range now: as
@@ -549,12 +549,18 @@ fn cni_del_migrates_a_layout_1_table() {
     );
 }
 
-/// The golden bridge table as a newer nsport would have written it, claiming layout 4.
+/// The golden bridge table as a newer nsport would have written it, claiming the next
+/// layout.
 fn future_table(lab: &Lab) -> String {
     let table = instantiate(lab, &fixture("nft/bridge.nft"));
-    assert!(table.contains("comment \"nsport-layout=3\""));
-    table.replace("nsport-layout=3", "nsport-layout=4")
+    let current = format!("nsport-layout={LAYOUT}");
+    assert!(table.contains(&format!("comment \"{current}\"")));
+    table.replace(&current, &format!("nsport-layout={NEXT}"))
 }
+
+/// The layout this nsport writes, and the next one, which it does not know.
+const LAYOUT: u32 = nsport::ruleset::LAYOUT;
+const NEXT: u32 = LAYOUT + 1;
 
 #[test]
 fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
@@ -582,8 +588,8 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
         assert!(
-            stderr.contains("layout 4")
-                && stderr.contains("layout 3")
+            stderr.contains(&format!("layout {NEXT}"))
+                && stderr.contains(&format!("layout {LAYOUT}"))
                 && stderr.contains("upgrade nsport"),
             "{args:?}: {stderr}"
         );
@@ -597,9 +603,9 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(
-        text.contains(
-            "note: table inet nsport has layout 4, newer than this nsport knows (layout 3)"
-        ),
+        text.contains(&format!(
+            "note: table inet nsport has layout {NEXT}, newer than this nsport knows (layout {LAYOUT})"
+        )),
         "{text}"
     );
     assert!(String::from_utf8_lossy(&output.stderr).contains("upgrade nsport"));
@@ -607,7 +613,9 @@ fn a_table_of_a_newer_layout_is_refused_and_listed_marked() {
     let doctor = lab.nsport(&["doctor"]);
     let doctor = String::from_utf8_lossy(&doctor.stdout);
     assert!(
-        doctor.contains("table layout: layout 4, newer than this nsport knows (3)"),
+        doctor.contains(&format!(
+            "table layout: layout {NEXT}, newer than this nsport knows ({LAYOUT})"
+        )),
         "{doctor}"
     );
     assert_eq!(lab.ruleset(), before, "ls and doctor repair nothing");
@@ -621,7 +629,10 @@ fn migrate_rebuilds_and_is_idempotent() {
     load(&lab, &instantiate(&lab, &fixture("nft/v1/bridge.nft")));
     v1_settings(&lab, &["br0"], true, false);
     let dry = lab.nsport_ok(&["migrate", "--dry-run"]);
-    assert!(dry.contains("from layout 1 in layout 3"), "{dry}");
+    assert!(
+        dry.contains(&format!("from layout 1 in layout {LAYOUT}")),
+        "{dry}"
+    );
     assert!(
         lab.nft("host", "list table inet nsport")
             .contains("set ifaces")
@@ -641,6 +652,32 @@ fn migrate_rebuilds_and_is_idempotent() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert_eq!(lab.ruleset(), generation);
+}
+
+/// A table of layout 2 (before interface-bound maps, kept in `nft/v2/`) is rebuilt by the
+/// first change, which may be one that needs the new maps: every mapping keeps answering.
+#[test]
+fn a_layout_2_table_migrates_on_an_add_on_an_interface() {
+    let lab = Lab::new(BrNetfilter::On);
+    load(&lab, &instantiate(&lab, &fixture("nft/v2/bridge.nft")));
+    let _server = lab.serve_tcp("ns1", ANY4, 3000);
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "--on", "vo", "3600:3000"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("rebuilt in layout {LAYOUT}")),
+        "{stderr}"
+    );
+    let table = lab.nft("host", "list table inet nsport");
+    assert!(
+        table.contains(&format!("comment \"nsport-layout={LAYOUT}\""))
+            && table.contains(r#""vo" . tcp . 3600"#),
+        "{table}"
+    );
+    assert_eq!(lab.tcp("out", HOST_OUT, 3000), some(OUT));
+    assert_eq!(lab.tcp("out", HOST_OUT, 3600), some(OUT));
+    assert_eq!(lab.tcp("ns3", HOST_OUT, 3600), None);
+    assert_eq!(listing(&lab).len(), 5);
 }
 
 #[test]

@@ -75,6 +75,19 @@ fn add_and_apply_refuse_the_same_targets_and_interfaces() {
         );
         refused(&lab, &["apply", &file(&lab, "via.json", &mappings)], via);
     }
+    // The interface to publish on need not exist, but must be a name Linux and nft take,
+    // and not the loopback.
+    for on in ["a/b", "eth0:1", "sixteen-bytes-xx", "eth*", "lo"] {
+        refused(
+            &lab,
+            &["add", "--to", "10.77.0.2", "--on", on, "8080:80"],
+            on,
+        );
+        let mappings = format!(
+            r#"{{"version": 1, "mappings": [{{"to": "10.77.0.2", "on": "{on}", "publish": "8080:80"}}]}}"#
+        );
+        refused(&lab, &["apply", &file(&lab, "on.json", &mappings)], on);
+    }
 }
 
 #[test]

@@ -13,12 +13,14 @@
 #[path = "../../tests/lab/mod.rs"]
 mod lab;
 
+mod allow_from;
 mod commands;
 mod datapath;
 mod footprint;
 mod library;
 mod list;
 mod measure;
+mod overlap;
 mod publish;
 mod ranges;
 mod remove;
@@ -36,6 +38,7 @@ type Scenario = fn(&mut Vec<Row>);
 /// Every scenario, by the name `NSPORT_BENCH` selects it with, in the table's order.
 const SCENARIOS: &[(&str, Scenario)] = &[
     ("publish one port", publish::publish_one),
+    ("overlap check", overlap::overlap_check),
     ("publish a range", ranges::publish_range),
     ("ranges as intervals", ranges::ranges_as_intervals),
     ("data path", datapath::data_path),
@@ -45,6 +48,7 @@ const SCENARIOS: &[(&str, Scenario)] = &[
     ("footprint", footprint::footprint),
     ("throughput", throughput::throughput),
     ("start-up", startup::startup),
+    ("allow-from", allow_from::allow_from),
 ];
 
 fn main() {

@@ -131,7 +131,7 @@ pub fn ranges_as_intervals(rows: &mut Vec<Row>) {
         run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);
         run(&lab, NSPORT, &["rm", "9"]);
         let mut samples: [Vec<Duration>; 4] = Default::default();
-        for _ in 0..9 {
+        for _ in 0..15 {
             samples[0].push(run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &identity]));
             run(&lab, NSPORT, &["rm", &identity]);
             samples[1].push(run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]));

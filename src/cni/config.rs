@@ -58,22 +58,6 @@ pub(super) fn version(config: &Value) -> Result<&str, CniError> {
     Ok(version)
 }
 
-/// portmap's iptables conditions, which nsport cannot honour: any value, even `[]`, is
-/// refused by ADD and CHECK (DEL and GC ignore them).
-pub(super) fn refuse_conditions(config: &Value) -> Result<(), CniError> {
-    for field in ["conditionsV4", "conditionsV6"] {
-        if let Some(value) = config.get(field).filter(|c| !c.is_null()) {
-            return Err(fail(
-                code::UNSUPPORTED_FIELD,
-                format!("{field} {value} is not supported by nsport"),
-                "nsport publishes with one table and no per-mapping iptables conditions; \
-                 filter in a table of your own instead",
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The spec's form of a network name: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
 fn is_spec_name(text: &str) -> bool {
     let mut bytes = text.bytes();
@@ -389,9 +373,6 @@ mod tests {
             assert_eq!(error.code, code::INVALID_CONFIG);
             assert!(error.msg.contains(expected), "{}", error.msg);
         }
-        let error = refuse_conditions(&json!({"conditionsV6": ["-s", "2001:db8::9"]})).unwrap_err();
-        assert_eq!(error.code, code::UNSUPPORTED_FIELD);
-        assert!(error.msg.contains("conditionsV6") && error.msg.contains("2001:db8::9"));
         let error = allow_direct(&json!({"directAccess": "maybe"})).unwrap_err();
         assert!(error.msg.contains("directAccess") && error.msg.contains("maybe"));
         assert!(allow_direct(&json!({})).unwrap());

@@ -11,6 +11,7 @@
 //! `config` reads the configuration, `plan` decides (pure functions of the table's
 //! mappings), `result` converts the result between versions; this module does the I/O.
 
+mod conditions;
 mod config;
 mod plan;
 mod result;
@@ -90,7 +91,9 @@ fn is_transient_error(error: &Error) -> bool {
 impl From<Error> for CniError {
     fn from(error: Error) -> CniError {
         let code = match &error {
-            Error::Conflict { .. } | Error::HostPortInUse { .. } => code::PORT_CONFLICT,
+            Error::Conflict { .. } | Error::Overlap { .. } | Error::HostPortInUse { .. } => {
+                code::PORT_CONFLICT
+            }
             Error::Busy { .. } => code::TRY_AGAIN_LATER,
             Error::Netlink(netlink) if is_transient(netlink.errno()) => code::TRY_AGAIN_LATER,
             Error::State { error, .. } if is_transient(error.raw_os_error()) => {
@@ -197,7 +200,7 @@ pub fn run(invocation: &Invocation) -> Result<String, CniError> {
     }
     match invocation.command {
         "ADD" | "CHECK" => {
-            config::refuse_conditions(&config)?;
+            conditions::conditions(&config)?;
             let id = required("CNI_CONTAINERID")?;
             config::container_id(id)?;
             let ifname = required("CNI_IFNAME")?;
@@ -231,8 +234,10 @@ fn wanted(
     attachment: &Attachment,
     netns: Option<&str>,
 ) -> Result<Vec<Mapping>, CniError> {
-    let ports = config::port_mappings(config)?;
+    let mut ports = config::port_mappings(config)?;
     let allow_direct = config::allow_direct(config)?;
+    let conditions = conditions::conditions(config)?;
+    conditions::apply_destinations(&conditions, &mut ports)?;
     if ports.is_empty() {
         return Ok(Vec::new());
     }
@@ -254,6 +259,7 @@ fn wanted(
             .and_then(|path| Namespace::open(path).ok())
             .map(|ns| ns.inode),
         allow_direct,
+        allow_from: conditions.allow_from,
     };
     // Names that do not fit an element comment are recorded as digests
     // (`ruleset::metadata`), which `Attachment::owns` matches.
@@ -368,7 +374,7 @@ mod tests {
             (r#"{"name":"x"}"#, code::INVALID_CONFIG),
             (r#"{"cniVersion":"9.9.9"}"#, code::INCOMPATIBLE_VERSION),
             (
-                r#"{"cniVersion":"1.0.0","conditionsV4":["-s","1.2.3.4"]}"#,
+                r#"{"cniVersion":"1.0.0","conditionsV4":["-p","tcp"]}"#,
                 code::UNSUPPORTED_FIELD,
             ),
             (r#"{"cniVersion":"1.0.0"}"#, code::INVALID_ENVIRONMENT),

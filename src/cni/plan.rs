@@ -59,6 +59,8 @@ pub(super) struct Origin<'a> {
     pub netns: Option<&'a str>,
     pub netns_inode: Option<u64>,
     pub allow_direct: bool,
+    /// The sources portmap's conditions allow; empty for every source.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The mappings the port mappings ask for: each on the container's first address of
@@ -79,6 +81,7 @@ pub(super) fn wanted(
             let mapping = Mapping {
                 proto: port.proto,
                 host_addr: port.host_addr,
+                on: None,
                 host_port: port.host_port,
                 // CNI runtimes hand over every port of a range as an entry of its own;
                 // they stay single ports, as they came.
@@ -92,6 +95,7 @@ pub(super) fn wanted(
                 container: Some(origin.attachment.id.to_string()),
                 container_ifname: Some(origin.attachment.ifname.to_string()),
                 network: origin.attachment.network.map(String::from),
+                allow_from: origin.allow_from.clone(),
             };
             match mappings
                 .iter()
@@ -170,6 +174,37 @@ pub(super) fn add(
             holder(held)
         );
         desired.remove(at);
+    }
+    for (i, mapping) in wanted.iter().enumerate() {
+        if let Some(earlier) = wanted[..i].iter().find(|m| m.overlaps_as_sockets(mapping)) {
+            return Err(Error::Overlap {
+                host: mapping.host_label(),
+                holder: earlier.host_label(),
+                existing: format!("{} by the same runtimeConfig.portMappings", holder(earlier)),
+            });
+        }
+    }
+    // Docker's overlap rule: a wildcard and a specific host address on one port conflict
+    // as two sockets would, whoever holds them (the CNI configuration has no way to force
+    // them); a container of this network whose namespace is gone gives way, as above.
+    for mapping in wanted {
+        while let Some(at) = desired.iter().position(|m| m.overlaps_as_sockets(mapping)) {
+            let held = &desired[at];
+            if held.container.is_none() || !attachment.same_network(held) || !gone(held) {
+                return Err(Error::Overlap {
+                    host: mapping.host_label(),
+                    holder: held.host_label(),
+                    existing: holder(held),
+                });
+            }
+            log::warn!(
+                "host port {} taken over from {} ({})",
+                mapping.host_label(),
+                holder(held),
+                held.host_label()
+            );
+            desired.remove(at);
+        }
     }
     desired.extend(wanted.iter().cloned());
     Ok(desired)
@@ -266,6 +301,20 @@ pub(super) fn check(
                     "it was made with another directAccess setting".into(),
                 ));
             }
+            Some(m) if m.allow_from != mapping.allow_from => {
+                let list = |m: &Mapping| match m.allow_from.is_empty() {
+                    true => "every source".to_string(),
+                    false => crate::model::list_label(&m.allow_from),
+                };
+                return Err(missing(
+                    mapping,
+                    format!(
+                        "its host port allows {}, not {} as the conditions ask",
+                        list(m),
+                        list(mapping)
+                    ),
+                ));
+            }
             Some(_) => {}
         }
         // The helper elements the engine writes for this mapping (`reach`, `hairpin`,
@@ -323,6 +372,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: None,
+            on: None,
             host_port: port,
             host_port_end: None,
             to_addr: to.parse().unwrap(),
@@ -334,6 +384,7 @@ mod tests {
             container: att.map(|a| a.id.to_string()),
             container_ifname: att.map(|a| a.ifname.to_string()),
             network: att.and_then(|a| a.network.map(String::from)),
+            allow_from: Vec::new(),
         }
     }
 

@@ -5,11 +5,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::resolve::{self, Target, resolve};
-use super::{list, transact, transaction};
+use super::{list, overlap, transact, transaction};
 use crate::error::{Error, kernel};
 use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
-use crate::model::{EntryTarget, MappingsFile};
+use crate::model::{EntryTarget, MappingsFile, SourcePrefix};
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
@@ -58,7 +58,14 @@ type Resolved = (
 /// Every entry resolved to mappings, through the same steps as `add`; entries with the
 /// same target and options are resolved together (one namespace lookup).
 fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Error> {
-    type Group = (EntryTarget, Option<String>, bool, bool);
+    type Group = (
+        EntryTarget,
+        Option<String>,
+        bool,
+        bool,
+        Option<String>,
+        Vec<SourcePrefix>,
+    );
     let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
     let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
     let mut order: Vec<Group> = Vec::new();
@@ -68,7 +75,16 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         let spec = entry
             .spec()
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
-        let group = (target, entry.via.clone(), entry.allow_direct, entry.force);
+        let allow_from =
+            crate::model::parse_list(&entry.allow_from).map_err(|error| at(error.to_string()))?;
+        let group = (
+            target,
+            entry.via.clone(),
+            entry.allow_direct,
+            entry.force,
+            entry.on.clone(),
+            allow_from,
+        );
         if !seen.insert((group.clone(), spec)) {
             continue;
         }
@@ -82,8 +98,11 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
     let mut forced = HashSet::new();
     let mut ports = HashMap::new();
     for group in order {
-        let (target, via, allow_direct, force) = &group;
+        let (target, via, allow_direct, force, on, allow_from) = &group;
         let specs = &groups[&group];
+        if let Some(on) = on {
+            resolve::check_on(on, specs)?;
+        }
         let target = match target {
             EntryTarget::Netns(name) => Target::Netns(name.clone()),
             EntryTarget::Addr(addr) => Target::Addr(*addr),
@@ -105,8 +124,13 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             }
             Err(error) => return Err(error),
         };
-        resolve::check_local(specs)?;
-        let mappings = resolve::mappings_for(&resolved, specs, *allow_direct)?;
+        if on.is_none() {
+            resolve::check_local(specs)?;
+        }
+        let mut mappings = resolve::mappings_for(&resolved, specs, *allow_direct, on.as_deref())?;
+        for mapping in &mut mappings {
+            mapping.allow_from = allow_from.clone();
+        }
         for r in resolved {
             ports.insert(r.addr, r.bridge_port);
         }
@@ -148,12 +172,35 @@ fn decide(
             new.push(mapping.clone());
         }
     }
+    check_overlaps(&cni, desired, forced)?;
     resolve::check_host_ports(&new)?;
     Ok(cni
         .into_iter()
         .cloned()
         .chain(desired.iter().cloned())
         .collect())
+}
+
+/// Refuses mappings of the file whose host sides overlap one another, or a CNI mapping's
+/// (the wildcard and a specific address on one port, as Docker refuses them), naming both,
+/// unless the file marks one of them `force` (for a CNI mapping: the file's one).
+fn check_overlaps(
+    cni: &[&Mapping],
+    desired: &[Mapping],
+    forced: &HashSet<Mapping>,
+) -> Result<(), Error> {
+    let is_forced = |m: &Mapping| forced.contains(&m.as_recorded());
+    let mut by_port = overlap::ByPort::new(cni.iter().copied());
+    for mapping in desired {
+        let holder = by_port
+            .overlapping(mapping)
+            .find(|other| !is_forced(mapping) && (other.container.is_some() || !is_forced(other)));
+        if let Some(holder) = holder {
+            return Err(overlap::refused(mapping, holder));
+        }
+        by_port.insert(mapping);
+    }
+    Ok(())
 }
 
 /// Reads a mappings file: version 1 (what `export` writes) or the array `ls --json`
@@ -213,4 +260,51 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Proto;
+
+    fn mapping(host_addr: Option<&str>, container: Option<&str>) -> Mapping {
+        Mapping {
+            proto: Proto::Tcp,
+            host_addr: host_addr.map(|a| a.parse().unwrap()),
+            on: None,
+            host_port: 8080,
+            host_port_end: None,
+            to_addr: "172.18.0.2".parse().unwrap(),
+            to_port: 80,
+            via: "br0".into(),
+            netns: Some("ns1".into()),
+            netns_inode: None,
+            allow_direct: false,
+            container: container.map(String::from),
+            container_ifname: None,
+            network: None,
+            allow_from: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_file_overlapping_itself_or_a_container_needs_force_on_its_own_entry() {
+        let any = mapping(None, None);
+        let lo = mapping(Some("127.0.0.1"), None);
+        let none = HashSet::new();
+        // Within the file: refused naming both, unless either entry is forced.
+        let error = check_overlaps(&[], &[any.clone(), lo.clone()], &none).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("127.0.0.1:8080/tcp") && text.contains("host port 8080/tcp"));
+        for forced in [&any, &lo] {
+            let forced = HashSet::from([forced.as_recorded()]);
+            check_overlaps(&[], &[any.clone(), lo.clone()], &forced).unwrap();
+        }
+        // Against a CNI mapping: only the file's own entry can say force.
+        let container = mapping(None, Some("c1"));
+        let error = check_overlaps(&[&container], std::slice::from_ref(&lo), &none).unwrap_err();
+        assert!(error.to_string().contains("container c1"), "{error}");
+        let forced = HashSet::from([lo.as_recorded()]);
+        check_overlaps(&[&container], std::slice::from_ref(&lo), &forced).unwrap();
+    }
 }

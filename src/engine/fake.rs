@@ -23,7 +23,8 @@ pub struct FakeChain {
     pub rules: Vec<String>,
 }
 
-/// An element's data and comment, by key.
+/// An element's data and comment, by key; in a set of intervals, by the key and its end
+/// one after the other (`stored_key`).
 pub type FakeSet = BTreeMap<Vec<u8>, (Vec<u8>, Option<String>)>;
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -61,6 +62,31 @@ pub struct Fake {
     pub rule_dumps: usize,
     /// The counts this host's settings record would keep.
     pub counts: Option<super::counts::Counts>,
+}
+
+/// The allow-lists' sets are intervals in several dimensions at once (ports and
+/// addresses): the fake keeps each element by its key and end one after the other
+/// (`stored_key`), and relies on the engine never writing two that overlap.
+fn is_allow_set(set: &str) -> bool {
+    matches!(
+        set,
+        crate::ruleset::SET_LIMITED | crate::ruleset::SET_ALLOW4 | crate::ruleset::SET_ALLOW6
+    )
+}
+
+/// How the fake keys an element: its key and, in an allow-list's set, its end after it.
+fn stored_key(element: &Element) -> Vec<u8> {
+    [
+        element.key.as_slice(),
+        element.key_end.as_deref().unwrap_or_default(),
+    ]
+    .concat()
+}
+
+/// A stored key of an allow-list's set as the kernel gives it back: key and end.
+fn split_key(stored: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    let half = stored.len() / 2;
+    (stored[..half].to_vec(), stored[half..].to_vec())
 }
 
 fn refused(index: usize, errno: i32) -> NetlinkError {
@@ -187,19 +213,20 @@ impl Fake {
                 let exclusive = matches!(change, Change::CreateElement(_));
                 let elements = table.sets.get_mut(element.set).expect("checked");
                 let data = element.data.clone().unwrap_or_default();
-                match elements.get(&element.key) {
+                let key = stored_key(element);
+                match elements.get(&key) {
                     Some(_) if exclusive => return Err(libc::EEXIST),
                     Some((old, _)) if *old != data => return Err(libc::EEXIST),
                     Some(_) => {}
                     None => {
-                        elements.insert(element.key.clone(), (data, element.comment.clone()));
+                        elements.insert(key, (data, element.comment.clone()));
                     }
                 }
             }
             Change::DelElement(element) => {
                 set(table, element)?;
                 let elements = table.sets.get_mut(element.set).expect("checked");
-                elements.remove(&element.key).ok_or(libc::ENOENT)?;
+                elements.remove(&stored_key(element)).ok_or(libc::ENOENT)?;
             }
             Change::AddTable { .. } | Change::DelTable => unreachable!("handled by apply"),
         }
@@ -283,12 +310,24 @@ impl Kernel for Fake {
         Ok(self
             .elements_of(set)
             .into_iter()
-            .map(|(key, (data, comment))| ElementDump {
-                key_end: self.end_of(set, &key),
-                key,
-                data,
-                comment,
-                counter: None,
+            .map(|(key, (data, comment))| match is_allow_set(set) {
+                true => {
+                    let (key, key_end) = split_key(key);
+                    ElementDump {
+                        key,
+                        key_end,
+                        data,
+                        comment,
+                        counter: None,
+                    }
+                }
+                false => ElementDump {
+                    key_end: self.end_of(set, &key),
+                    key,
+                    data,
+                    comment,
+                    counter: None,
+                },
             })
             .collect())
     }

@@ -153,6 +153,7 @@ impl Rebuild {
     /// the old table (read from its `closed` set, if it had one).
     pub fn new(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<Rebuild, Error> {
         let mut elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
+        elements.extend(ruleset::allow_elements_for(mappings));
         elements.extend(
             super::table::helpers_for(mappings)
                 .into_iter()

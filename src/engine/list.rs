@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::kernel::{Kernel, Netlink};
 use super::layout::Layout;
+use super::overlap;
 use super::table::{self, Counter, HelperKey, Snapshot};
 use super::{kernel_error, writer_lock};
 use crate::error::Error;
@@ -33,6 +34,12 @@ pub struct Listing {
     pub stale: bool,
     /// A host socket on the same port that the mapping hides from its clients.
     pub shadows: Option<String>,
+    /// Mappings published over this one with `--force` whose host sides it is more
+    /// specific than: it takes their traffic where they overlap (host sides, as
+    /// `8080/tcp`).
+    pub shadows_mappings: Vec<String>,
+    /// More specific mappings that take this one's traffic where they overlap.
+    pub shadowed_by: Vec<String>,
     /// Whether the host reaches it through its loopback: 127.0.0.1 for IPv4 wildcard and
     /// 127.0.0.1 publishes; never `[::1]`, which Linux cannot DNAT.
     pub loopback: bool,
@@ -133,18 +140,28 @@ pub fn list_status() -> Result<Vec<Listing>, Error> {
     let sockets = HostSockets::read(mappings.iter().map(|(m, _)| m))?;
     let plain: Vec<Mapping> = mappings.iter().map(|(m, _)| m.clone()).collect();
     let stale = stale_flags(&plain);
+    let labels = |mappings: Vec<&Mapping>| mappings.iter().map(|m| m.host_label()).collect();
+    let shadowing: Vec<(Vec<String>, Vec<String>)> = overlap::shadowing(&plain)
+        .into_iter()
+        .map(|(by, over)| (labels(by), labels(over)))
+        .collect();
     Ok(mappings
         .into_iter()
         .zip(stale)
-        .map(|((mapping, (packets, bytes)), stale)| Listing {
-            shadows: sockets.shadowed_by(&mapping),
-            to_port_end: mapping.to_port_end(),
-            stale,
-            loopback: mapping.serves_loopback(),
-            packets,
-            bytes,
-            mapping,
-        })
+        .zip(shadowing)
+        .map(
+            |(((mapping, (packets, bytes)), stale), (by, over))| Listing {
+                shadows: sockets.shadowed_by(&mapping),
+                shadows_mappings: over,
+                shadowed_by: by,
+                to_port_end: mapping.to_port_end(),
+                stale,
+                loopback: mapping.serves_loopback(),
+                packets,
+                bytes,
+                mapping,
+            },
+        )
         .collect())
 }
 
@@ -216,6 +233,12 @@ pub fn export_nft() -> Result<String, Error> {
             out.push_str(&helper.nft_add());
             out.push('\n');
         }
+    }
+    // The source allow-lists, from the lists the mappings carry.
+    let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
+    for element in ruleset::allow_elements_for(&mappings) {
+        out.push_str(&element.nft_add());
+        out.push('\n');
     }
     // Which families' forwarding nsport turned on stays closed in the copy too.
     for closed in kernel.elements(SET_CLOSED).map_err(kernel_error)? {

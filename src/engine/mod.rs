@@ -3,6 +3,7 @@
 //! commits one batch against that generation (`transaction`), then turns settings on or
 //! puts them back in the order that keeps the host safe at every crash point (`finish`).
 
+mod allow;
 mod apply;
 mod counts;
 mod finish;
@@ -11,6 +12,7 @@ mod flush;
 pub mod kernel;
 mod layout;
 mod list;
+mod overlap;
 mod publish;
 mod ranges;
 mod remove;
@@ -26,6 +28,8 @@ mod finish_tests;
 mod range_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_overlap;
 
 use std::collections::HashMap;
 
@@ -40,7 +44,7 @@ pub use layout::Layout;
 pub(crate) use list::stale_flags;
 pub use list::{Listing, damaged_chains, export_nft, list, list_status, table_layout};
 pub use publish::{publish, publish_dry_run};
-pub use remove::{prune, unpublish, unpublish_netns};
+pub use remove::{prune, unpublish, unpublish_netns, unpublish_on};
 pub use resolve::{PublishOptions, Target};
 pub(crate) use resolve::{bridge_port_of, resolve};
 pub(crate) use table::{HELPER_SETS, helpers_for};

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 
 use super::resolve::{self, PublishOptions, Target, resolve};
-use super::{transact, transaction};
+use super::{overlap, transact, transaction};
 use crate::error::Error;
 use crate::host::firewalls;
 use crate::netlink::rtnetlink;
@@ -37,7 +37,7 @@ pub fn publish(
         .map(|r| (r.addr, r.bridge_port))
         .collect();
     let committed = transact(false, &ports, |kernel, counts, dry_run| {
-        transaction::create(kernel, counts, &mappings, dry_run)
+        transaction::create(kernel, counts, &mappings, options.force, dry_run)
     })?;
     for warning in firewalls::dropping_forward_chains(&committed.chains) {
         log::warn!("{warning}");
@@ -50,10 +50,25 @@ fn prepare_publish(
     options: &PublishOptions,
     specs: &[PublishSpec],
 ) -> Result<(Vec<resolve::Resolved>, Vec<Mapping>), Error> {
+    if let Some(on) = &options.on {
+        resolve::check_on(on, specs)?;
+    }
     let resolved = resolve(target, options.via.as_deref())?;
-    resolve::check_local(specs)?;
-    let mappings = resolve::mappings_for(&resolved, specs, options.allow_direct)?;
+    if options.on.is_none() {
+        resolve::check_local(specs)?;
+    }
+    let mut mappings = resolve::mappings_for(
+        &resolved,
+        specs,
+        options.allow_direct,
+        options.on.as_deref(),
+    )?;
+    let allow_from = crate::model::canonical(&options.allow_from);
+    for mapping in &mut mappings {
+        mapping.allow_from = allow_from.clone();
+    }
     if !options.force {
+        overlap::check(&[], &mappings)?;
         resolve::check_host_ports(&mappings)?;
     }
     Ok((resolved, mappings))
@@ -69,7 +84,7 @@ pub fn publish_dry_run(
 ) -> Result<Plan, Error> {
     let (_, mappings) = prepare_publish(target, options, specs)?;
     let committed = transact(true, &HashMap::new(), |kernel, counts, dry_run| {
-        transaction::create(kernel, counts, &mappings, dry_run)
+        transaction::create(kernel, counts, &mappings, options.force, dry_run)
     })?;
     Ok(committed.plan)
 }

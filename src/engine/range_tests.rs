@@ -22,6 +22,7 @@ fn mapping(host_port: u16, end: Option<u16>, to: &str) -> Mapping {
     Mapping {
         proto: Proto::Tcp,
         host_addr: None,
+        on: None,
         host_port,
         host_port_end: end,
         to_addr: to.parse().unwrap(),
@@ -33,12 +34,13 @@ fn mapping(host_port: u16, end: Option<u16>, to: &str) -> Mapping {
         container: None,
         container_ifname: None,
         network: None,
+        allow_from: Vec::new(),
     }
 }
 
 fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
     let mut counts = fake.counts.take();
-    let result = transaction::create(fake, &mut counts, mappings, false);
+    let result = transaction::create(fake, &mut counts, mappings, false, false);
     fake.counts = counts;
     result
 }
@@ -214,7 +216,7 @@ fn a_single_port_publish_reads_no_map_of_mappings_among_many() {
     publish(&mut fake, &[mapping(7000, None, "10.0.0.3")]).unwrap();
     assert_eq!(fake.commits, commits + 1, "one batch");
     assert_eq!(fake.elements_of(SET_ANY4).len(), 5001);
-    // The probe left nothing behind.
+    // No element was left in the range map.
     assert_eq!(fake.elements_of(SET_RANGE4).len(), 1);
 }
 

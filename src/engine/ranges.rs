@@ -6,10 +6,11 @@
 //! lies inside, across an end or is the same interval with other data), and answers a
 //! lookup of one key (GETSETELEM) with the interval that holds it. A single port and a
 //! range live in different maps (a hash and an interval map), so the kernel cannot see a
-//! clash between them by itself: a publish of single ports adds, in its own batch, each
-//! port as an interval of one to the range map of its kind and deletes it again. A range
-//! there makes the batch fail at that probe, and the publish falls back to the full read
-//! that names the clash; otherwise the probe leaves nothing behind.
+//! clash between them by itself: a publish of single ports looks each up in the range map
+//! of its kind, at the generation its batch is committed against, and falls back to the
+//! full read that names the clash when a range holds one. (Asking in the batch itself, by
+//! creating the port as an interval of one and deleting it again, works too, but a batch
+//! that deletes waits for an RCU grace period: three times the cost of a publish.)
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -17,24 +18,26 @@ use std::net::IpAddr;
 use super::kernel::Kernel;
 use super::table::mapping_of;
 use crate::error::Error;
-use crate::ruleset::{Element, Mapping};
+use crate::ruleset::Mapping;
 use crate::spec::Proto;
 
 /// The kind and first port of a mapping: mappings of one kind clash when their ports do.
-type Start = (bool, Proto, Option<IpAddr>, u16);
+/// A mapping's kind (family, protocol, host address, interface) and first port.
+type Start = (bool, Proto, Option<IpAddr>, Option<String>, u16);
 
 fn start_of(mapping: &Mapping) -> Start {
     (
         mapping.is_ipv6(),
         mapping.proto,
         mapping.host_addr,
+        mapping.on.clone(),
         mapping.host_port,
     )
 }
 
 /// Mappings by kind and first port, each with its last port, for finding the one that
-/// holds a port of a new mapping: the mappings indexed never overlap, so the one that
-/// starts last at or before a new mapping's last port is the only one to check.
+/// holds a port of a new mapping: the mappings indexed never overlap, so only the one
+/// starting last before it and the first starting inside it need checking.
 #[derive(Default)]
 pub struct Holders {
     by_start: BTreeMap<Start, (u16, usize)>,
@@ -46,15 +49,20 @@ impl Holders {
             .insert(start_of(mapping), (*mapping.host_ports().end(), index));
     }
 
-    /// The index of a mapping that publishes a port of `mapping`, if any.
+    /// The index of the mapping that publishes the first port of `mapping` held, if any:
+    /// one starting before it and reaching into it, or else the first starting inside it.
     pub fn clash(&self, mapping: &Mapping) -> Option<usize> {
-        let (v6, proto, addr, start) = start_of(mapping);
+        let (v6, proto, addr, on, start) = start_of(mapping);
         let end = *mapping.host_ports().end();
-        let (_, (last, index)) = self
-            .by_start
-            .range((v6, proto, addr, 0)..=(v6, proto, addr, end))
-            .next_back()?;
-        (*last >= start).then_some(*index)
+        let kind = |port: u16| (v6, proto, addr, on.clone(), port);
+        let before = self.by_start.range(kind(0)..kind(start)).next_back();
+        if let Some((_, (last, index))) = before
+            && *last >= start
+        {
+            return Some(*index);
+        }
+        let (_, (_, index)) = self.by_start.range(kind(start)..=kind(end)).next()?;
+        Some(*index)
     }
 }
 
@@ -114,31 +122,41 @@ pub fn cut(holders: &[Mapping], parts: &[Mapping]) -> Cut {
     out
 }
 
-/// The elements that ask the kernel whether a range holds one of these single ports: each
-/// port as an interval of one in the range map of its kind, created exclusively, and
-/// deleted again in the same batch (`transaction::create`).
-pub fn probes(singles: &[Mapping]) -> Vec<(Element, Element)> {
-    singles
+/// The range map and key in which each single port of `mappings` would be held by a range
+/// of its kind.
+pub fn range_keys(mappings: &[Mapping]) -> Vec<(&'static str, Vec<u8>)> {
+    mappings
         .iter()
-        .filter(|mapping| !mapping.is_range())
+        // Mappings on an interface are in exact maps only: no range holds their ports.
+        .filter(|mapping| !mapping.is_range() && mapping.on.is_none())
         .map(|mapping| {
-            let probe = Mapping {
+            let as_range = Mapping {
                 host_port_end: Some(mapping.host_port),
-                to_port: mapping.host_port,
                 ..mapping.clone()
             };
-            let element = Element {
-                comment: None,
-                ..Element::mapping(&probe)
-            };
-            (element.clone(), element)
+            (as_range.set(), mapping.key())
         })
         .collect()
 }
 
-/// How many single ports a publish checks with probes; beyond it, reading the range maps
-/// (few elements, ranges being few) costs less than as many probes.
-pub const MAX_PROBES: usize = 64;
+/// Whether the kernel finds an element holding any of `keys` (each a map and a key).
+pub fn any_held(kernel: &mut impl Kernel, keys: &[(&'static str, Vec<u8>)]) -> Result<bool, Error> {
+    for (set, key) in keys {
+        if kernel
+            .element(set, key)
+            .map_err(crate::error::kernel)?
+            .is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// How many single ports a publish looks up in the range maps one by one; beyond it,
+/// reading the range maps (few elements, ranges being few) costs less than as many
+/// lookups.
+pub const MAX_LOOKUPS: usize = 64;
 
 /// `mappings` with every run of consecutive identity ports that differ in nothing else made
 /// one range: what a table of an older layout, which had one element per port, becomes
@@ -149,7 +167,7 @@ pub fn coalesce(mappings: &[Mapping]) -> Vec<Mapping> {
     let mut runs: HashMap<Mapping, Vec<(u16, u16)>> = HashMap::new();
     for mapping in mappings {
         let identity = mapping.to_port == mapping.host_port;
-        if !identity || mapping.container.is_some() {
+        if !identity || mapping.container.is_some() || mapping.on.is_some() {
             out.push(mapping.clone());
             continue;
         }
@@ -254,6 +272,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: None,
+            on: None,
             host_port: start,
             host_port_end: end,
             to_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
@@ -265,6 +284,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

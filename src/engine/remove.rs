@@ -25,6 +25,21 @@ use crate::spec::{self, HostSpec};
 /// # }
 /// ```
 pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    unpublish_on(None, specs, dry_run)
+}
+
+/// The same for host ports published on interface `on` (`add --on`), or on every
+/// interface when `None`.
+pub fn unpublish_on(on: Option<&str>, specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    if let Some(name) = on {
+        super::resolve::check_ifname(name)?;
+    }
+    let not_published = |side: HostSpec| {
+        Error::NotPublished(match on {
+            Some(name) => format!("{side} on {name}"),
+            None => side.to_string(),
+        })
+    };
     // A range of ports is looked for among every mapping: looking each port up by key
     // would cost a round trip per port and map.
     if specs.iter().any(|spec| spec.ports.start != spec.ports.end) {
@@ -32,7 +47,7 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
             let mut parts: Vec<Mapping> = Vec::new();
             let mut holders: Vec<Mapping> = Vec::new();
             for spec in specs {
-                let (found, uncovered) = ports_of(all, spec);
+                let (found, uncovered) = ports_of(all, spec, on);
                 if let Some(port) = uncovered {
                     let side = HostSpec {
                         ports: spec::PortRange {
@@ -41,7 +56,7 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
                         },
                         ..*spec
                     };
-                    return Err(Error::NotPublished(side.to_string()));
+                    return Err(not_published(side));
                 }
                 for mapping in found {
                     let start = mapping.host_port.max(spec.ports.start);
@@ -64,9 +79,9 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     for spec in specs {
         let port = spec.ports.start;
         let start = keys.len();
-        for set in ruleset::host_sets(spec.host_addr) {
+        for set in ruleset::host_sets_on(on.is_some(), spec.host_addr) {
             let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
-            keys.push((set, ruleset::host_key(spec.proto, host_addr, port)));
+            keys.push((set, ruleset::host_key_on(on, spec.proto, host_addr, port)));
         }
         sides.push((*spec, start..keys.len()));
     }
@@ -76,7 +91,7 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
         for (side, range) in &sides {
             let here: Vec<&Mapping> = found[range.clone()].iter().flatten().collect();
             if here.is_empty() {
-                return Err(Error::NotPublished(side.to_string()));
+                return Err(not_published(*side));
             }
             for mapping in here {
                 // Of a range, only the port asked for goes.
@@ -99,16 +114,22 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     Ok(committed.plan)
 }
 
-/// The mappings that publish ports of `spec` (in the maps its host side can be in), and
+/// The mappings that publish ports of `spec` (in the maps its host side can be in, on
+/// interface `on` or on none), and
 /// the first of its ports that none publishes, if any.
-fn ports_of<'a>(all: &'a [Mapping], spec: &HostSpec) -> (Vec<&'a Mapping>, Option<u16>) {
-    let sets = ruleset::host_sets(spec.host_addr);
+fn ports_of<'a>(
+    all: &'a [Mapping],
+    spec: &HostSpec,
+    on: Option<&str>,
+) -> (Vec<&'a Mapping>, Option<u16>) {
+    let sets = ruleset::host_sets_on(on.is_some(), spec.host_addr);
     let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
     let mut found: Vec<&Mapping> = all
         .iter()
         .filter(|m| {
             m.proto == spec.proto
                 && m.host_addr == host_addr
+                && m.on.as_deref() == on
                 && sets.contains(&m.set())
                 && m.host_port <= spec.ports.end
                 && *m.host_ports().end() >= spec.ports.start

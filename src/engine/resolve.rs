@@ -29,8 +29,16 @@ pub struct PublishOptions {
     /// Let hosts that route to the target's address reach its unpublished ports, as
     /// before nsport turned forwarding on. Off by default.
     pub allow_direct: bool,
-    /// Publish even when a host socket already holds the port (it stops receiving).
+    /// Publish even when a host socket already holds the port (it stops receiving), or
+    /// when another mapping overlaps it (a wildcard and a specific address on the same
+    /// port): the more specific mapping then wins where they overlap.
     pub force: bool,
+    /// Publish only for traffic that arrives on this interface (`--on`), whatever
+    /// addresses it has or will get; it need not exist yet.
+    pub on: Option<String>,
+    /// Only these sources may use the published host ports (`--allow-from`); empty for
+    /// every source. A list belongs to a host port: every mapping of the port shares it.
+    pub allow_from: Vec<crate::model::SourcePrefix>,
 }
 
 /// The target of a publish in one address family, resolved: address, interface toward
@@ -195,6 +203,43 @@ pub fn local_addresses() -> Result<BTreeSet<IpAddr>, Error> {
         .collect())
 }
 
+/// Refuses an interface to publish on that no traffic could arrive on as asked: a name
+/// Linux would refuse, the loopback (the host's own traffic is DNATed on output, where
+/// there is no input interface: 127.0.0.1 is how to publish to the host alone), or a
+/// loopback host address (the guard drops 127/8 from any interface but `lo`).
+pub fn check_on(on: &str, specs: &[PublishSpec]) -> Result<(), Error> {
+    check_ifname(on)?;
+    if on == "lo" {
+        return Err(Error::OnLoopback(on.to_string()));
+    }
+    for addr in specs.iter().filter_map(|spec| spec.host_addr) {
+        if addr.is_loopback() {
+            return Err(Error::LoopbackOn {
+                addr,
+                on: on.to_string(),
+            });
+        }
+        // The address need not be the host's yet, but must be one a host could have:
+        // `publish` is only reached for local unicast destinations, and link-local
+        // traffic is never DNATed.
+        let why = match addr {
+            IpAddr::V4(v4) if v4.is_multicast() => Some("a multicast address"),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some("the broadcast address"),
+            IpAddr::V4(v4) if v4.is_link_local() => Some("a link-local address"),
+            IpAddr::V6(v6) if v6.is_multicast() => Some("a multicast address"),
+            IpAddr::V6(v6) if v6.is_unicast_link_local() => Some("a link-local address"),
+            IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some() => Some("an IPv4-mapped address"),
+            _ => None,
+        };
+        if let Some(why) = why {
+            return Err(Error::BadHostAddr { addr, why });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a host address that is not one of this host's. Not for mappings bound to an
+/// interface: the address may come later (DHCP), which is what `--on` is for.
 pub fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
     // 0.0.0.0 and :: stand for every address of their family, as in Docker.
     let wanted: BTreeSet<IpAddr> = specs
@@ -222,6 +267,7 @@ pub fn mappings_for(
     resolved: &[Resolved],
     specs: &[PublishSpec],
     allow_direct: bool,
+    on: Option<&str>,
 ) -> Result<Vec<Mapping>, Error> {
     let mut mappings: Vec<Mapping> = Vec::new();
     let mut seen: HashMap<(&'static str, Vec<u8>), usize> = HashMap::new();
@@ -246,7 +292,9 @@ pub fn mappings_for(
         };
         // An identity range is one interval element; a shifted one is one element per
         // port (see `ranges_as_one`).
-        let pairs: Vec<(u16, Option<u16>, u16)> = match ranges_as_one(spec) {
+        // On an interface, every port is its own element (the interface-bound maps are
+        // exact maps).
+        let pairs: Vec<(u16, Option<u16>, u16)> = match ranges_as_one(spec) && on.is_none() {
             true => vec![(
                 spec.host_ports.start,
                 Some(spec.host_ports.end),
@@ -259,6 +307,7 @@ pub fn mappings_for(
                 let mapping = Mapping {
                     proto: spec.proto,
                     host_addr,
+                    on: on.map(String::from),
                     host_port,
                     host_port_end,
                     to_addr: target.addr,
@@ -272,6 +321,7 @@ pub fn mappings_for(
                     container: None,
                     container_ifname: None,
                     network: None,
+                    allow_from: Vec::new(),
                 };
                 // One spec cannot name a host port twice; only several can.
                 if specs.len() == 1 {

@@ -9,21 +9,28 @@ use super::counts::Users;
 use super::kernel::Kernel;
 use super::layout::{self, Layout, SET_IFACES_V1};
 use crate::error::{Error, kernel};
+use crate::model::SourcePrefix;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
     self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
-    SET_ADDRRANGE6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_RANGE4,
-    SET_RANGE6, SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
+    SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6,
+    SET_INSIDE, SET_LIMITED, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6,
+    SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
 };
+use crate::spec::Proto;
 
 /// The maps that hold mappings.
-pub const MAPPING_SETS: [&str; 8] = [
+pub const MAPPING_SETS: [&str; 12] = [
     SET_ANY4,
     SET_ADDR4,
+    SET_ON4,
+    SET_ONADDR4,
     SET_RANGE4,
     SET_ADDRRANGE4,
     SET_ANY6,
     SET_ADDR6,
+    SET_ON6,
+    SET_ONADDR6,
     SET_RANGE6,
     SET_ADDRRANGE6,
 ];
@@ -61,6 +68,55 @@ pub struct Snapshot {
     pub mappings: Vec<(Mapping, Counter)>,
     /// The helper elements there are, when the mappings were read.
     pub helpers: HashSet<HelperKey>,
+    /// The elements of the source allow-lists there are (`limited`, `allow4`, `allow6`),
+    /// when the mappings were read; each mapping carries its port's list.
+    pub allow_elements: Vec<Element>,
+}
+
+/// The layout that brought the source allow-lists.
+const ALLOW_LAYOUT: u32 = 3;
+
+/// Each limited span of host ports' list of sources, by protocol and first and last port.
+pub type AllowLists = HashMap<(Proto, u16, u16), Vec<SourcePrefix>>;
+
+/// The allow-list elements of a table, and each limited span's list, from a dump of the
+/// allow sets: `limited` names the spans, `allow4`/`allow6` their prefixes.
+pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, AllowLists), Error> {
+    let mut elements = Vec::new();
+    let mut lists = AllowLists::new();
+    let limited = limited_ports(kernel)?;
+    for &(proto, first, last) in &limited {
+        lists.entry((proto, first, last)).or_default();
+        elements.push(Element::limited(proto, first, last));
+    }
+    for set in [SET_ALLOW4, SET_ALLOW6] {
+        for element in kernel.elements(set).map_err(self::kernel_error)? {
+            if let Some((proto, first, last, source)) =
+                Element::allowed(&element.key, &element.key_end)
+            {
+                elements.push(Element::allow(proto, first, last, source));
+                lists.entry((proto, first, last)).or_default().push(source);
+            }
+        }
+    }
+    // Prefixes of ports missing from `limited` restrict nothing in the kernel: such ports
+    // are listed as open, and the next change deletes the strays.
+    lists.retain(|span, _| limited.contains(span));
+    for list in lists.values_mut() {
+        *list = crate::model::canonical(list);
+    }
+    Ok((elements, lists))
+}
+
+/// The spans of host ports that have an allow-list, read from `limited` alone: what a
+/// change that does not read every mapping must know to leave lists to a full read.
+pub fn limited_ports(kernel: &mut impl Kernel) -> Result<HashSet<(Proto, u16, u16)>, Error> {
+    Ok(kernel
+        .elements(SET_LIMITED)
+        .map_err(self::kernel_error)?
+        .iter()
+        .filter_map(|element| Element::limited_ports(&element.key, &element.key_end))
+        .collect())
 }
 
 /// The interfaces the table names (in its `reach` elements), for the safe fallback when
@@ -139,7 +195,25 @@ pub fn read_trusting(
                 }
             }
         }
-        mappings.sort_by_key(|(m, _)| (m.is_ipv6(), m.proto, m.host_addr, m.host_port));
+        mappings.sort_by(|(a, _), (b, _)| {
+            (a.is_ipv6(), a.proto, a.host_addr, a.host_port, &a.on).cmp(&(
+                b.is_ipv6(),
+                b.proto,
+                b.host_addr,
+                b.host_port,
+                &b.on,
+            ))
+        });
+    }
+    let mut allow_elements = Vec::new();
+    if with_mappings && exists && layout.version >= ALLOW_LAYOUT {
+        let (elements, lists) = read_allow_lists(kernel)?;
+        allow_elements = elements;
+        for (mapping, _) in &mut mappings {
+            if let Some(list) = lists.get(&mapping.port_span()) {
+                mapping.allow_from = list.clone();
+            }
+        }
     }
     Ok(Snapshot {
         genid,
@@ -149,6 +223,7 @@ pub fn read_trusting(
         chains,
         mappings,
         helpers,
+        allow_elements,
     })
 }
 

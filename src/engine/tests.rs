@@ -17,6 +17,7 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
     Mapping {
         proto: Proto::Tcp,
         host_addr: None,
+        on: None,
         host_port,
         host_port_end: None,
         to_addr: to.parse().unwrap(),
@@ -28,6 +29,7 @@ fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
         container: None,
         container_ifname: None,
         network: None,
+        allow_from: Vec::new(),
     }
 }
 
@@ -41,7 +43,7 @@ fn with_counts<T>(fake: &mut Fake, change: impl FnOnce(&mut Fake, &mut Option<Co
 
 fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
     with_counts(fake, |fake, counts| {
-        transaction::create(fake, counts, mappings, false)
+        transaction::create(fake, counts, mappings, false, false)
     })
 }
 

@@ -22,10 +22,12 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
+use super::allow;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
-use super::ranges::{self, Holders, MAX_PROBES};
+use super::overlap;
+use super::ranges::{self, Holders, MAX_LOOKUPS};
 use super::table::{self, Declarations, HelperKey, Snapshot, helpers_for, mapping_of};
 use crate::error::{Error, kernel};
 use crate::host::settings::StillNeeded;
@@ -113,7 +115,8 @@ pub fn update(
         if migrating {
             desired = ranges::coalesce(&desired);
         }
-        let diff = Diff::between(&current, &snapshot.helpers, &desired);
+        allow::check_shared_lists(&current, &desired)?;
+        let diff = Diff::between(&current, &snapshot, &desired);
         ranges::check_overlaps(&desired, &diff.added)?;
         let rebuild;
         let changes = if migrating {
@@ -165,37 +168,46 @@ fn after(kernel: &mut impl Kernel, genid: u32, committed: bool) -> Option<u32> {
     kernel.generation().ok().filter(|now| *now == expected)
 }
 
-/// Adds `mappings` and the helpers they need, reading only the helper elements: each
-/// mapping element is created exclusively, and when one exists already (a conflict, or a
-/// re-publish whose metadata must be refreshed), the change falls back to `update`, which
-/// reads everything and names the conflict.
+/// Adds `mappings` and the helpers they need, reading only the helper elements and, unless
+/// `force`, what could overlap them (`overlap::in_table`): each mapping element is created
+/// exclusively, and when one exists already (a conflict, or a re-publish whose metadata
+/// must be refreshed), the change falls back to `update`, which reads everything and names
+/// the conflict.
 pub fn create(
     kernel: &mut impl Kernel,
     counts: &mut Option<Counts>,
     mappings: &[Mapping],
+    force: bool,
     dry_run: bool,
 ) -> Result<Committed, Error> {
     let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
-    let merge = |current: &[Mapping]| merged(current, &mappings);
+    let merge = |current: &[Mapping]| merged(current, &mappings, force);
     if dry_run {
         return update(kernel, counts, true, merge);
     }
     let declarations = Declarations::new();
     let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
     let needed = helpers_for(&mappings);
-    // Whether a range holds one of the single ports is asked of the kernel by probes in
-    // the batch itself; for many single ports, the range maps are read instead.
+    // A list is checked against the port's other mappings, which only a full read knows.
+    if mappings.iter().any(|m| !m.allow_from.is_empty()) {
+        return update(kernel, counts, false, merge);
+    }
+    // Whether a range holds one of the single ports is asked of the kernel: a lookup of
+    // the port in the range map of its kind answers with the interval holding it. For
+    // many single ports, the range maps are read instead.
     let singles = mappings.iter().filter(|m| !m.is_range()).count();
-    let probes = match singles <= MAX_PROBES {
-        true => ranges::probes(&mappings),
+    let lookups = match singles <= MAX_LOOKUPS {
+        true => ranges::range_keys(&mappings),
         false => Vec::new(),
     };
     // The exact maps a new range could clash with, and the range maps when not probing.
     let mut read: Vec<&'static str> = Vec::new();
     for mapping in &mappings {
         let set = match mapping.is_range() {
+            // No range is bound to an interface: those ports are in exact maps only.
+            false if mapping.on.is_some() => continue,
             true => mapping.part(mapping.host_port, mapping.host_port).set(),
-            false if probes.is_empty() => {
+            false if lookups.is_empty() => {
                 let range_of = Mapping {
                     host_port_end: Some(mapping.host_port),
                     ..mapping.clone()
@@ -216,9 +228,31 @@ pub fn create(
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
         }
-        // A clash with what the maps read hold is named by the full read.
-        if snapshot.exists && ranges::clashes(kernel, &read, &mappings)? {
+        // A clash with what the maps read or looked up hold is named by the full read; so
+        // is a port that has a list, which the new mapping would not share. Both are read at
+        // the generation the batch is committed against.
+        if snapshot.exists
+            && (ranges::clashes(kernel, &read, &mappings)?
+                || ranges::any_held(kernel, &lookups)?
+                || touches_limited(kernel, &mappings)?)
+        {
             return Ok(Try::Done(None));
+        }
+        // Read at this try's generation, so an overlapping mapping another writer adds
+        // after the read makes the commit stale, and the next try sees it. A host side
+        // that is there already (a re-publish) is no new overlap: `update` (`merged`)
+        // decides it, reading everything; any other is refused at once, named.
+        if !force
+            && snapshot.exists
+            && let Some((wanted, holder)) = overlap::in_table(kernel, &mappings)?
+        {
+            let there = kernel
+                .element(wanted.set(), &wanted.key())
+                .map_err(kernel_error)?;
+            return match there {
+                Some(_) => Ok(Try::Done(None)),
+                None => Err(overlap::refused(&wanted, &holder)),
+            };
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
         // nothing is ever deleted here.
@@ -226,11 +260,7 @@ pub fn create(
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
-        for (probe, again) in &probes {
-            changes.push(Change::CreateElement(probe));
-            changes.push(Change::DelElement(again));
-        }
-        let last_probe = changes.len();
+        let last_mapping = changes.len();
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
@@ -251,7 +281,7 @@ pub fn create(
                 index: Some(index),
                 error,
             }) if error.raw_os_error() == Some(libc::EEXIST)
-                && (first_mapping..last_probe).contains(&index) =>
+                && (first_mapping..last_mapping).contains(&index) =>
             {
                 Ok(Try::Done(None))
             }
@@ -340,6 +370,10 @@ pub fn remove(
         // Ports of a range go by cutting it: the range is deleted, and what is left of it
         // added again, as new elements, in the same batch.
         let cut = ranges::cut(&holders(&found), &choose(&found)?);
+        // A port with a list loses it with its last mapping, which only a full read knows.
+        if touches_limited(kernel, &cut.removed)? || touches_limited(kernel, &cut.rest)? {
+            return Ok(Try::Done(None));
+        }
         let mut after_removal = valid.clone();
         let Some(new_helpers) = after_removal.add(&helpers_for(&cut.rest)) else {
             return Ok(Try::Done(None));
@@ -384,6 +418,20 @@ pub fn remove(
         }
         None => update(kernel, counts, false, from_all),
     }
+}
+
+/// Whether a host port of `mappings` has a source allow-list (read from `limited` alone).
+fn touches_limited(kernel: &mut impl Kernel, mappings: &[Mapping]) -> Result<bool, Error> {
+    if mappings.is_empty() {
+        return Ok(false);
+    }
+    let limited = table::limited_ports(kernel)?;
+    Ok(mappings.iter().any(|m| {
+        let (proto, first, last) = m.port_span();
+        limited
+            .iter()
+            .any(|&(p, f, l)| p == proto && f <= last && first <= l)
+    }))
 }
 
 /// The mappings found, each once.
@@ -434,8 +482,9 @@ fn commit(
 
 /// `current` with `wanted` put in: a mapping of the same host side with the same target is
 /// replaced (its metadata refreshed), and so is one made for the same namespace, whose
-/// address changed when it was made again; one with another target is a conflict.
-pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, Error> {
+/// address changed when it was made again; one with another target is a conflict, and so
+/// is one whose host side overlaps another's, unless `force`.
+pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Vec<Mapping>, Error> {
     type HostSide = (&'static str, Vec<u8>, Option<Vec<u8>>);
     let side = |m: &Mapping| -> HostSide { (m.set(), m.key(), m.key_end()) };
     let mut by_key: HashMap<HostSide, usize> = HashMap::new();
@@ -464,6 +513,18 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping]) -> Result<Vec<Mapping>, E
                 out.push(mapping.clone());
             }
         }
+    }
+    // Host sides that are new must not overlap another; one that is there already (a
+    // re-publish, a refresh) keeps whatever overlaps it was published with.
+    if !force {
+        let current_keys: HashSet<(&'static str, Vec<u8>)> =
+            current.iter().map(|m| (m.set(), m.key())).collect();
+        let new: Vec<Mapping> = wanted
+            .iter()
+            .filter(|m| !current_keys.contains(&(m.set(), m.key())))
+            .cloned()
+            .collect();
+        overlap::check(current, &new)?;
     }
     Ok(out)
 }
@@ -558,7 +619,10 @@ struct Diff {
 impl Diff {
     /// Hashed: linear in the number of mappings. A mapping whose host side stays but
     /// whose target or metadata changes is deleted and added again in the same batch.
-    fn between(current: &[Mapping], helpers: &HashSet<HelperKey>, desired: &[Mapping]) -> Diff {
+    /// A mapping whose allow-list alone changes keeps its element (and its counters): only
+    /// the list's elements change.
+    fn between(current: &[Mapping], snapshot: &Snapshot, desired: &[Mapping]) -> Diff {
+        let helpers = &snapshot.helpers;
         let desired_set: HashSet<&Mapping> = desired.iter().collect();
         let current_set: HashSet<&Mapping> = current.iter().collect();
         let removed: Vec<Mapping> = current
@@ -576,7 +640,16 @@ impl Diff {
             .iter()
             .map(|(e, _)| (e.set, e.key.as_slice()))
             .collect();
-        let mut delete: Vec<Element> = removed.iter().map(Element::mapping).collect();
+        let desired_elements: HashSet<Mapping> = desired.iter().map(allow::without_list).collect();
+        let current_elements: HashSet<Mapping> = current.iter().map(allow::without_list).collect();
+        let (delete_allowed, add_allowed) = allow::allow_diff(&snapshot.allow_elements, desired);
+        let mut delete: Vec<Element> = removed
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !desired_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        delete.extend(delete_allowed);
         let mut unneeded: Vec<&HelperKey> = helpers
             .iter()
             .filter(|(set, key)| !needed_keys.contains(&(*set, key.as_slice())))
@@ -587,7 +660,13 @@ impl Diff {
                 .into_iter()
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
-        let mut add: Vec<Element> = added.iter().map(Element::mapping).collect();
+        let mut add: Vec<Element> = added
+            .iter()
+            .map(allow::without_list)
+            .filter(|m| !current_elements.contains(m))
+            .map(|m| Element::mapping(&m))
+            .collect();
+        add.extend(add_allowed);
         add.extend(
             needed
                 .into_iter()

@@ -114,6 +114,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: host_addr.map(IpAddr::V4),
+            on: None,
             host_port: 3000,
             host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
@@ -125,6 +126,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

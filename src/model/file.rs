@@ -24,7 +24,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use super::Mapping;
+use super::{Mapping, SourcePrefix};
 use crate::spec::{PortRange, Proto, PublishSpec, SpecError};
 
 /// The version this nsport writes, and the only object version it reads.
@@ -58,9 +58,17 @@ pub struct MappingEntry {
     /// Like `add --allow-direct`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_direct: bool,
-    /// Like `add --force`: publish even when a host socket holds the port.
+    /// Like `add --force`: publish even when a host socket holds the port, or when
+    /// another mapping (of the table or of the file) overlaps it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub force: bool,
+    /// Like `add --on`: only for traffic arriving on this interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<String>,
+    /// Like `add --allow-from`: the only sources that may use the host port (prefixes or
+    /// addresses); absent or empty for every source.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<String>,
 }
 
 fn is_false(value: &bool) -> bool {
@@ -172,6 +180,8 @@ impl MappingsFile {
                     publish: spec.to_string(),
                     allow_direct: m.allow_direct,
                     force: false,
+                    on: m.on.clone(),
+                    allow_from: m.allow_from.iter().map(ToString::to_string).collect(),
                 }
             })
             .collect();
@@ -186,7 +196,9 @@ impl MappingsFile {
     /// table picks for an address now; `via` is written only where it differs. A wildcard
     /// is written without an address, so that a namespace's mapping follows every family
     /// it has. A namespace recorded only by digest (its name was too long) is written by
-    /// its address. CNI mappings are left out: the plugin owns them.
+    /// its address. CNI mappings are left out: the plugin owns them. A mapping that wins
+    /// over another it overlaps (published with `--force`) is written with `force`, so
+    /// that `apply` takes the file back as it was.
     pub fn from_mappings(
         mappings: &[Mapping],
         default_via: impl Fn(IpAddr) -> Option<String>,
@@ -196,12 +208,37 @@ impl MappingsFile {
             target: EntryTarget,
             via: Option<String>,
             allow_direct: bool,
+            on: Option<String>,
+            force: bool,
             proto: Proto,
             host_addr: Option<IpAddr>,
+            allow_from: Vec<SourcePrefix>,
         }
+        // Overlaps are only between mappings of one protocol and family with a port in
+        // common: single ports are found by port, ranges (few) by a search.
+        let mut by_port: std::collections::HashMap<_, Vec<&Mapping>> =
+            std::collections::HashMap::new();
+        let ranges: Vec<&Mapping> = mappings.iter().filter(|m| m.is_range()).collect();
+        for m in mappings.iter().filter(|m| !m.is_range()) {
+            by_port
+                .entry((m.is_ipv6(), m.proto, m.host_port))
+                .or_default()
+                .push(m);
+        }
+        let wins = |m: &Mapping| {
+            let beats = |other: &&Mapping| m.overlaps_as_sockets(other) && m.rank() > other.rank();
+            m.rank() > 0
+                && (ranges.iter().any(beats)
+                    || m.host_ports().any(|port| {
+                        by_port
+                            .get(&(m.is_ipv6(), m.proto, port))
+                            .is_some_and(|found| found.iter().any(beats))
+                    }))
+        };
         // Host ports (first, last), first target port, and whether it is one range.
         let mut rows: Vec<(Key, u16, u16, u16, bool)> = Vec::new();
         for m in mappings.iter().filter(|m| m.container.is_none()) {
+            let wins = wins(m);
             let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
             let via =
                 (default_via(m.to_addr).as_deref() != Some(m.via.as_str())).then(|| m.via.clone());
@@ -225,8 +262,11 @@ impl MappingsFile {
                 // not protect a host that may sit on a network that is not nsport's): the
                 // file says so only for a namespace.
                 allow_direct: m.allow_direct && netns.is_some(),
+                on: m.on.clone(),
+                force: wins,
                 proto: m.proto,
                 host_addr,
+                allow_from: m.allow_from.clone(),
             };
             let last = *m.host_ports().end();
             rows.push((key, m.host_port, last, m.to_port, m.is_range()));
@@ -273,7 +313,9 @@ impl MappingsFile {
                 publish: spec.to_string(),
                 via: key.via.clone(),
                 allow_direct: key.allow_direct,
-                force: false,
+                force: key.force,
+                on: key.on.clone(),
+                allow_from: key.allow_from.iter().map(ToString::to_string).collect(),
             });
             i = end + 1;
         }
@@ -292,6 +334,7 @@ mod tests {
         Mapping {
             proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
+            on: None,
             host_port,
             host_port_end: None,
             to_addr: to.parse().unwrap(),
@@ -303,6 +346,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 

@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use super::source::SourcePrefix;
 use crate::spec::{Proto, with_port};
 
 /// One published port: host side, target, and where it came from.
@@ -10,6 +11,10 @@ pub struct Mapping {
     pub proto: Proto,
     /// `None` when published on every local address of the target's family.
     pub host_addr: Option<IpAddr>,
+    /// The interface the mapping is published on (`--on`): only traffic that arrives on it
+    /// is translated, whatever addresses it has. `None` for every interface.
+    #[serde(default)]
+    pub on: Option<String>,
     pub host_port: u16,
     /// The last host port of a range published as one (an identity range: its target
     /// ports run from `to_port` on, one for one); `None` for a single port.
@@ -39,17 +44,27 @@ pub struct Mapping {
     /// … on this CNI network (the configuration's `name`).
     #[serde(default)]
     pub network: Option<String>,
+    /// The sources that may use the host port (`--allow-from`), in canonical form; empty
+    /// for every source. The list belongs to the host port (protocol and number): every
+    /// mapping of the port has the same one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_from: Vec<SourcePrefix>,
 }
 
 impl Mapping {
     /// The host side as users write it: `8080/tcp`, `127.0.0.1:8080/tcp`, `8080/tcp (IPv6)`,
-    /// `20000-29999/tcp`.
+    /// `20000-29999/tcp`, `8080/tcp on eth0`.
     pub fn host_label(&self) -> String {
         let family = if self.is_ipv6() { " (IPv6)" } else { "" };
         let ports = self.host_ports_text();
+        let on = self
+            .on
+            .as_ref()
+            .map(|name| format!(" on {name}"))
+            .unwrap_or_default();
         match self.host_addr {
-            Some(addr) => format!("{}/{}", with_port(addr, &ports), self.proto),
-            None => format!("{ports}/{}{family}", self.proto),
+            Some(addr) => format!("{}/{}{on}", with_port(addr, &ports), self.proto),
+            None => format!("{ports}/{}{family}{on}", self.proto),
         }
     }
 
@@ -121,8 +136,33 @@ impl Mapping {
     }
 
     /// Whether the mapping can be reached through the host's loopback. Only IPv4 can:
-    /// 127.0.0.1 is DNATed with route_localnet on `via`; `[::1]` never is.
+    /// 127.0.0.1 is DNATed with route_localnet on `via`; `[::1]` never is. Nor can a
+    /// mapping bound to an interface: the host's own traffic has no input interface.
     pub fn serves_loopback(&self) -> bool {
-        !self.is_ipv6() && self.host_addr.is_none_or(|addr| addr.is_loopback())
+        !self.is_ipv6() && self.on.is_none() && self.host_addr.is_none_or(|addr| addr.is_loopback())
+    }
+
+    /// How specific the host side is: the order in which `publish` looks the maps up, the
+    /// most specific (highest) first: an interface and an address, an interface, an
+    /// address, any.
+    pub fn rank(&self) -> u8 {
+        u8::from(self.host_addr.is_some()) + 2 * u8::from(self.on.is_some())
+    }
+
+    /// Docker's overlap rule: whether two mappings' host sides differ but could match the
+    /// same packet, as two sockets would clash: same family and protocol, a host port in
+    /// common, and every narrowing both have (interface, address) agrees. (Host sides of
+    /// the same kind that share a port are a conflict of their own: `overlaps`.)
+    pub fn overlaps_as_sockets(&self, other: &Mapping) -> bool {
+        fn agree<T: PartialEq>(x: &Option<T>, y: &Option<T>) -> bool {
+            x.is_none() || y.is_none() || x == y
+        }
+        self.is_ipv6() == other.is_ipv6()
+            && self.proto == other.proto
+            && self.host_port <= *other.host_ports().end()
+            && other.host_port <= *self.host_ports().end()
+            && agree(&self.on, &other.on)
+            && agree(&self.host_addr, &other.host_addr)
+            && (self.on != other.on || self.host_addr != other.host_addr)
     }
 }

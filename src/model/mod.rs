@@ -3,6 +3,8 @@
 
 mod file;
 mod mapping;
+mod source;
 
 pub use file::{EntryTarget, FILE_VERSION, MappingEntry, MappingsFile};
 pub use mapping::Mapping;
+pub use source::{PrefixError, SourcePrefix, canonical, list_label, parse_list};

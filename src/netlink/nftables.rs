@@ -7,7 +7,8 @@
 //! - `batch`: `Change`, the byte-bounded split into messages, the batch frame, `commit`
 //!   and `generation`;
 //! - `dump`: reading tables, chains, sets, elements and rules back, and `rule_exprs_text`,
-//!   the canonical text a written and a dumped rule compare equal by.
+//!   the canonical text a written and a dumped rule compare equal by;
+//! - `ruleset_dump`: the rules of other tables as structured expressions, for `doctor`.
 
 mod batch;
 mod dump;
@@ -15,6 +16,7 @@ mod encode;
 mod expr;
 #[cfg(test)]
 mod fuzz;
+mod ruleset_dump;
 
 pub use batch::{Change, commit, commit_to, generation};
 pub use dump::{
@@ -25,3 +27,4 @@ pub use dump::{
 pub use encode::{
     COMMENT_MAX, ELEMENT_USERDATA_MAX, MESSAGE_BUDGET, NAME_MAX, USERDATA_MAX, VALUE_MAX,
 };
+pub use ruleset_dump::{Expr, RulesetRule, dump_table_exprs};

@@ -3,9 +3,10 @@
 
 use super::expr::{ChainDef, ChainType, Hook, SetDef};
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ANY4, SET_ANY6,
-    SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_RANGE4, SET_RANGE6, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_ON4,
+    SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6,
+    SET_TARGETS4, SET_TARGETS6,
 };
 
 /// nftables' datatype numbers (nftables `include/datatype.h`), which `nft list` uses to
@@ -228,6 +229,23 @@ const FAMILY_SETS: &[FamilySet] = &[
         counter: true,
         interval: false,
     },
+    // map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; … }:
+    // published on one interface (`--on`), looked up before the maps without one.
+    FamilySet {
+        names: [SET_ON4, SET_ON6],
+        key: &[Ifname, Proto, Service],
+        data: &[Addr, Service],
+        counter: true,
+        interval: false,
+    },
+    // map onaddr4 { type ifname . ipv4_addr . inet_proto . inet_service : … }
+    FamilySet {
+        names: [SET_ONADDR4, SET_ONADDR6],
+        key: &[Ifname, Addr, Proto, Service],
+        data: &[Addr, Service],
+        counter: true,
+        interval: false,
+    },
     // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; counter; }
     FamilySet {
         names: [SET_RANGE4, SET_RANGE6],
@@ -267,6 +285,29 @@ const FAMILY_SETS: &[FamilySet] = &[
         data: &[],
         counter: false,
         interval: false,
+    },
+];
+
+/// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
+/// element and a lookup costs the same whatever the number of ports and prefixes:
+/// `limited` holds the host ports that have a list (one set for both families), and
+/// `allow4`/`allow6` each port with each prefix of its list.
+const ALLOW_SETS: &[FamilySet] = &[
+    // set limited { type inet_proto . inet_service; flags interval; }
+    FamilySet {
+        names: [SET_LIMITED, SET_LIMITED],
+        key: &[Proto, Service],
+        data: &[],
+        counter: false,
+        interval: true,
+    },
+    // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
+    FamilySet {
+        names: [SET_ALLOW4, SET_ALLOW6],
+        key: &[Proto, Service, Addr],
+        data: &[],
+        counter: false,
+        interval: true,
     },
 ];
 
@@ -347,6 +388,15 @@ pub fn sets() -> Vec<SetDef> {
             userdata,
         });
     }
+    // The allow-lists: `limited` once, `allow4` and `allow6`.
+    for (row, v6) in [
+        (&ALLOW_SETS[0], false),
+        (&ALLOW_SETS[1], false),
+        (&ALLOW_SETS[1], true),
+    ] {
+        let id = sets.len() as u32 + 1;
+        sets.push(family_set(row, v6, id));
+    }
     sets
 }
 
@@ -368,33 +418,37 @@ mod tests {
     fn concatenated_types_match_nft() {
         // Values read from `nft --debug=mnl` for the same declarations.
         let sets = sets();
+        let set = |name: &str| sets.iter().find(|s| s.name == name).unwrap().clone();
         assert_eq!(sets[0].key_type, 0x30d);
         assert_eq!(sets[1].key_type, 0x730d);
         assert_eq!(sets[0].data, Some((0x1cd, 8)));
         assert_eq!(sets[0].userdata.len(), 38);
         // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
-        assert_eq!(sets[2].key_type, 0x30d);
-        assert_eq!(sets[2].data, Some((7, 4)));
-        assert_eq!(sets[2].fields, [1, 2]);
+        assert_eq!(set(SET_RANGE4).key_type, 0x30d);
+        assert_eq!(set(SET_RANGE4).data, Some((7, 4)));
+        assert_eq!(set(SET_RANGE4).fields, [1, 2]);
         assert_eq!(
-            sets[2].userdata,
+            set(SET_RANGE4).userdata,
             [
                 0, 4, 0, 0, 0, 0, 1, 4, 2, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0, 6, 4, 0, 0, 0, 0
             ]
         );
-        assert_eq!((sets[3].key_type, sets[3].key_len), (0x730d, 12));
-        assert_eq!(sets[3].fields, [4, 1, 2]);
-        // set hairpin4 { type ipv4_addr . ipv4_addr; }
-        assert_eq!(sets[4].key_type, 0x1c7);
-        assert_eq!(sets[4].userdata.len(), 16);
-        // set reach4 { type ifname . ipv4_addr; }
-        assert_eq!(sets[5].key_type, 0xa47);
-        assert_eq!(sets[5].key_len, 20);
         assert_eq!(
-            sets[5].userdata,
+            (set(SET_ADDRRANGE4).key_type, set(SET_ADDRRANGE4).key_len),
+            (0x730d, 12)
+        );
+        assert_eq!(set(SET_ADDRRANGE4).fields, [4, 1, 2]);
+        // set hairpin4 { type ipv4_addr . ipv4_addr; }
+        assert_eq!(set(SET_HAIRPIN4).key_type, 0x1c7);
+        assert_eq!(set(SET_HAIRPIN4).userdata.len(), 16);
+        // set reach4 { type ifname . ipv4_addr; }
+        assert_eq!(set(SET_REACH4).key_type, 0xa47);
+        assert_eq!(set(SET_REACH4).key_len, 20);
+        assert_eq!(
+            set(SET_REACH4).userdata,
             [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
         );
-        assert_eq!(sets[6].userdata, [0, 4, 2, 0, 0, 0]);
+        assert_eq!(set(SET_TARGETS4).userdata, [0, 4, 2, 0, 0, 0]);
         let range6 = sets.iter().find(|s| s.name == SET_ADDRRANGE6).unwrap();
         assert_eq!(
             range6.nft_type,
@@ -402,7 +456,29 @@ mod tests {
         );
         assert_eq!((range6.key_len, range6.data), (24, Some((8, 16))));
         assert_eq!(range6.fields, [16, 1, 2]);
+        // map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
+        assert_eq!(set(SET_ON4).key_type, (41 << 12) | (12 << 6) | 13);
+        assert_eq!(set(SET_ON4).key_len, 24);
+        assert_eq!(set(SET_ONADDR6).key_len, 16 + 16 + 8);
         let inside = sets.iter().find(|s| s.name == SET_INSIDE).unwrap();
         assert_eq!(inside.userdata, [0, 4, 1, 0, 0, 0]);
+        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }, as
+        // `nft --debug=mnl` writes it.
+        let allow4 = sets.iter().find(|s| s.name == SET_ALLOW4).unwrap();
+        assert_eq!(allow4.key_type, 0xc347);
+        assert_eq!(allow4.key_len, 12);
+        assert_eq!(allow4.fields, [1, 2, 4]);
+        assert!(allow4.interval);
+        assert_eq!(
+            allow4.userdata,
+            [0, 4, 0, 0, 0, 0, 3, 8, 0, 4, 13, 0, 0, 0, 1, 0]
+        );
+        let allow6 = sets.iter().find(|s| s.name == SET_ALLOW6).unwrap();
+        assert_eq!(
+            (allow6.key_len, &allow6.fields[..]),
+            (24, &[1u8, 2, 16][..])
+        );
+        let limited = sets.iter().find(|s| s.name == SET_LIMITED).unwrap();
+        assert_eq!((limited.key_len, &limited.fields[..]), (8, &[1u8, 2][..]));
     }
 }

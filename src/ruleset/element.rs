@@ -5,18 +5,22 @@ use std::net::IpAddr;
 
 use super::metadata::Metadata;
 use super::{
-    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ANY4, SET_ANY6,
-    SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_RANGE4, SET_RANGE6, SET_REACH4,
-    SET_REACH6, SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id,
-    ifname_bytes,
+    IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
+    SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_ON4,
+    SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6,
+    SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
 };
-use crate::model::Mapping;
+use crate::model::{Mapping, SourcePrefix};
 use crate::spec::Proto;
 
 /// How a mapping is stored as a map element.
 impl Mapping {
-    /// The map the mapping lives in: exact ports are hashed, ranges are intervals.
+    /// The map the mapping lives in: exact ports are hashed, ranges are intervals; a
+    /// mapping on an interface is in the interface-bound maps (one element per port).
     pub fn set(&self) -> &'static str {
+        if self.on.is_some() {
+            return map_of(self.is_ipv6(), true, self.host_addr.is_some());
+        }
         match (self.is_ipv6(), self.host_addr.is_some(), self.is_range()) {
             (false, false, false) => SET_ANY4,
             (false, true, false) => SET_ADDR4,
@@ -32,13 +36,23 @@ impl Mapping {
     /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes;
     /// for a range, the key of its first port.
     pub fn key(&self) -> Vec<u8> {
-        host_key(self.proto, self.host_addr, self.host_port)
+        host_key_on(
+            self.on.as_deref(),
+            self.proto,
+            self.host_addr,
+            self.host_port,
+        )
     }
 
     /// For a range, the key of its last port: the end of the interval.
     pub fn key_end(&self) -> Option<Vec<u8>> {
         let end = self.host_port_end?;
-        Some(host_key(self.proto, self.host_addr, end))
+        Some(host_key_on(
+            self.on.as_deref(),
+            self.proto,
+            self.host_addr,
+            end,
+        ))
     }
 
     /// The map data: `ip . port` of the target; for an (identity) range only the address,
@@ -63,6 +77,7 @@ impl Mapping {
     pub fn is_same_kind(&self, other: &Mapping) -> bool {
         self.proto == other.proto
             && self.host_addr == other.host_addr
+            && self.on == other.on
             && self.is_ipv6() == other.is_ipv6()
     }
 
@@ -117,6 +132,17 @@ impl Mapping {
         data: &[u8],
         comment: Option<&str>,
     ) -> Option<Mapping> {
+        // A mapping on an interface: the interface's name, then the key of the map
+        // without one.
+        if let Some(plain) = without_interface(set) {
+            let name = key.get(..IFNAME_LEN)?;
+            let name = name.split(|b| *b == 0).next()?;
+            let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
+            let mut mapping =
+                Mapping::from_element(plain, &key[IFNAME_LEN..], key_end, data, comment)?;
+            mapping.on = Some(name.to_string());
+            return Some(mapping);
+        }
         let (addr_len, with_addr, range) = match set {
             SET_ANY4 => (4, false, false),
             SET_ADDR4 => (4, true, false),
@@ -142,8 +168,8 @@ impl Mapping {
         let host_port_end = match range {
             true if key_end.len() == key.len() && key_end[..prefix + 4] == key[..prefix + 4] => {
                 let end = u16::from_be_bytes([key_end[prefix + 4], key_end[prefix + 5]]);
-                Some(end).filter(|end| *end >= host_port)?;
-                Some(end)
+                // An interval nsport did not write may end before it starts.
+                Some(Some(end).filter(|end| *end >= host_port)?)
             }
             true => return None,
             false => None,
@@ -159,6 +185,7 @@ impl Mapping {
         Some(Mapping {
             proto: Proto::from_number(rest[0])?,
             host_addr,
+            on: None,
             host_port,
             host_port_end,
             to_addr: addr_from(&data[..addr_len])?,
@@ -170,6 +197,7 @@ impl Mapping {
             container: metadata.container,
             container_ifname: metadata.container_ifname,
             network: metadata.network,
+            allow_from: Vec::new(),
         })
     }
 }
@@ -177,11 +205,112 @@ impl Mapping {
 /// The map key of a host side: `[ip daddr .] meta l4proto . th dport`, each member padded
 /// to 4 bytes.
 pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
-    let mut key = host_addr.map(addr_bytes).unwrap_or_default();
+    host_key_on(None, proto, host_addr, port)
+}
+
+/// The same on an interface: `[iifname .] [ip daddr .] meta l4proto . th dport`, the name
+/// NUL-padded to `IFNAMSIZ`.
+pub fn host_key_on(
+    on: Option<&str>,
+    proto: Proto,
+    host_addr: Option<IpAddr>,
+    port: u16,
+) -> Vec<u8> {
+    let mut key = on
+        .map(|name| ifname_bytes(name).to_vec())
+        .unwrap_or_default();
+    key.extend(host_addr.map(addr_bytes).unwrap_or_default());
     key.extend_from_slice(&[proto.number(), 0, 0, 0]);
     key.extend_from_slice(&port.to_be_bytes());
     key.extend_from_slice(&[0, 0]);
     key
+}
+
+/// The exact-port map of a family that holds host sides with or without an interface and
+/// an address.
+pub fn map_of(ipv6: bool, on: bool, addr: bool) -> &'static str {
+    match (ipv6, on, addr) {
+        (false, false, false) => SET_ANY4,
+        (false, false, true) => SET_ADDR4,
+        (false, true, false) => SET_ON4,
+        (false, true, true) => SET_ONADDR4,
+        (true, false, false) => SET_ANY6,
+        (true, false, true) => SET_ADDR6,
+        (true, true, false) => SET_ON6,
+        (true, true, true) => SET_ONADDR6,
+    }
+}
+
+/// The map without an interface whose keys an interface-bound map's keys continue.
+fn without_interface(set: &str) -> Option<&'static str> {
+    match set {
+        SET_ON4 => Some(SET_ANY4),
+        SET_ONADDR4 => Some(SET_ADDR4),
+        SET_ON6 => Some(SET_ANY6),
+        SET_ONADDR6 => Some(SET_ADDR6),
+        _ => None,
+    }
+}
+
+/// The interface-bound maps a host side can be in (`rm --on`): exact ports only.
+pub fn host_sets_on(on: bool, host_addr: Option<IpAddr>) -> &'static [&'static str] {
+    match (on, host_addr) {
+        (false, _) => host_sets(host_addr),
+        (true, None) => &[SET_ON4, SET_ON6],
+        (true, Some(addr)) if addr.is_unspecified() && addr.is_ipv4() => &[SET_ON4],
+        (true, Some(addr)) if addr.is_unspecified() => &[SET_ON6],
+        (true, Some(IpAddr::V4(_))) => &[SET_ONADDR4],
+        (true, Some(IpAddr::V6(_))) => &[SET_ONADDR6],
+    }
+}
+
+/// `PROTO . PORT` or `PROTO . FIRST-LAST`, from the first 8 bytes of a key and its end.
+fn service_text(key: &[u8], end: Option<&[u8]>) -> String {
+    if key.len() < 8 {
+        return String::new();
+    }
+    let proto = Proto::from_number(key[0]).map_or("?".into(), |p| p.to_string());
+    let first = u16::from_be_bytes([key[4], key[5]]);
+    match end.filter(|end| end.len() >= 8) {
+        Some(end) if end[4..6] != key[4..6] => {
+            format!("{proto} . {first}-{}", u16::from_be_bytes([end[4], end[5]]))
+        }
+        _ => format!("{proto} . {first}"),
+    }
+}
+
+/// The elements of the source allow-lists `mappings` carry: one `limited` element per host
+/// port (or range of ports) that has a list and one `allow4`/`allow6` element per prefix of
+/// it, each once, in first-seen order. Mappings of one port have one list, and ports with a
+/// list are never in two different spans (the engine refuses both).
+pub fn allow_elements_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<Element> {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for mapping in mappings {
+        let (proto, first, last) = mapping.port_span();
+        if mapping.allow_from.is_empty() || !seen.insert((proto, first, last)) {
+            continue;
+        }
+        out.push(Element::limited(proto, first, last));
+        out.extend(
+            mapping
+                .allow_from
+                .iter()
+                .map(|source| Element::allow(proto, first, last, *source)),
+        );
+    }
+    out
+}
+
+impl Mapping {
+    /// The protocol and the first and last host port.
+    pub fn port_span(&self) -> (Proto, u16, u16) {
+        (
+            self.proto,
+            self.host_port,
+            self.host_port_end.unwrap_or(self.host_port),
+        )
+    }
 }
 
 /// The maps a host side can be in: both families' any-address maps for a wildcard (one
@@ -219,11 +348,11 @@ impl Mapping {
 }
 
 /// One element to add to or delete from a set or map.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Element {
     pub set: &'static str,
     pub key: Vec<u8>,
-    /// The last key of an interval, for an element of an interval map.
+    /// The last key of an interval, in a set of intervals (`flags interval`).
     pub key_end: Option<Vec<u8>>,
     pub data: Option<Vec<u8>>,
     pub comment: Option<String>,
@@ -310,11 +439,32 @@ impl Element {
             SET_TARGETS4 | SET_TARGETS6 => addr_from(&self.key)
                 .map(|addr| addr.to_string())
                 .unwrap_or_default(),
-            // A map key: `[ADDR . ]PROTO . PORT`, the service in its last 8 bytes; an
-            // interval's `PORT-PORT`.
+            SET_LIMITED => service_text(&self.key, self.key_end.as_deref()),
+            SET_ALLOW4 | SET_ALLOW6 => {
+                let end = self.key_end.as_deref().unwrap_or(&self.key);
+                let source = SourcePrefix::from_range(
+                    addr_from(&self.key[8..]).unwrap_or(IpAddr::from([0u8; 4])),
+                    addr_from(&end[8..]).unwrap_or(IpAddr::from([0u8; 4])),
+                );
+                let source = source.map(|p| p.to_string()).unwrap_or_default();
+                format!(
+                    "{} . {source}",
+                    service_text(&self.key[..8], Some(&end[..8]))
+                )
+            }
+            // A map key: `[IFNAME . ][ADDR . ]PROTO . PORT`, the service in its last 8
+            // bytes; an interval's `PORT-PORT`.
             _ => {
-                let cut = self.key.len().saturating_sub(8);
-                let (host, service) = self.key.split_at(cut);
+                let (on, key) = match without_interface(self.set) {
+                    Some(_) => {
+                        let (name, rest) = self.key.split_at(IFNAME_LEN.min(self.key.len()));
+                        let name = name.split(|b| *b == 0).next().unwrap_or_default();
+                        (format!("{:?} . ", String::from_utf8_lossy(name)), rest)
+                    }
+                    None => (String::new(), self.key.as_slice()),
+                };
+                let cut = key.len().saturating_sub(8);
+                let (host, service) = key.split_at(cut);
                 let host = addr_from(host)
                     .map(|addr| format!("{addr} . "))
                     .unwrap_or_default();
@@ -327,12 +477,61 @@ impl Element {
                 {
                     Some(end) => {
                         let end = u16::from_be_bytes([end[0], end[1]]);
-                        format!("{host}{proto} . {port}-{end}")
+                        format!("{on}{host}{proto} . {port}-{end}")
                     }
-                    None => format!("{host}{proto} . {port}"),
+                    None => format!("{on}{host}{proto} . {port}"),
                 }
             }
         }
+    }
+
+    /// Host ports `first..=last` whose sources are limited to a list.
+    pub fn limited(proto: Proto, first: u16, last: u16) -> Element {
+        Element {
+            set: SET_LIMITED,
+            key: host_key(proto, None, first),
+            key_end: Some(host_key(proto, None, last)),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// A source prefix allowed to use limited host ports `first..=last`: the interval of
+    /// the ports and the interval of its addresses.
+    pub fn allow(proto: Proto, first: u16, last: u16, source: SourcePrefix) -> Element {
+        Element {
+            set: if source.is_ipv6() {
+                SET_ALLOW6
+            } else {
+                SET_ALLOW4
+            },
+            key: [host_key(proto, None, first), addr_bytes(source.first())].concat(),
+            key_end: Some([host_key(proto, None, last), addr_bytes(source.last())].concat()),
+            data: None,
+            comment: None,
+        }
+    }
+
+    /// What an element of `limited` limits: the protocol and the ports.
+    pub fn limited_ports(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, u16)> {
+        if key.len() != 8 || key_end.len() != 8 || key[0] != key_end[0] {
+            return None;
+        }
+        let proto = Proto::from_number(key[0])?;
+        let first = u16::from_be_bytes([key[4], key[5]]);
+        let last = u16::from_be_bytes([key_end[4], key_end[5]]);
+        (first <= last).then_some((proto, first, last))
+    }
+
+    /// What an element of `allow4`/`allow6` allows: the protocol, the ports and the
+    /// source prefix.
+    pub fn allowed(key: &[u8], key_end: &[u8]) -> Option<(Proto, u16, u16, SourcePrefix)> {
+        if key.len() != key_end.len() || key.len() < 12 {
+            return None;
+        }
+        let (proto, first, last) = Element::limited_ports(&key[..8], &key_end[..8])?;
+        let prefix = SourcePrefix::from_range(addr_from(&key[8..])?, addr_from(&key_end[8..])?)?;
+        Some((proto, first, last, prefix))
     }
 
     /// The map data as nft writes it: `ADDR . PORT`, or `ADDR` alone.
@@ -440,6 +639,7 @@ mod tests {
         Mapping {
             proto: Proto::Udp,
             host_addr: host_addr.map(IpAddr::V4),
+            on: None,
             host_port: 5353,
             host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
@@ -451,6 +651,7 @@ mod tests {
             container: None,
             container_ifname: None,
             network: None,
+            allow_from: Vec::new(),
         }
     }
 
@@ -503,6 +704,45 @@ mod tests {
     }
 
     #[test]
+    fn interface_bound_keys_round_trip() {
+        let on = |addr: Option<&str>, v6: bool| Mapping {
+            on: Some("eth0".into()),
+            host_addr: addr.map(|a| a.parse().unwrap()),
+            ..if v6 { mapping6(None) } else { mapping(None) }
+        };
+        let plain = on(None, false);
+        assert_eq!(plain.set(), SET_ON4);
+        assert_eq!(plain.key().len(), 24);
+        assert_eq!(&plain.key()[..5], b"eth0\0");
+        assert_eq!(on(Some("192.0.2.1"), false).set(), SET_ONADDR4);
+        assert_eq!(on(Some("192.0.2.1"), false).key().len(), 28);
+        assert_eq!(on(None, true).set(), SET_ON6);
+        assert_eq!(on(Some("2001:db8::1"), true).set(), SET_ONADDR6);
+        assert_eq!(on(Some("2001:db8::1"), true).key().len(), 40);
+        for original in [
+            plain,
+            on(Some("192.0.2.1"), false),
+            on(None, true),
+            on(Some("2001:db8::1"), true),
+        ] {
+            let element = Element::mapping(&original);
+            let back = Mapping::from_element(
+                element.set,
+                &element.key,
+                &[],
+                element.data.as_deref().unwrap(),
+                element.comment.as_deref(),
+            );
+            assert_eq!(back, Some(original));
+        }
+        assert_eq!(
+            Element::mapping(&on(Some("192.0.2.1"), false)).nft_add(),
+            "add element inet nsport onaddr4 { \"eth0\" . 192.0.2.1 . udp . 5353 \
+             comment \"via=br0 netns=ns1 ino=4026532000\" : 172.18.0.2 . 53 }"
+        );
+    }
+
+    #[test]
     fn foreign_elements_are_ignored() {
         assert_eq!(
             Mapping::from_element(SET_ANY4, &[6, 0, 0, 0], &[], &[0; 8], None),
@@ -511,6 +751,43 @@ mod tests {
         assert_eq!(
             Mapping::from_element(SET_ANY4, &[1, 0, 0, 0, 0, 80, 0, 0], &[], &[0; 8], None),
             None
+        );
+    }
+
+    #[test]
+    fn allow_elements_are_intervals_that_read_back() {
+        let mut limited = mapping(None);
+        limited.allow_from = vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "2001:db8::/32".parse().unwrap(),
+        ];
+        let twin = Mapping {
+            host_addr: Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))),
+            ..limited.clone()
+        };
+        let elements = allow_elements_for([&limited, &twin, &mapping(None)]);
+        assert_eq!(elements.len(), 3, "{elements:?}");
+        assert_eq!(
+            elements[0].nft_add(),
+            "add element inet nsport limited { udp . 5353 }"
+        );
+        assert_eq!(
+            elements[1].nft_add(),
+            "add element inet nsport allow4 { udp . 5353 . 10.0.0.0/8 }"
+        );
+        assert_eq!(
+            elements[1].key,
+            [17, 0, 0, 0, 0x14, 0xe9, 0, 0, 10, 0, 0, 0]
+        );
+        assert_eq!(
+            elements[1].key_end.as_deref(),
+            Some(&[17, 0, 0, 0, 0x14, 0xe9, 0, 0, 10, 255, 255, 255][..])
+        );
+        assert_eq!(elements[2].set, SET_ALLOW6);
+        let back = Element::allowed(&elements[2].key, elements[2].key_end.as_ref().unwrap());
+        assert_eq!(
+            back,
+            Some((Proto::Udp, 5353, 5353, "2001:db8::/32".parse().unwrap()))
         );
     }
 

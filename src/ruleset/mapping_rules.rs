@@ -18,18 +18,49 @@ use super::*;
 struct MappingMap {
     set: &'static str,
     v6: bool,
+    /// Whether its key starts with the interface the packet came in on (a request) or
+    /// goes out of (a reply): a mapping published with `--on`.
+    with_on: bool,
     with_addr: bool,
     with_port: bool,
     texts: [&'static str; 3],
 }
 
 /// The maps that hold mappings, in the order the publish and counting chains look them
-/// up: the specific-address maps before the any-address ones, and in each kind the exact
+/// up: the interface-bound maps first (an interface and an address, then an interface),
+/// then the specific-address maps before the any-address ones, and in each kind the exact
 /// ports before the ranges (a single port published inside a range of another kind wins).
+/// The first map that holds the packet's key decides: `--force` lets a more specific
+/// mapping overlap a wider one, and this order makes it win.
 const MAPPING_MAPS: &[MappingMap] = &[
+    MappingMap {
+        set: SET_ONADDR4,
+        v6: false,
+        with_on: true,
+        with_addr: true,
+        with_port: true,
+        texts: [
+            "dnat ip to iifname . ip daddr . meta l4proto . th dport map @onaddr4",
+            "iifname . ip daddr . meta l4proto . th dport @onaddr4 return",
+            "oifname . ip saddr . meta l4proto . th sport @onaddr4 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ON4,
+        v6: false,
+        with_on: true,
+        with_addr: false,
+        with_port: true,
+        texts: [
+            "dnat ip to iifname . meta l4proto . th dport map @on4",
+            "meta nfproto ipv4 iifname . meta l4proto . th dport @on4 return",
+            "meta nfproto ipv4 oifname . meta l4proto . th sport @on4 return",
+        ],
+    },
     MappingMap {
         set: SET_ADDR4,
         v6: false,
+        with_on: false,
         with_addr: true,
         with_port: true,
         texts: [
@@ -41,6 +72,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_ADDRRANGE4,
         v6: false,
+        with_on: false,
         with_addr: true,
         with_port: false,
         texts: [
@@ -52,6 +84,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_ANY4,
         v6: false,
+        with_on: false,
         with_addr: false,
         with_port: true,
         texts: [
@@ -63,6 +96,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_RANGE4,
         v6: false,
+        with_on: false,
         with_addr: false,
         with_port: false,
         texts: [
@@ -72,8 +106,33 @@ const MAPPING_MAPS: &[MappingMap] = &[
         ],
     },
     MappingMap {
+        set: SET_ONADDR6,
+        v6: true,
+        with_on: true,
+        with_addr: true,
+        with_port: true,
+        texts: [
+            "dnat ip6 to iifname . ip6 daddr . meta l4proto . th dport map @onaddr6",
+            "iifname . ip6 daddr . meta l4proto . th dport @onaddr6 return",
+            "oifname . ip6 saddr . meta l4proto . th sport @onaddr6 return",
+        ],
+    },
+    MappingMap {
+        set: SET_ON6,
+        v6: true,
+        with_on: true,
+        with_addr: false,
+        with_port: true,
+        texts: [
+            "dnat ip6 to iifname . meta l4proto . th dport map @on6",
+            "meta nfproto ipv6 iifname . meta l4proto . th dport @on6 return",
+            "meta nfproto ipv6 oifname . meta l4proto . th sport @on6 return",
+        ],
+    },
+    MappingMap {
         set: SET_ADDR6,
         v6: true,
+        with_on: false,
         with_addr: true,
         with_port: true,
         texts: [
@@ -85,6 +144,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_ADDRRANGE6,
         v6: true,
+        with_on: false,
         with_addr: true,
         with_port: false,
         texts: [
@@ -96,6 +156,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_ANY6,
         v6: true,
+        with_on: false,
         with_addr: false,
         with_port: true,
         texts: [
@@ -107,6 +168,7 @@ const MAPPING_MAPS: &[MappingMap] = &[
     MappingMap {
         set: SET_RANGE6,
         v6: true,
+        with_on: false,
         with_addr: false,
         with_port: false,
         texts: [
@@ -140,6 +202,50 @@ fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr>
         (IPV4_SADDR, IPV6_SADDR, TH_SPORT)
     };
     let family = if map.v6 { is_ipv6() } else { is_ipv4() };
+    let ifname = meta(
+        if request {
+            MetaKey::Iifname
+        } else {
+            MetaKey::Oifname
+        },
+        REG_1,
+    );
+    if map.with_on {
+        // The name fills a whole 16-byte register: what follows starts in register 2.
+        return match (map.with_addr, map.v6) {
+            (true, false) => [
+                family.to_vec(),
+                vec![
+                    ifname,
+                    ipv4_field(v4_addr, 4, REG_2),
+                    meta(MetaKey::L4proto, REG32_05),
+                    th_port(port, REG32_06),
+                ],
+            ]
+            .concat(),
+            (true, true) => [
+                family.to_vec(),
+                vec![
+                    ifname,
+                    ipv6_field(v6_addr, REG_2),
+                    meta(MetaKey::L4proto, REG_3),
+                    th_port(port, REG32_09),
+                ],
+            ]
+            .concat(),
+            (false, _) => {
+                let key = vec![
+                    ifname,
+                    meta(MetaKey::L4proto, REG_2),
+                    th_port(port, REG32_05),
+                ];
+                match family_check {
+                    true => [family.to_vec(), key].concat(),
+                    false => key,
+                }
+            }
+        };
+    }
     match (map.with_addr, map.v6) {
         (true, false) => [
             family.to_vec(),

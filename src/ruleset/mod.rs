@@ -9,9 +9,11 @@
 //!   comment "nsport-layout=3"
 //!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
+//!   map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
+//!   map onaddr4 { type ifname . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
 //!   map addrrange4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr; flags interval; }
-//!   map any6, addr6, range6, addrrange6, set hairpin6, targets6: the same for IPv6
+//!   map any6, addr6, on6, onaddr6, range6, addrrange6, set hairpin6, targets6: the same for IPv6
 //!   set hairpin4 { type ipv4_addr . ipv4_addr; }
 //!   set ifaces { type ifname; }
 //!   set targets4 { type ipv4_addr; }
@@ -38,7 +40,10 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, host_key, host_sets, is_range_set};
+pub use element::{
+    Element, allow_elements_for, host_key, host_key_on, host_sets, host_sets_on, is_range_set,
+    map_of,
+};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -57,7 +62,13 @@ pub const TABLE: &str = "nsport";
 /// - 2: sets keyed per target (`reach4`/`reach6`), `inside` and `closed` for forwarding nsport
 ///   turned on, IPv4 link-local returns, percent-encoded comments with `net=`.
 /// - 3: interval maps `range4`/`addrrange4`/`range6`/`addrrange6`: an identity port range is
-///   one element whose data is only the target address.
+///   one element whose data is only the target address; interface-bound maps
+///   (`on4`/`onaddr4`, `on6`/`onaddr6`), looked up before the address maps by `publish` and
+///   by the counting chains.
+/// - 3 also brought source allow-lists: the sets `limited`, `allow4` and `allow6`, the rules
+///   that return before DNAT for a source not on a port's list, and the guard against 127/8
+///   sources from other interfaces than `lo` (a table without them is repaired by the next
+///   change, as a damaged chain is).
 pub const LAYOUT: u32 = 3;
 
 /// How the table's comment names its layout.
@@ -111,6 +122,13 @@ pub const SET_REACH6: &str = "reach6";
 pub const SET_INSIDE: &str = "inside";
 pub const SET_CLOSED: &str = "closed";
 pub const SET_TARGETS6: &str = "targets6";
+pub const SET_ON4: &str = "on4";
+pub const SET_ONADDR4: &str = "onaddr4";
+pub const SET_ON6: &str = "on6";
+pub const SET_ONADDR6: &str = "onaddr6";
+pub const SET_LIMITED: &str = "limited";
+pub const SET_ALLOW4: &str = "allow4";
+pub const SET_ALLOW6: &str = "allow6";
 
 /// The 16-byte register 1 and the 4-byte registers that follow it (`reg 9`, `reg 10` in
 /// `nft --debug=netlink`), numbered as the kernel numbers them.
@@ -119,6 +137,9 @@ pub const REG_2: u32 = 2;
 pub const REG32_01: u32 = 9;
 pub const REG32_02: u32 = 10;
 pub const REG32_05: u32 = 13;
+pub const REG32_06: u32 = 14;
+pub const REG32_09: u32 = 17;
+pub const REG_3: u32 = 3;
 pub const REG_VERDICT: u32 = 0;
 
 /// `IFNAMSIZ`: interface names are compared as 16 NUL-padded bytes.

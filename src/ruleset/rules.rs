@@ -238,6 +238,28 @@ fn base_rules() -> Vec<RuleDef> {
             ]
             .concat(),
         },
+        // Loopback sources are always allowed through an allow-list (a local process can
+        // reach the target directly anyway); that holds only while 127/8 sources come from
+        // the host itself, which route_localnet on an interface toward a namespace would
+        // otherwise let a neighbour forge.
+        RuleDef {
+            chain: CHAIN_GUARD,
+            nft: r#"iifname != "lo" ip saddr 127.0.0.0/8 drop"#,
+            exprs: [
+                vec![
+                    meta(MetaKey::Iifname, REG_1),
+                    Expr::Cmp {
+                        op: CmpOp::Neq,
+                        sreg: REG_1,
+                        data: ifname_bytes("lo").to_vec(),
+                    },
+                ],
+                is_ipv4().to_vec(),
+                is_loopback_net(IPV4_SADDR).to_vec(),
+                vec![Expr::Verdict(Verdict::Drop)],
+            ]
+            .concat(),
+        },
         RuleDef {
             chain: CHAIN_PREROUTING,
             nft: "fib daddr type local jump publish",
@@ -288,6 +310,7 @@ fn base_rules() -> Vec<RuleDef> {
             .concat(),
         },
     ];
+    rules.extend([false, true].map(allow_list_return));
     rules.extend(publish_rules());
     rules.push(loopback_masquerade());
     rules.extend([false, true].map(hairpin_masquerade));
@@ -296,6 +319,76 @@ fn base_rules() -> Vec<RuleDef> {
     rules.extend([false, true].map(direct_access_drop));
     rules.push(closed_forwarding_drop());
     rules
+}
+
+/// A port with a source allow-list, used from a source not on it and not the host's
+/// loopback, leaves the chain before any DNAT: the packet meets the host as it would if
+/// the port were not published (a reset, or an ICMP port unreachable). Two lookups in sets
+/// of intervals, whatever the number of ports and prefixes.
+fn allow_list_return(v6: bool) -> RuleDef {
+    // The protocol in network order, as nft loads it for a set of intervals, so that
+    // `nft -f` of an export makes the very rule nsport writes.
+    let service = || {
+        [
+            meta(MetaKey::L4proto, REG_1),
+            Expr::Hton {
+                reg: REG_1,
+                size: 2,
+                len: 1,
+            },
+            th_port(TH_DPORT, REG32_01),
+        ]
+    };
+    let (nft, loopback, saddr, allow) = if v6 {
+        (
+            "meta l4proto . th dport @limited ip6 saddr != ::1 meta l4proto . th dport . ip6 saddr != @allow6 return",
+            Ipv6Addr::LOCALHOST.octets().to_vec(),
+            ipv6_field(IPV6_SADDR, REG_1),
+            SET_ALLOW6,
+        )
+    } else {
+        (
+            "meta l4proto . th dport @limited ip saddr != 127.0.0.0/8 meta l4proto . th dport . ip saddr != @allow4 return",
+            vec![127],
+            ipv4_field(IPV4_SADDR, 1, REG_1),
+            SET_ALLOW4,
+        )
+    };
+    let source = if v6 {
+        ipv6_field(IPV6_SADDR, REG32_02)
+    } else {
+        ipv4_field(IPV4_SADDR, 4, REG32_02)
+    };
+    RuleDef {
+        chain: CHAIN_PUBLISH,
+        nft,
+        exprs: [
+            service().to_vec(),
+            vec![lookup(SET_LIMITED, REG_1, None)],
+            is_family(if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }).to_vec(),
+            vec![
+                saddr,
+                Expr::Cmp {
+                    op: CmpOp::Neq,
+                    sreg: REG_1,
+                    data: loopback,
+                },
+            ],
+            service().to_vec(),
+            vec![
+                source,
+                Expr::Lookup {
+                    set: allow,
+                    set_id: set_id(allow),
+                    sreg: REG_1,
+                    dreg: None,
+                    invert: true,
+                },
+                Expr::Verdict(Verdict::Return),
+            ],
+        ]
+        .concat(),
+    }
 }
 
 /// What the per-target rules of one address family read: the family match, where the

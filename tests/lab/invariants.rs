@@ -15,7 +15,9 @@
 //! (d) no table: route_localnet 0 on every interface of the host namespace;
 //! (e) every mapping answers a real connection: from the `out` namespace (which must see
 //!     its own address kept), or from the host for 127.0.0.0/8 host addresses; for
-//!     mappings that serve the host's loopback, from the host through 127.0.0.1 too.
+//!     mappings that serve the host's loopback, from the host through 127.0.0.1 too;
+//! (f) no two mappings overlap (Docker's rule: the wildcard and a specific host address or
+//!     interface on one port and protocol): the tests that check invariants never force.
 //!
 //! The probes of (e) need a server on each mapping's target port: the tests that use
 //! this module start a TCP and a UDP server (`Lab::serve_tcp`/`serve_udp`) on every port
@@ -30,9 +32,11 @@ use std::process::Command;
 /// One mapping element, as `nft -j` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mapping {
-    /// any4, addr4, any6 or addr6.
+    /// any4, addr4, on4, onaddr4 or the same for IPv6.
     pub set: String,
     pub host_addr: Option<IpAddr>,
+    /// The interface it is published on (on4, onaddr4, on6, onaddr6).
+    pub on: Option<String>,
     pub proto: String,
     /// The first host port; an interval element (a range) is probed at its start.
     pub host_port: u16,
@@ -57,10 +61,25 @@ impl Mapping {
         self.to_addr.is_ipv6()
     }
 
+    /// Docker's overlap rule: same family, protocol and port, and every narrowing both
+    /// have (interface, address) agrees, without being the same host side.
+    pub fn overlaps(&self, other: &Mapping) -> bool {
+        fn agree<T: PartialEq>(x: &Option<T>, y: &Option<T>) -> bool {
+            x.is_none() || y.is_none() || x == y
+        }
+        self.is_ipv6() == other.is_ipv6()
+            && self.proto == other.proto
+            && self.host_port == other.host_port
+            && agree(&self.on, &other.on)
+            && agree(&self.host_addr, &other.host_addr)
+            && (self.on != other.on || self.host_addr != other.host_addr)
+    }
+
     /// An IPv4 mapping that the host reaches through 127.0.0.1 (no host address, or one
     /// in 127.0.0.0/8): the one kind that needs route_localnet on its `via`.
     pub fn serves_loopback(&self) -> bool {
         !self.is_ipv6()
+            && self.on.is_none()
             && match self.host_addr {
                 None => true,
                 Some(IpAddr::V4(addr)) => addr.is_loopback(),
@@ -93,13 +112,26 @@ pub struct Table {
     pub rules: BTreeMap<String, Vec<Value>>,
 }
 
-pub const MAPS: [&str; 4] = ["any4", "addr4", "any6", "addr6"];
+pub const MAPS: [&str; 8] = [
+    "any4", "addr4", "on4", "onaddr4", "any6", "addr6", "on6", "onaddr6",
+];
 
 /// The guard rule, as `nft -j` writes `iifname != "lo" ip daddr 127.0.0.0/8 drop`.
 pub fn guard_rule() -> Value {
     json!([
         {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
         {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "daddr"}},
+                   "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+        {"drop": null}
+    ])
+}
+
+/// The guard's second rule, `iifname != "lo" ip saddr 127.0.0.0/8 drop`: no forged
+/// loopback source passes the allow-lists' loopback exemption.
+pub fn source_guard_rule() -> Value {
+    json!([
+        {"match": {"op": "!=", "left": {"meta": {"key": "iifname"}}, "right": "lo"}},
+        {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
                    "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
         {"drop": null}
     ])
@@ -225,9 +257,10 @@ impl Table {
             .and_then(|elem| elem["comment"].as_str())
             .unwrap_or_default()
             .to_string();
-        let key = concat(key);
+        let mut key = concat(key);
         let data = concat(data);
-        let (host_addr, proto, host_port) = if set.starts_with("addr") {
+        let on = set.starts_with("on").then(|| text(&key.remove(0)));
+        let (host_addr, proto, host_port) = if set.contains("addr") {
             (Some(text(&key[0]).parse().unwrap()), &key[1], &key[2])
         } else {
             (None, &key[0], &key[1])
@@ -235,6 +268,7 @@ impl Table {
         Mapping {
             set: set.to_string(),
             host_addr,
+            on,
             proto: text(proto),
             host_port: port(host_port).unwrap_or_else(|| panic!("port {host_port}")),
             to_addr: text(&data[0]).parse().unwrap(),
@@ -250,7 +284,7 @@ impl Table {
     /// What is wrong with the guard chain, if anything: it must be a prerouting filter
     /// chain that runs before DNAT (priority below dstnat, -100: otherwise a 127.0.0.1
     /// publish is rewritten before the guard sees it), accept by default, and hold exactly
-    /// the one rule.
+    /// its two rules.
     pub fn guard_problem(&self) -> Option<String> {
         let Some(chain) = self.chains.get("guard") else {
             return Some("there is no chain guard".into());
@@ -265,9 +299,9 @@ impl Table {
             ));
         }
         let rules = &self.rules["guard"];
-        if rules.len() != 1 || rules[0] != guard_rule() {
+        if *rules != [guard_rule(), source_guard_rule()] {
             return Some(format!(
-                "chain guard does not hold exactly `iifname != \"lo\" ip daddr 127.0.0.0/8 drop`: {rules:?}"
+                "chain guard does not hold exactly `iifname != \"lo\" ip daddr 127.0.0.0/8 drop` and `iifname != \"lo\" ip saddr 127.0.0.0/8 drop`: {rules:?}"
             ));
         }
         None
@@ -290,7 +324,7 @@ pub fn route_localnet(lab: &Lab) -> BTreeMap<String, String> {
     })
 }
 
-/// (a) to (d): the table and the settings, without traffic.
+/// (a) to (d) and (f): the table and the settings, without traffic.
 pub fn check_state(lab: &Lab) -> Vec<String> {
     let table = Table::read(lab);
     let localnet = route_localnet(lab);
@@ -380,6 +414,18 @@ pub fn check_state_given(
             }
         }
     }
+    // (f)
+    for (i, a) in table.mappings.iter().enumerate() {
+        for b in &table.mappings[i + 1..] {
+            if a.overlaps(b) {
+                violations.push(format!(
+                    "(f) {} and {} overlap, and nothing here publishes with --force",
+                    a.label(),
+                    b.label()
+                ));
+            }
+        }
+    }
     // (c)
     let needs: BTreeSet<&str> = table
         .mappings
@@ -434,6 +480,13 @@ pub fn check_reachable(lab: &Lab) -> Vec<String> {
             continue;
         }
         let mut paths: Vec<(&str, IpAddr, Option<String>)> = Vec::new();
+        // A mapping on an interface answers only what arrives there: probed from `out`
+        // when it is out's interface `vo`, and not from the host, which it never serves.
+        match m.on.as_deref() {
+            Some("vo") => {}
+            Some(_) => continue,
+            None => {}
+        }
         match m.host_addr {
             Some(addr @ IpAddr::V4(v4)) if v4.is_loopback() => paths.push(("host", addr, None)),
             Some(addr @ IpAddr::V4(_)) => paths.push(("out", addr, Some(OUT.to_string()))),
@@ -443,7 +496,9 @@ pub fn check_reachable(lab: &Lab) -> Vec<String> {
             }
             None => {
                 paths.push(("out", super::HOST_OUT.into(), Some(OUT.to_string())));
-                paths.push(("host", LOCALHOST.into(), None));
+                if m.on.is_none() {
+                    paths.push(("host", LOCALHOST.into(), None));
+                }
             }
         }
         for (role, addr, expected) in paths {

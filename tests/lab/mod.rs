@@ -322,6 +322,24 @@ impl Lab {
         })
     }
 
+    /// A TCP server in `role` on every IPv4 and IPv6 address that answers each connection
+    /// with `name`: which of several servers a published port led to.
+    pub fn serve_tcp_named(&self, role: &str, port: u16, name: &'static str) -> Server {
+        let listener = self.run_in(role, || TcpListener::bind((ANY, port)).expect("bind"));
+        listener.set_nonblocking(true).unwrap();
+        Server::spawn(move |stop| {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        let _ = stream.write_all(name.as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    }
+
     /// A UDP server in `role` that answers each datagram with the address it came from.
     pub fn serve_udp(&self, role: &str, bind: impl Into<IpAddr>, port: u16) -> Server {
         let bind = bind.into();

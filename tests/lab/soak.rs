@@ -197,12 +197,21 @@ impl SoakLab {
             0..25 => {
                 let role = rng.pick(&NAMESPACES);
                 let mut args = vec!["add".into(), "--netns".into(), lab.ns(role)];
+                // Some publish on out's interface only (127.0.0.1 never arrives there).
+                let on = rng.below(4) == 0;
+                if on {
+                    args.extend(["--on".into(), "vo".into()]);
+                }
                 for _ in 0..=rng.below(2) {
                     // The same spec twice would be refused as bad input, not a race.
                     let spec = Self::host_spec(rng).0;
-                    if !args.contains(&spec) {
+                    let refused_on = on && spec.starts_with("127.");
+                    if !refused_on && !args.contains(&spec) {
                         args.push(spec);
                     }
+                }
+                if args.len() == 5 && on {
+                    args.push(format!("{}:3000", POOL.start));
                 }
                 (Kind::Add, args)
             }
@@ -215,7 +224,14 @@ impl SoakLab {
                     Self::host_spec(rng).0,
                 ],
             ),
-            33..53 => (Kind::Rm, vec!["rm".into(), Self::host_spec(rng).1]),
+            33..53 => {
+                let mut args = vec!["rm".into()];
+                if rng.below(4) == 0 {
+                    args.extend(["--on".into(), "vo".into()]);
+                }
+                args.push(Self::host_spec(rng).1);
+                (Kind::Rm, args)
+            }
             53..61 => {
                 let role = rng.pick(&NAMESPACES);
                 (
@@ -267,11 +283,12 @@ impl SoakLab {
     }
 }
 
-/// Whether `text` is a conflict with another writer or a bounded retry that gave up:
-/// the failures concurrency may cause.
+/// Whether `text` is a conflict with another writer (a host port taken, or one it
+/// overlaps, which one command asking for both meets too) or a bounded retry that gave
+/// up: the failures concurrency may cause.
 pub fn is_conflict(text: &str) -> bool {
     let text = text.to_lowercase();
-    ["already published", "conflict", "try again"]
+    ["already published", "conflict", "overlaps", "try again"]
         .iter()
         .any(|needle| text.contains(needle))
 }

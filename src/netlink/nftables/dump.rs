@@ -327,22 +327,7 @@ pub fn dump_rules(table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
 /// The same for a table of any family (`NFPROTO_IPV4`, `NFPROTO_IPV6`, …): what `doctor`
 /// reads of other tables' forward chains.
 pub fn dump_family_rules(family: u16, table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
-    // A rule naming only its table: the kernel then dumps that table's rules alone.
-    let filter = Rule::alloc();
-    let name = encode::name("table", table)?;
-    // SAFETY: setters on the rule we own; libnftnl copies the string.
-    unsafe {
-        sys::nftnl_rule_set_str(filter.ptr(), sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
-        sys::nftnl_rule_set_u32(
-            filter.ptr(),
-            sys::NFTNL_RULE_FAMILY as u16,
-            u32::from(family),
-        );
-    }
-    let request = build_request(libc::NFT_MSG_GETRULE, family, true, |nlh| {
-        // SAFETY: `filter` is live; one checked name fits the buffer.
-        unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, filter.ptr()) }
-    });
+    let request = table_rules_request(family, table)?;
     let mut rules = Vec::new();
     exchange(&request, |message| {
         let rule = Rule::alloc();
@@ -375,6 +360,26 @@ pub fn dump_family_rules(family: u16, table: &str) -> Result<Vec<RuleDump>, Netl
         Ok(())
     })?;
     Ok(rules)
+}
+
+/// The request that dumps every rule of table `table` of `family`.
+pub(super) fn table_rules_request(family: u16, table: &str) -> Result<Vec<u8>, NetlinkError> {
+    // A rule naming only its table: the kernel then dumps that table's rules alone.
+    let filter = Rule::alloc();
+    let name = encode::name("table", table)?;
+    // SAFETY: setters on the rule we own; libnftnl copies the string.
+    unsafe {
+        sys::nftnl_rule_set_str(filter.ptr(), sys::NFTNL_RULE_TABLE as u16, name.as_ptr());
+        sys::nftnl_rule_set_u32(
+            filter.ptr(),
+            sys::NFTNL_RULE_FAMILY as u16,
+            u32::from(family),
+        );
+    }
+    Ok(build_request(libc::NFT_MSG_GETRULE, family, true, |nlh| {
+        // SAFETY: `filter` is live; one checked name fits the buffer.
+        unsafe { sys::nftnl_rule_nlmsg_build_payload(nlh, filter.ptr()) }
+    }))
 }
 
 /// The canonical text of the expressions of a rule nsport would write, as `RuleDump::exprs`
