@@ -26,6 +26,8 @@
 //! }
 //! ```
 
+mod allow_list;
+pub use allow_list::allow_elements_for;
 mod declarations;
 mod element;
 mod expr;
@@ -40,10 +42,7 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{
-    Element, allow_elements_for, host_key, host_key_on, host_sets, host_sets_on, is_range_set,
-    map_of,
-};
+pub use element::{Element, host_key, host_key_on, host_sets, host_sets_on, is_range_set, map_of};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
