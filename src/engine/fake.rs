@@ -57,6 +57,9 @@ pub struct Fake {
     pub refused_stale: usize,
     /// Sets whose dump fails the test: a change that must not read every mapping.
     pub forbidden_dumps: Vec<&'static str>,
+    /// How many times the chains' rules were read: a change that trusted its last
+    /// verification reads none.
+    pub rule_dumps: usize,
     /// The counts this host's settings record would keep.
     pub counts: Option<super::counts::Counts>,
 }
@@ -285,6 +288,7 @@ impl Kernel for Fake {
     }
 
     fn rules(&mut self) -> Result<Vec<RuleDump>, NetlinkError> {
+        self.rule_dumps += 1;
         let mut out = Vec::new();
         for (name, chain) in self.table.iter().flat_map(|table| &table.chains) {
             for (handle, exprs) in chain.rules.iter().enumerate() {

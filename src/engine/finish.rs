@@ -38,7 +38,7 @@ pub(super) fn finish_or_roll_back(
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
     settings.originals.counts = counts.as_ref().map(Counts::to_record);
-    let error = match finish(kernel, settings, committed, ports) {
+    let error = match finish(kernel, settings, counts, committed, ports) {
         Ok(()) => return Ok(()),
         Err(error) => error,
     };
@@ -72,6 +72,7 @@ pub(super) fn finish_or_roll_back(
 fn finish(
     kernel: &mut impl Kernel,
     settings: &mut Settings<'_>,
+    counts: &mut Option<Counts>,
     committed: &Committed,
     ports: &HashMap<IpAddr, Option<rtnetlink::Link>>,
 ) -> Result<(), Error> {
@@ -93,6 +94,13 @@ fn finish(
         settings.put_back_everything()?;
     }
     let needs = target_needs(&committed.added, ports)?;
+    // The generation nsport's own last commit made: the counts' one when they were
+    // brought up to date, else the one the change's commit made.
+    let mut own = Some(
+        counts
+            .as_ref()
+            .map_or(committed.genid.wrapping_add(1), |counts| counts.genid),
+    );
     let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
     // Forwarding that nsport turns on must open nothing but the published ports: the
     // family is closed in the table before the setting goes on.
@@ -100,7 +108,9 @@ fn finish(
     if !opening.is_empty() {
         let closed: Vec<Element> = opening.iter().map(|v6| Element::closed(*v6)).collect();
         let changes: Vec<Change> = closed.iter().map(Change::AddElement).collect();
-        kernel.commit(&changes, None).map_err(kernel_error)?;
+        own = commit_own(kernel, &changes, own).map_err(kernel_error)?;
+        // Saved by `turn_on` below, which records the forwarding it is about to turn on.
+        follow_in_record(counts, settings, own);
         exposing = true;
     }
     settings.turn_on(&needs)?;
@@ -108,33 +118,93 @@ fn finish(
         exposing |= settings.turn_on_missing(needed)?;
     }
     if exposing {
-        verify_guard(kernel, committed.genid, settings)?;
+        verify_guard(kernel, own, settings)?;
     }
     if let Some(needed) = &committed.still_needed {
         let reopened = settings.put_back_unneeded(needed)?;
         // Forwarding is back off: the family's closing goes after it, as protections do.
         let closed: Vec<Element> = reopened.iter().map(|v6| Element::closed(*v6)).collect();
         let changes: Vec<Change> = closed.iter().map(Change::DelElement).collect();
-        if !changes.is_empty()
-            && let Err(error) = kernel.commit(&changes, None)
-            && error.errno() != Some(libc::ENOENT)
-        {
-            return Err(kernel_error(error));
+        if !changes.is_empty() {
+            match commit_own(kernel, &changes, own) {
+                Ok(after) => {
+                    if follow_in_record(counts, settings, after) {
+                        settings.save()?;
+                    }
+                }
+                // Nothing was committed: the generation did not move.
+                Err(error) if error.errno() == Some(libc::ENOENT) => {}
+                Err(error) => return Err(kernel_error(error)),
+            }
         }
     }
     flows::forget(&committed.removed, &committed.added);
     Ok(())
 }
 
+/// Commits one of finish's own batches (the `closed` elements), against `own`, the
+/// generation nsport's own last commit made. Returns the generation this batch made when
+/// it is provably this batch's: the kernel took it against `own`, so nothing came in
+/// between, and the ruleset is at `own + 1`. When another writer (an `nft` run, which takes
+/// no writer lock) moved the generation first, the batch is sent again unchecked, since
+/// closing a family must not wait on anyone, and no generation is vouched for: the next
+/// change then reads and checks everything, as after any other writer.
+pub(super) fn commit_own(
+    kernel: &mut impl Kernel,
+    changes: &[Change<'_>],
+    own: Option<u32>,
+) -> Result<Option<u32>, NetlinkError> {
+    if let Some(own) = own {
+        match kernel.commit(changes, Some(own)) {
+            Ok(()) => return Ok(Some(own.wrapping_add(1))),
+            Err(NetlinkError::Stale) => {}
+            Err(error) => return Err(error),
+        }
+    }
+    kernel.commit(changes, None)?;
+    Ok(None)
+}
+
+/// Moves the counts on to the generation `commit_own` vouched for, so that the next change
+/// trusts them (and the chains their generation verified) without reading everything;
+/// finish's batches touch no helper element and no chain, so the counts stay exact.
+/// Whether they moved, and the settings record needs them.
+pub(super) fn follow(counts: &mut Option<Counts>, own: Option<u32>) -> bool {
+    let (Some(counts), Some(own)) = (counts.as_mut(), own) else {
+        return false;
+    };
+    if counts.genid.wrapping_add(1) != own {
+        return false;
+    }
+    counts.genid = own;
+    true
+}
+
+/// `follow`, and the record given the counts when they moved.
+fn follow_in_record(
+    counts: &mut Option<Counts>,
+    settings: &mut Settings<'_>,
+    own: Option<u32>,
+) -> bool {
+    let moved = follow(counts, own);
+    if moved {
+        settings.originals.counts = counts.as_ref().map(Counts::to_record);
+    }
+    moved
+}
+
 /// After route_localnet went on: the guard committed with the change must still be there.
-/// When the ruleset is still at the generation the change made, nothing touched it;
-/// otherwise the table is read again, and a missing or edited guard puts the setting back.
+/// When the ruleset is still at the generation nsport's own last commit made, nothing
+/// touched it; otherwise the table is read again, and a missing or edited guard puts the
+/// setting back.
 fn verify_guard(
     kernel: &mut impl Kernel,
-    genid: u32,
+    own: Option<u32>,
     settings: &mut Settings<'_>,
 ) -> Result<(), Error> {
-    if kernel.generation().map_err(kernel_error)? == genid.wrapping_add(1) {
+    if let Some(own) = own
+        && kernel.generation().map_err(kernel_error)? == own
+    {
         return Ok(());
     }
     let snapshot = table::read(kernel, false)?;

@@ -23,6 +23,8 @@ mod transaction;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
+mod finish_tests;
+#[cfg(test)]
 mod range_tests;
 #[cfg(test)]
 mod tests;

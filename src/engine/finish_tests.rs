@@ -1,0 +1,141 @@
+//! Finish's own batches (the `closed` elements around turning forwarding on and off), on
+//! the fake kernel: they keep the counts current when they provably are nsport's, so the
+//! next change reads neither every mapping nor the chains; and after another writer, the
+//! next change reads everything.
+
+use super::counts::Counts;
+use super::fake::Fake;
+use super::finish::{commit_own, follow};
+use super::table::MAPPING_SETS;
+use super::transaction;
+use crate::netlink::nftables::Change;
+use crate::ruleset::{Element, Mapping, SET_CLOSED};
+use crate::spec::Proto;
+
+fn mapping(host_port: u16) -> Mapping {
+    Mapping {
+        proto: Proto::Tcp,
+        host_addr: None,
+        on: None,
+        host_port,
+        host_port_end: None,
+        to_addr: "10.0.0.2".parse().unwrap(),
+        to_port: 3000,
+        via: "br0".into(),
+        netns: Some("c".into()),
+        netns_inode: Some(7),
+        allow_direct: false,
+        container: None,
+        container_ifname: None,
+        network: None,
+        allow_from: Vec::new(),
+    }
+}
+
+/// Commits a batch of finish's as finish does, and moves the counts on as it does.
+fn finish_batch(fake: &mut Fake, changes: &[Change<'_>]) {
+    let mut counts = fake.counts.take();
+    let own = counts.as_ref().map(|counts| counts.genid);
+    let after = commit_own(fake, changes, own).expect("finish's batch commits");
+    follow(&mut counts, after);
+    fake.counts = counts;
+}
+
+/// Publishes as the library does, then closes IPv4 as finish does before forwarding goes on.
+fn publish_turning_forwarding_on(fake: &mut Fake, host_port: u16) {
+    let mut counts = fake.counts.take();
+    transaction::create(fake, &mut counts, &[mapping(host_port)], false, false).unwrap();
+    fake.counts = counts;
+    let closed = Element::closed(false);
+    finish_batch(fake, &[Change::AddElement(&closed)]);
+}
+
+/// Removes by key as the library does, then opens IPv4 as finish does after forwarding
+/// went back off.
+fn remove_turning_forwarding_off(fake: &mut Fake, host_port: u16) {
+    let gone = mapping(host_port);
+    let keys = vec![(gone.set(), Element::mapping(&gone).key)];
+    let mut counts = fake.counts.take();
+    transaction::remove(fake, &mut counts, &keys, false, |found| {
+        Ok(found.iter().flatten().cloned().collect())
+    })
+    .unwrap();
+    fake.counts = counts;
+    let closed = Element::closed(false);
+    finish_batch(fake, &[Change::DelElement(&closed)]);
+}
+
+fn forbid_reading_every_mapping(fake: &mut Fake) {
+    for set in MAPPING_SETS {
+        fake.forbid_dumps_of(set);
+    }
+}
+
+#[test]
+fn a_round_that_turns_forwarding_on_and_off_leaves_the_next_change_nothing_to_read() {
+    let mut fake = Fake::default();
+    publish_turning_forwarding_on(&mut fake, 8080);
+    assert_eq!(
+        fake.counts.as_ref().map(|c| c.genid),
+        Some(fake.generation),
+        "the counts follow finish's own batch"
+    );
+    forbid_reading_every_mapping(&mut fake);
+    let rules_read = fake.rule_dumps;
+    remove_turning_forwarding_off(&mut fake, 8080);
+    assert_eq!(
+        fake.rule_dumps, rules_read,
+        "the removal checked the chains again"
+    );
+    assert_eq!(fake.counts.as_ref().map(|c| c.genid), Some(fake.generation));
+    // A publish reads the maps a new mapping could overlap, but not the chains.
+    fake.forbidden_dumps.clear();
+    publish_turning_forwarding_on(&mut fake, 8080);
+    assert_eq!(
+        fake.rule_dumps, rules_read,
+        "the publish checked the chains again"
+    );
+    assert!(fake.elements_of(SET_CLOSED).len() <= 1);
+}
+
+#[test]
+fn another_writer_before_finishs_batch_makes_the_next_change_read_everything() {
+    let mut fake = Fake::default();
+    let mut counts = None;
+    transaction::create(&mut fake, &mut counts, &[mapping(8080)], false, false).unwrap();
+    fake.counts = counts;
+    // An `nft` run gets in between the change's commit and finish's batch.
+    let mut meddled = false;
+    fake.between_read_and_commit = Some(Box::new(move |fake: &mut Fake| {
+        if !std::mem::replace(&mut meddled, true) {
+            fake.generation += 1;
+        }
+    }));
+    let closed = Element::closed(false);
+    finish_batch(&mut fake, &[Change::AddElement(&closed)]);
+    fake.between_read_and_commit = None;
+    assert!(
+        fake.elements_of(SET_CLOSED).contains_key(&closed.key),
+        "closed anyway"
+    );
+    assert!(Counts::valid_at(&fake.counts, fake.generation).is_none());
+    let rules_read = fake.rule_dumps;
+    remove_turning_forwarding_off(&mut fake, 8080);
+    assert!(
+        fake.rule_dumps > rules_read,
+        "the chains were trusted after another writer"
+    );
+}
+
+#[test]
+fn another_writer_after_finishs_batch_makes_the_next_change_read_everything() {
+    let mut fake = Fake::default();
+    publish_turning_forwarding_on(&mut fake, 8080);
+    fake.commit_as_other(&[]);
+    let rules_read = fake.rule_dumps;
+    remove_turning_forwarding_off(&mut fake, 8080);
+    assert!(
+        fake.rule_dumps > rules_read,
+        "the chains were trusted after another writer"
+    );
+}
