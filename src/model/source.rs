@@ -202,11 +202,13 @@ pub fn canonical(prefixes: &[SourcePrefix]) -> Vec<SourcePrefix> {
     out
 }
 
-/// Parses and canonicalises a list given as text, naming the first bad value.
+/// Parses and canonicalises a list given as text, naming the first bad value. Values are
+/// not trimmed: `add --allow-from` refuses "10.0.0.0/8 ", and an `apply` file must be
+/// refused the same way rather than accepted by one entry point and not the other.
 pub fn parse_list<S: AsRef<str>>(values: &[S]) -> Result<Vec<SourcePrefix>, PrefixError> {
     let parsed = values
         .iter()
-        .map(|value| value.as_ref().trim().parse())
+        .map(|value| value.as_ref().parse())
         .collect::<Result<Vec<SourcePrefix>, PrefixError>>()?;
     Ok(canonical(&parsed))
 }
