@@ -101,3 +101,10 @@ pub fn nsport_script() -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `n` host ports from 10000 on, each to the next port: a shifted range, which nsport keeps
+/// as one element per port, so the table really holds `n` mappings (an identity range would
+/// be one interval element).
+pub fn per_port(n: u32) -> String {
+    format!("10000-{}:10001-{}", 10000 + n - 1, 10000 + n)
+}

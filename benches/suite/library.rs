@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::commands::{NSPORT, run};
+use crate::commands::{NSPORT, per_port, run};
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, median, ratio, us};
 
@@ -15,7 +15,11 @@ pub fn library(rows: &mut Vec<Row>) {
     for n in [0u32, 50_000] {
         let took = lab.run_in("host", || {
             if n > 0 {
-                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "10000-59999"]);
+                run(
+                    &lab,
+                    NSPORT,
+                    &["add", "--to", "10.77.0.2", &per_port(50_000)],
+                );
             }
             let spec = ["7".parse().unwrap()];
             let mut samples = Vec::new();

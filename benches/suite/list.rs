@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::commands::{NSPORT, run};
+use crate::commands::{NSPORT, per_port, run};
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, median, ms, ratio};
 
@@ -12,8 +12,7 @@ pub fn listing(rows: &mut Vec<Row>) {
     for n in [10_000u32, 50_000] {
         let (ls, nft) = lab.run_in("host", || {
             run(&lab, NSPORT, &["flush"]);
-            let range = format!("10000-{}", 10000 + n - 1);
-            run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &range]);
+            run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &per_port(n)]);
             let mut samples: [Vec<Duration>; 2] = Default::default();
             for _ in 0..5 {
                 samples[0].push(run(&lab, NSPORT, &["ls", "--json"]));

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::commands::{NSPORT, ROUNDS, run};
+use crate::commands::{NSPORT, ROUNDS, per_port, run};
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, median, ms, ratio};
 
@@ -26,8 +26,7 @@ pub fn overlap_check(rows: &mut Vec<Row>) {
         let medians = lab.run_in("host", || {
             run(&lab, NSPORT, &["flush"]);
             if n > 0 {
-                let range = format!("10000-{}", 10000 + n - 1);
-                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &range]);
+                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &per_port(n)]);
             } else {
                 run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);
                 run(&lab, NSPORT, &["rm", "9"]);

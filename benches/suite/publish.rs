@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use crate::commands::{
-    NSPORT, ROUNDS, docker_add, docker_chain, docker_rules, nsport_script, run, run_with_input,
+    NSPORT, ROUNDS, docker_add, docker_chain, docker_rules, nsport_script, per_port, run,
+    run_with_input,
 };
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, faster, median, ms, ratio};
@@ -47,8 +48,7 @@ pub fn publish_one(rows: &mut Vec<Row>) {
         let (floor, add, nft, iptables) = lab.run_in("host", || {
             run(&lab, NSPORT, &["flush"]);
             if n > 0 {
-                let range = format!("10000-{}", 10000 + n - 1);
-                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &range]);
+                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &per_port(n)]);
             } else {
                 // The table, with nothing in it.
                 run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);

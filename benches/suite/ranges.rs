@@ -31,7 +31,7 @@ pub fn publish_range(rows: &mut Vec<Row>) {
         // (no counters, no comments), and nsport's own table, empty.
         let script = nsport_script().replace("table inet nsport", "table inet nftbench");
         run_with_input(&lab, "nft", &["-f", "-"], Some(&script));
-        let plain = "table inet plain { map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; } }";
+        let plain = "table inet plain { map any4 { type inet_proto . inet_service : ipv4_addr . inet_service; }\n}";
         run_with_input(&lab, "nft", &["-f", "-"], Some(plain));
         docker_chain(&lab);
         run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::commands::{NSPORT, ROUNDS, run};
+use crate::commands::{NSPORT, ROUNDS, per_port, run};
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, median, ms, ratio};
 
@@ -21,8 +21,7 @@ pub fn scale(rows: &mut Vec<Row>) {
             run(&lab, NSPORT, &["flush"]);
             run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "9"]);
             if n > 0 {
-                let range = format!("10000-{}", 10000 + n - 1);
-                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &range]);
+                run(&lab, NSPORT, &["add", "--to", "10.77.0.2", &per_port(n)]);
             }
             let mut samples: [Vec<Duration>; 3] = Default::default();
             // nsport alone first: another writer in between (nft below) would make the
@@ -91,7 +90,7 @@ pub fn scale(rows: &mut Vec<Row>) {
             samples[0].push(run(
                 &lab,
                 NSPORT,
-                &["add", "--to", "10.77.0.2", "10000-59999"],
+                &["add", "--to", "10.77.0.2", &per_port(50_000)],
             ));
             run(&lab, NSPORT, &["flush"]);
             samples[1].push(run(&lab, NSPORT, &["apply", &saved]));
