@@ -206,6 +206,21 @@ fn rm_of_a_middle_port_cuts_the_range_and_its_neighbours_keep_working() {
         })
         .collect();
     assert_eq!(sides, [(20000, 20049), (20051, 20099)]);
+    // Publishing the whole range again to another target still clashes with the pieces...
+    let before = lab.ruleset();
+    let output = lab.nsport(&["add", "--to", "10.77.0.2", "20000-20099:20000-20099"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(lab.ruleset(), before);
+    // ... and to the same target puts them back together: one element, the gap answering.
+    lab.nsport_ok(&["add", "--netns", &ns1, "20000-20099:20000-20099"]);
+    let rows = listing(&lab);
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (&rows[0]["host_port"], &rows[0]["host_port_end"]),
+        (&20000.into(), &20099.into())
+    );
+    assert_eq!(client(lab.tcp("out", HOST_OUT, INSIDE)), some(OUT));
+    lab.nsport_ok(&["rm", "20050"]);
     // rm of a port no longer published is refused and changes nothing.
     let output = lab.nsport(&["rm", "20050"]);
     assert_eq!(output.status.code(), Some(2));

@@ -49,6 +49,11 @@ impl Holders {
             .insert(start_of(mapping), (*mapping.host_ports().end(), index));
     }
 
+    /// Forgets `mapping`, which `insert` indexed.
+    pub fn remove(&mut self, mapping: &Mapping) {
+        self.by_start.remove(&start_of(mapping));
+    }
+
     /// The index of the mapping that publishes the first port of `mapping` held, if any:
     /// one starting before it and reaching into it, or else the first starting inside it.
     pub fn clash(&self, mapping: &Mapping) -> Option<usize> {
@@ -64,6 +69,24 @@ impl Holders {
         let (_, (_, index)) = self.by_start.range(kind(start)..=kind(end)).next()?;
         Some(*index)
     }
+}
+
+/// Whether `part` is a piece of `whole`: the same host side but for its ports, which lie
+/// inside `whole`'s, and the same target, reached with the same port offset. What `rm` of
+/// some ports of a range leaves are such pieces; publishing the whole range again puts the
+/// pieces back together rather than clashing with them.
+pub fn is_piece_of(part: &Mapping, whole: &Mapping) -> bool {
+    let offset = |m: &Mapping| i32::from(m.to_port) - i32::from(m.host_port);
+    let kind = |m: &Mapping| (m.is_ipv6(), m.proto, m.host_addr, m.on.clone());
+    kind(part) == kind(whole)
+        && whole.host_ports().contains(&part.host_port)
+        && whole.host_ports().contains(part.host_ports().end())
+        && offset(part) == offset(whole)
+        && part.to_addr == whole.to_addr
+        && part.via == whole.via
+        && part.netns == whole.netns
+        && part.container == whole.container
+        && part.network == whole.network
 }
 
 /// What `rm` of some ports does to the mappings that hold them.

@@ -490,6 +490,7 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Ve
     let mut by_key: HashMap<HostSide, usize> = HashMap::new();
     let mut holders = Holders::default();
     let mut out: Vec<Mapping> = current.to_vec();
+    let mut pieces: HashSet<usize> = HashSet::new();
     for (index, mapping) in out.iter().enumerate() {
         by_key.insert(side(mapping), index);
         holders.insert(mapping, index);
@@ -504,9 +505,15 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Ve
             Some(&index) => out[index] = mapping.clone(),
             // Another host side of the same kind may still hold one of its ports: a range
             // holding a single port, or the reverse, or two ranges across each other.
+            // A range published again over the pieces `rm` left of it takes their place.
             None => {
-                if let Some(index) = holders.clash(mapping) {
-                    return Err(ranges::conflict(mapping, &out[index]));
+                while let Some(index) = holders.clash(mapping) {
+                    if !mapping.is_range() || !ranges::is_piece_of(&out[index], mapping) {
+                        return Err(ranges::conflict(mapping, &out[index]));
+                    }
+                    holders.remove(&out[index]);
+                    by_key.remove(&side(&out[index]));
+                    pieces.insert(index);
                 }
                 by_key.insert(side(mapping), out.len());
                 holders.insert(mapping, out.len());
@@ -526,7 +533,12 @@ pub fn merged(current: &[Mapping], wanted: &[Mapping], force: bool) -> Result<Ve
             .collect();
         overlap::check(current, &new)?;
     }
-    Ok(out)
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .filter(|(index, _)| !pieces.contains(index))
+        .map(|(_, mapping)| mapping)
+        .collect())
 }
 
 /// Whether `wanted` is `existing` again after its namespace was made anew with another
