@@ -139,3 +139,28 @@ fn apply_refuses_an_allowed_source_with_spaces_as_add_does() {
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
     assert_eq!(lab.ruleset(), before);
 }
+
+/// A bad `on` in a mappings file is named with the entry that holds it, as every other
+/// field of the file is, and changes nothing.
+#[test]
+fn apply_names_the_entry_of_a_bad_interface() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let before = lab.ruleset();
+    std::fs::create_dir_all(lab.state_dir()).unwrap();
+    let file = lab.state_dir().join("on.json");
+    std::fs::write(
+        &file,
+        format!(
+            r#"{{"version":1,"mappings":[{{"netns":"{ns1}","publish":"8080:80/tcp"}},{{"netns":"{ns1}","publish":"8081:80/tcp","on":"lo"}}]}}"#
+        ),
+    )
+    .unwrap();
+    let apply = lab.nsport(&["apply", file.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&apply.stderr);
+    assert_eq!(apply.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("mapping 2:"), "{stderr}");
+    assert!(stderr.contains("lo"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(lab.ruleset(), before);
+}

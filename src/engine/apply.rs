@@ -77,6 +77,10 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             .map_err(|error| at(format!("{:?}: {error}", entry.publish)))?;
         let allow_from =
             crate::model::parse_list(&entry.allow_from).map_err(|error| at(error.to_string()))?;
+        if let Some(on) = &entry.on {
+            resolve::check_on(on, std::slice::from_ref(&spec))
+                .map_err(|error| at(error.to_string()))?;
+        }
         let group = (
             target,
             entry.via.clone(),
@@ -100,9 +104,6 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
     for group in order {
         let (target, via, allow_direct, force, on, allow_from) = &group;
         let specs = &groups[&group];
-        if let Some(on) = on {
-            resolve::check_on(on, specs)?;
-        }
         let target = match target {
             EntryTarget::Netns(name) => Target::Netns(name.clone()),
             EntryTarget::Addr(addr) => Target::Addr(*addr),
