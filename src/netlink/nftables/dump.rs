@@ -327,18 +327,8 @@ pub fn dump_rules(table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
 /// The same for a table of any family (`NFPROTO_IPV4`, `NFPROTO_IPV6`, …): what `doctor`
 /// reads of other tables' forward chains.
 pub fn dump_family_rules(family: u16, table: &str) -> Result<Vec<RuleDump>, NetlinkError> {
-    let request = table_rules_request(family, table)?;
     let mut rules = Vec::new();
-    exchange(&request, |message| {
-        let rule = Rule::alloc();
-        // SAFETY: `message` is one whole, 4-byte aligned netlink message from the kernel.
-        let parsed = unsafe { sys::nftnl_rule_nlmsg_parse(message.as_ptr().cast(), rule.ptr()) };
-        if parsed < 0 {
-            return Err(NetlinkError::Receive(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "undecodable rule message",
-            )));
-        }
+    each_rule(family, table, |rule| {
         // SAFETY: getters on the rule we own; the chain string is libnftnl's and copied.
         let (chain, handle) = unsafe {
             let chain = sys::nftnl_rule_get_str(rule.ptr(), sys::NFTNL_RULE_CHAIN as u16);
@@ -355,11 +345,34 @@ pub fn dump_family_rules(family: u16, table: &str) -> Result<Vec<RuleDump>, Netl
         rules.push(RuleDump {
             chain,
             handle,
-            exprs: exprs_text(&rule),
+            exprs: exprs_text(rule),
         });
-        Ok(())
     })?;
     Ok(rules)
+}
+
+/// Every rule of table `table` of `family`, parsed, handed to `each` in the kernel's order,
+/// from one dump; a missing table has none.
+pub(super) fn each_rule(
+    family: u16,
+    table: &str,
+    mut each: impl FnMut(&Rule),
+) -> Result<(), NetlinkError> {
+    let request = table_rules_request(family, table)?;
+    exchange(&request, |message| {
+        let rule = Rule::alloc();
+        // SAFETY: `message` is one whole, 4-byte aligned netlink message from the kernel.
+        let parsed = unsafe { sys::nftnl_rule_nlmsg_parse(message.as_ptr().cast(), rule.ptr()) };
+        if parsed < 0 {
+            return Err(NetlinkError::Receive(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "undecodable rule message",
+            )));
+        }
+        each(&rule);
+        Ok(())
+    })?;
+    Ok(())
 }
 
 /// The request that dumps every rule of table `table` of `family`.

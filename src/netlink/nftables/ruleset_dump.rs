@@ -7,14 +7,12 @@
 //! Everything else is kept by name only.
 
 use std::ffi::CStr;
-use std::io;
 
 use nftnl::nftnl_sys::{self as sys, libc};
 
-use super::dump::table_rules_request;
+use super::dump::each_rule;
 use super::encode::Rule;
 use crate::netlink::NetlinkError;
-use crate::netlink::socket::exchange;
 
 /// One expression of a rule, as far as judging a verdict needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,18 +80,8 @@ pub struct RulesetRule {
 /// Every rule of table `table` of `family`, chain by chain in the kernel's order, in one
 /// dump; a missing table has none.
 pub fn dump_table_exprs(family: u16, table: &str) -> Result<Vec<RulesetRule>, NetlinkError> {
-    let request = table_rules_request(family, table)?;
     let mut rules = Vec::new();
-    exchange(&request, |message| {
-        let rule = Rule::alloc();
-        // SAFETY: `message` is one whole, 4-byte aligned netlink message from the kernel.
-        let parsed = unsafe { sys::nftnl_rule_nlmsg_parse(message.as_ptr().cast(), rule.ptr()) };
-        if parsed < 0 {
-            return Err(NetlinkError::Receive(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "undecodable rule message",
-            )));
-        }
+    each_rule(family, table, |rule| {
         // SAFETY: getters on the rule we own; strings are libnftnl's and copied.
         let (table, chain, handle, family) = unsafe {
             (
@@ -114,9 +102,8 @@ pub fn dump_table_exprs(family: u16, table: &str) -> Result<Vec<RulesetRule>, Ne
             table,
             chain,
             handle,
-            exprs: exprs_of(&rule),
+            exprs: exprs_of(rule),
         });
-        Ok(())
     })?;
     Ok(rules)
 }
