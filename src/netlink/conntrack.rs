@@ -192,6 +192,19 @@ mod tests {
     use super::*;
     use crate::netlink::attributes::put;
 
+    /// A nested conntrack tuple of an address part and a protocol part.
+    fn tuple_of(ip: &[u8], proto: &[u8]) -> Vec<u8> {
+        let mut tuple = Vec::new();
+        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, ip).unwrap();
+        put(
+            &mut tuple,
+            CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
+            proto,
+        )
+        .unwrap();
+        tuple
+    }
+
     #[test]
     fn reads_the_original_tuple() {
         let mut ip = Vec::new();
@@ -201,14 +214,7 @@ mod tests {
         put(&mut proto, CTA_PROTO_NUM, &[17]).unwrap();
         put(&mut proto, 2, &40000u16.to_be_bytes()).unwrap();
         put(&mut proto, CTA_PROTO_DST_PORT, &5353u16.to_be_bytes()).unwrap();
-        let mut tuple = Vec::new();
-        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip).unwrap();
-        put(
-            &mut tuple,
-            CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
-            &proto,
-        )
-        .unwrap();
+        let tuple = tuple_of(&ip, &proto);
         let mut attrs = Vec::new();
         put(
             &mut attrs,
@@ -241,14 +247,7 @@ mod tests {
         let mut proto = Vec::new();
         put(&mut proto, CTA_PROTO_NUM, &[132]).unwrap();
         put(&mut proto, CTA_PROTO_DST_PORT, &3868u16.to_be_bytes()).unwrap();
-        let mut tuple = Vec::new();
-        put(&mut tuple, CTA_TUPLE_IP | attributes::NLA_F_NESTED, &ip).unwrap();
-        put(
-            &mut tuple,
-            CTA_TUPLE_PROTO | attributes::NLA_F_NESTED,
-            &proto,
-        )
-        .unwrap();
+        let tuple = tuple_of(&ip, &proto);
         let flow_in = |state: u8| {
             let mut sctp = Vec::new();
             put(&mut sctp, CTA_PROTOINFO_SCTP_STATE, &[state]).unwrap();
