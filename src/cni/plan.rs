@@ -358,7 +358,6 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Proto;
 
     fn attachment<'a>(id: &'a str, ifname: &'a str, network: &'a str) -> Attachment<'a> {
         Attachment {
@@ -370,21 +369,15 @@ mod tests {
 
     fn mapping(port: u16, to: &str, att: Option<Attachment>) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
-            host_addr: None,
-            on: None,
             host_port: port,
-            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port: 80,
             via: "cni0".into(),
-            netns: None,
-            netns_inode: None,
             allow_direct: true,
             container: att.map(|a| a.id.to_string()),
             container_ifname: att.map(|a| a.ifname.to_string()),
             network: att.and_then(|a| a.network.map(String::from)),
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

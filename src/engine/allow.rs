@@ -104,21 +104,13 @@ mod tests {
 
     fn mapping(host: Option<&str>, list: &[&str]) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
             host_addr: host.map(|h| h.parse::<IpAddr>().unwrap()),
             host_port: 8080,
-            on: None,
-            host_port_end: None,
             to_addr: "172.18.0.2".parse().unwrap(),
             to_port: 80,
-            via: "br0".into(),
             netns: Some("ns1".into()),
-            netns_inode: None,
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
             allow_from: crate::model::parse_list(list).unwrap(),
+            ..Mapping::example()
         }
     }
 

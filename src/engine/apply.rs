@@ -266,25 +266,16 @@ fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::Proto;
 
     fn mapping(host_addr: Option<&str>, container: Option<&str>) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
-            on: None,
             host_port: 8080,
-            host_port_end: None,
             to_addr: "172.18.0.2".parse().unwrap(),
             to_port: 80,
-            via: "br0".into(),
             netns: Some("ns1".into()),
-            netns_inode: None,
-            allow_direct: false,
             container: container.map(String::from),
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

@@ -10,25 +10,15 @@ use super::table::MAPPING_SETS;
 use super::transaction;
 use crate::netlink::nftables::Change;
 use crate::ruleset::{Element, Mapping, SET_CLOSED};
-use crate::spec::Proto;
 
 fn mapping(host_port: u16) -> Mapping {
     Mapping {
-        proto: Proto::Tcp,
-        host_addr: None,
-        on: None,
         host_port,
-        host_port_end: None,
         to_addr: "10.0.0.2".parse().unwrap(),
         to_port: 3000,
-        via: "br0".into(),
         netns: Some("c".into()),
         netns_inode: Some(7),
-        allow_direct: false,
-        container: None,
-        container_ifname: None,
-        network: None,
-        allow_from: Vec::new(),
+        ..Mapping::example()
     }
 }
 

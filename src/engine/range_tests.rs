@@ -20,21 +20,13 @@ use crate::spec::Proto;
 
 fn mapping(host_port: u16, end: Option<u16>, to: &str) -> Mapping {
     Mapping {
-        proto: Proto::Tcp,
-        host_addr: None,
-        on: None,
         host_port,
         host_port_end: end,
         to_addr: to.parse().unwrap(),
         to_port: if end.is_some() { host_port } else { 80 },
-        via: "br0".into(),
         netns: Some("n".into()),
         netns_inode: Some(7),
-        allow_direct: false,
-        container: None,
-        container_ifname: None,
-        network: None,
-        allow_from: Vec::new(),
+        ..Mapping::example()
     }
 }
 

@@ -293,21 +293,11 @@ mod tests {
 
     fn mapping(start: u16, end: Option<u16>) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
-            host_addr: None,
-            on: None,
             host_port: start,
             host_port_end: end,
             to_addr: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2)),
             to_port: start,
-            via: "br0".into(),
-            netns: None,
-            netns_inode: None,
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

@@ -15,21 +15,13 @@ use crate::spec::Proto;
 
 fn mapping(host_port: u16, to: &str, via: &str) -> Mapping {
     Mapping {
-        proto: Proto::Tcp,
-        host_addr: None,
-        on: None,
         host_port,
-        host_port_end: None,
         to_addr: to.parse().unwrap(),
         to_port: 3000,
         via: via.into(),
         netns: Some("c".into()),
         netns_inode: Some(7),
-        allow_direct: false,
-        container: None,
-        container_ifname: None,
-        network: None,
-        allow_from: Vec::new(),
+        ..Mapping::example()
     }
 }
 

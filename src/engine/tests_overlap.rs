@@ -13,21 +13,14 @@ use crate::spec::Proto;
 
 fn side(on: Option<&str>, addr: Option<&str>, to: &str) -> Mapping {
     Mapping {
-        proto: Proto::Tcp,
         host_addr: addr.map(|a| a.parse().unwrap()),
         on: on.map(String::from),
         host_port: 8080,
-        host_port_end: None,
         to_addr: to.parse().unwrap(),
         to_port: 80,
-        via: "br0".into(),
         netns: Some("c".into()),
         netns_inode: Some(7),
-        allow_direct: false,
-        container: None,
-        container_ifname: None,
-        network: None,
-        allow_from: Vec::new(),
+        ..Mapping::example()
     }
 }
 

@@ -112,21 +112,10 @@ mod tests {
 
     fn mapping(host_addr: Option<Ipv4Addr>) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
             host_addr: host_addr.map(IpAddr::V4),
-            on: None,
             host_port: 3000,
-            host_port_end: None,
-            to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 3000,
-            via: "br0".into(),
-            netns: None,
-            netns_inode: None,
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

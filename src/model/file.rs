@@ -332,21 +332,13 @@ mod tests {
 
     fn mapping(host_addr: Option<&str>, host_port: u16, to: &str, to_port: u16) -> Mapping {
         Mapping {
-            proto: Proto::Tcp,
             host_addr: host_addr.map(|a| a.parse().unwrap()),
-            on: None,
             host_port,
-            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port,
-            via: "br0".into(),
             netns: Some("ns1".into()),
             netns_inode: Some(4026532312),
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

@@ -51,6 +51,31 @@ pub struct Mapping {
     pub allow_from: Vec<SourcePrefix>,
 }
 
+#[cfg(test)]
+impl Mapping {
+    /// A mapping for unit tests to start from: `8080/tcp` to `172.18.0.2:80` via `br0`,
+    /// every optional part absent; tests change what they are about with `..`.
+    pub fn example() -> Mapping {
+        Mapping {
+            proto: Proto::Tcp,
+            host_addr: None,
+            on: None,
+            host_port: 8080,
+            host_port_end: None,
+            to_addr: IpAddr::from([172, 18, 0, 2]),
+            to_port: 80,
+            via: "br0".into(),
+            netns: None,
+            netns_inode: None,
+            allow_direct: false,
+            container: None,
+            container_ifname: None,
+            network: None,
+            allow_from: Vec::new(),
+        }
+    }
+}
+
 impl Mapping {
     /// The host side as users write it: `8080/tcp`, `127.0.0.1:8080/tcp`, `8080/tcp (IPv6)`,
     /// `20000-29999/tcp`, `8080/tcp on eth0`.

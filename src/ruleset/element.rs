@@ -542,19 +542,12 @@ pub(super) mod tests {
         Mapping {
             proto: Proto::Udp,
             host_addr: host_addr.map(IpAddr::V4),
-            on: None,
             host_port: 5353,
-            host_port_end: None,
             to_addr: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 2)),
             to_port: 53,
-            via: "br0".into(),
             netns: Some("ns1".into()),
             netns_inode: Some(4026532000),
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 

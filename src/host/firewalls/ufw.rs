@@ -137,20 +137,10 @@ mod tests {
     fn mapping(proto: Proto, to: &str, port: u16) -> Mapping {
         Mapping {
             proto,
-            host_addr: None,
-            on: None,
             host_port: port,
-            host_port_end: None,
             to_addr: to.parse().unwrap(),
             to_port: port,
-            via: "br0".into(),
-            netns: None,
-            netns_inode: None,
-            allow_direct: false,
-            container: None,
-            container_ifname: None,
-            network: None,
-            allow_from: Vec::new(),
+            ..Mapping::example()
         }
     }
 
