@@ -1,7 +1,7 @@
 //! `apply` and `export`: making the table hold exactly what a mappings file asks for, and
 //! writing the file that asks for what the table holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use super::resolve::{self, Target, resolve};
@@ -66,9 +66,11 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         Option<String>,
         Vec<SourcePrefix>,
     );
-    let mut groups: BTreeMap<Group, Vec<PublishSpec>> = BTreeMap::new();
-    let mut seen: HashSet<(Group, PublishSpec)> = HashSet::new();
-    let mut order: Vec<Group> = Vec::new();
+    // Groups in the order of their first entry, each with its specs once. A file usually
+    // has long runs of entries of one group (an export writes them so), so the group of
+    // the entry before is tried first, without hashing the group.
+    let mut groups: Vec<(Group, Vec<PublishSpec>, HashSet<PublishSpec>)> = Vec::new();
+    let mut group_index: HashMap<Group, usize> = HashMap::new();
     for (index, entry) in file.mappings.iter().enumerate() {
         let at = |why: String| Error::File(format!("mapping {}: {why}", index + 1));
         let target = entry.target().map_err(at)?;
@@ -89,21 +91,23 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             entry.on.clone(),
             allow_from,
         );
-        if !seen.insert((group.clone(), spec)) {
-            continue;
+        let slot = match groups.last() {
+            Some((last, _, _)) if *last == group => groups.len() - 1,
+            _ => *group_index.entry(group.clone()).or_insert_with(|| {
+                groups.push((group, Vec::new(), HashSet::new()));
+                groups.len() - 1
+            }),
+        };
+        let (_, specs, seen) = &mut groups[slot];
+        if seen.insert(spec) {
+            specs.push(spec);
         }
-        let specs = groups.entry(group.clone()).or_default();
-        if specs.is_empty() {
-            order.push(group);
-        }
-        specs.push(spec);
     }
     let mut desired = Vec::new();
     let mut forced = HashSet::new();
     let mut ports = HashMap::new();
-    for group in order {
-        let (target, via, allow_direct, force, on, allow_from) = &group;
-        let specs = &groups[&group];
+    for (group, specs, _) in &groups {
+        let (target, via, allow_direct, force, on, allow_from) = group;
         let target = match target {
             EntryTarget::Netns(name) => Target::Netns(name.clone()),
             EntryTarget::Addr(addr) => Target::Addr(*addr),
@@ -141,8 +145,12 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         desired.extend(mappings);
     }
     // The same mapping asked for twice (by entries that differ only in `force`) is one.
-    let mut seen = HashSet::new();
-    desired.retain(|m: &Mapping| seen.insert(m.clone()));
+    let keep: Vec<bool> = {
+        let mut seen: HashSet<&Mapping> = HashSet::with_capacity(desired.len());
+        desired.iter().map(|m| seen.insert(m)).collect()
+    };
+    let mut keep = keep.into_iter();
+    desired.retain(|_| keep.next().unwrap_or(true));
     Ok((desired, forced, ports))
 }
 
@@ -159,17 +167,17 @@ fn decide(
         cni.iter().map(|m| ((m.set(), m.key()), *m)).collect();
     let present: HashSet<(&'static str, Vec<u8>)> =
         current.iter().map(|m| (m.set(), m.key())).collect();
+    let is_forced = |m: &Mapping| !forced.is_empty() && forced.contains(&m.as_recorded());
     let mut new = Vec::new();
     for mapping in desired {
-        if let Some(holder) = cni_keys.get(&(mapping.set(), mapping.key())) {
+        let host_side = (mapping.set(), mapping.key());
+        if let Some(holder) = cni_keys.get(&host_side) {
             return Err(Error::Conflict {
                 host: mapping.host_label(),
                 existing: holder.target_label(),
             });
         }
-        if !present.contains(&(mapping.set(), mapping.key()))
-            && !forced.contains(&mapping.as_recorded())
-        {
+        if !present.contains(&host_side) && !is_forced(mapping) {
             new.push(mapping.clone());
         }
     }
