@@ -19,6 +19,7 @@
 //! already taken (a conflict to name, or a re-publish to refresh), or counts that do not
 //! describe the ruleset as it is (another writer came by, or a crash).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -107,8 +108,7 @@ pub fn update(
         let snapshot = table::read(kernel, true)?;
         snapshot.layout.check_changeable()?;
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
-        let mut desired: Vec<Mapping> =
-            decide(&current)?.iter().map(Mapping::as_recorded).collect();
+        let mut desired: Vec<Mapping> = Mapping::all_recorded(decide(&current)?);
         // An older table is rebuilt in the current layout by the very batch that changes it,
         // its runs of identity ports (one element each before layout 3) as ranges.
         let migrating = snapshot.exists && snapshot.layout.is_older();
@@ -620,6 +620,30 @@ fn plan_of(
     }
 }
 
+/// `mappings` hashed, when `needed` (something will be looked up in them).
+fn set_of(mappings: &[Mapping], needed: bool) -> HashSet<&Mapping> {
+    match needed {
+        true => mappings.iter().collect(),
+        false => HashSet::new(),
+    }
+}
+
+/// A mapping as its element records it, without its list: itself when it has none.
+fn element_of(mapping: &Mapping) -> Cow<'_, Mapping> {
+    match mapping.allow_from.is_empty() {
+        true => Cow::Borrowed(mapping),
+        false => Cow::Owned(allow::without_list(mapping)),
+    }
+}
+
+/// `mappings` as their elements record them, hashed, when `needed`.
+fn elements_of(mappings: &[Mapping], needed: bool) -> HashSet<Cow<'_, Mapping>> {
+    match needed {
+        true => mappings.iter().map(element_of).collect(),
+        false => HashSet::new(),
+    }
+}
+
 /// The element changes from one set of mappings to another.
 struct Diff {
     added: Vec<Mapping>,
@@ -633,10 +657,13 @@ impl Diff {
     /// whose target or metadata changes is deleted and added again in the same batch.
     /// A mapping whose allow-list alone changes keeps its element (and its counters): only
     /// the list's elements change.
+    ///
+    /// Each side is hashed only when the other has something to look up in it: `apply`
+    /// onto an empty table hashes its mappings once, not four times.
     fn between(current: &[Mapping], snapshot: &Snapshot, desired: &[Mapping]) -> Diff {
         let helpers = &snapshot.helpers;
-        let desired_set: HashSet<&Mapping> = desired.iter().collect();
-        let current_set: HashSet<&Mapping> = current.iter().collect();
+        let desired_set = set_of(desired, !current.is_empty());
+        let current_set = set_of(current, !desired.is_empty());
         let removed: Vec<Mapping> = current
             .iter()
             .filter(|m| !desired_set.contains(m))
@@ -652,15 +679,14 @@ impl Diff {
             .iter()
             .map(|(e, _)| (e.set, e.key.as_slice()))
             .collect();
-        let desired_elements: HashSet<Mapping> = desired.iter().map(allow::without_list).collect();
-        let current_elements: HashSet<Mapping> = current.iter().map(allow::without_list).collect();
+        let desired_elements = elements_of(desired, !removed.is_empty());
+        let current_elements = elements_of(current, !added.is_empty());
         let (delete_allowed, add_allowed) = allow::allow_diff(&snapshot.allow_elements, desired);
-        let mut delete: Vec<Element> = removed
-            .iter()
-            .map(allow::without_list)
-            .filter(|m| !desired_elements.contains(m))
-            .map(|m| Element::mapping(&m))
-            .collect();
+        let mut delete: Vec<Element> = Element::mappings(
+            removed
+                .iter()
+                .filter(|m| !desired_elements.contains(&element_of(m))),
+        );
         delete.extend(delete_allowed);
         let mut unneeded: Vec<&HelperKey> = helpers
             .iter()
@@ -672,12 +698,11 @@ impl Diff {
                 .into_iter()
                 .filter_map(|(set, key)| Element::helper(set, key)),
         );
-        let mut add: Vec<Element> = added
-            .iter()
-            .map(allow::without_list)
-            .filter(|m| !current_elements.contains(m))
-            .map(|m| Element::mapping(&m))
-            .collect();
+        let mut add: Vec<Element> = Element::mappings(
+            added
+                .iter()
+                .filter(|m| !current_elements.contains(&element_of(m))),
+        );
         add.extend(add_allowed);
         add.extend(
             needed

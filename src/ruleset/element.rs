@@ -95,7 +95,7 @@ impl Mapping {
         self.metadata().to_comment()
     }
 
-    fn metadata(&self) -> Metadata {
+    pub(super) fn metadata(&self) -> Metadata {
         Metadata {
             via: self.via.clone(),
             netns: self.netns.clone(),

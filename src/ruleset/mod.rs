@@ -30,6 +30,7 @@ mod allow_list;
 pub use allow_list::allow_elements_for;
 mod declarations;
 mod element;
+mod element_batch;
 mod expr;
 mod mapping_rules;
 pub mod metadata;
