@@ -258,3 +258,59 @@ fn rm_of_a_port_inside_a_range_cuts_it_and_keeps_its_helpers() {
     ));
     let _ = io::Error::other("unused");
 }
+
+#[test]
+fn update_refuses_a_clash_among_many_of_interleaved_kinds_and_allows_ports_that_only_touch() {
+    // The same ports in another protocol, family, host address or interface are no clash;
+    // ranges that only touch end to start are none either.
+    let kinds = |port: u16, end: Option<u16>| {
+        let tcp = mapping(port, end, "10.0.0.2");
+        vec![
+            Mapping {
+                proto: Proto::Udp,
+                ..tcp.clone()
+            },
+            Mapping {
+                to_addr: "fd00::2".parse().unwrap(),
+                ..tcp.clone()
+            },
+            Mapping {
+                host_addr: Some("127.0.0.1".parse().unwrap()),
+                ..tcp.clone()
+            },
+            Mapping {
+                on: Some("eth0".into()),
+                host_port_end: None,
+                ..tcp.clone()
+            },
+            tcp,
+        ]
+    };
+    let mut fine: Vec<Mapping> = Vec::new();
+    for (start, end) in [(1000, Some(1099)), (1100, Some(1199)), (1200, None)] {
+        fine.extend(kinds(start, end));
+    }
+    for port in 2000..2300 {
+        fine.extend(kinds(port, None));
+    }
+    let mut fake = Fake::default();
+    let mut counts = None;
+    transaction::update(&mut fake, &mut counts, false, |_| Ok(fine.clone())).unwrap();
+    let before = fake.table.clone();
+    // A range over a single port far from it in the list, a single port inside a range
+    // after it, and two ranges across each other, each among the kinds that do not clash.
+    for (clash, named) in [
+        (mapping(2150, Some(2160), "10.0.0.4"), "2150-2160/tcp"),
+        (mapping(1150, None, "10.0.0.4"), "1100-1199"),
+        (mapping(1190, Some(1210), "10.0.0.4"), "1190-1210/tcp"),
+    ] {
+        for at in [0, fine.len() / 2, fine.len()] {
+            let mut desired = fine.clone();
+            desired.insert(at, clash.clone());
+            let error = transaction::update(&mut fake, &mut counts, false, |_| Ok(desired.clone()))
+                .unwrap_err();
+            assert!(error.to_string().contains(named), "{error}");
+        }
+    }
+    assert_eq!(fake.table, before);
+}

@@ -245,8 +245,12 @@ pub fn conflict(wanted: &Mapping, existing: &Mapping) -> Error {
 /// Refuses mappings that are new and publish a host port another mapping of `desired`
 /// publishes too: a single port and a range holding it live in different maps, so neither
 /// the kernel nor a comparison of keys sees the clash.
+///
+/// `added` are those of `desired` that are new. Any clash is two mappings of `desired`
+/// sharing a port, so a sweep that finds no such pair settles it cheaply; only when it
+/// finds one are the new ones checked one by one, to name the clash.
 pub fn check_overlaps(desired: &[Mapping], added: &[Mapping]) -> Result<(), Error> {
-    if added.is_empty() {
+    if added.is_empty() || !any_share_a_port(desired) {
         return Ok(());
     }
     let new: HashSet<&Mapping> = added.iter().collect();
@@ -264,6 +268,38 @@ pub fn check_overlaps(desired: &[Mapping], added: &[Mapping]) -> Result<(), Erro
         all.push(mapping);
     }
     Ok(())
+}
+
+/// Whether two of `mappings` of one kind (as `start_of` tells it) share a host port. Sorted
+/// by first port, two mappings overlap exactly when some mapping starts at or before the
+/// last port of the one sorted before it.
+fn any_share_a_port(mappings: &[Mapping]) -> bool {
+    type Kind<'a> = (bool, Proto, Option<IpAddr>, Option<&'a str>);
+    fn kind(m: &Mapping) -> Kind<'_> {
+        (m.is_ipv6(), m.proto, m.host_addr, m.on.as_deref())
+    }
+    let mut spans: HashMap<Kind, Vec<(u16, u16)>> = HashMap::new();
+    // Mappings come in runs of one kind: the run's list is found once.
+    let mut run: Option<(Kind, Vec<(u16, u16)>)> = None;
+    for mapping in mappings {
+        let this = kind(mapping);
+        if run.as_ref().is_none_or(|(k, _)| *k != this) {
+            if let Some((k, list)) = run.take() {
+                spans.entry(k).or_default().extend(list);
+            }
+            run = Some((this, Vec::new()));
+        }
+        if let Some((_, list)) = &mut run {
+            list.push((mapping.host_port, *mapping.host_ports().end()));
+        }
+    }
+    if let Some((k, list)) = run {
+        spans.entry(k).or_default().extend(list);
+    }
+    spans.into_values().any(|mut list| {
+        list.sort_unstable();
+        list.windows(2).any(|pair| pair[1].0 <= pair[0].1)
+    })
 }
 
 /// Whether a mapping of the maps `sets` holds a port of one of `mappings` (other than the
