@@ -1,6 +1,7 @@
 //! `apply` and `export`: making the table hold exactly what a mappings file asks for, and
 //! writing the file that asks for what the table holds.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -36,7 +37,7 @@ use crate::spec::PublishSpec;
 /// ```
 pub fn apply(file: &MappingsFile, skip_missing: bool, dry_run: bool) -> Result<Plan, Error> {
     let (desired, forced, ports) = resolve_file(file, skip_missing)?;
-    check_mappings(&desired)?;
+    let desired = distinct(desired)?;
     let decide = |current: &[Mapping]| decide(current, &desired, &forced);
     let committed = transact(dry_run, &ports, |kernel, counts, dry_run| {
         transaction::update(kernel, counts, dry_run, decide)
@@ -142,15 +143,13 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
         if *force {
             forced.extend(mappings.iter().map(Mapping::as_recorded));
         }
-        desired.extend(mappings);
+        // One group (the usual file) hands its mappings over without a copy.
+        if desired.is_empty() {
+            desired = mappings;
+        } else {
+            desired.extend(mappings);
+        }
     }
-    // The same mapping asked for twice (by entries that differ only in `force`) is one.
-    let keep: Vec<bool> = {
-        let mut seen: HashSet<&Mapping> = HashSet::with_capacity(desired.len());
-        desired.iter().map(|m| seen.insert(m)).collect()
-    };
-    let mut keep = keep.into_iter();
-    desired.retain(|_| keep.next().unwrap_or(true));
     Ok((desired, forced, ports))
 }
 
@@ -254,21 +253,35 @@ impl MappingsFile {
     }
 }
 
-/// Refuses what two entries ask for in contradiction: one host port to two targets.
-fn check_mappings(mappings: &[Mapping]) -> Result<(), Error> {
-    let mut seen: HashMap<(&'static str, Vec<u8>), &Mapping> = HashMap::new();
-    for mapping in mappings {
-        if let Some(first) = seen.insert((mapping.set(), mapping.key()), mapping)
-            && first != mapping
-        {
-            return Err(Error::Duplicate {
-                spec: mapping.host_label(),
-                first: first.target_label(),
-                second: mapping.target_label(),
-            });
+/// The mappings, each once (the same mapping asked for twice, by entries that differ only
+/// in `force`, is one); refuses what two entries ask for in contradiction: one host port to
+/// two targets. Equal mappings have equal host sides, so one map of host sides finds both.
+fn distinct(mappings: Vec<Mapping>) -> Result<Vec<Mapping>, Error> {
+    let mut keep = Vec::with_capacity(mappings.len());
+    {
+        let mut seen: HashMap<(&'static str, Vec<u8>), &Mapping> =
+            HashMap::with_capacity(mappings.len());
+        for mapping in &mappings {
+            match seen.entry((mapping.set(), mapping.key())) {
+                Entry::Vacant(vacant) => {
+                    vacant.insert(mapping);
+                    keep.push(true);
+                }
+                Entry::Occupied(first) if *first.get() == mapping => keep.push(false),
+                Entry::Occupied(first) => {
+                    return Err(Error::Duplicate {
+                        spec: mapping.host_label(),
+                        first: first.get().target_label(),
+                        second: mapping.target_label(),
+                    });
+                }
+            }
         }
     }
-    Ok(())
+    let mut keep = keep.into_iter();
+    let mut mappings = mappings;
+    mappings.retain(|_| keep.next().unwrap_or(true));
+    Ok(mappings)
 }
 
 #[cfg(test)]
@@ -285,6 +298,30 @@ mod tests {
             container: container.map(String::from),
             ..Mapping::example()
         }
+    }
+
+    #[test]
+    fn repeats_are_one_and_a_host_port_to_two_targets_is_refused_naming_both() {
+        let port = |host_port: u16, to: &str| Mapping {
+            host_port,
+            to_addr: to.parse().unwrap(),
+            ..Mapping::example()
+        };
+        let (a, b, c) = (
+            port(1, "10.0.0.1"),
+            port(2, "10.0.0.1"),
+            port(3, "10.0.0.1"),
+        );
+        let kept = distinct(vec![a.clone(), b.clone(), a.clone(), c.clone(), b.clone()]).unwrap();
+        assert_eq!(kept, [a.clone(), b.clone(), c]);
+        let other = port(2, "10.0.0.9");
+        let error = distinct(vec![a, b, other]).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("2/tcp"), "{text}");
+        assert!(
+            text.contains("10.0.0.1:80") && text.contains("10.0.0.9:80"),
+            "{text}"
+        );
     }
 
     #[test]
