@@ -116,39 +116,56 @@ pub fn update(
             desired = ranges::coalesce(&desired);
         }
         allow::check_shared_lists(&current, &desired)?;
-        let diff = Diff::between(&current, &snapshot, &desired);
-        ranges::check_overlaps(&desired, &diff.added)?;
-        let rebuild;
-        let changes = if migrating {
-            rebuild = Rebuild::new(kernel, &desired)?;
-            rebuild.changes(&declarations)
-        } else {
-            with_repairs(&declarations, &snapshot, &diff.delete, &diff.add)
+        let Diff {
+            added,
+            removed,
+            delete,
+            add,
+        } = Diff::between(&current, &snapshot, &desired);
+        ranges::check_overlaps(&desired, &added)?;
+        let rebuild = match migrating {
+            true => Some(Rebuild::new(kernel, &desired)?),
+            false => None,
         };
-        let mut plan = plan_of(&snapshot, &changes, &diff.delete, &diff.add);
+        // The plan owns the elements and the batch borrows them: 50,000 elements are not
+        // copied to be reported.
+        let mut plan = Plan {
+            delete,
+            add,
+            notes: repair_notes(&snapshot),
+            ..Plan::default()
+        };
         if migrating {
             plan.notes
                 .push(layout::migration_note(snapshot.layout.version));
         }
+        let (create_table, committed_now) = {
+            let changes = match &rebuild {
+                Some(rebuild) => rebuild.changes(&declarations),
+                None => with_repairs(&declarations, &snapshot, &plan.delete, &plan.add),
+            };
+            let committed_now = match dry_run || changes.is_empty() {
+                true => Some(false),
+                false => commit(kernel, &changes, &snapshot, &added)?.then_some(true),
+            };
+            (!snapshot.exists && !changes.is_empty(), committed_now)
+        };
+        // Refused as stale: read and plan again.
+        let Some(changed) = committed_now else {
+            return Ok(Try::Again);
+        };
+        plan.create_table = create_table;
         let committed = Committed {
             migrated_from: migrating.then_some(snapshot.layout.version),
             plan,
             still_needed: Some(StillNeeded::of_mappings(&desired)),
-            added: diff.added,
-            removed: diff.removed,
+            added,
+            removed,
             genid: snapshot.genid,
             existed: snapshot.exists,
             chains: snapshot.chains.clone(),
         };
-        if dry_run || changes.is_empty() {
-            return Ok(Try::Done((committed, desired, false)));
-        }
-        Ok(
-            match commit(kernel, &changes, &snapshot, &committed.added)? {
-                true => Try::Done((committed, desired, true)),
-                false => Try::Again,
-            },
-        )
+        Ok(Try::Done((committed, desired, changed)))
     })?;
     let (committed, desired, changed) = committed;
     if !dry_run {
@@ -604,6 +621,17 @@ fn plan_of(
     delete: &[Element],
     add: &[Element],
 ) -> Plan {
+    Plan {
+        create_table: !snapshot.exists && !changes.is_empty(),
+        delete: delete.to_vec(),
+        add: add.to_vec(),
+        notes: repair_notes(snapshot),
+        ..Plan::default()
+    }
+}
+
+/// What a plan says about the table's own damage, which its batch repairs.
+fn repair_notes(snapshot: &Snapshot) -> Vec<String> {
     let mut notes = Vec::new();
     if snapshot.exists && !snapshot.damaged.is_empty() {
         notes.push(format!(
@@ -611,13 +639,7 @@ fn plan_of(
             snapshot.damaged.join(", chain ")
         ));
     }
-    Plan {
-        create_table: !snapshot.exists && !changes.is_empty(),
-        delete: delete.to_vec(),
-        add: add.to_vec(),
-        notes,
-        ..Plan::default()
-    }
+    notes
 }
 
 /// `mappings` hashed, when `needed` (something will be looked up in them).
