@@ -104,13 +104,82 @@ impl MappingEntry {
     }
 }
 
+impl MappingEntry {
+    /// One mapping of the old format taken as intent (see `MappingsFile::from_legacy`);
+    /// `None` for a CNI mapping.
+    fn of_legacy(m: &Mapping) -> Option<MappingEntry> {
+        if m.container.is_some() {
+            return None;
+        }
+        let spec = PublishSpec {
+            // A wildcard of one family stays in that family.
+            host_addr: Some(m.host_addr.unwrap_or(if m.is_ipv6() {
+                IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+            } else {
+                IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+            })),
+            host_ports: PortRange {
+                start: m.host_port,
+                end: *m.host_ports().end(),
+            },
+            ns_ports: PortRange {
+                start: m.to_port,
+                end: m.to_port_end().unwrap_or(m.to_port),
+            },
+            proto: m.proto,
+        };
+        let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
+        Some(MappingEntry {
+            to: netns.is_none().then_some(m.to_addr),
+            via: Some(m.via.clone()),
+            netns,
+            publish: spec.to_string(),
+            allow_direct: m.allow_direct,
+            force: false,
+            on: m.on.clone(),
+            allow_from: m.allow_from.iter().map(ToString::to_string).collect(),
+        })
+    }
+}
+
+/// The old format's array, read one mapping at a time into its entry: a listing of
+/// 50,000 mappings is never held whole beside the entries made of it.
+struct Legacy(Vec<MappingEntry>);
+
+impl<'de> Deserialize<'de> for Legacy {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entries;
+        impl<'de> serde::de::Visitor<'de> for Entries {
+            type Value = Legacy;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("a sequence")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Legacy, A::Error> {
+                let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(mapping) = seq.next_element::<Mapping>()? {
+                    entries.extend(MappingEntry::of_legacy(&mapping));
+                }
+                Ok(Legacy(entries))
+            }
+        }
+        deserializer.deserialize_seq(Entries)
+    }
+}
+
 impl MappingsFile {
     /// Reads a file of either version; the message names what is wrong.
     pub fn parse(text: &str) -> Result<MappingsFile, String> {
         if text.trim_start().starts_with('[') {
-            let listing: Vec<Mapping> =
-                serde_json::from_str(text).map_err(|error| error.to_string())?;
-            return Ok(MappingsFile::from_legacy(&listing));
+            let listing: Legacy = serde_json::from_str(text).map_err(|error| error.to_string())?;
+            return Ok(MappingsFile {
+                version: FILE_VERSION,
+                mappings: listing.0,
+            });
         }
         // The version first, so that a newer file is refused for what it is rather than
         // for a field this nsport does not know.
@@ -151,43 +220,9 @@ impl MappingsFile {
     /// ports to its namespace (by the name it recorded) or, without one, to its address.
     /// CNI mappings are left out: the plugin owns them.
     pub fn from_legacy(listing: &[Mapping]) -> MappingsFile {
-        let mappings = listing
-            .iter()
-            .filter(|m| m.container.is_none())
-            .map(|m| {
-                let spec = PublishSpec {
-                    // A wildcard of one family stays in that family.
-                    host_addr: Some(m.host_addr.unwrap_or(if m.is_ipv6() {
-                        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                    } else {
-                        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                    })),
-                    host_ports: PortRange {
-                        start: m.host_port,
-                        end: *m.host_ports().end(),
-                    },
-                    ns_ports: PortRange {
-                        start: m.to_port,
-                        end: m.to_port_end().unwrap_or(m.to_port),
-                    },
-                    proto: m.proto,
-                };
-                let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
-                MappingEntry {
-                    to: netns.is_none().then_some(m.to_addr),
-                    via: Some(m.via.clone()),
-                    netns,
-                    publish: spec.to_string(),
-                    allow_direct: m.allow_direct,
-                    force: false,
-                    on: m.on.clone(),
-                    allow_from: m.allow_from.iter().map(ToString::to_string).collect(),
-                }
-            })
-            .collect();
         MappingsFile {
             version: FILE_VERSION,
-            mappings,
+            mappings: listing.iter().filter_map(MappingEntry::of_legacy).collect(),
         }
     }
 
@@ -420,6 +455,43 @@ mod tests {
         let both: MappingEntry =
             serde_json::from_str(r#"{"netns": "a", "to": "10.0.0.1", "publish": "1"}"#).unwrap();
         assert!(both.target().unwrap_err().contains("both"));
+    }
+
+    #[test]
+    fn legacy_listing_read_one_at_a_time_is_the_listing_read_whole() {
+        // A CNI mapping (left out), an IPv6 wildcard, a range, a list, an interface.
+        let listing = r##"[
+            {"proto":"tcp","host_addr":null,"host_port":3000,"to_addr":"172.18.0.2","to_port":80,
+             "via":"br0","netns":"ns1","netns_inode":1,"stale":true,"packets":5},
+            {"proto":"tcp","host_addr":null,"host_port":81,"to_addr":"10.88.0.2","to_port":80,
+             "via":"cni0","container":"c1","container_ifname":"eth0","network":"n"},
+            {"proto":"udp","host_addr":null,"host_port":53,"to_addr":"fd00::2","to_port":53,"via":"v3"},
+            {"proto":"tcp","host_addr":"127.0.0.1","host_port":20000,"host_port_end":20009,
+             "to_addr":"10.77.0.2","to_port":20000,"via":"v3","allow_from":["10.0.0.0/8"]},
+            {"proto":"sctp","host_addr":null,"on":"eth1","host_port":9,"to_addr":"10.77.0.2",
+             "to_port":9,"via":"v3","netns":"#digest"}
+        ]"##;
+        let whole: Vec<Mapping> = serde_json::from_str(listing).unwrap();
+        let file = MappingsFile::parse(listing).unwrap();
+        assert_eq!(file.mappings.len(), 4);
+        assert_eq!(file, MappingsFile::from_legacy(&whole));
+        // A bad listing is refused in the same words as when it was read whole.
+        for bad in [
+            "[1]",
+            "[",
+            r#"[{"proto":"tcp"}]"#,
+            r#"[{"proto":"tcp","host_addr":null,"host_port":70000,"to_addr":"10.0.0.1","to_port":1,"via":"v"}]"#,
+            r#"[{"proto":"xdp","host_addr":null,"host_port":1,"to_addr":"10.0.0.1","to_port":1,"via":"v"}]"#,
+            "[{}, ]",
+            "[] x",
+        ] {
+            let expected = serde_json::from_str::<Vec<Mapping>>(bad).unwrap_err();
+            assert_eq!(
+                MappingsFile::parse(bad).unwrap_err(),
+                expected.to_string(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
