@@ -148,3 +148,19 @@ fn the_facts_of_mappings_count_each_limited_span_once() {
     assert_eq!(facts.sizes.get(SET_ANY4), Some(&3));
     assert!(facts.may_hold(SET_LIMITED) && !facts.may_hold(SET_ADDR4));
 }
+
+#[test]
+fn a_second_publish_to_a_target_sends_only_its_mapping() {
+    let mut fake = Fake::default();
+    let first = publish(&mut fake, &[mapping(8080)]).unwrap();
+    assert!(first.plan.add.len() > 1, "the first brings the target's helpers");
+    let helpers = fake.elements_of(crate::ruleset::SET_HAIRPIN4);
+    let second = publish(&mut fake, &[mapping(8081)]).unwrap();
+    assert_eq!(second.plan.add, vec![Element::mapping(&mapping(8081))]);
+    assert_eq!(fake.elements_of(crate::ruleset::SET_HAIRPIN4), helpers);
+    // Both are counted: removing one keeps the helpers, removing both takes them.
+    remove(&mut fake, &mapping(8080));
+    assert_eq!(fake.elements_of(crate::ruleset::SET_HAIRPIN4), helpers);
+    remove(&mut fake, &mapping(8081));
+    assert!(fake.elements_of(crate::ruleset::SET_HAIRPIN4).is_empty());
+}

@@ -273,8 +273,15 @@ pub fn create(
             };
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
-        // nothing is ever deleted here.
-        let add: Vec<Element> = needed.iter().map(|(e, _)| e.clone()).collect();
+        // nothing is ever deleted here. Counts that describe this very ruleset name the
+        // helpers there are, and those are left out of the batch.
+        let there = Counts::valid_at(counts, snapshot.genid).map(|counts| &counts.helpers);
+        let add: Vec<Element> = needed
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| there.is_none_or(|there| !there.contains_key(&(e.set, e.key.clone()))))
+            .cloned()
+            .collect();
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
