@@ -83,20 +83,33 @@ fn resolve_file(file: &MappingsFile, skip_missing: bool) -> Result<Resolved, Err
             resolve::check_on(on, std::slice::from_ref(&spec))
                 .map_err(|error| at(error.to_string()))?;
         }
-        let group = (
-            target,
-            entry.via.clone(),
-            entry.allow_direct,
-            entry.force,
-            entry.on.clone(),
-            allow_from,
-        );
-        let slot = match groups.last() {
-            Some((last, _, _)) if *last == group => groups.len() - 1,
-            _ => *group_index.entry(group.clone()).or_insert_with(|| {
-                groups.push((group, Vec::new(), HashSet::new()));
-                groups.len() - 1
-            }),
+        // The entry's group is compared with the last one before it is copied.
+        let in_last = groups
+            .last()
+            .is_some_and(|((t, via, direct, force, on, list), _, _)| {
+                *t == target
+                    && *via == entry.via
+                    && *direct == entry.allow_direct
+                    && *force == entry.force
+                    && *on == entry.on
+                    && *list == allow_from
+            });
+        let slot = match in_last {
+            true => groups.len() - 1,
+            false => {
+                let group = (
+                    target,
+                    entry.via.clone(),
+                    entry.allow_direct,
+                    entry.force,
+                    entry.on.clone(),
+                    allow_from,
+                );
+                *group_index.entry(group.clone()).or_insert_with(|| {
+                    groups.push((group, Vec::new(), HashSet::new()));
+                    groups.len() - 1
+                })
+            }
         };
         let (_, specs, seen) = &mut groups[slot];
         if seen.insert(spec) {
