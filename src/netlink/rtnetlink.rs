@@ -219,7 +219,7 @@ pub fn link_by_name(name: &str) -> Result<Option<Link>, NetlinkError> {
 }
 
 /// The route the kernel would send a packet to `addr` by (`ip route get`); none when it
-/// has no route there.
+/// would send none there.
 pub fn route_to(addr: IpAddr) -> Result<Option<Route>, NetlinkError> {
     let (family, prefix) = match addr {
         IpAddr::V4(_) => (libc::AF_INET as u8, 32),
@@ -237,7 +237,17 @@ pub fn route_to(addr: IpAddr) -> Result<Option<Route>, NetlinkError> {
         }
         Ok(())
     });
-    if refused_with(&result, &[libc::ENETUNREACH, libc::EHOSTUNREACH]) {
+    // A lookup only fails for want of a route, or for a route that refuses the packet:
+    // unreachable, prohibit (EACCES, which is no want of privilege here), blackhole
+    // (EINVAL) and throw (EAGAIN). Either way no packet would go there.
+    let no_route = [
+        libc::ENETUNREACH,
+        libc::EHOSTUNREACH,
+        libc::EACCES,
+        libc::EINVAL,
+        libc::EAGAIN,
+    ];
+    if refused_with(&result, &no_route) {
         return Ok(None);
     }
     result.map(|()| found)
