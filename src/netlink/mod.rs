@@ -3,13 +3,15 @@
 //! `nftables` writes and reads `table inet nsport` through libnftnl and libmnl;
 //! `rtnetlink` reads addresses, routes and links and sets bridge-port hairpin mode;
 //! `conntrack` deletes tracked connections; `sock_diag` finds the sockets holding a port;
-//! `socket` holds the netfilter socket plumbing `nftables` and `conntrack` share.
+//! `socket` holds the netfilter socket plumbing `nftables` and `conntrack` share;
+//! `messages` walks the answers of the protocols read by hand.
 
 use std::io;
 
 mod attributes;
 pub mod conntrack;
 mod kept;
+mod messages;
 pub mod nftables;
 pub mod rtnetlink;
 pub mod sock_diag;

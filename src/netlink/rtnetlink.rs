@@ -11,6 +11,7 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 use super::NetlinkError;
 use super::attributes;
 use super::kept::with_kept;
+use super::messages;
 use super::socket::{NLMSG_DONE, NLMSG_ERROR, next_seq, used_seq};
 
 mod answer;
@@ -99,14 +100,14 @@ fn request(
         kept.socket.send(&message, 0).map_err(NetlinkError::Send)?;
         loop {
             let mut data = kept.receive()?;
-            while let Some(message) = answer::next_message(&mut data)? {
+            while let Some(message) = messages::next_message(&mut data)? {
                 // What an earlier request left unread answers another sequence number.
                 if message.seq != seq {
                     continue;
                 }
                 match message.kind {
                     NLMSG_DONE | NLMSG_ERROR => {
-                        return match answer::errno(&message)? {
+                        return match messages::errno(&message)? {
                             errno if errno > 0 => Err(NetlinkError::Kernel {
                                 index: None,
                                 error: std::io::Error::from_raw_os_error(errno),

@@ -7,9 +7,10 @@ use std::net::IpAddr;
 
 use proptest::prelude::*;
 
-use super::answer::{self, IFINFOMSG_LEN, Message, RTMSG_LEN};
+use super::answer::{self, IFINFOMSG_LEN, RTMSG_LEN};
 use super::{RTN_BROADCAST, RTN_LOCAL};
 use crate::netlink::attributes::put;
+use crate::netlink::messages::{self, Message};
 
 const NESTED: u16 = 0x8000;
 
@@ -230,44 +231,44 @@ fn messages_are_walked_with_their_lengths_checked() {
     let mut data = netlink_message(20, 5, &v4_address());
     data.extend(netlink_message(3, 5, &[0; 4]));
     let mut rest = data.as_slice();
-    let first = answer::next_message(&mut rest).unwrap().unwrap();
+    let first = messages::next_message(&mut rest).unwrap().unwrap();
     assert_eq!((first.kind, first.seq), (20, 5));
     assert_eq!(first.payload, v4_address().as_slice());
-    let done = answer::next_message(&mut rest).unwrap().unwrap();
-    assert_eq!((done.kind, answer::errno(&done).unwrap()), (3, 0));
-    assert_eq!(answer::next_message(&mut rest).unwrap(), None);
+    let done = messages::next_message(&mut rest).unwrap().unwrap();
+    assert_eq!((done.kind, messages::errno(&done).unwrap()), (3, 0));
+    assert_eq!(messages::next_message(&mut rest).unwrap(), None);
 
     // Cut anywhere but between messages, the datagram is an error.
     let first_len = netlink_message(20, 5, &v4_address()).len();
     for cut in 1..data.len() {
         let mut rest = &data[..cut];
-        let walked = std::iter::from_fn(|| answer::next_message(&mut rest).transpose())
+        let walked = std::iter::from_fn(|| messages::next_message(&mut rest).transpose())
             .collect::<Result<Vec<_>, _>>();
         assert_eq!(walked.is_ok(), cut == first_len, "cut at {cut}");
     }
     // A length shorter than the header, which would walk in place forever.
     let mut zero = netlink_message(20, 5, &[]);
     zero[..4].copy_from_slice(&0u32.to_ne_bytes());
-    assert!(answer::next_message(&mut zero.as_slice()).is_err());
+    assert!(messages::next_message(&mut zero.as_slice()).is_err());
     // An error message without its code.
     let codeless = Message {
         kind: 2,
         seq: 1,
         payload: &[0, 0],
     };
-    assert!(answer::errno(&codeless).is_err());
+    assert!(messages::errno(&codeless).is_err());
     let refused = netlink_message(2, 1, &(-libc::ENODEV).to_ne_bytes());
-    let message = answer::next_message(&mut refused.as_slice())
+    let message = messages::next_message(&mut refused.as_slice())
         .unwrap()
         .unwrap();
-    assert_eq!(answer::errno(&message).unwrap(), libc::ENODEV);
+    assert_eq!(messages::errno(&message).unwrap(), libc::ENODEV);
 }
 
 /// Walks a datagram the way `request` does, parsing every message as each kind.
 fn parse_everything(data: &[u8]) {
     let mut rest = data;
-    while let Ok(Some(message)) = answer::next_message(&mut rest) {
-        let _ = answer::errno(&message);
+    while let Ok(Some(message)) = messages::next_message(&mut rest) {
+        let _ = messages::errno(&message);
         let _ = answer::link(message.payload);
         let _ = answer::address(message.payload);
         let _ = answer::route(message.payload);
