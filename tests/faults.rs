@@ -369,6 +369,11 @@ fn other_tables_dropping_forwarded_traffic_are_named() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("table ip filter chain FORWARD"), "{stderr}");
+    // The next publish, which finds the ruleset as nsport's own change left it and reads
+    // no other table, warns all the same: from what the first one judged.
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "3001:3000"]);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), stderr);
     // The warning is true, and its advice works.
     assert_eq!(lab.tcp("out", HOST_OUT, 3000), None);
     lab.nft(
@@ -376,6 +381,12 @@ fn other_tables_dropping_forwarded_traffic_are_named() {
         "insert rule ip filter FORWARD ct status dnat accept",
     );
     assert_eq!(lab.tcp("out", HOST_OUT, 3000), some(OUT));
+    // Another tool's change is read, and judged again: no warning now.
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "3002:3000"]);
+    assert!(output.status.success());
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    let output = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "3003:3000"]);
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
 }
 
 #[test]

@@ -7,7 +7,6 @@ use std::net::IpAddr;
 use super::resolve::{self, Target, resolve};
 use super::{list, overlap, transact, transaction};
 use crate::error::{Error, kernel};
-use crate::host::firewalls;
 use crate::host::netns::NamespaceError;
 use crate::model::{EntryTarget, MappingsFile, SourcePrefix};
 use crate::netlink::rtnetlink;
@@ -42,7 +41,7 @@ pub fn apply(file: &MappingsFile, skip_missing: bool, dry_run: bool) -> Result<P
         transaction::update(kernel, counts, dry_run, decide)
     })?;
     if !dry_run && !committed.added.is_empty() {
-        for warning in firewalls::dropping_forward_chains(&committed.chains) {
+        for warning in &committed.warnings {
             log::warn!("{warning}");
         }
     }

@@ -15,13 +15,13 @@
 //! record, or an unreadable record, and the next removal reads everything and counts
 //! afresh.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use super::table::{HelperKey, helpers_for};
+use super::table::{HelperKey, MAPPING_SETS, helpers_for};
 use crate::host::settings::StillNeeded;
-use crate::host::state::RecordedCounts;
+use crate::host::state::{RecordedCounts, RecordedTable};
 use crate::ruleset::{
-    Element, IFNAME_LEN, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_REACH4, SET_REACH6,
+    Element, IFNAME_LEN, Mapping, SET_HAIRPIN4, SET_HAIRPIN6, SET_LIMITED, SET_REACH4, SET_REACH6,
 };
 
 /// How many mappings need a helper element, and how many of those serve the host's
@@ -54,6 +54,64 @@ impl Users {
 pub struct Counts {
     pub genid: u32,
     pub helpers: HashMap<HelperKey, Users>,
+    /// What else nsport's own last change knows of the table, when it left one.
+    pub facts: Option<TableFacts>,
+}
+
+/// What a publish would otherwise read before its batch, known exactly at the counts'
+/// generation: that the table exists in this layout (no table read), how many elements
+/// each map of mappings and `limited` holds (an empty map need not be searched for a
+/// clash or an overlap), and the other firewalls' warnings (no dump of every table's base
+/// chains). Any commit by anyone else moves the generation on, and then they are read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TableFacts {
+    pub layout: u32,
+    pub sizes: HashMap<&'static str, u32>,
+    /// The warnings about other tables' forward chains, when they were judged.
+    pub warnings: Option<Vec<String>>,
+}
+
+impl TableFacts {
+    /// The facts of a table of the current layout holding exactly `mappings`.
+    pub fn of(mappings: &[Mapping]) -> TableFacts {
+        let mut facts = TableFacts {
+            layout: crate::ruleset::LAYOUT,
+            ..TableFacts::default()
+        };
+        facts.add(mappings);
+        let limited: HashSet<_> = mappings
+            .iter()
+            .filter(|m| !m.allow_from.is_empty())
+            .map(Mapping::port_span)
+            .collect();
+        if !limited.is_empty() {
+            facts.sizes.insert(SET_LIMITED, limited.len() as u32);
+        }
+        facts
+    }
+
+    /// Whether `set` may hold an element: an empty map is not searched.
+    pub fn may_hold(&self, set: &str) -> bool {
+        self.sizes.get(set).is_some_and(|size| *size > 0)
+    }
+
+    /// With the elements of `mappings` added (each a new element).
+    pub fn add(&mut self, mappings: &[Mapping]) {
+        for mapping in mappings {
+            let size = self.sizes.entry(mapping.set()).or_default();
+            *size = size.saturating_add(1);
+        }
+    }
+
+    /// With the elements of `mappings` deleted; `None` when a map would hold fewer than
+    /// none, which means the facts were wrong.
+    pub fn remove(&mut self, mappings: &[Mapping]) -> Option<()> {
+        for mapping in mappings {
+            let size = self.sizes.get_mut(mapping.set())?;
+            *size = size.checked_sub(1)?;
+        }
+        Some(())
+    }
 }
 
 impl Counts {
@@ -65,6 +123,7 @@ impl Counts {
                 .into_iter()
                 .map(|(element, users)| ((element.set, element.key), users))
                 .collect(),
+            facts: None,
         }
     }
 
@@ -160,6 +219,16 @@ impl Counts {
         RecordedCounts {
             genid: self.genid,
             helpers,
+            table: self.facts.as_ref().map(|facts| RecordedTable {
+                layout: facts.layout,
+                sizes: facts
+                    .sizes
+                    .iter()
+                    .filter(|(_, size)| **size > 0)
+                    .map(|(set, size)| (set.to_string(), *size))
+                    .collect(),
+                warnings: facts.warnings.clone(),
+            }),
         }
     }
 
@@ -184,9 +253,27 @@ impl Counts {
                 },
             );
         }
+        // Facts naming a map this nsport does not know are not this nsport's: the counts
+        // stand, the table is read.
+        let facts = recorded.table.as_ref().and_then(|table| {
+            let mut sizes = HashMap::new();
+            for (name, size) in &table.sizes {
+                let set = *MAPPING_SETS
+                    .iter()
+                    .chain(&[SET_LIMITED])
+                    .find(|s| **s == name)?;
+                sizes.insert(set, *size);
+            }
+            Some(TableFacts {
+                layout: table.layout,
+                sizes,
+                warnings: table.warnings.clone(),
+            })
+        });
         Some(Counts {
             genid: recorded.genid,
             helpers,
+            facts,
         })
     }
 }

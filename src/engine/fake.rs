@@ -60,6 +60,9 @@ pub struct Fake {
     /// How many times the chains' rules were read: a change that trusted its last
     /// verification reads none.
     pub rule_dumps: usize,
+    /// How many reads of anything but the generation were made: base chains, rules, set
+    /// dumps and element lookups.
+    pub reads: usize,
     /// The counts this host's settings record would keep.
     pub counts: Option<super::counts::Counts>,
 }
@@ -271,6 +274,7 @@ impl Kernel for Fake {
     }
 
     fn base_chains(&mut self) -> Result<Vec<ChainDump>, NetlinkError> {
+        self.reads += 1;
         Ok(self
             .table
             .iter()
@@ -289,6 +293,7 @@ impl Kernel for Fake {
 
     fn rules(&mut self) -> Result<Vec<RuleDump>, NetlinkError> {
         self.rule_dumps += 1;
+        self.reads += 1;
         let mut out = Vec::new();
         for (name, chain) in self.table.iter().flat_map(|table| &table.chains) {
             for (handle, exprs) in chain.rules.iter().enumerate() {
@@ -303,6 +308,7 @@ impl Kernel for Fake {
     }
 
     fn elements(&mut self, set: &'static str) -> Result<Vec<ElementDump>, NetlinkError> {
+        self.reads += 1;
         assert!(
             !self.forbidden_dumps.contains(&set),
             "{set} was dumped whole"
@@ -337,6 +343,7 @@ impl Kernel for Fake {
         set: &'static str,
         key: &[u8],
     ) -> Result<Option<ElementDump>, NetlinkError> {
+        self.reads += 1;
         let start = match is_range_set(set) {
             true => self.table.as_ref().and_then(|t| t.holding(set, key, key)),
             false => Some(key.to_vec()),

@@ -171,9 +171,9 @@ impl Rebuild {
     /// sets, rules and elements. The kernel applies it whole or not at all.
     pub fn changes<'a>(&'a self, declarations: &'a Declarations) -> Vec<Change<'a>> {
         let mut changes = vec![Change::DelTable, Change::AddTable { exclusive: false }];
-        changes.extend(declarations.chains.iter().map(Change::AddChain));
-        changes.extend(declarations.sets.iter().map(Change::AddSet));
-        changes.extend(declarations.rules.iter().map(Change::AddRule));
+        changes.extend(declarations.chains().iter().map(Change::AddChain));
+        changes.extend(declarations.sets().iter().map(Change::AddSet));
+        changes.extend(declarations.rules().iter().map(Change::AddRule));
         changes.extend(self.elements.iter().map(Change::AddElement));
         changes
     }

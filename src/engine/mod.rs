@@ -21,6 +21,8 @@ mod table;
 mod transaction;
 
 #[cfg(test)]
+mod facts_tests;
+#[cfg(test)]
 mod fake;
 #[cfg(test)]
 mod finish_tests;
@@ -39,7 +41,7 @@ use std::net::IpAddr;
 use counts::Counts;
 use finish::{finish_or_roll_back, with_notes};
 pub use flush::flush;
-use kernel::Netlink;
+use kernel::{Kernel, Netlink};
 pub use layout::Layout;
 pub(crate) use list::stale_flags;
 pub use list::{Listing, damaged_chains, export_nft, list, list_status, table_layout};
@@ -51,6 +53,7 @@ pub(crate) use table::{HELPER_SETS, helpers_for};
 use transaction::Committed;
 
 use crate::error::{Error, kernel, state};
+use crate::host::firewalls;
 use crate::host::settings::Settings;
 use crate::host::state::{self, WriterLock};
 use crate::netlink::NetlinkError;
@@ -101,9 +104,44 @@ fn transact(
     }
     let lock = writer_lock()?;
     let (mut settings, mut counts) = record(&lock)?;
-    let committed = run(&mut kernel, &mut counts, false)?;
+    let mut committed = run(&mut kernel, &mut counts, false)?;
+    committed.warnings = forward_warnings(&mut kernel, &committed, &mut counts);
     finish_or_roll_back(&mut kernel, &mut settings, &mut counts, &committed, ports)?;
     Ok(committed)
+}
+
+/// The warnings about other tables' forward chains that would drop what a change
+/// published: judged from the chains the change read, or, when the counts' facts stood for
+/// them, the ones judged when they were last read (nothing changed the ruleset since but
+/// nsport, in its own table). Kept in the facts for the next change. A change that
+/// published nothing warns of nothing.
+fn forward_warnings(
+    kernel: &mut impl Kernel,
+    committed: &Committed,
+    counts: &mut Option<Counts>,
+) -> Vec<String> {
+    if committed.added.is_empty() {
+        return Vec::new();
+    }
+    let known = counts
+        .as_ref()
+        .and_then(|counts| counts.facts.as_ref())
+        .and_then(|facts| facts.warnings.clone());
+    let warnings = match (&committed.chains, known) {
+        (Some(chains), _) => firewalls::dropping_forward_chains(chains),
+        (None, Some(known)) => known,
+        (None, None) => match kernel.base_chains() {
+            Ok(chains) => firewalls::dropping_forward_chains(&chains),
+            Err(error) => {
+                log::debug!("cannot read the base chains of other tables: {error}");
+                return Vec::new();
+            }
+        },
+    };
+    if let Some(facts) = counts.as_mut().and_then(|counts| counts.facts.as_mut()) {
+        facts.warnings = Some(warnings.clone());
+    }
+    warnings
 }
 
 /// The settings record, read under the writer lock, with the counts it keeps. An

@@ -132,17 +132,19 @@ const MAPS: [(&str, bool, bool, bool, bool); 12] = [
 /// generation the caller read. A single port meets a wider host side of an exact map in
 /// one exact key, which is got; every other map it could meet (narrower host sides, and
 /// ranges) is dumped, each once, and searched. A wildcard publish thus reads only the
-/// maps of specific addresses, interfaces and ranges, whatever the number of wildcards.
+/// maps of specific addresses, interfaces and ranges, whatever the number of wildcards; a
+/// map `may_hold` says is empty is not read at all.
 pub fn in_table(
     kernel: &mut impl Kernel,
     wanted: &[Mapping],
+    may_hold: &dyn Fn(&str) -> bool,
 ) -> Result<Option<(Mapping, Mapping)>, Error> {
     let mut dumped: HashMap<&'static str, Vec<Mapping>> = HashMap::new();
     for mapping in wanted {
         let (on, addr) = (mapping.on.is_some(), mapping.host_addr.is_some());
         for &(set, v6, set_on, set_addr, range) in &MAPS {
             // Another family, or the same shape (a clash of its own, not an overlap).
-            if v6 != mapping.is_ipv6() || (set_on == on && set_addr == addr) {
+            if v6 != mapping.is_ipv6() || (set_on == on && set_addr == addr) || !may_hold(set) {
                 continue;
             }
             let wider = (!set_on || on) && (!set_addr || addr);

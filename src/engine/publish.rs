@@ -6,7 +6,6 @@ use std::net::IpAddr;
 use super::resolve::{self, PublishOptions, Target, resolve};
 use super::{overlap, transact, transaction};
 use crate::error::Error;
-use crate::host::firewalls;
 use crate::netlink::rtnetlink;
 use crate::plan::Plan;
 use crate::ruleset::Mapping;
@@ -39,7 +38,7 @@ pub fn publish(
     let committed = transact(false, &ports, |kernel, counts, dry_run| {
         transaction::create(kernel, counts, &mappings, options.force, dry_run)
     })?;
-    for warning in firewalls::dropping_forward_chains(&committed.chains) {
+    for warning in &committed.warnings {
         log::warn!("{warning}");
     }
     Ok(mappings)

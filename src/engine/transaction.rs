@@ -23,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use super::allow;
-use super::counts::Counts;
+use super::counts::{Counts, TableFacts};
 use super::kernel::Kernel;
 use super::layout::{self, Rebuild};
 use super::overlap;
@@ -34,7 +34,7 @@ use crate::host::settings::StillNeeded;
 use crate::netlink::NetlinkError;
 use crate::netlink::nftables::{ChainDump, Change};
 use crate::plan::Plan;
-use crate::ruleset::{self, Element, Mapping};
+use crate::ruleset::{self, Element, Mapping, SET_LIMITED};
 
 /// How many times a change is read, planned and committed before giving up.
 pub const TRIES: u32 = 10;
@@ -54,8 +54,12 @@ pub struct Committed {
     pub genid: u32,
     /// Whether the table existed before the change.
     pub existed: bool,
-    /// Every base chain of every table, as read.
-    pub chains: Vec<ChainDump>,
+    /// Every base chain of every table, as read; `None` when the counts' facts stood for
+    /// them.
+    pub chains: Option<Vec<ChainDump>>,
+    /// The warnings about other tables' forward chains that drop published traffic, for
+    /// a change that published something (see `forward_warnings`).
+    pub warnings: Vec<String>,
     /// The older layout the change migrated the table from, in the same batch.
     pub migrated_from: Option<u32>,
 }
@@ -139,6 +143,7 @@ pub fn update(
             genid: snapshot.genid,
             existed: snapshot.exists,
             chains: snapshot.chains.clone(),
+            warnings: Vec::new(),
         };
         if dry_run || changes.is_empty() {
             return Ok(Try::Done((committed, desired, false)));
@@ -152,7 +157,12 @@ pub fn update(
     })?;
     let (committed, desired, changed) = committed;
     if !dry_run {
-        *counts = after(kernel, committed.genid, changed).map(|genid| Counts::of(&desired, genid));
+        // A table is there after the change when it was before or the change made one.
+        let table = committed.existed || committed.plan.create_table;
+        *counts = after(kernel, committed.genid, changed).map(|genid| Counts {
+            facts: table.then(|| TableFacts::of(&desired)),
+            ..Counts::of(&desired, genid)
+        });
     }
     Ok(committed)
 }
@@ -221,20 +231,28 @@ pub fn create(
         }
     }
     let outcome = retrying(|| {
-        let verified = counts.as_ref().map(|counts| counts.genid);
-        let snapshot = table::read_trusting(kernel, false, verified)?;
+        let snapshot = table::read_trusting(kernel, false, counts.as_ref())?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
             return Ok(Try::Done(None));
         }
+        // A map the facts know to be empty holds nothing to clash with or overlap.
+        let facts = Counts::valid_at(counts, snapshot.genid).and_then(|c| c.facts.as_ref());
+        let may_hold = |set: &str| facts.is_none_or(|facts| facts.may_hold(set));
+        let read: Vec<&'static str> = read.iter().copied().filter(|s| may_hold(s)).collect();
+        let lookups: Vec<(&'static str, Vec<u8>)> = lookups
+            .iter()
+            .filter(|(s, _)| may_hold(s))
+            .cloned()
+            .collect();
         // A clash with what the maps read or looked up hold is named by the full read; so
         // is a port that has a list, which the new mapping would not share. Both are read at
         // the generation the batch is committed against.
         if snapshot.exists
             && (ranges::clashes(kernel, &read, &mappings)?
                 || ranges::any_held(kernel, &lookups)?
-                || touches_limited(kernel, &mappings)?)
+                || (may_hold(SET_LIMITED) && touches_limited(kernel, &mappings)?))
         {
             return Ok(Try::Done(None));
         }
@@ -244,7 +262,7 @@ pub fn create(
         // decides it, reading everything; any other is refused at once, named.
         if !force
             && snapshot.exists
-            && let Some((wanted, holder)) = overlap::in_table(kernel, &mappings)?
+            && let Some((wanted, holder)) = overlap::in_table(kernel, &mappings, &may_hold)?
         {
             let there = kernel
                 .element(wanted.set(), &wanted.key())
@@ -255,8 +273,15 @@ pub fn create(
             };
         }
         // Every helper the mappings need: adding one that is there changes nothing, and
-        // nothing is ever deleted here.
-        let add: Vec<Element> = needed.iter().map(|(e, _)| e.clone()).collect();
+        // nothing is ever deleted here. Counts that describe this very ruleset name the
+        // helpers there are, and those are left out of the batch.
+        let there = Counts::valid_at(counts, snapshot.genid).map(|counts| &counts.helpers);
+        let add: Vec<Element> = needed
+            .iter()
+            .map(|(e, _)| e)
+            .filter(|e| there.is_none_or(|there| !there.contains_key(&(e.set, e.key.clone()))))
+            .cloned()
+            .collect();
         let mut changes = declarations.repairs(&snapshot);
         let first_mapping = changes.len();
         changes.extend(elements.iter().map(Change::CreateElement));
@@ -295,11 +320,17 @@ pub fn create(
     // changed the ruleset since nsport last wrote them.
     let base = match Counts::valid_at(counts, committed.genid) {
         Some(valid) => Some(valid.clone()),
-        None if !committed.existed => Some(Counts::default()),
+        None if !committed.existed => Some(Counts {
+            facts: Some(TableFacts::of(&[])),
+            ..Counts::default()
+        }),
         None => None,
     };
     *counts = base.and_then(|mut base| {
         base.add(&needed)?;
+        if let Some(facts) = &mut base.facts {
+            facts.add(&mappings);
+        }
         base.genid = after(kernel, committed.genid, true)?;
         Some(base)
     });
@@ -347,8 +378,7 @@ pub fn remove(
     }
     let declarations = Declarations::new();
     let outcome = retrying(|| {
-        let verified = counts.as_ref().map(|counts| counts.genid);
-        let snapshot = table::read_trusting(kernel, false, verified)?;
+        let snapshot = table::read_trusting(kernel, false, counts.as_ref())?;
         snapshot.layout.check_changeable()?;
         // An older table is migrated by a full read and rebuild.
         if snapshot.exists && snapshot.layout.is_older() {
@@ -359,6 +389,9 @@ pub fn remove(
         let Some(valid) = Counts::valid_at(counts, snapshot.genid) else {
             return Ok(Try::Done(None));
         };
+        // Every key is looked up, whatever the facts say: a lookup is one small answer, and
+        // a port must never be called unpublished on the word of a record.
+        let may_hold = |set: &str| valid.facts.as_ref().is_none_or(|f| f.may_hold(set));
         let mut found = Vec::with_capacity(keys.len());
         for (set, key) in keys {
             let element = match snapshot.exists {
@@ -371,10 +404,20 @@ pub fn remove(
         // added again, as new elements, in the same batch.
         let cut = ranges::cut(&holders(&found), &choose(&found)?);
         // A port with a list loses it with its last mapping, which only a full read knows.
-        if touches_limited(kernel, &cut.removed)? || touches_limited(kernel, &cut.rest)? {
+        if may_hold(SET_LIMITED)
+            && (touches_limited(kernel, &cut.removed)? || touches_limited(kernel, &cut.rest)?)
+        {
             return Ok(Try::Done(None));
         }
         let mut after_removal = valid.clone();
+        // Facts that do not add up are dropped: the next change reads the table.
+        if let Some(facts) = &mut after_removal.facts {
+            if facts.remove(&cut.removed).is_none() {
+                after_removal.facts = None;
+            } else {
+                facts.add(&cut.rest);
+            }
+        }
         let Some(new_helpers) = after_removal.add(&helpers_for(&cut.rest)) else {
             return Ok(Try::Done(None));
         };

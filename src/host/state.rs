@@ -79,6 +79,19 @@ pub struct Originals {
 pub struct RecordedCounts {
     pub genid: u32,
     pub helpers: BTreeMap<String, [u32; 2]>,
+    /// What else is known of the table at that generation (absent in records of nsport
+    /// before it, and when no table was left).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<RecordedTable>,
+}
+
+/// The table's layout, its maps' sizes by name, and the other firewalls' warnings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RecordedTable {
+    pub layout: u32,
+    pub sizes: BTreeMap<String, u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warnings: Option<Vec<String>>,
 }
 
 impl Originals {

@@ -11,6 +11,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
@@ -313,6 +314,45 @@ pub(super) fn exchange(
     })
 }
 
+/// A buffer for libnftnl to build one message in, aligned for `nlmsghdr` and left
+/// uninitialised: a message takes a few hundred bytes of the 68 KiB libnftnl may write, and
+/// zeroing all of it would fault in seventeen fresh pages for every batch a process sends.
+/// Only what libnftnl wrote is ever read.
+pub(super) struct MessageBuffer(Box<[MaybeUninit<u64>]>);
+
+impl MessageBuffer {
+    pub(super) fn new(len: usize) -> Self {
+        MessageBuffer(Box::new_uninit_slice(len.div_ceil(8)))
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.0.len() * 8
+    }
+
+    pub(super) fn as_mut_ptr(&mut self) -> *mut libc::c_char {
+        self.0.as_mut_ptr().cast()
+    }
+
+    /// The message libnftnl built: as long as its header says, refused when that is
+    /// longer than the buffer.
+    ///
+    /// # Safety
+    /// A message header must have been written at the start of the buffer, and the bytes
+    /// it counts (libmnl writes every one of them, padding included).
+    pub(super) unsafe fn message(&self) -> Result<&[u8], NetlinkError> {
+        // SAFETY: the caller wrote the header, whose first four bytes are the length.
+        let len = unsafe { self.0.as_ptr().cast::<u32>().read() } as usize;
+        if len < 16 || len > self.len() {
+            return Err(NetlinkError::Send(io::Error::other(format!(
+                "a built message of {len} bytes, in a buffer of {}",
+                self.len()
+            ))));
+        }
+        // SAFETY: the caller wrote these `len` bytes, which lie inside the buffer.
+        Ok(unsafe { std::slice::from_raw_parts(self.0.as_ptr().cast::<u8>(), len) })
+    }
+}
+
 /// A buffer aligned for `nlmsghdr`, as libmnl and libnftnl require of what they read and
 /// write.
 pub(super) struct AlignedBuffer(Vec<u64>);
@@ -328,10 +368,6 @@ impl AlignedBuffer {
         let mut buffer = Self::new(bytes.len());
         buffer.bytes_mut()[..bytes.len()].copy_from_slice(bytes);
         buffer
-    }
-
-    pub(super) fn len(&self) -> usize {
-        self.0.len() * 8
     }
 
     pub(super) fn bytes(&self) -> &[u8] {

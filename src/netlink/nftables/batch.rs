@@ -16,7 +16,7 @@ use super::encode::{
 use crate::netlink::NetlinkError;
 use crate::netlink::attributes;
 use crate::netlink::socket::{
-    AlignedBuffer, NLMSG_ERROR, next_seq, receive, replies, send_whole, used_seq, with_shared,
+    MessageBuffer, NLMSG_ERROR, next_seq, receive, replies, send_whole, used_seq, with_shared,
 };
 use crate::ruleset::{ChainDef, Element, RuleDef, SetDef, TABLE};
 
@@ -315,7 +315,7 @@ pub(super) fn encode_batch(
     encode::name("table", table)?;
     let messages = messages(table, changes)?;
     let mut bytes = frame(NFNL_MSG_BATCH_BEGIN, begin_seq, genid)?;
-    let mut buffer = AlignedBuffer::new(MESSAGE_BUFFER);
+    let mut buffer = MessageBuffer::new(MESSAGE_BUFFER);
     let mut seq = begin_seq;
     let mut offsets = Vec::with_capacity(messages.len());
     for (_, part) in &messages {
@@ -355,13 +355,13 @@ fn frame(kind: u16, seq: u32, genid: Option<u32>) -> Result<Vec<u8>, NetlinkErro
 /// Every name, value and element was checked before this (`messages`, `encode`), and the
 /// message is bounded by `MESSAGE_BUDGET`, half of the buffer libnftnl writes into.
 fn write_message<'b>(
-    buffer: &'b mut AlignedBuffer,
+    buffer: &'b mut MessageBuffer,
     table: &str,
     part: &Part,
     seq: u32,
 ) -> Result<&'b [u8], NetlinkError> {
     assert!(buffer.len() >= MESSAGE_BUFFER);
-    let buf = buffer.bytes_mut().as_mut_ptr().cast::<libc::c_char>();
+    let buf = buffer.as_mut_ptr();
     // No NLM_F_ACK: the kernel answers a refused message anyway, and acknowledging each of
     // thousands of messages would cost a socket buffer full of answers.
     let create = libc::NLM_F_CREATE as u16;
@@ -470,7 +470,9 @@ fn write_message<'b>(
             }
         },
     };
-    let len = u32::from_ne_bytes(buffer.bytes()[..4].try_into().unwrap()) as usize;
+    // SAFETY: libnftnl wrote the header and the payload it counts.
+    let message = unsafe { buffer.message() }?;
+    let len = message.len();
     // The estimates are conservative and the buffer twice the budget, so this never fires;
     // if it did, refusing is the only honest answer.
     if len > estimate || len > MESSAGE_BUDGET {
@@ -480,5 +482,5 @@ fn write_message<'b>(
             max: estimate.min(MESSAGE_BUDGET),
         });
     }
-    Ok(&buffer.bytes()[..len])
+    Ok(message)
 }

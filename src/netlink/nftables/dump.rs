@@ -8,11 +8,11 @@ use std::io;
 use nftnl::nftnl_sys::{self as sys, libc};
 
 use super::encode::{
-    self, CheckedElement, FAMILY_INET, MESSAGE_BUFFER, NF_ACCEPT, Rule, Set, chain_named,
-    comment_from_userdata, rule_object, set_named, table_object,
+    self, CheckedElement, FAMILY_INET, NF_ACCEPT, Rule, Set, chain_named, comment_from_userdata,
+    rule_object, set_named, table_object,
 };
 use crate::netlink::NetlinkError;
-use crate::netlink::socket::{AlignedBuffer, exchange};
+use crate::netlink::socket::{MessageBuffer, exchange};
 use crate::ruleset::{Element, RuleDef, TABLE};
 
 /// An element as read back from the kernel.
@@ -48,10 +48,22 @@ pub struct RuleDump {
     pub exprs: String,
 }
 
+/// The most a request can take: a header, a table, chain or set name each at most
+/// `NAME_MAX` long (checked by `encode`), an element with a key and a key end of at most
+/// `VALUE_MAX` each, and the nests and flags around them, counted generously.
+const REQUEST_MAX: usize = encode::MESSAGE_HEADER
+    + 3 * encode::attr_size(encode::NAME_MAX + 1)
+    + 4 * encode::attr_size(encode::VALUE_MAX)
+    + 16 * encode::attr_size(8);
+/// The buffer a request is built in: a page, not a maximal message's 68 KiB, which a
+/// fresh process would zero (and fault in, page by page) for every request it sends.
+const REQUEST_BUFFER: usize = 4096;
+const _: () = assert!(REQUEST_MAX <= REQUEST_BUFFER);
+
 /// Builds a request with libnftnl: a header, then what `payload` writes.
 ///
-/// `payload` writes names checked by `encode` and nothing longer than a key, far inside
-/// the buffer of one maximal message.
+/// `payload` writes names checked by `encode` and nothing longer than a key, inside
+/// `REQUEST_MAX`.
 fn build_request(
     kind: i32,
     family: u16,
@@ -63,13 +75,15 @@ fn build_request(
     } else {
         libc::NLM_F_ACK
     };
-    let mut buffer = AlignedBuffer::new(MESSAGE_BUFFER);
-    let buf = buffer.bytes_mut().as_mut_ptr().cast::<libc::c_char>();
-    // SAFETY: the buffer has room for one maximal message.
-    let nlh = unsafe { sys::nftnl_nlmsg_build_hdr(buf, kind as u16, family, flags as u16, 1) };
+    let mut buffer = MessageBuffer::new(REQUEST_BUFFER);
+    // SAFETY: the buffer has room for any request (`REQUEST_MAX`).
+    let nlh = unsafe {
+        sys::nftnl_nlmsg_build_hdr(buffer.as_mut_ptr(), kind as u16, family, flags as u16, 1)
+    };
     payload(nlh);
-    let len = u32::from_ne_bytes(buffer.bytes()[..4].try_into().unwrap()) as usize;
-    buffer.bytes()[..len].to_vec()
+    // SAFETY: libnftnl wrote the header and the payload it counts.
+    let message = unsafe { buffer.message() };
+    message.map(<[u8]>::to_vec).unwrap_or_default()
 }
 
 /// Whether `table inet nsport` exists.
