@@ -153,7 +153,10 @@ fn the_facts_of_mappings_count_each_limited_span_once() {
 fn a_second_publish_to_a_target_sends_only_its_mapping() {
     let mut fake = Fake::default();
     let first = publish(&mut fake, &[mapping(8080)]).unwrap();
-    assert!(first.plan.add.len() > 1, "the first brings the target's helpers");
+    assert!(
+        first.plan.add.len() > 1,
+        "the first brings the target's helpers"
+    );
     let helpers = fake.elements_of(crate::ruleset::SET_HAIRPIN4);
     let second = publish(&mut fake, &[mapping(8081)]).unwrap();
     assert_eq!(second.plan.add, vec![Element::mapping(&mapping(8081))]);

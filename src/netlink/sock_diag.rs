@@ -72,25 +72,26 @@ pub fn bound_sockets(proto: Proto) -> Result<Vec<BoundSocket>, NetlinkError> {
         Proto::Sctp => (libc::IPPROTO_SCTP as u8, 1 << TCP_LISTEN),
     };
     let mut found = Vec::new();
-    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
-        let seq = next_seq();
-        used_seq(seq);
-        let message = attributes::message(
-            SOCK_DIAG_BY_FAMILY,
-            REQUEST_DUMP,
-            seq,
-            &request(family, protocol, states),
-        )?;
-        let dumped = with_kept(NETLINK_SOCK_DIAG, |kept| {
+    // Both dumps on one use of the kept socket: its namespace is checked once.
+    with_kept(NETLINK_SOCK_DIAG, |kept| {
+        for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+            let seq = next_seq();
+            used_seq(seq);
+            let message = attributes::message(
+                SOCK_DIAG_BY_FAMILY,
+                REQUEST_DUMP,
+                seq,
+                &request(family, protocol, states),
+            )?;
             kept.socket.send(&message, 0).map_err(NetlinkError::Send)?;
-            read_dump(kept, seq, &mut found)
-        });
-        match dumped {
-            Err(NetlinkError::Kernel { error, .. })
-                if proto == Proto::Sctp && error.raw_os_error() == Some(libc::ENOENT) => {}
-            other => other?,
+            match read_dump(kept, seq, &mut found) {
+                Err(NetlinkError::Kernel { error, .. })
+                    if proto == Proto::Sctp && error.raw_os_error() == Some(libc::ENOENT) => {}
+                other => other?,
+            }
         }
-    }
+        Ok(())
+    })?;
     Ok(found)
 }
 
