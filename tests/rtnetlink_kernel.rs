@@ -203,3 +203,27 @@ fn the_namespace_cookie_follows_the_thread() {
         assert_eq!(netns_cookie().unwrap(), first);
     });
 }
+
+/// A link whose name is not UTF-8 (Linux takes any bytes but `/`, `:` and whitespace) is
+/// read with the bytes that are not replaced, instead of failing the whole read: a target
+/// namespace holding one could not be published to before.
+#[test]
+fn a_link_name_that_is_not_utf8_does_not_fail_the_read() {
+    in_fresh_netns(|| {
+        use std::os::unix::ffi::OsStrExt;
+        let odd = std::ffi::OsStr::from_bytes(b"q\xff");
+        let status = Command::new("ip")
+            .args(["link", "add"])
+            .arg(odd)
+            .args(["type", "veth", "peer", "name", "qq"])
+            .status()
+            .expect("run ip");
+        assert!(status.success());
+        let links = rtnetlink::links().unwrap();
+        let mut names: Vec<&str> = links.iter().map(|link| link.name.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["lo", "qq", "q\u{fffd}"]);
+        // Such a name matches no name a user can give, which nsport checks to be ASCII.
+        assert_eq!(rtnetlink::link_by_name("q\u{fffd}").unwrap(), None);
+    });
+}
