@@ -54,3 +54,19 @@ pub fn us(d: Duration) -> String {
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64()
 }
+
+/// A row that says whether a "`times` faster than `tool`" target can be met by any program
+/// started as a process: the time it allows (`tool` / `times`) against starting a Rust
+/// hello world, the least any command costs. Below 1, no program meets it.
+pub fn ceiling(scenario: String, tool: Duration, hello: Duration, times: f64) -> Row {
+    let allowed = tool.div_f64(times);
+    let r = ratio(allowed, hello);
+    Row {
+        scenario,
+        nsport: format!("{} allowed", ms(allowed)),
+        baseline: ms(hello),
+        ratio: r,
+        target: format!("≥ 1 (the {times}x target is reachable)"),
+        met: r >= 1.0,
+    }
+}
