@@ -319,7 +319,9 @@ pub fn note_namespace_inode() -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let inode = fs::metadata("/proc/self/ns/net")?.ino();
+    // The calling thread's namespace, whose cookie names the file: a library user's
+    // thread may be in another namespace than the process's first thread.
+    let inode = fs::metadata("/proc/thread-self/ns/net")?.ino();
     fs::write(path, format!("{inode}\n"))
 }
 
