@@ -227,3 +227,32 @@ fn a_link_name_that_is_not_utf8_does_not_fail_the_read() {
         assert_eq!(rtnetlink::link_by_name("q\u{fffd}").unwrap(), None);
     });
 }
+
+#[test]
+fn listening_sockets_of_both_families_are_read_in_one_dump() {
+    in_fresh_netns(|| {
+        ip("link set lo up");
+        let v4 = std::net::TcpListener::bind("127.0.0.1:4001").unwrap();
+        let v6 = std::net::TcpListener::bind("[::1]:4002").unwrap();
+        let any = std::net::TcpListener::bind("[::]:4003").unwrap();
+        // Neither a UDP socket nor a TCP connection is a listener.
+        let _udp = std::net::UdpSocket::bind("127.0.0.1:4004").unwrap();
+        let _client = std::net::TcpStream::connect("127.0.0.1:4001").unwrap();
+        let mut found: Vec<(IpAddr, u16)> =
+            nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Tcp)
+                .unwrap()
+                .into_iter()
+                .map(|socket| (socket.addr, socket.port))
+                .collect();
+        found.sort();
+        let mut wanted: Vec<(IpAddr, u16)> = [&v4, &v6, &any]
+            .iter()
+            .map(|l| {
+                let at = l.local_addr().unwrap();
+                (at.ip(), at.port())
+            })
+            .collect();
+        wanted.sort();
+        assert_eq!(found, wanted);
+    });
+}
