@@ -89,32 +89,32 @@ pub fn check_target(addr: IpAddr) -> Result<(), Error> {
     }
 }
 
-/// Refuses the broadcast address of a network the host is on (`172.18.0.255` on a /24):
-/// DNAT to it would reach every host there, or none.
-fn check_not_a_subnet_broadcast(addr: IpAddr) -> Result<(), Error> {
-    let IpAddr::V4(v4) = addr else {
-        return Ok(());
+/// Looks up the route to a target given by address, and refuses the broadcast address of
+/// a network the host is on (`172.18.0.255` on a /24): DNAT to it would reach every host
+/// there, or none. The kernel's answer says so itself (a route of type broadcast, which
+/// it keeps for each network of an interface that is up), so no address dump is needed.
+///
+/// With `--via` the route is only asked for that: a target the kernel refuses to route
+/// (blackhole, prohibit) was accepted through a given interface and still is.
+fn route_to_target(addr: IpAddr, via_given: bool) -> Result<Option<rtnetlink::Route>, Error> {
+    if via_given && addr.is_ipv6() {
+        return Ok(None);
+    }
+    let route = match rtnetlink::route_to(addr) {
+        Err(rtnetlink_error @ crate::netlink::NetlinkError::Kernel { .. }) => match via_given {
+            true => return Ok(None),
+            false => return Err(kernel(rtnetlink_error)),
+        },
+        other => other.map_err(kernel)?,
     };
-    let on_a_network_edge = rtnetlink::addresses()
-        .map_err(kernel)?
-        .into_iter()
-        .filter_map(|local| match local.addr {
-            IpAddr::V4(local_v4) if (1..=30).contains(&local.prefix_len) => {
-                Some((local_v4, local.prefix_len))
-            }
-            _ => None,
-        })
-        .any(|(local, len)| {
-            let host_bits = u32::MAX >> len;
-            let network = u32::from(local) & !host_bits;
-            u32::from(v4) == network | host_bits
-        });
-    match on_a_network_edge {
-        true => Err(Error::BadTarget {
-            addr,
-            why: "the broadcast address of a network of this host",
-        }),
-        false => Ok(()),
+    match route {
+        Some(route) if addr.is_ipv4() && route.kind == rtnetlink::RTN_BROADCAST => {
+            Err(Error::BadTarget {
+                addr,
+                why: "the broadcast address of a network of this host",
+            })
+        }
+        route => Ok(route),
     }
 }
 
@@ -133,11 +133,13 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
     if let Some(name) = via {
         check_ifname(name)?;
     }
+    // A target given by address is looked up before anything else is asked, as the
+    // broadcast check it carries always was.
     let (targets, netns) = match target {
         Target::Addr(addr) => {
             check_target(*addr)?;
-            check_not_a_subnet_broadcast(*addr)?;
-            (vec![(*addr, None)], None)
+            let route = route_to_target(*addr, via.is_some())?;
+            (vec![(*addr, None, route)], None)
         }
         Target::Netns(name) => {
             check_netns_name(name)?;
@@ -148,7 +150,7 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
             }
             let targets = found
                 .into_iter()
-                .map(|t| (t.addr, t.peer_ifindex))
+                .map(|t| (t.addr, t.peer_ifindex, None))
                 .collect();
             (targets, Some((name.clone(), namespace.inode)))
         }
@@ -163,13 +165,21 @@ pub fn resolve(target: &Target, via: Option<&str>) -> Result<Vec<Resolved>, Erro
     };
     targets
         .into_iter()
-        .map(|(addr, peer)| {
+        .map(|(addr, peer, route)| {
             let via = match &given_via {
                 Some(link) => link.clone(),
                 None => {
-                    let index = rtnetlink::route_output_interface(addr)
-                        .map_err(kernel)?
-                        .ok_or(Error::NoRoute(addr))?;
+                    let route = match route {
+                        Some(route) => route,
+                        None => rtnetlink::route_to(addr)
+                            .map_err(kernel)?
+                            .ok_or(Error::NoRoute(addr))?,
+                    };
+                    // The host's own address: the kernel would deliver it over `lo`.
+                    if route.kind == rtnetlink::RTN_LOCAL {
+                        return Err(Error::TargetIsLocal(addr));
+                    }
+                    let index = route.oif.ok_or(Error::NoRoute(addr))?;
                     rtnetlink::link_by_index(index)
                         .map_err(kernel)?
                         .ok_or(Error::NoRoute(addr))?
@@ -250,14 +260,30 @@ pub fn check_local(specs: &[PublishSpec]) -> Result<(), Error> {
     if wanted.is_empty() {
         return Ok(());
     }
-    let local = local_addresses()?;
-    match wanted
-        .into_iter()
-        .find(|addr| !local.contains(addr) && !addr.is_loopback())
-    {
-        Some(addr) => Err(Error::NotLocal(addr)),
-        None => Ok(()),
+    // A route lookup answers whether the host takes an address as its own; only an
+    // address it does not (on an interface that is down, or IPv6 still in duplicate
+    // address detection) is looked for among the host's addresses, as it always was.
+    let mut local: Option<BTreeSet<IpAddr>> = None;
+    for addr in wanted {
+        if addr.is_loopback() {
+            continue;
+        }
+        let route = match rtnetlink::route_to(addr) {
+            Err(crate::netlink::NetlinkError::Kernel { .. }) => None,
+            other => other.map_err(kernel)?,
+        };
+        if route.is_some_and(|route| route.kind == rtnetlink::RTN_LOCAL) {
+            continue;
+        }
+        let local = match &mut local {
+            Some(local) => local,
+            None => local.insert(local_addresses()?),
+        };
+        if !local.contains(&addr) {
+            return Err(Error::NotLocal(addr));
+        }
     }
+    Ok(())
 }
 
 /// The mappings `specs` ask for: a host-address spec in its address's family, a wildcard

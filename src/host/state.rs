@@ -136,17 +136,26 @@ impl WriterLock {
     /// taken again on the new file when a `flush` removed the old one in between.
     pub fn take() -> io::Result<WriterLock> {
         let dir = dir();
-        fs::create_dir_all(&dir)?;
         let cookie = crate::netlink::netns_cookie()?;
         let lock_path = dir.join(format!("netns-{cookie}.lock"));
         let record_path = dir.join(format!("netns-{cookie}.json"));
-        loop {
-            let file = OpenOptions::new()
+        let open = || {
+            OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
-                .open(&lock_path)?;
+                .open(&lock_path)
+        };
+        loop {
+            // The directory is made when it is missing, not asked for on every command.
+            let file = match open() {
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                    fs::create_dir_all(&dir)?;
+                    open()?
+                }
+                other => other?,
+            };
             let file = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| errno)?;
             let locked = file.metadata()?;
             match fs::metadata(&lock_path) {
@@ -319,7 +328,9 @@ pub fn note_namespace_inode() -> io::Result<()> {
     if path.exists() {
         return Ok(());
     }
-    let inode = fs::metadata("/proc/self/ns/net")?.ino();
+    // The calling thread's namespace, whose cookie names the file: a library user's
+    // thread may be in another namespace than the process's first thread.
+    let inode = fs::metadata("/proc/thread-self/ns/net")?.ino();
     fs::write(path, format!("{inode}\n"))
 }
 

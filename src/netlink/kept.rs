@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::io;
 
-use netlink_sys::{Socket, SocketAddr};
+use netlink_sys::Socket;
 
 use super::NetlinkError;
 use super::socket::current_netns;
@@ -60,11 +60,10 @@ pub(super) fn with_kept<T>(
     let mut kept = match kept {
         Some(kept) if kept.netns == netns => kept,
         _ => {
-            let mut socket = Socket::new(protocol).map_err(NetlinkError::Open)?;
-            socket.bind_auto().map_err(NetlinkError::Open)?;
-            socket
-                .connect(&SocketAddr::new(0, 0))
-                .map_err(NetlinkError::Open)?;
+            // Neither bound nor connected: the kernel binds a netlink socket to a port of
+            // its choosing on its first send, and sends without an address go to the
+            // kernel; three system calls fewer per socket.
+            let socket = Socket::new(protocol).map_err(NetlinkError::Open)?;
             Kept {
                 socket,
                 netns,

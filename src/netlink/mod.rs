@@ -3,13 +3,15 @@
 //! `nftables` writes and reads `table inet nsport` through libnftnl and libmnl;
 //! `rtnetlink` reads addresses, routes and links and sets bridge-port hairpin mode;
 //! `conntrack` deletes tracked connections; `sock_diag` finds the sockets holding a port;
-//! `socket` holds the netfilter socket plumbing `nftables` and `conntrack` share.
+//! `socket` holds the netfilter socket plumbing `nftables` and `conntrack` share;
+//! `messages` walks the answers of the protocols read by hand.
 
 use std::io;
 
 mod attributes;
 pub mod conntrack;
 mod kept;
+mod messages;
 pub mod nftables;
 pub mod rtnetlink;
 pub mod sock_diag;
@@ -62,11 +64,42 @@ impl NetlinkError {
     }
 }
 
-/// The cookie of the current network namespace: unlike its inode, never reused while the
-/// system runs, so it names the namespace's saved state safely.
+thread_local! {
+    /// The calling thread's namespace cookie, with the inode of the namespace it was read
+    /// in: a command asks for it more than once (its writer lock, the note of its inode),
+    /// and a library user's thread may move to another namespace between two asks.
+    static COOKIE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// The cookie of the calling thread's network namespace: unlike its inode, never reused
+/// while the system runs, so it names the namespace's saved state safely.
+///
+/// Read from an unbound AF_UNIX datagram socket, which belongs to the namespace it was
+/// made in like any socket, without the port a bound UDP socket would take.
 pub fn netns_cookie() -> io::Result<u64> {
+    let inode = socket::current_netns().map_err(|error| match error {
+        NetlinkError::Open(error) => error,
+        other => io::Error::other(other),
+    })?;
+    if let Some((cached_inode, cookie)) = COOKIE.get()
+        && cached_inode == inode
+    {
+        return Ok(cookie);
+    }
+    let cookie = read_netns_cookie()?;
+    COOKIE.set(Some((inode, cookie)));
+    Ok(cookie)
+}
+
+fn read_netns_cookie() -> io::Result<u64> {
     const SO_NETNS_COOKIE: libc::c_int = 71;
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0")?;
+    // SAFETY: socket has no memory preconditions; the descriptor it returns is owned below.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns; dropping it closes it.
+    let socket = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let mut cookie = 0u64;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, a live u64.
@@ -81,6 +114,11 @@ pub fn netns_cookie() -> io::Result<u64> {
     };
     if result != 0 {
         return Err(io::Error::last_os_error());
+    }
+    if len as usize != std::mem::size_of::<u64>() {
+        return Err(io::Error::other(format!(
+            "a namespace cookie of {len} bytes, not 8"
+        )));
     }
     Ok(cookie)
 }

@@ -1,21 +1,53 @@
 //! rtnetlink: addresses, routes and links of the namespace the calling thread is in.
+//!
+//! Requests are built and answers taken apart here (`answer`), reading only the fields
+//! nsport uses: a generic parser of every attribute cost a publish more in code and memory
+//! touched for the first time than the kernel took to answer.
 
 use std::net::IpAddr;
 
-use netlink_packet_core::{
-    NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload,
-};
-use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
-use netlink_packet_route::link::{
-    InfoBridgePort, InfoKind, InfoPortData, InfoPortKind, LinkAttribute, LinkInfo, LinkMessage,
-};
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
-use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::NetlinkError;
+use super::attributes;
 use super::kept::with_kept;
-use super::socket::{next_seq, used_seq};
+use super::messages;
+use super::socket::{NLMSG_DONE, NLMSG_ERROR, next_seq, used_seq};
+
+mod answer;
+#[cfg(test)]
+mod fuzz;
+
+use answer::{IFINFOMSG_LEN, RTMSG_LEN};
+
+/// The first rtnetlink message type; those below are netlink's own.
+const RTM_BASE: u16 = 16;
+const RTM_NEWLINK: u16 = 16;
+const RTM_GETLINK: u16 = 18;
+const RTM_NEWADDR: u16 = 20;
+const RTM_GETADDR: u16 = 22;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_GETROUTE: u16 = 26;
+const NLM_F_REQUEST: u16 = 1;
+const NLM_F_ACK: u16 = 4;
+const NLM_F_DUMP: u16 = 0x300;
+const NLA_F_NESTED: u16 = 0x8000;
+const IFLA_IFNAME: u16 = 3;
+/// Which parts of a link a dump leaves out (`RTEXT_FILTER_*`).
+const IFLA_EXT_MASK: u16 = 29;
+/// Leaves out the link's counters, two thirds of a link message that nsport never reads.
+/// Kernels that do not know the flag send them anyway.
+const RTEXT_FILTER_SKIP_STATS: u32 = 1 << 3;
+const RTA_DST: u16 = 1;
+/// The longest interface name the kernel accepts (IFNAMSIZ without its NUL).
+const IFNAME_MAX: usize = 15;
+
+/// A route's type (`rtm_type`): where the kernel would deliver a packet.
+pub const RTN_UNICAST: u8 = 1;
+/// To this host: the address is one of its own.
+pub const RTN_LOCAL: u8 = 2;
+/// To every host of a network this host is on.
+pub const RTN_BROADCAST: u8 = 3;
 
 /// An address of an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,210 +74,204 @@ pub struct Link {
     pub is_loopback: bool,
 }
 
-/// Sends one request and collects the replies, until the dump ends or the kernel
-/// acknowledges.
+/// The route the kernel would send a packet to an address by (`ip route get`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// The route's type: `RTN_UNICAST`, `RTN_LOCAL`, `RTN_BROADCAST`, or another.
+    pub kind: u8,
+    /// The interface the packet would leave by.
+    pub oif: Option<u32>,
+}
+
+/// Sends one request (`kind`, `flags`, then `body`) and hands each answer's payload to
+/// `answer`, until the dump ends, the kernel acknowledges, or (for a request that is
+/// neither a dump nor acknowledged) the first answer came.
 fn request(
-    message: RouteNetlinkMessage,
+    kind: u16,
     flags: u16,
-) -> Result<Vec<RouteNetlinkMessage>, NetlinkError> {
+    body: &[u8],
+    mut answer: impl FnMut(u16, &[u8]) -> Result<(), NetlinkError>,
+) -> Result<(), NetlinkError> {
     let seq = next_seq();
     used_seq(seq);
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | flags;
-    header.sequence_number = seq;
-    let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-    packet.finalize();
-    let mut buf = vec![0; packet.buffer_len()];
-    packet.serialize(&mut buf);
+    let message = attributes::message(kind, NLM_F_REQUEST | flags, seq, body)?;
+    let ends_at_first = flags & (NLM_F_DUMP | NLM_F_ACK) == 0;
     with_kept(NETLINK_ROUTE, |kept| {
-        kept.socket.send(&buf, 0).map_err(NetlinkError::Send)?;
-        let mut replies = Vec::new();
+        kept.socket.send(&message, 0).map_err(NetlinkError::Send)?;
         loop {
-            let data = kept.receive()?;
-            let mut offset = 0;
-            while offset < data.len() {
-                let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
-                    .map_err(|e| NetlinkError::Receive(std::io::Error::other(e.to_string())))?;
-                offset += reply.header.length as usize;
-                if reply.header.length == 0 {
-                    break;
-                }
+            let mut data = kept.receive()?;
+            while let Some(message) = messages::next_message(&mut data)? {
                 // What an earlier request left unread answers another sequence number.
-                if reply.header.sequence_number != seq {
+                if message.seq != seq {
                     continue;
                 }
-                match reply.payload {
-                    NetlinkPayload::Done(_) => return Ok(replies),
-                    NetlinkPayload::Error(error) if error.code.is_some() => {
-                        return Err(NetlinkError::Kernel {
-                            index: None,
-                            error: error.to_io(),
-                        });
+                match message.kind {
+                    NLMSG_DONE | NLMSG_ERROR => {
+                        return match messages::errno(&message)? {
+                            errno if errno > 0 => Err(NetlinkError::Kernel {
+                                index: None,
+                                error: std::io::Error::from_raw_os_error(errno),
+                            }),
+                            _ => Ok(()),
+                        };
                     }
-                    // An acknowledgement ends a request that is not a dump.
-                    NetlinkPayload::Error(_) => return Ok(replies),
-                    NetlinkPayload::InnerMessage(inner) => {
-                        replies.push(inner);
-                        if flags & NLM_F_DUMP == 0 && flags & NLM_F_ACK == 0 {
-                            return Ok(replies);
+                    // NLMSG_NOOP and NLMSG_OVERRUN answer nothing.
+                    kind if kind < RTM_BASE => {}
+                    kind => {
+                        answer(kind, message.payload)?;
+                        if ends_at_first {
+                            return Ok(());
                         }
                     }
-                    _ => {}
                 }
             }
         }
     })
 }
 
-/// Every IPv4 and IPv6 address of the current namespace, in the kernel's order.
-pub fn addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
-    let replies = request(
-        RouteNetlinkMessage::GetAddress(AddressMessage::default()),
-        NLM_F_DUMP,
-    )?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewAddress(message) => Some(message),
-            _ => None,
-        })
-        .filter_map(|message| {
-            // IPv4 names its own address IFA_LOCAL (IFA_ADDRESS is the peer on
-            // point-to-point links); IPv6 has only IFA_ADDRESS.
-            let addr = message.attributes.iter().find_map(|attr| match attr {
-                AddressAttribute::Local(addr @ IpAddr::V4(_)) => Some(*addr),
-                AddressAttribute::Address(addr @ IpAddr::V6(_)) => Some(*addr),
-                _ => None,
-            })?;
-            Some(InterfaceAddress {
-                addr,
-                prefix_len: message.header.prefix_len,
-                ifindex: message.header.index,
-                global: message.header.scope == AddressScope::Universe,
-            })
-        })
-        .collect())
+/// Whether a request failed because the kernel refused it with one of `errnos`.
+fn refused_with(result: &Result<(), NetlinkError>, errnos: &[i32]) -> bool {
+    matches!(result, Err(NetlinkError::Kernel { error, .. })
+        if error.raw_os_error().is_some_and(|errno| errnos.contains(&errno)))
 }
 
-fn link_from_message(message: LinkMessage) -> Link {
-    let mut link = Link {
-        index: message.header.index,
-        name: String::new(),
-        master: None,
-        peer: None,
-        is_bridge: false,
-        hairpin: None,
-        is_loopback: message
-            .header
-            .flags
-            .contains(netlink_packet_route::link::LinkFlags::Loopback),
-    };
-    for attr in message.attributes {
-        match attr {
-            LinkAttribute::IfName(name) => link.name = name,
-            LinkAttribute::Controller(master) => link.master = Some(master),
-            LinkAttribute::Link(peer) => link.peer = Some(peer),
-            LinkAttribute::LinkInfo(infos) => {
-                for info in infos {
-                    match info {
-                        LinkInfo::Kind(InfoKind::Bridge) => link.is_bridge = true,
-                        LinkInfo::PortData(InfoPortData::BridgePort(port)) => {
-                            link.hairpin = port.iter().find_map(|attr| match attr {
-                                InfoBridgePort::HairpinMode(on) => Some(*on),
-                                _ => None,
-                            });
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            _ => {}
+/// Every IPv4 and IPv6 address of the current namespace, in the kernel's order.
+pub fn addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
+    let mut found = Vec::new();
+    // `struct ifaddrmsg` of family AF_UNSPEC: every family.
+    request(RTM_GETADDR, NLM_F_DUMP, &[0; 8], |kind, payload| {
+        if kind == RTM_NEWADDR {
+            found.extend(answer::address(payload)?);
         }
+        Ok(())
+    })?;
+    Ok(found)
+}
+
+/// `struct ifinfomsg` asking for the link with `index` (0: by name, or every link).
+fn ifinfomsg(index: u32) -> Vec<u8> {
+    let mut body = vec![0; IFINFOMSG_LEN];
+    body[4..8].copy_from_slice(&index.to_ne_bytes());
+    body
+}
+
+/// Asks for one link; none when there is no such link.
+fn one_link(body: &[u8]) -> Result<Option<Link>, NetlinkError> {
+    let mut found = None;
+    let result = request(RTM_GETLINK, 0, body, |kind, payload| {
+        if kind == RTM_NEWLINK {
+            found = Some(answer::link(payload)?);
+        }
+        Ok(())
+    });
+    if refused_with(&result, &[libc::ENODEV]) {
+        return Ok(None);
     }
-    link
+    result.map(|()| found)
 }
 
 /// Every link of the current namespace.
 pub fn links() -> Result<Vec<Link>, NetlinkError> {
-    let replies = request(
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        NLM_F_DUMP,
+    let mut body = ifinfomsg(0);
+    attributes::put(
+        &mut body,
+        IFLA_EXT_MASK,
+        &RTEXT_FILTER_SKIP_STATS.to_ne_bytes(),
     )?;
-    Ok(replies
-        .into_iter()
-        .filter_map(|reply| match reply {
-            RouteNetlinkMessage::NewLink(message) => Some(link_from_message(message)),
-            _ => None,
-        })
-        .collect())
+    let mut found = Vec::new();
+    request(RTM_GETLINK, NLM_F_DUMP, &body, |kind, payload| {
+        if kind == RTM_NEWLINK {
+            found.push(answer::link(payload)?);
+        }
+        Ok(())
+    })?;
+    Ok(found)
 }
 
 /// The link with this index, if there is one.
 pub fn link_by_index(index: u32) -> Result<Option<Link>, NetlinkError> {
-    let mut message = LinkMessage::default();
-    message.header.index = index;
-    match request(RouteNetlinkMessage::GetLink(message), 0) {
-        Ok(replies) => Ok(replies.into_iter().find_map(|reply| match reply {
-            RouteNetlinkMessage::NewLink(message) => Some(link_from_message(message)),
-            _ => None,
-        })),
-        Err(NetlinkError::Kernel { error, .. }) if error.raw_os_error() == Some(libc::ENODEV) => {
-            Ok(None)
-        }
-        Err(other) => Err(other),
-    }
+    let mut body = ifinfomsg(index);
+    attributes::put(
+        &mut body,
+        IFLA_EXT_MASK,
+        &RTEXT_FILTER_SKIP_STATS.to_ne_bytes(),
+    )?;
+    one_link(&body)
 }
 
 /// The link with this name, if there is one.
+///
+/// The kernel looks the name up itself; a name it could not hold names no link, and an
+/// alternative name (`ip link property add altname`) finds the link but is not its name.
 pub fn link_by_name(name: &str) -> Result<Option<Link>, NetlinkError> {
-    Ok(links()?.into_iter().find(|link| link.name == name))
+    if name.is_empty() || name.len() > IFNAME_MAX || name.contains('\0') {
+        return Ok(None);
+    }
+    let mut body = ifinfomsg(0);
+    let mut ifname = name.as_bytes().to_vec();
+    ifname.push(0);
+    attributes::put(&mut body, IFLA_IFNAME, &ifname)?;
+    attributes::put(
+        &mut body,
+        IFLA_EXT_MASK,
+        &RTEXT_FILTER_SKIP_STATS.to_ne_bytes(),
+    )?;
+    Ok(one_link(&body)?.filter(|link| link.name == name))
+}
+
+/// The route the kernel would send a packet to `addr` by (`ip route get`); none when it
+/// would send none there.
+pub fn route_to(addr: IpAddr) -> Result<Option<Route>, NetlinkError> {
+    let (family, prefix) = match addr {
+        IpAddr::V4(_) => (libc::AF_INET as u8, 32),
+        IpAddr::V6(_) => (libc::AF_INET6 as u8, 128),
+    };
+    // `struct rtmsg`: the family and destination length; the rest zero, as `ip` sends.
+    let mut body = vec![0; RTMSG_LEN];
+    body[0] = family;
+    body[1] = prefix;
+    attributes::put(&mut body, RTA_DST, &answer::address_bytes(addr))?;
+    let mut found = None;
+    let result = request(RTM_GETROUTE, 0, &body, |kind, payload| {
+        if kind == RTM_NEWROUTE {
+            found = Some(answer::route(payload)?);
+        }
+        Ok(())
+    });
+    // A lookup only fails for want of a route, or for a route that refuses the packet:
+    // unreachable, prohibit (EACCES, which is no want of privilege here), blackhole
+    // (EINVAL) and throw (EAGAIN). Either way no packet would go there.
+    let no_route = [
+        libc::ENETUNREACH,
+        libc::EHOSTUNREACH,
+        libc::EACCES,
+        libc::EINVAL,
+        libc::EAGAIN,
+    ];
+    if refused_with(&result, &no_route) {
+        return Ok(None);
+    }
+    result.map(|()| found)
 }
 
 /// The interface the kernel would send a packet to `addr` out of (`ip route get`).
 pub fn route_output_interface(addr: IpAddr) -> Result<Option<u32>, NetlinkError> {
-    let mut message = RouteMessage::default();
-    let (family, prefix) = match addr {
-        IpAddr::V4(_) => (AddressFamily::Inet, 32),
-        IpAddr::V6(_) => (AddressFamily::Inet6, 128),
-    };
-    message.header.address_family = family;
-    message.header.destination_prefix_length = prefix;
-    message
-        .attributes
-        .push(RouteAttribute::Destination(RouteAddress::from(addr)));
-    let replies = match request(RouteNetlinkMessage::GetRoute(message), 0) {
-        Ok(replies) => replies,
-        Err(NetlinkError::Kernel { error, .. })
-            if matches!(
-                error.raw_os_error(),
-                Some(libc::ENETUNREACH | libc::EHOSTUNREACH)
-            ) =>
-        {
-            return Ok(None);
-        }
-        Err(other) => return Err(other),
-    };
-    Ok(replies.into_iter().find_map(|reply| match reply {
-        RouteNetlinkMessage::NewRoute(route) => {
-            route.attributes.iter().find_map(|attr| match attr {
-                RouteAttribute::Oif(index) => Some(*index),
-                _ => None,
-            })
-        }
-        _ => None,
-    }))
+    Ok(route_to(addr)?.and_then(|route| route.oif))
 }
 
 /// Turns hairpin mode of a bridge port on or off (`ip link set PORT type bridge_slave
 /// hairpin on`), so that the bridge may send a frame back out of the port it came in on.
 pub fn set_hairpin(port: u32, on: bool) -> Result<(), NetlinkError> {
-    let mut message = LinkMessage::default();
-    message.header.index = port;
-    message.attributes.push(LinkAttribute::LinkInfo(vec![
-        LinkInfo::PortKind(InfoPortKind::Bridge),
-        LinkInfo::PortData(InfoPortData::BridgePort(vec![InfoBridgePort::HairpinMode(
-            on,
-        )])),
-    ]));
-    request(RouteNetlinkMessage::NewLink(message), NLM_F_ACK).map(drop)
+    let mut port_data = Vec::new();
+    attributes::put(&mut port_data, answer::IFLA_BRPORT_MODE, &[u8::from(on)])?;
+    let mut info = Vec::new();
+    attributes::put(&mut info, answer::IFLA_INFO_SLAVE_KIND, b"bridge\0")?;
+    attributes::put(
+        &mut info,
+        answer::IFLA_INFO_SLAVE_DATA | NLA_F_NESTED,
+        &port_data,
+    )?;
+    let mut body = ifinfomsg(port);
+    attributes::put(&mut body, answer::IFLA_LINKINFO | NLA_F_NESTED, &info)?;
+    request(RTM_NEWLINK, NLM_F_ACK, &body, |_, _| Ok(()))
 }
