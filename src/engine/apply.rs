@@ -189,11 +189,11 @@ fn decide(
             });
         }
         if !present.contains(&host_side) && !is_forced(mapping) {
-            new.push(mapping.clone());
+            new.push(mapping);
         }
     }
     check_overlaps(&cni, desired, forced)?;
-    resolve::check_host_ports(&new)?;
+    resolve::check_host_ports(new.iter().copied())?;
     Ok(cni
         .into_iter()
         .cloned()

@@ -452,8 +452,12 @@ fn bridge_port(peer: Option<u32>, via: &rtnetlink::Link) -> Result<Option<rtnetl
     }
 }
 
-pub fn check_host_ports(mappings: &[Mapping]) -> Result<(), Error> {
-    let sockets = HostSockets::read(mappings)?;
+/// Refuses a mapping whose host port a host socket holds, naming the socket's owner. Takes
+/// the mappings by reference: `apply` checks the new ones among 50,000 without copying them.
+pub fn check_host_ports<'a>(
+    mappings: impl IntoIterator<Item = &'a Mapping> + Clone,
+) -> Result<(), Error> {
+    let sockets = HostSockets::read(mappings.clone())?;
     for mapping in mappings {
         if let Some(owner) = sockets.shadowed_by(mapping) {
             return Err(Error::HostPortInUse {
