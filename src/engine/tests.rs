@@ -454,3 +454,56 @@ fn republishing_a_namespace_that_came_back_with_a_new_address_retargets_it() {
         Err(Error::Conflict { .. })
     ));
 }
+
+#[test]
+fn update_reports_as_added_and_removed_only_what_changed_and_sends_only_their_elements() {
+    let mut fake = Fake::default();
+    let (a, b, c) = (
+        mapping(8080, "10.0.0.2", "br0"),
+        mapping(8081, "10.0.0.2", "br0"),
+        mapping(8082, "10.0.0.2", "br0"),
+    );
+    publish(&mut fake, &[a.clone(), b.clone()]).unwrap();
+    let wanted = [a.clone(), c.clone()];
+    let committed = with_counts(&mut fake, |fake, counts| {
+        transaction::update(fake, counts, false, |_| Ok(wanted.to_vec()))
+    })
+    .unwrap();
+    // The mapping kept is in neither list, nor is its element touched: its counters stay.
+    assert_eq!(committed.removed, std::slice::from_ref(&b));
+    assert_eq!(committed.added, std::slice::from_ref(&c));
+    assert_eq!(committed.plan.delete, [Element::mapping(&b)]);
+    let added: Vec<&Element> = committed
+        .plan
+        .add
+        .iter()
+        .filter(|e| e.set == SET_ANY4)
+        .collect();
+    assert_eq!(added, [&Element::mapping(&c)]);
+    // Asked again for what is there, it changes nothing and reports nothing.
+    let again = with_counts(&mut fake, |fake, counts| {
+        transaction::update(fake, counts, false, |_| Ok(wanted.to_vec()))
+    })
+    .unwrap();
+    assert!(
+        again.removed.is_empty() && again.added.is_empty(),
+        "{again:?}"
+    );
+    assert!(again.plan.is_empty(), "{:?}", again.plan);
+    // A list given to a kept mapping changes the list's elements, not the mapping's.
+    let listed = Mapping {
+        allow_from: crate::model::parse_list(&["10.0.0.0/8"]).unwrap(),
+        ..a.clone()
+    };
+    let committed = with_counts(&mut fake, |fake, counts| {
+        transaction::update(fake, counts, false, |_| Ok(vec![listed.clone(), c.clone()]))
+    })
+    .unwrap();
+    assert_eq!(committed.added, [listed]);
+    let touched: Vec<&Element> = (committed.plan.add.iter())
+        .chain(&committed.plan.delete)
+        .filter(|e| e.set == SET_ANY4)
+        .collect();
+    assert!(touched.is_empty(), "{touched:?}");
+    assert!(!committed.plan.add.is_empty());
+}
