@@ -10,7 +10,7 @@ use crate::lab::Lab;
 pub const NSPORT: &str = env!("CARGO_BIN_EXE_nsport");
 
 /// Rounds of alternation for comparisons of single commands.
-pub const ROUNDS: usize = 15;
+pub const ROUNDS: usize = 31;
 
 /// A command run from the current thread's namespace; panics on failure.
 pub fn run(lab: &Lab, program: &str, args: &[&str]) -> Duration {
