@@ -65,7 +65,7 @@ use crate::ruleset::Mapping;
 /// later clean-up can tell when the namespace is gone.
 fn writer_lock() -> Result<WriterLock, Error> {
     let lock = WriterLock::take().map_err(state(state::dir()))?;
-    if let Err(error) = state::note_namespace_inode() {
+    if let Err(error) = state::note_namespace_inode(&lock) {
         log::debug!("cannot note this namespace's inode: {error}");
     }
     Ok(lock)

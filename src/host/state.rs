@@ -115,6 +115,8 @@ pub fn dir() -> PathBuf {
 /// The writer lock of this network namespace, held until dropped.
 pub struct WriterLock {
     _file: Flock<File>,
+    /// The cookie of the namespace the lock was taken in, which names its files.
+    cookie: u64,
     lock_path: PathBuf,
     record_path: PathBuf,
 }
@@ -162,6 +164,7 @@ impl WriterLock {
                 Ok(now) if now.ino() == locked.ino() && now.dev() == locked.dev() => {
                     return Ok(WriterLock {
                         _file: file,
+                        cookie,
                         lock_path,
                         record_path,
                     });
@@ -320,10 +323,11 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
     .map_err(io::Error::from)
 }
 
-/// Notes which namespace inode this namespace's cookie belongs to, so that a later
-/// `remove_records_of_gone_namespaces` can tell whether it still exists.
-pub fn note_namespace_inode() -> io::Result<()> {
-    let cookie = crate::netlink::netns_cookie()?;
+/// Notes which namespace inode the namespace of `lock` has, so that a later
+/// `remove_records_of_gone_namespaces` can tell whether it still exists. The cookie is the
+/// lock's, read once per command.
+pub fn note_namespace_inode(lock: &WriterLock) -> io::Result<()> {
+    let cookie = lock.cookie;
     let path = dir().join(format!("netns-{cookie}.inode"));
     if path.exists() {
         return Ok(());
@@ -345,6 +349,7 @@ mod tests {
         let file = File::create(&lock_path).unwrap();
         WriterLock {
             _file: Flock::lock(file, FlockArg::LockExclusive).unwrap(),
+            cookie: 1,
             lock_path,
             record_path: dir.join("netns-1.json"),
         }

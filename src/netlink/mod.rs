@@ -64,31 +64,16 @@ impl NetlinkError {
     }
 }
 
-thread_local! {
-    /// The calling thread's namespace cookie, with the inode of the namespace it was read
-    /// in: a command asks for it more than once (its writer lock, the note of its inode),
-    /// and a library user's thread may move to another namespace between two asks.
-    static COOKIE: std::cell::Cell<Option<(u64, u64)>> = const { std::cell::Cell::new(None) };
-}
-
 /// The cookie of the calling thread's network namespace: unlike its inode, never reused
 /// while the system runs, so it names the namespace's saved state safely.
 ///
 /// Read from an unbound AF_UNIX datagram socket, which belongs to the namespace it was
-/// made in like any socket, without the port a bound UDP socket would take.
+/// made in like any socket, without the port a bound UDP socket would take. It is read on
+/// every call, not remembered by the namespace's inode: once a namespace is gone, the
+/// kernel gives its inode number to the next namespace made, and a thread that was in
+/// the old one would be handed its cookie, and so its record and writer lock, in the new.
 pub fn netns_cookie() -> io::Result<u64> {
-    let inode = socket::current_netns().map_err(|error| match error {
-        NetlinkError::Open(error) => error,
-        other => io::Error::other(other),
-    })?;
-    if let Some((cached_inode, cookie)) = COOKIE.get()
-        && cached_inode == inode
-    {
-        return Ok(cookie);
-    }
-    let cookie = read_netns_cookie()?;
-    COOKIE.set(Some((inode, cookie)));
-    Ok(cookie)
+    read_netns_cookie()
 }
 
 fn read_netns_cookie() -> io::Result<u64> {
