@@ -60,6 +60,29 @@ fn the_host_itself_and_its_broadcast_addresses_are_no_targets() {
     );
 }
 
+/// The kernel keeps a broadcast route only for a network whose link is up: the broadcast
+/// address of a network on a link that is down is refused all the same, through that link
+/// with `--via` and without (where a default route would carry it), and published nowhere.
+#[test]
+fn the_broadcast_address_of_a_network_on_a_link_that_is_down_is_no_target() {
+    let lab = Lab::new(BrNetfilter::Off);
+    lab.ip("host", "link add dn type veth peer name dnp");
+    lab.ip("host", "addr add 10.56.0.1/24 dev dn");
+    lab.ip("host", "route add default via 192.0.2.2");
+    let route = lab.ip_output("host", "route get 10.56.0.255");
+    assert!(!route.contains("broadcast"), "{route}");
+    let what = "target 10.56.0.255 is the broadcast address of a network";
+    refused(&lab, &["add", "--to", "10.56.0.255", "8080:80"], 2, what);
+    refused(
+        &lab,
+        &["add", "--to", "10.56.0.255", "--via", "dn", "8080:80"],
+        2,
+        what,
+    );
+    // Another address of that network is a target through the link.
+    lab.nsport_ok(&["add", "--to", "10.56.0.7", "--via", "dn", "8080:80"]);
+}
+
 #[test]
 fn host_addresses_must_be_the_hosts() {
     let lab = Lab::dual_stack(BrNetfilter::Off);

@@ -92,7 +92,8 @@ pub fn check_target(addr: IpAddr) -> Result<(), Error> {
 /// Looks up the route to a target given by address, and refuses the broadcast address of
 /// a network the host is on (`172.18.0.255` on a /24): DNAT to it would reach every host
 /// there, or none. The kernel's answer says so itself (a route of type broadcast, which
-/// it keeps for each network of an interface that is up), so no address dump is needed.
+/// it keeps for each network of an interface that is up); for a network whose link is
+/// down, the host's addresses are read.
 ///
 /// With `--via` the route is only asked for that: a target the kernel refuses to route
 /// (blackhole, prohibit) was accepted through a given interface and still is.
@@ -102,20 +103,51 @@ fn route_to_target(addr: IpAddr, via_given: bool) -> Result<Option<rtnetlink::Ro
     }
     let route = match rtnetlink::route_to(addr) {
         Err(rtnetlink_error @ crate::netlink::NetlinkError::Kernel { .. }) => match via_given {
-            true => return Ok(None),
+            true => None,
             false => return Err(kernel(rtnetlink_error)),
         },
         other => other.map_err(kernel)?,
     };
     match route {
         Some(route) if addr.is_ipv4() && route.kind == rtnetlink::RTN_BROADCAST => {
-            Err(Error::BadTarget {
-                addr,
-                why: "the broadcast address of a network of this host",
-            })
+            Err(broadcast(addr))
         }
-        route => Ok(route),
+        // The kernel keeps a broadcast route only while the network's link is up: the
+        // broadcast address of a network on a link that is down routes as any address
+        // (through a default route, or the link given with `--via`), and only the host's
+        // addresses tell. The dump is read only for a target the lookup did not refuse.
+        route => match addr {
+            IpAddr::V4(v4) if is_a_network_broadcast(v4)? => Err(broadcast(addr)),
+            _ => Ok(route),
+        },
     }
+}
+
+fn broadcast(addr: IpAddr) -> Error {
+    Error::BadTarget {
+        addr,
+        why: "the broadcast address of a network of this host",
+    }
+}
+
+/// Whether `v4` is the broadcast address of a network of one of the host's IPv4 addresses
+/// (`/31` and `/32` have none): the last address of its network, whatever the state of
+/// its link. (A broadcast set apart with `brd` is known by its route while the link is up.)
+fn is_a_network_broadcast(v4: std::net::Ipv4Addr) -> Result<bool, Error> {
+    Ok(rtnetlink::addresses()
+        .map_err(kernel)?
+        .into_iter()
+        .filter_map(|local| match local.addr {
+            IpAddr::V4(local_v4) if (1..=30).contains(&local.prefix_len) => {
+                Some((local_v4, local.prefix_len))
+            }
+            _ => None,
+        })
+        .any(|(local, len)| {
+            let host_bits = u32::MAX >> len;
+            let network = u32::from(local) & !host_bits;
+            u32::from(v4) == network | host_bits
+        }))
 }
 
 /// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
