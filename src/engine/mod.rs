@@ -6,6 +6,8 @@
 mod allow;
 mod apply;
 mod counts;
+mod create;
+mod diff;
 mod finish;
 mod flows;
 mod flush;
@@ -16,6 +18,7 @@ mod overlap;
 mod publish;
 mod ranges;
 mod remove;
+mod remove_by_key;
 mod resolve;
 mod table;
 mod transaction;
