@@ -94,13 +94,11 @@ fn finish(
         settings.put_back_everything()?;
     }
     let needs = target_needs(&committed.added, ports)?;
-    // The generation nsport's own last commit made: the counts' one when they were
-    // brought up to date, else the one the change's commit made.
-    let mut own = Some(
-        counts
-            .as_ref()
-            .map_or(committed.genid.wrapping_add(1), |counts| counts.genid),
-    );
+    // The generation nsport's own last commit made: the counts' one, which was read back
+    // right after the commit. Without counts nothing is vouched for: the generation one
+    // past the change's read would also be where a single commit of another writer left
+    // it (or the change committed nothing), so the guard is read rather than assumed.
+    let mut own = counts.as_ref().map(|counts| counts.genid);
     let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
     // Forwarding that nsport turns on must open nothing but the published ports: the
     // family is closed in the table before the setting goes on.
