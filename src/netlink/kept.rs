@@ -10,10 +10,18 @@ use std::io;
 use netlink_sys::Socket;
 
 use super::NetlinkError;
-use super::socket::current_netns;
+use super::messages;
+use super::socket::{NLMSG_DONE, NLMSG_ERROR, current_netns};
 
 /// Room for one datagram: the kernel sends dump answers in pieces of at most 32 KiB.
 const DATAGRAM: usize = 64 * 1024;
+
+/// Whether a request wants more answers after the one just read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Answered {
+    More,
+    Done,
+}
 
 /// A socket of one netlink protocol, with the buffer its answers are read into.
 pub(super) struct Kept {
@@ -23,6 +31,41 @@ pub(super) struct Kept {
 }
 
 impl Kept {
+    /// Reads the answers to request `seq` until it ends: at NLMSG_DONE or NLMSG_ERROR (an
+    /// error when it carries one, as a failed dump's NLMSG_DONE does), or when `answer`
+    /// says so. Every other message of the request goes to `answer` with its type; what an
+    /// earlier request left unread answers another sequence number and is skipped.
+    pub(super) fn read_answers(
+        &mut self,
+        seq: u32,
+        mut answer: impl FnMut(u16, &[u8]) -> Result<Answered, NetlinkError>,
+    ) -> Result<(), NetlinkError> {
+        loop {
+            let mut data = self.receive()?;
+            while let Some(message) = messages::next_message(&mut data)? {
+                if message.seq != seq {
+                    continue;
+                }
+                match message.kind {
+                    NLMSG_DONE | NLMSG_ERROR => {
+                        return match messages::errno(&message)? {
+                            errno if errno > 0 => Err(NetlinkError::Kernel {
+                                index: None,
+                                error: io::Error::from_raw_os_error(errno),
+                            }),
+                            _ => Ok(()),
+                        };
+                    }
+                    kind => {
+                        if answer(kind, message.payload)? == Answered::Done {
+                            return Ok(());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     /// Reads one datagram of answers whole; one larger than the buffer is an error rather
     /// than cut short.
     pub(super) fn receive(&mut self) -> Result<&[u8], NetlinkError> {

@@ -10,9 +10,8 @@ use netlink_sys::protocols::NETLINK_ROUTE;
 
 use super::NetlinkError;
 use super::attributes;
-use super::kept::with_kept;
-use super::messages;
-use super::socket::{NLMSG_DONE, NLMSG_ERROR, next_seq, used_seq};
+use super::kept::{Answered, with_kept};
+use super::socket::{next_seq, used_seq};
 
 mod answer;
 #[cfg(test)]
@@ -98,34 +97,17 @@ fn request(
     let ends_at_first = flags & (NLM_F_DUMP | NLM_F_ACK) == 0;
     with_kept(NETLINK_ROUTE, |kept| {
         kept.socket.send(&message, 0).map_err(NetlinkError::Send)?;
-        loop {
-            let mut data = kept.receive()?;
-            while let Some(message) = messages::next_message(&mut data)? {
-                // What an earlier request left unread answers another sequence number.
-                if message.seq != seq {
-                    continue;
-                }
-                match message.kind {
-                    NLMSG_DONE | NLMSG_ERROR => {
-                        return match messages::errno(&message)? {
-                            errno if errno > 0 => Err(NetlinkError::Kernel {
-                                index: None,
-                                error: std::io::Error::from_raw_os_error(errno),
-                            }),
-                            _ => Ok(()),
-                        };
-                    }
-                    // NLMSG_NOOP and NLMSG_OVERRUN answer nothing.
-                    kind if kind < RTM_BASE => {}
-                    kind => {
-                        answer(kind, message.payload)?;
-                        if ends_at_first {
-                            return Ok(());
-                        }
-                    }
-                }
+        kept.read_answers(seq, |kind, payload| {
+            // NLMSG_NOOP and NLMSG_OVERRUN answer nothing.
+            if kind < RTM_BASE {
+                return Ok(Answered::More);
             }
-        }
+            answer(kind, payload)?;
+            Ok(match ends_at_first {
+                true => Answered::Done,
+                false => Answered::More,
+            })
+        })
     })
 }
 

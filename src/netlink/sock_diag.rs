@@ -1,15 +1,14 @@
 //! sock_diag: which local sockets hold a port (what `ss -ltnup` shows), read over netlink.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use netlink_sys::protocols::NETLINK_SOCK_DIAG;
 
 use super::NetlinkError;
 use super::attributes;
-use super::kept::{Kept, with_kept};
+use super::kept::{Answered, Kept, with_kept};
 use super::messages;
-use super::socket::{NLMSG_DONE, NLMSG_ERROR, next_seq, used_seq};
+use super::socket::{next_seq, used_seq};
 use crate::spec::Proto;
 
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
@@ -128,37 +127,20 @@ pub fn bound_sockets(proto: Proto) -> Result<Vec<BoundSocket>, NetlinkError> {
     Ok(found)
 }
 
-/// Reads one dump's answers, messages of type `kind`, to its end.
+/// Reads one dump's answers, messages of type `kind`, to its end. A dump that failed says
+/// why in its NLMSG_DONE (ENOENT: no handler for the protocol) as an NLMSG_ERROR would.
 fn read_dump(
     kept: &mut Kept,
     seq: u32,
     kind: u16,
     found: &mut Vec<BoundSocket>,
 ) -> Result<(), NetlinkError> {
-    loop {
-        let mut data = kept.receive()?;
-        while let Some(message) = messages::next_message(&mut data)? {
-            // What an earlier request left unread answers another sequence number.
-            if message.seq != seq {
-                continue;
-            }
-            match message.kind {
-                // A dump that failed says why in its NLMSG_DONE (ENOENT: no handler for
-                // the protocol) as an NLMSG_ERROR would.
-                NLMSG_DONE | NLMSG_ERROR => {
-                    return match messages::errno(&message)? {
-                        errno if errno > 0 => Err(NetlinkError::Kernel {
-                            index: None,
-                            error: io::Error::from_raw_os_error(errno),
-                        }),
-                        _ => Ok(()),
-                    };
-                }
-                answer if answer == kind => found.push(parse(message.payload)?),
-                _ => {}
-            }
+    kept.read_answers(seq, |answer, payload| {
+        if answer == kind {
+            found.push(parse(payload)?);
         }
-    }
+        Ok(Answered::More)
+    })
 }
 
 #[cfg(test)]
