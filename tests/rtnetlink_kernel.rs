@@ -9,25 +9,8 @@ use std::process::Command;
 use nsport::netlink::rtnetlink::{self, RTN_BROADCAST, RTN_LOCAL, RTN_UNICAST};
 use nsport::netlink::{NetlinkError, netns_cookie};
 
-/// Runs `test` on a thread inside a fresh, empty network namespace.
-fn in_fresh_netns(test: impl FnOnce() + Send + 'static) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "namespace tests need root, and may not skip in CI"
-        );
-        eprintln!("skipped: needs root");
-        return;
-    }
-    let thread = std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a netns");
-        test();
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
+mod fresh_netns;
+use fresh_netns::in_fresh_netns;
 
 /// Runs `ip` in the calling thread's namespace, which its child process inherits.
 fn ip(args: &str) -> String {
