@@ -111,16 +111,30 @@ impl Mapping {
     /// Plans compare mappings in this form, so a mapping already in the table is not
     /// taken for a new one because its namespace's name was too long to record.
     pub fn as_recorded(&self) -> Mapping {
-        let metadata = Metadata::parse(&self.comment());
+        self.clone().with_metadata(Metadata::parse(&self.comment()))
+    }
+
+    /// This mapping with `metadata` in place of its own. Taken apart whole, so that a
+    /// field added to `Metadata` cannot be forgotten here.
+    pub(super) fn with_metadata(self, metadata: Metadata) -> Mapping {
+        let Metadata {
+            via,
+            netns,
+            netns_inode,
+            allow_direct,
+            container,
+            container_ifname,
+            network,
+        } = metadata;
         Mapping {
-            via: metadata.via,
-            netns: metadata.netns,
-            netns_inode: metadata.netns_inode,
-            allow_direct: metadata.allow_direct,
-            container: metadata.container,
-            container_ifname: metadata.container_ifname,
-            network: metadata.network,
-            ..self.clone()
+            via,
+            netns,
+            netns_inode,
+            allow_direct,
+            container,
+            container_ifname,
+            network,
+            ..self
         }
     }
 

@@ -27,25 +27,7 @@ impl Mapping {
                 }
                 let (written, recorded) = last.as_ref().expect("set above");
                 if written != recorded {
-                    let Metadata {
-                        via,
-                        netns,
-                        netns_inode,
-                        allow_direct,
-                        container,
-                        container_ifname,
-                        network,
-                    } = recorded.clone();
-                    mapping = Mapping {
-                        via,
-                        netns,
-                        netns_inode,
-                        allow_direct,
-                        container,
-                        container_ifname,
-                        network,
-                        ..mapping
-                    };
+                    mapping = mapping.with_metadata(recorded.clone());
                 }
                 mapping
             })
