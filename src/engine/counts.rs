@@ -208,12 +208,21 @@ impl Counts {
 
     /// As the settings record keeps them: `SET/HEXKEY` to mappings and loopback users.
     pub fn to_record(&self) -> RecordedCounts {
+        // Every publish writes the record: a helper's key in hex digit by digit, where a
+        // `format!` per byte cost half the record's instructions.
+        const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
         let helpers: BTreeMap<String, [u32; 2]> = self
             .helpers
             .iter()
             .map(|((set, key), users)| {
-                let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-                (format!("{set}/{hex}"), [users.mappings, users.loopback])
+                let mut name = String::with_capacity(set.len() + 1 + 2 * key.len());
+                name.push_str(set);
+                name.push('/');
+                for byte in key {
+                    name.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+                    name.push(char::from(HEX_DIGITS[usize::from(byte & 0xf)]));
+                }
+                (name, [users.mappings, users.loopback])
             })
             .collect();
         RecordedCounts {

@@ -120,6 +120,17 @@ fn facts_go_through_the_record_and_unknown_maps_drop_them() {
     let counts = fake.counts.clone().unwrap();
     let recorded = counts.to_record();
     assert_eq!(Counts::from_record(&recorded), Some(counts.clone()));
+    // Helpers are named as records of earlier versions name them: the set, then the
+    // key in lower-case hex, two digits a byte.
+    for ((set, key), _) in &counts.helpers {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            recorded.helpers.contains_key(&format!("{set}/{hex}")),
+            "{set}/{hex} in {:?}",
+            recorded.helpers.keys()
+        );
+    }
+    assert!(!counts.helpers.is_empty());
     let mut foreign = recorded.clone();
     if let Some(table) = foreign.table.as_mut() {
         table.sizes.insert("a map of a newer nsport".into(), 1);
