@@ -2,7 +2,8 @@
 //! is, reading only what a new mapping could clash with or overlap.
 
 use super::transaction::{
-    Committed, Try, after, kernel_error, merged, retrying, touches_limited, update, warn_repairs,
+    Committed, Moved, Try, after, kernel_error, merged, retrying, touches_limited, update,
+    warn_repairs,
 };
 use crate::engine::counts::{Counts, TableFacts};
 use crate::engine::kernel::Kernel;
@@ -126,18 +127,21 @@ pub fn create(
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
         match kernel.commit(&changes, Some(snapshot.genid)) {
-            Ok(()) => Ok(Try::Done(Some(Committed {
-                plan: Plan {
-                    create_table: !snapshot.exists,
-                    add: elements.iter().chain(&add).cloned().collect(),
-                    ..Plan::default()
+            Ok(()) => Ok(Try::Done(Some((
+                Moved::of(&changes),
+                Committed {
+                    plan: Plan {
+                        create_table: !snapshot.exists,
+                        add: elements.iter().chain(&add).cloned().collect(),
+                        ..Plan::default()
+                    },
+                    added: mappings.clone(),
+                    genid: snapshot.genid,
+                    existed: snapshot.exists,
+                    chains: snapshot.chains,
+                    ..Committed::default()
                 },
-                added: mappings.clone(),
-                genid: snapshot.genid,
-                existed: snapshot.exists,
-                chains: snapshot.chains,
-                ..Committed::default()
-            }))),
+            )))),
             Err(NetlinkError::Stale) => Ok(Try::Again),
             Err(NetlinkError::Kernel {
                 index: Some(index),
@@ -150,7 +154,7 @@ pub fn create(
             Err(error) => Err(kernel_error(error)),
         }
     })?;
-    let Some(mut committed) = outcome else {
+    let Some((moved, mut committed)) = outcome else {
         return update(kernel, counts, false, merge);
     };
     // A first publish starts the counts; later ones carry them on while nothing else
@@ -168,7 +172,7 @@ pub fn create(
         if let Some(facts) = &mut base.facts {
             facts.add(&mappings);
         }
-        base.genid = after(kernel, committed.genid, true)?;
+        base.genid = after(kernel, committed.genid, moved)?;
         Some(base)
     });
     committed.still_needed = counts.as_ref().map(Counts::still_needed);

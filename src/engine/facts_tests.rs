@@ -57,8 +57,12 @@ fn a_publish_into_the_table_nsport_left_reads_nothing_but_the_generation() {
     publish(&mut fake, &[mapping(8080)]).unwrap();
     assert_eq!(facts(&fake).sizes.get(SET_ANY4), Some(&1));
     let reads = fake.reads;
+    let generation_reads = fake.generation_reads;
     publish(&mut fake, &[mapping(8081)]).unwrap();
     assert_eq!(fake.reads, reads, "the second publish read the table");
+    // Once, before: the batch creates its element exclusively, so committing it against
+    // that generation moved the ruleset on by one, to the batch's own.
+    assert_eq!(fake.generation_reads, generation_reads + 1);
     assert_eq!(fake.elements_of(SET_ANY4).len(), 2);
     assert_eq!(facts(&fake).sizes.get(SET_ANY4), Some(&2));
     // A removal by key keeps them exact.
@@ -122,7 +126,7 @@ fn facts_go_through_the_record_and_unknown_maps_drop_them() {
     assert_eq!(Counts::from_record(&recorded), Some(counts.clone()));
     // Helpers are named as records of earlier versions name them: the set, then the
     // key in lower-case hex, two digits a byte.
-    for ((set, key), _) in &counts.helpers {
+    for (set, key) in counts.helpers.keys() {
         let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
         assert!(
             recorded.helpers.contains_key(&format!("{set}/{hex}")),
@@ -177,4 +181,31 @@ fn a_second_publish_to_a_target_sends_only_its_mapping() {
     assert_eq!(fake.elements_of(crate::ruleset::SET_HAIRPIN4), helpers);
     remove(&mut fake, &mapping(8081));
     assert!(fake.elements_of(crate::ruleset::SET_HAIRPIN4).is_empty());
+}
+
+#[test]
+fn the_generation_after_a_commit_is_told_only_when_the_batch_must_have_moved_it() {
+    use super::transaction::{Moved, after};
+    use crate::netlink::nftables::{Change, next_generation};
+    use crate::ruleset::Element;
+    assert_eq!(next_generation(7), 8);
+    assert_eq!(next_generation(u32::MAX), 1, "the kernel skips 0");
+    let element = Element::mapping(&mapping(8080));
+    assert_eq!(Moved::of(&[Change::CreateElement(&element)]), Moved::ByOne);
+    assert_eq!(Moved::of(&[Change::DelElement(&element)]), Moved::ByOne);
+    assert_eq!(Moved::of(&[Change::AddElement(&element)]), Moved::Unknown);
+    let mut fake = Fake {
+        generation: 7,
+        ..Fake::default()
+    };
+    assert_eq!(after(&mut fake, 7, Moved::ByOne), Some(8));
+    assert_eq!(after(&mut fake, 7, Moved::Not), Some(7));
+    assert_eq!(fake.generation_reads, 0);
+    // An add that may have changed nothing is read back: at the read's generation it
+    // changed nothing, one on it is the batch's, anything else another writer's.
+    assert_eq!(after(&mut fake, 7, Moved::Unknown), Some(7));
+    fake.generation = 8;
+    assert_eq!(after(&mut fake, 7, Moved::Unknown), Some(8));
+    fake.generation = 9;
+    assert_eq!(after(&mut fake, 7, Moved::Unknown), None);
 }

@@ -55,6 +55,8 @@ pub struct Fake {
     pub between_read_and_commit: Option<Meddler>,
     pub commits: usize,
     pub refused_stale: usize,
+    /// How often the generation was asked for.
+    pub generation_reads: usize,
     /// Sets whose dump fails the test: a change that must not read every mapping.
     pub forbidden_dumps: Vec<&'static str>,
     /// How many times the chains' rules were read: a change that trusted its last
@@ -270,6 +272,7 @@ impl Fake {
 
 impl Kernel for Fake {
     fn generation(&mut self) -> Result<u32, NetlinkError> {
+        self.generation_reads += 1;
         Ok(self.generation)
     }
 
@@ -372,8 +375,16 @@ impl Kernel for Fake {
             self.refused_stale += 1;
             return Err(NetlinkError::Stale);
         }
-        self.table = self.apply(changes)?;
-        self.generation += 1;
+        let table = self.apply(changes)?;
+        // The kernel bumps the generation only for a batch that made a transaction: one
+        // that adds what is there already (a table, a chain, an element with its data)
+        // leaves it where it was. A rule is a transaction whatever it says.
+        let changed =
+            table != self.table || changes.iter().any(|c| matches!(c, Change::AddRule(_)));
+        self.table = table;
+        if changed {
+            self.generation = crate::netlink::nftables::next_generation(self.generation);
+        }
         self.commits += 1;
         Ok(())
     }

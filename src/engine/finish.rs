@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use super::counts::Counts;
 use super::kernel::Kernel;
 use super::resolve::bridge_port_of;
-use super::transaction::{self, Committed};
+use super::transaction::{self, Committed, Moved};
 use super::{flows, kernel_error, table};
 use crate::error::{Error, kernel};
 use crate::host::settings::{self, Settings, TargetNeeds};
@@ -141,12 +141,15 @@ fn finish(
 }
 
 /// Commits one of finish's own batches (the `closed` elements), against `own`, the
-/// generation nsport's own last commit made. Returns the generation this batch made when
-/// it is provably this batch's: the kernel took it against `own`, so nothing came in
-/// between, and the ruleset is at `own + 1`. When another writer (an `nft` run, which takes
-/// no writer lock) moved the generation first, the batch is sent again unchecked, since
-/// closing a family must not wait on anyone, and no generation is vouched for: the next
-/// change then reads and checks everything, as after any other writer.
+/// generation nsport's own last commit made. Returns the generation the ruleset is at
+/// when it is provably this batch's (see `transaction::after`): the kernel took it against
+/// `own`, so nothing came in between. Closing a family that is closed already (forwarding
+/// was turned off by hand) changes nothing and leaves the generation at `own`, which is
+/// why an added element is not taken to have moved it. When another writer (an `nft` run,
+/// which takes no writer lock) moved the generation first, the batch is sent again
+/// unchecked, since closing a family must not wait on anyone, and no generation is
+/// vouched for: the next change then reads and checks everything, as after any other
+/// writer.
 pub(super) fn commit_own(
     kernel: &mut impl Kernel,
     changes: &[Change<'_>],
@@ -154,7 +157,7 @@ pub(super) fn commit_own(
 ) -> Result<Option<u32>, NetlinkError> {
     if let Some(own) = own {
         match kernel.commit(changes, Some(own)) {
-            Ok(()) => return Ok(Some(own.wrapping_add(1))),
+            Ok(()) => return Ok(transaction::after(kernel, own, Moved::of(changes))),
             Err(NetlinkError::Stale) => {}
             Err(error) => return Err(error),
         }
@@ -171,7 +174,7 @@ pub(super) fn follow(counts: &mut Option<Counts>, own: Option<u32>) -> bool {
     let (Some(counts), Some(own)) = (counts.as_mut(), own) else {
         return false;
     };
-    if counts.genid.wrapping_add(1) != own {
+    if crate::netlink::nftables::next_generation(counts.genid) != own {
         return false;
     }
     counts.genid = own;

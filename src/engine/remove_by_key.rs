@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::transaction::{
-    Committed, Try, after, commit, kernel_error, plan_of, retrying, touches_limited, update,
+    Committed, Moved, Try, after, commit, kernel_error, plan_of, retrying, touches_limited, update,
     with_repairs,
 };
 use crate::engine::counts::Counts;
@@ -121,16 +121,16 @@ pub fn remove(
             ..Committed::default()
         };
         if changes.is_empty() {
-            return Ok(Try::Done(Some((committed, after_removal, false))));
+            return Ok(Try::Done(Some((committed, after_removal, Moved::Not))));
         }
         Ok(match commit(kernel, &changes, &snapshot, &[])? {
-            true => Try::Done(Some((committed, after_removal, true))),
+            true => Try::Done(Some((committed, after_removal, Moved::of(&changes)))),
             false => Try::Again,
         })
     })?;
     match outcome {
-        Some((committed, mut after_removal, changed)) => {
-            *counts = after(kernel, committed.genid, changed).map(|genid| {
+        Some((committed, mut after_removal, moved)) => {
+            *counts = after(kernel, committed.genid, moved).map(|genid| {
                 after_removal.genid = genid;
                 after_removal
             });

@@ -153,8 +153,8 @@ pub fn update(
                 None => with_repairs(&declarations, &snapshot, &plan.delete, &plan.add),
             };
             let committed_now = match dry_run || changes.is_empty() {
-                true => Some(false),
-                false => commit(kernel, &changes, &snapshot, &added)?.then_some(true),
+                true => Some(Moved::Not),
+                false => commit(kernel, &changes, &snapshot, &added)?.then(|| Moved::of(&changes)),
             };
             (!snapshot.exists && !changes.is_empty(), committed_now)
         };
@@ -188,15 +188,61 @@ pub fn update(
     Ok(committed)
 }
 
-/// The generation the ruleset is at after this change, if the change's own commit is the
-/// last one (or there was none): what the counts can be trusted at.
-pub(super) fn after(kernel: &mut impl Kernel, genid: u32, committed: bool) -> Option<u32> {
-    let expected = if committed {
-        genid.wrapping_add(1)
-    } else {
-        genid
-    };
-    kernel.generation().ok().filter(|now| *now == expected)
+/// What a change's commit, checked against the generation of its read, did to that
+/// generation. The kernel moves it on for a batch that made a transaction and leaves it
+/// for one that made none (every message adding what was there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Moved {
+    /// Nothing was committed.
+    Not,
+    /// The batch held a change that is always a transaction (an element created
+    /// exclusively or deleted, a rule added, a chain or the table deleted): the
+    /// generation moved on by one, to this batch's.
+    ByOne,
+    /// The batch may have changed nothing: only reading the generation again tells.
+    Unknown,
+}
+
+impl Moved {
+    /// What committing `changes` did, told from the changes alone when it can be.
+    pub(super) fn of(changes: &[Change<'_>]) -> Moved {
+        let always = |change: &Change<'_>| match change {
+            Change::CreateElement(_)
+            | Change::DelElement(_)
+            | Change::AddRule(_)
+            | Change::DelChain(_)
+            | Change::DelTable => true,
+            Change::AddTable { exclusive } => *exclusive,
+            Change::AddChain(_)
+            | Change::FlushChain(_)
+            | Change::AddSet(_)
+            | Change::AddElement(_) => false,
+        };
+        match changes.iter().any(always) {
+            true => Moved::ByOne,
+            false => Moved::Unknown,
+        }
+    }
+}
+
+/// The generation the ruleset is at after a change read at `genid` committed, checked
+/// against it, what `moved` says, while that commit is provably the last: what the counts
+/// can be trusted at. Told without asking the kernel when the batch must have moved the
+/// generation (a publish creates its elements exclusively) or committed nothing: a later
+/// writer then leaves the ruleset at another generation, and the next change reads
+/// everything. A batch that may have changed nothing is asked after; another writer's
+/// commit in the microseconds between that batch and the question is the one case this
+/// cannot tell from the batch's own.
+pub(super) fn after(kernel: &mut impl Kernel, genid: u32, moved: Moved) -> Option<u32> {
+    let next = crate::netlink::nftables::next_generation(genid);
+    match moved {
+        Moved::Not => Some(genid),
+        Moved::ByOne => Some(next),
+        Moved::Unknown => kernel
+            .generation()
+            .ok()
+            .filter(|now| *now == next || *now == genid),
+    }
 }
 
 /// Whether a host port of `mappings` has a source allow-list (read from `limited` alone).

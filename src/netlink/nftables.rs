@@ -18,7 +18,7 @@ mod expr;
 mod fuzz;
 mod ruleset_dump;
 
-pub use batch::{Change, commit, commit_to, generation};
+pub use batch::{Change, commit, commit_to, generation, next_generation};
 pub use dump::{
     ChainDump, ElementDump, RuleDump, chain_exists, dump_base_chains, dump_chains, dump_elements,
     dump_family_rules, dump_rules, get_element, rule_exprs_text, set_exists, table_exists,

@@ -80,6 +80,16 @@ pub fn commit(changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkE
     commit_to(TABLE, changes, genid)
 }
 
+/// The generation a commit that made a change moves the ruleset on to from `genid`: the
+/// next, where the kernel skips 0 (which a batch reads as "no check"). A batch that
+/// changes nothing (it adds only what is there) leaves the generation where it was.
+pub fn next_generation(genid: u32) -> u32 {
+    match genid.wrapping_add(1) {
+        0 => 1,
+        next => next,
+    }
+}
+
 /// The generation of the whole nftables ruleset of this network namespace: any change to
 /// any table moves it on, so a batch sent with it applies only to what was read under it.
 pub fn generation() -> Result<u32, NetlinkError> {
