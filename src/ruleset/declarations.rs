@@ -355,9 +355,11 @@ const ALLOW_ORDER: [(&FamilySet, bool); 3] = [
 /// then those of no family, then the allow-lists. A set's id (by which rules of the
 /// batch that creates it refer to it) is its position here, from 1.
 fn set_names() -> impl Iterator<Item = &'static str> {
-    let family = [false, true]
-        .into_iter()
-        .flat_map(|v6| FAMILY_SETS.iter().map(move |row| row.names[usize::from(v6)]));
+    let family = [false, true].into_iter().flat_map(|v6| {
+        FAMILY_SETS
+            .iter()
+            .map(move |row| row.names[usize::from(v6)])
+    });
     let allow = ALLOW_ORDER
         .iter()
         .map(|(row, v6)| row.names[usize::from(*v6)]);
