@@ -111,9 +111,9 @@ fn finish(
         follow_in_record(counts, settings, own);
         exposing = true;
     }
-    settings.turn_on(&needs)?;
+    let localnet_on = settings.turn_on(&needs, &opening)?;
     if let Some(needed) = &committed.still_needed {
-        exposing |= settings.turn_on_missing(needed)?;
+        exposing |= settings.turn_on_missing(needed, &localnet_on)?;
     }
     if exposing {
         verify_guard(kernel, own, settings)?;

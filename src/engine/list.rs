@@ -106,7 +106,7 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     }
     if snapshot.damaged.is_empty() {
         // Intact: only settings an interrupted nsport left off to turn on.
-        settings.turn_on_missing(&still_needed(&snapshot))?;
+        settings.turn_on_missing(&still_needed(&snapshot), &[])?;
         return Ok(());
     }
     let declarations = table::Declarations::new();
@@ -117,7 +117,7 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     );
     match kernel.commit(&changes, Some(snapshot.genid)) {
         Ok(()) => {
-            settings.turn_on_missing(&still_needed(&snapshot))?;
+            settings.turn_on_missing(&still_needed(&snapshot), &[])?;
             Ok(())
         }
         // Someone outside nsport changed the ruleset since the read: the next command

@@ -115,7 +115,14 @@ impl<'a> Settings<'a> {
 
     /// Turns on what `needs` require. Every value found is recorded before the
     /// first write; when the record cannot be saved (a full /run), nothing is written.
-    pub fn turn_on(&mut self, needs: &[TargetNeeds<'_>]) -> Result<(), Error> {
+    /// `opening` are the families `forwarding_off` found off a moment before: the others'
+    /// forwarding was on then and is not read again. Returns the interfaces whose
+    /// route_localnet is on now, found on or turned on.
+    pub fn turn_on(
+        &mut self,
+        needs: &[TargetNeeds<'_>],
+        opening: &[bool],
+    ) -> Result<Vec<String>, Error> {
         let all = || needs.iter().flat_map(|need| need.mappings.iter().copied());
         let mut localnet = Vec::new();
         let mut hairpin = Vec::new();
@@ -124,7 +131,7 @@ impl<'a> Settings<'a> {
         // interfaces that learn their routes from router advertisements keep learning.
         let mut others: Vec<(Sysctl, &str)> = Vec::new();
         for ipv6 in [false, true] {
-            if !all().any(|m| m.is_ipv6() == ipv6) {
+            if !all().any(|m| m.is_ipv6() == ipv6) || !opening.contains(&ipv6) {
                 continue;
             }
             let forward = forwarding(ipv6);
@@ -146,10 +153,12 @@ impl<'a> Settings<'a> {
             self.originals.sysctls.entry(forward.key()).or_insert(was);
             others.push((forward, "1"));
         }
+        let mut localnet_on = Vec::new();
         for need in needs {
             if need.mappings.iter().any(|m| m.serves_loopback()) {
                 let sysctl = Sysctl::route_localnet(need.via);
                 let was = sysctl.read().map_err(sysctl_error(&sysctl))?;
+                localnet_on.push(need.via.to_string());
                 if was != "1" && !localnet.contains(&sysctl) {
                     self.originals
                         .route_localnet
@@ -194,15 +203,24 @@ impl<'a> Settings<'a> {
             log::info!("hairpin on for bridge port {}", port.name);
             rtnetlink::set_hairpin(port.index, true).map_err(kernel)?;
         }
-        Ok(())
+        Ok(localnet_on)
     }
 
     /// Turns route_localnet on where a mapping in the table needs it and it is off: what
     /// an nsport killed between its commit and its settings left behind. Returns whether
     /// it turned anything on. The guard is in the table that says these mappings exist.
-    pub fn turn_on_missing(&mut self, needed: &StillNeeded) -> Result<bool, Error> {
+    /// Interfaces in `known_on` were just found on, or turned on, and are not read again.
+    pub fn turn_on_missing(
+        &mut self,
+        needed: &StillNeeded,
+        known_on: &[String],
+    ) -> Result<bool, Error> {
         let mut missing = Vec::new();
-        for via in &needed.loopback_vias {
+        for via in needed
+            .loopback_vias
+            .iter()
+            .filter(|via| !known_on.contains(via))
+        {
             let sysctl = Sysctl::route_localnet(via);
             // An interface that is gone has no setting to repair.
             let Ok(now) = sysctl.read() else { continue };
