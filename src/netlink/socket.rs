@@ -25,7 +25,12 @@ pub(super) const NLMSG_ERROR: u16 = 2;
 pub(super) const NLMSG_DONE: u16 = 3;
 /// How long to wait for the kernel's answer before calling it lost.
 const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Room for one recvmsg of a dump; the kernel fills up to this much per read.
+/// Room for one recvmsg of an answer. The kernel never sends a dump's part larger than
+/// the largest read asked for, capped at 32 KiB with its overhead (`netlink_recvmsg`), and
+/// an acknowledgement echoes only its message's header (`NETLINK_CAP_ACK`). The room is
+/// larger than that on purpose: above glibc's mmap threshold, the zeroed buffer is a fresh
+/// mapping whose pages are touched only where an answer lands, where 64 KiB from the heap
+/// are zeroed page by page (15 more page faults a publish, measured).
 pub(super) const RECEIVE_BUFFER: usize = 256 * 1024;
 /// Linux's usual net.core.[rw]mem_default.
 const DEFAULT_SOCKET_BUFFER: usize = 200 * 1024;
@@ -206,13 +211,22 @@ pub(super) fn receive(
     buffer: &mut AlignedBuffer,
     wait: bool,
 ) -> Result<usize, NetlinkError> {
-    let flags = if wait {
-        MsgFlags::empty()
-    } else {
-        MsgFlags::MSG_DONTWAIT
+    // MSG_TRUNC: the answer's whole length, so that one larger than the buffer is an
+    // error rather than a message cut short.
+    let flags = match wait {
+        true => MsgFlags::MSG_TRUNC,
+        false => MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_TRUNC,
     };
-    socket::recv(raw_fd(socket), buffer.bytes_mut(), flags)
-        .map_err(|errno| NetlinkError::Receive(errno.into()))
+    let bytes = buffer.bytes_mut();
+    let len = socket::recv(raw_fd(socket), bytes, flags)
+        .map_err(|errno| NetlinkError::Receive(errno.into()))?;
+    if len > bytes.len() {
+        return Err(NetlinkError::Receive(io::Error::other(format!(
+            "an answer of {len} bytes, larger than the {} bytes read",
+            bytes.len()
+        ))));
+    }
+    Ok(len)
 }
 
 /// One netlink message of a reply, with the error code when it is an NLMSG_ERROR.
