@@ -105,7 +105,7 @@ fn finish(
     let opening = settings::forwarding_off(&committed.added);
     if !opening.is_empty() {
         let closed: Vec<Element> = opening.iter().map(|v6| Element::closed(*v6)).collect();
-        let changes: Vec<Change> = closed.iter().map(Change::AddElement).collect();
+        let changes: Vec<Change> = closed.iter().map(Change::CreateElement).collect();
         own = commit_own(kernel, &changes, own).map_err(kernel_error)?;
         // Saved by `turn_on` below, which records the forwarding it is about to turn on.
         follow_in_record(counts, settings, own);
@@ -142,28 +142,54 @@ fn finish(
 
 /// Commits one of finish's own batches (the `closed` elements), against `own`, the
 /// generation nsport's own last commit made. Returns the generation the ruleset is at
-/// when it is provably this batch's (see `transaction::after`): the kernel took it against
-/// `own`, so nothing came in between. Closing a family that is closed already (forwarding
-/// was turned off by hand) changes nothing and leaves the generation at `own`, which is
-/// why an added element is not taken to have moved it. When another writer (an `nft` run,
-/// which takes no writer lock) moved the generation first, the batch is sent again
-/// unchecked, since closing a family must not wait on anyone, and no generation is
-/// vouched for: the next change then reads and checks everything, as after any other
-/// writer.
+/// when it is provably this batch's: the kernel took it against `own`, so nothing came in
+/// between. Elements are created exclusively, so that a batch the kernel takes moved the
+/// generation on by one (see `transaction::Moved`): closing a family that is closed
+/// already (forwarding was turned off by hand) is refused, applies nothing, and is sent
+/// again without that element. When another writer (an `nft` run, which takes no writer
+/// lock) moved the generation first, the batch is sent again unchecked, since closing a
+/// family must not wait on anyone, and no generation is vouched for: the next change then
+/// reads and checks everything, as after any other writer.
 pub(super) fn commit_own(
     kernel: &mut impl Kernel,
     changes: &[Change<'_>],
     own: Option<u32>,
 ) -> Result<Option<u32>, NetlinkError> {
+    let mut changes = changes.to_vec();
     if let Some(own) = own {
-        match kernel.commit(changes, Some(own)) {
-            Ok(()) => return Ok(transaction::after(kernel, own, Moved::of(changes))),
+        match commit_all_but_present(kernel, &mut changes, Some(own)) {
+            Ok(()) if changes.is_empty() => return Ok(Some(own)),
+            Ok(()) => return Ok(transaction::after(kernel, own, Moved::of(&changes))),
             Err(NetlinkError::Stale) => {}
             Err(error) => return Err(error),
         }
     }
-    kernel.commit(changes, None)?;
+    commit_all_but_present(kernel, &mut changes, None)?;
     Ok(None)
+}
+
+/// Commits `changes`, leaving out each element created exclusively that the kernel
+/// refuses as already there (a refused batch applies nothing); `changes` ends as what was
+/// committed, empty when everything was there.
+fn commit_all_but_present(
+    kernel: &mut impl Kernel,
+    changes: &mut Vec<Change<'_>>,
+    genid: Option<u32>,
+) -> Result<(), NetlinkError> {
+    while !changes.is_empty() {
+        match kernel.commit(changes, genid) {
+            Err(NetlinkError::Kernel {
+                index: Some(index),
+                error,
+            }) if error.raw_os_error() == Some(libc::EEXIST)
+                && matches!(changes.get(index), Some(Change::CreateElement(_))) =>
+            {
+                changes.remove(index);
+            }
+            result => return result,
+        }
+    }
+    Ok(())
 }
 
 /// Moves the counts on to the generation `commit_own` vouched for, so that the next change

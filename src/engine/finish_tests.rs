@@ -37,7 +37,7 @@ fn publish_turning_forwarding_on(fake: &mut Fake, host_port: u16) {
     transaction::create(fake, &mut counts, &[mapping(host_port)], false, false).unwrap();
     fake.counts = counts;
     let closed = Element::closed(false);
-    finish_batch(fake, &[Change::AddElement(&closed)]);
+    finish_batch(fake, &[Change::CreateElement(&closed)]);
 }
 
 /// Removes by key as the library does, then opens IPv4 as finish does after forwarding
@@ -102,7 +102,7 @@ fn another_writer_before_finishs_batch_makes_the_next_change_read_everything() {
         }
     }));
     let closed = Element::closed(false);
-    finish_batch(&mut fake, &[Change::AddElement(&closed)]);
+    finish_batch(&mut fake, &[Change::CreateElement(&closed)]);
     fake.between_read_and_commit = None;
     assert!(
         fake.elements_of(SET_CLOSED).contains_key(&closed.key),
@@ -147,4 +147,23 @@ fn a_batch_of_finishs_that_changes_nothing_vouches_for_no_generation() {
         fake.rule_dumps > rules_read,
         "the chains were trusted after another writer"
     );
+}
+
+#[test]
+fn closing_a_closed_family_with_another_commits_the_other_and_follows_it() {
+    let mut fake = Fake::default();
+    publish_turning_forwarding_on(&mut fake, 8080);
+    let (v4, v6) = (Element::closed(false), Element::closed(true));
+    let reads = fake.generation_reads;
+    finish_batch(
+        &mut fake,
+        &[Change::CreateElement(&v4), Change::CreateElement(&v6)],
+    );
+    assert!(fake.elements_of(SET_CLOSED).contains_key(&v6.key));
+    assert_eq!(
+        fake.counts.as_ref().map(|c| c.genid),
+        Some(fake.generation),
+        "the counts follow the batch that closed IPv6 alone"
+    );
+    assert_eq!(fake.generation_reads, reads, "nothing was read back");
 }
