@@ -112,6 +112,14 @@ fn links_and_addresses_read_as_ip_shows_them() {
         // As many as `ip` shows, link-local ones included.
         let shown = ip("-o addr show").lines().count();
         assert_eq!(addresses.len(), shown);
+        // The IPv4 ones alone are those of the whole dump, in its order.
+        let v4: Vec<_> = addresses
+            .iter()
+            .filter(|a| a.addr.is_ipv4())
+            .cloned()
+            .collect();
+        assert_eq!(rtnetlink::ipv4_addresses().unwrap(), v4);
+        assert_eq!(v4.len(), ip("-o -4 addr show").lines().count());
     });
 }
 

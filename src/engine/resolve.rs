@@ -134,7 +134,7 @@ fn broadcast(addr: IpAddr) -> Error {
 /// (`/31` and `/32` have none): the last address of its network, whatever the state of
 /// its link. (A broadcast set apart with `brd` is known by its route while the link is up.)
 fn is_a_network_broadcast(v4: std::net::Ipv4Addr) -> Result<bool, Error> {
-    Ok(rtnetlink::addresses()
+    Ok(rtnetlink::ipv4_addresses()
         .map_err(kernel)?
         .into_iter()
         .filter_map(|local| match local.addr {

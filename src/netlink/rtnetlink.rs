@@ -119,9 +119,21 @@ fn refused_with(result: &Result<(), NetlinkError>, errnos: &[i32]) -> bool {
 
 /// Every IPv4 and IPv6 address of the current namespace, in the kernel's order.
 pub fn addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
-    let mut found = Vec::new();
     // `struct ifaddrmsg` of family AF_UNSPEC: every family.
-    request(RTM_GETADDR, NLM_F_DUMP, &[0; 8], |kind, payload| {
+    addresses_of_family(libc::AF_UNSPEC as u8)
+}
+
+/// Every IPv4 address of the current namespace, in the kernel's order: a dump of one
+/// family leaves out every interface's IPv6 link-local address.
+pub fn ipv4_addresses() -> Result<Vec<InterfaceAddress>, NetlinkError> {
+    addresses_of_family(libc::AF_INET as u8)
+}
+
+fn addresses_of_family(family: u8) -> Result<Vec<InterfaceAddress>, NetlinkError> {
+    let mut found = Vec::new();
+    let mut ifaddrmsg = [0; 8];
+    ifaddrmsg[0] = family;
+    request(RTM_GETADDR, NLM_F_DUMP, &ifaddrmsg, |kind, payload| {
         if kind == RTM_NEWADDR {
             found.extend(answer::address(payload)?);
         }
