@@ -57,6 +57,9 @@ pub struct Fake {
     pub refused_stale: usize,
     /// How often the generation was asked for.
     pub generation_reads: usize,
+    /// Refusals name the first change of the refused element's message, as kernels
+    /// before 5.19 do: one message holds every element of a set.
+    pub refusals_name_the_message: bool,
     /// Sets whose dump fails the test: a change that must not read every mapping.
     pub forbidden_dumps: Vec<&'static str>,
     /// How many times the chains' rules were read: a change that trusted its last
@@ -375,7 +378,16 @@ impl Kernel for Fake {
             self.refused_stale += 1;
             return Err(NetlinkError::Stale);
         }
-        let table = self.apply(changes)?;
+        let table = self.apply(changes).map_err(|error| match error {
+            NetlinkError::Kernel {
+                index: Some(index),
+                error,
+            } if self.refusals_name_the_message => NetlinkError::Kernel {
+                index: Some(first_of_message(changes, index)),
+                error,
+            },
+            other => other,
+        })?;
         // The kernel bumps the generation only for a batch that made a transaction: one
         // that adds what is there already (a table, a chain, an element with its data)
         // leaves it where it was. A rule is a transaction whatever it says.
@@ -392,4 +404,24 @@ impl Kernel for Fake {
     fn rule_text(&self, rule: &RuleDef) -> String {
         crate::netlink::nftables::rule_exprs_text(rule)
     }
+}
+
+/// The first change of the message `changes[index]` is encoded in: elements of one set in
+/// a row share a message.
+fn first_of_message(changes: &[Change<'_>], mut index: usize) -> usize {
+    fn set(change: &Change<'_>) -> Option<(u8, &'static str)> {
+        match change {
+            Change::AddElement(e) => Some((0, e.set)),
+            Change::CreateElement(e) => Some((1, e.set)),
+            Change::DelElement(e) => Some((2, e.set)),
+            _ => None,
+        }
+    }
+    while index > 0
+        && set(&changes[index]).is_some()
+        && set(&changes[index - 1]) == set(&changes[index])
+    {
+        index -= 1;
+    }
+    index
 }

@@ -102,7 +102,8 @@ fn finish(
     let mut exposing = committed.added.iter().any(Mapping::serves_loopback);
     // Forwarding that nsport turns on must open nothing but the published ports: the
     // family is closed in the table before the setting goes on.
-    let opening = settings::forwarding_off(&committed.added);
+    let forwarding = settings::forwarding_of(&committed.added);
+    let opening = forwarding.off;
     if !opening.is_empty() {
         let closed: Vec<Element> = opening.iter().map(|v6| Element::closed(*v6)).collect();
         let changes: Vec<Change> = closed.iter().map(Change::CreateElement).collect();
@@ -111,7 +112,7 @@ fn finish(
         follow_in_record(counts, settings, own);
         exposing = true;
     }
-    let localnet_on = settings.turn_on(&needs, &opening)?;
+    let localnet_on = settings.turn_on(&needs, &forwarding.on)?;
     if let Some(needed) = &committed.still_needed {
         exposing |= settings.turn_on_missing(needed, &localnet_on)?;
     }
@@ -168,26 +169,40 @@ pub(super) fn commit_own(
     Ok(None)
 }
 
-/// Commits `changes`, leaving out each element created exclusively that the kernel
-/// refuses as already there (a refused batch applies nothing); `changes` ends as what was
-/// committed, empty when everything was there.
+/// Commits `changes`, leaving out each element created exclusively that is there already;
+/// `changes` ends as what was committed, empty when everything was there. A batch refused
+/// with EEXIST applied nothing. Which element the kernel refused is not taken from its
+/// error: a kernel before 5.19 names only the message, which holds every element of a set
+/// (both families' `closed`), so each element created is looked up instead.
 fn commit_all_but_present(
     kernel: &mut impl Kernel,
     changes: &mut Vec<Change<'_>>,
     genid: Option<u32>,
 ) -> Result<(), NetlinkError> {
     while !changes.is_empty() {
-        match kernel.commit(changes, genid) {
-            Err(NetlinkError::Kernel {
-                index: Some(index),
-                error,
-            }) if error.raw_os_error() == Some(libc::EEXIST)
-                && matches!(changes.get(index), Some(Change::CreateElement(_))) =>
-            {
-                changes.remove(index);
+        let error = match kernel.commit(changes, genid) {
+            Err(error @ NetlinkError::Kernel { .. }) if error.errno() == Some(libc::EEXIST) => {
+                error
             }
             result => return result,
+        };
+        let before = changes.len();
+        let mut absent = Vec::with_capacity(before);
+        for change in changes.drain(..) {
+            let there = match change {
+                Change::CreateElement(element) => {
+                    kernel.element(element.set, &element.key)?.is_some()
+                }
+                _ => false,
+            };
+            if !there {
+                absent.push(change);
+            }
         }
+        if absent.len() == before {
+            return Err(error);
+        }
+        *changes = absent;
     }
     Ok(())
 }

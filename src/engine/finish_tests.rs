@@ -166,3 +166,30 @@ fn closing_a_closed_family_with_another_commits_the_other_and_follows_it() {
     );
     assert_eq!(fake.generation_reads, reads, "nothing was read back");
 }
+
+#[test]
+fn a_kernel_that_names_only_the_message_still_gets_the_family_that_is_open_closed() {
+    // IPv6 was closed by an earlier publish and its forwarding turned off by hand since;
+    // a publish of both families closes both before turning forwarding on. The refusal
+    // of IPv6's element names the message, whose first element is IPv4's.
+    let mut fake = Fake {
+        refusals_name_the_message: true,
+        ..Fake::default()
+    };
+    publish_turning_forwarding_on(&mut fake, 8080);
+    let (v4, v6) = (Element::closed(false), Element::closed(true));
+    fake.commit_as_other(&[Change::CreateElement(&v6)]);
+    fake.commit_as_other(&[Change::DelElement(&v4)]);
+    let own = Some(fake.generation);
+    let after = commit_own(
+        &mut fake,
+        &[Change::CreateElement(&v4), Change::CreateElement(&v6)],
+        own,
+    )
+    .unwrap();
+    assert!(
+        fake.elements_of(SET_CLOSED).contains_key(&v4.key),
+        "IPv4 is not closed, and finish turns its forwarding on next"
+    );
+    assert_eq!(after, Some(fake.generation));
+}

@@ -115,13 +115,13 @@ impl<'a> Settings<'a> {
 
     /// Turns on what `needs` require. Every value found is recorded before the
     /// first write; when the record cannot be saved (a full /run), nothing is written.
-    /// `opening` are the families `forwarding_off` found off a moment before: the others'
-    /// forwarding was on then and is not read again. Returns the interfaces whose
-    /// route_localnet is on now, found on or turned on.
+    /// `forwarding_on` are the families whose forwarding `forwarding_of` found on a moment
+    /// before: it is not read again. Returns the interfaces whose route_localnet is on now,
+    /// found on or turned on.
     pub fn turn_on(
         &mut self,
         needs: &[TargetNeeds<'_>],
-        opening: &[bool],
+        forwarding_on: &[bool],
     ) -> Result<Vec<String>, Error> {
         let all = || needs.iter().flat_map(|need| need.mappings.iter().copied());
         let mut localnet = Vec::new();
@@ -131,7 +131,7 @@ impl<'a> Settings<'a> {
         // interfaces that learn their routes from router advertisements keep learning.
         let mut others: Vec<(Sysctl, &str)> = Vec::new();
         for ipv6 in [false, true] {
-            if !all().any(|m| m.is_ipv6() == ipv6) || !opening.contains(&ipv6) {
+            if !all().any(|m| m.is_ipv6() == ipv6) || forwarding_on.contains(&ipv6) {
                 continue;
             }
             let forward = forwarding(ipv6);
@@ -426,11 +426,33 @@ fn forwarding(ipv6: bool) -> Sysctl {
 /// The families among `mappings` whose forwarding is off now: turning it on must wait for
 /// the table to close what forwarding would open.
 pub fn forwarding_off(mappings: &[Mapping]) -> Vec<bool> {
-    [false, true]
-        .into_iter()
-        .filter(|ipv6| mappings.iter().any(|m| m.is_ipv6() == *ipv6))
-        .filter(|ipv6| forwarding(*ipv6).read().is_ok_and(|v| v != "1"))
-        .collect()
+    forwarding_of(mappings).off
+}
+
+/// The families of `mappings` whose forwarding reads off, and those whose reads on; one
+/// that cannot be read is in neither.
+pub struct Forwarding {
+    pub off: Vec<bool>,
+    pub on: Vec<bool>,
+}
+
+/// Reads the forwarding of each family `mappings` use.
+pub fn forwarding_of(mappings: &[Mapping]) -> Forwarding {
+    let mut found = Forwarding {
+        off: Vec::new(),
+        on: Vec::new(),
+    };
+    for ipv6 in [false, true] {
+        if !mappings.iter().any(|m| m.is_ipv6() == ipv6) {
+            continue;
+        }
+        match forwarding(ipv6).read() {
+            Ok(value) if value == "1" => found.on.push(ipv6),
+            Ok(_) => found.off.push(ipv6),
+            Err(_) => {}
+        }
+    }
+    found
 }
 
 fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {

@@ -62,7 +62,8 @@ pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, Net
     // message of hundreds of elements would otherwise be echoed whole.
     socket::setsockopt(&fd, NetlinkFlag(NETLINK_CAP_ACK), &true).map_err(set_error)?;
     // And they say which attribute was refused (NLMSGERR_ATTR_OFFS): for a message of many
-    // elements, which element. Kernels before 4.12 do not know the option and say nothing.
+    // elements, which element (since Linux 5.19; the option itself is from 4.12, and
+    // kernels before it do not know it and say nothing).
     let _ = socket::setsockopt(&fd, NetlinkFlag(NETLINK_EXT_ACK), &true);
     size(&socket, send_bytes, answers)?;
     Ok(socket)

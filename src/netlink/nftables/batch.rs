@@ -73,7 +73,7 @@ fn describe(change: &Change) -> String {
 /// generation (`generation()`), and otherwise refuses all of it with `NetlinkError::Stale`.
 /// On any failure the kernel has applied none of it. A refusal (`NetlinkError::Kernel`)
 /// names the index in `changes` of the first change the kernel refused: in a message of
-/// many elements the refused element itself, as the kernel reports it (Linux 4.12 and
+/// many elements the refused element itself, as the kernel reports it (Linux 5.19 and
 /// later), or else the message's first change. Values that would not fit their fields
 /// are refused before anything is sent (`TooLong`, `Nul`).
 pub fn commit(changes: &[Change<'_>], genid: Option<u32>) -> Result<(), NetlinkError> {
@@ -171,7 +171,8 @@ pub fn commit_to(
             // A stale generation is answered on the begin message, and nothing is applied.
             Some((seq, ERESTART, _)) if seq == batch.begin_seq => Err(NetlinkError::Stale),
             // In a message of several elements, the kernel names the refused one by its
-            // offset; without that (kernels before 4.12), the message's first stands for all.
+            // offset; before Linux 5.19 it names the message alone (extended acks, 4.12,
+            // point at no element), and the message's first change stands for all.
             Some((seq, errno, bad_attr)) => Err(NetlinkError::Kernel {
                 index: batch.change_of(seq, bad_attr),
                 error: io::Error::from_raw_os_error(errno),
