@@ -134,6 +134,9 @@ fn broadcast(addr: IpAddr) -> Error {
 /// (`/31` and `/32` have none): the last address of its network, whatever the state of
 /// its link. (A broadcast set apart with `brd` is known by its route while the link is up.)
 fn is_a_network_broadcast(v4: std::net::Ipv4Addr) -> Result<bool, Error> {
+    if !may_be_a_network_broadcast(v4) {
+        return Ok(false);
+    }
     Ok(rtnetlink::ipv4_addresses()
         .map_err(kernel)?
         .into_iter()
@@ -148,6 +151,13 @@ fn is_a_network_broadcast(v4: std::net::Ipv4Addr) -> Result<bool, Error> {
             let network = u32::from(local) & !host_bits;
             u32::from(v4) == network | host_bits
         }))
+}
+
+/// Whether `v4` can be the last address of a network of 2 to 2^31 addresses at all: such
+/// an address ends in two bits set, so three addresses in four (10.88.0.2, say) are no
+/// network's broadcast and need no dump of the host's addresses.
+fn may_be_a_network_broadcast(v4: std::net::Ipv4Addr) -> bool {
+    u32::from(v4) & 0b11 == 0b11
 }
 
 /// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
@@ -499,4 +509,43 @@ pub fn check_host_ports<'a>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::may_be_a_network_broadcast;
+    use std::net::Ipv4Addr;
+
+    /// The broadcast of the network of `addr` with a prefix of `len`.
+    fn broadcast_of(addr: u32, len: u32) -> u32 {
+        addr | (u32::MAX >> len)
+    }
+
+    #[test]
+    fn only_an_address_ending_in_two_set_bits_can_be_a_networks_broadcast() {
+        let samples = [
+            0x0a58_0002u32,
+            0xac11_0005,
+            0xc0a8_0101,
+            0x0a4d_0001,
+            0xffff_fff0,
+        ];
+        for addr in samples {
+            for len in 1..=30 {
+                let broadcast = broadcast_of(addr, len);
+                assert!(may_be_a_network_broadcast(Ipv4Addr::from(broadcast)));
+            }
+        }
+        // And each address the check lets go is no network's broadcast, whatever its prefix.
+        for low in 0..=255u32 {
+            let addr = 0x0a58_0000 | low;
+            let is_one = (1..=30).any(|len| broadcast_of(addr, len) == addr);
+            assert_eq!(
+                may_be_a_network_broadcast(Ipv4Addr::from(addr)),
+                is_one,
+                "{addr:#x}"
+            );
+        }
+        assert!(!may_be_a_network_broadcast(Ipv4Addr::new(10, 88, 0, 2)));
+    }
 }
