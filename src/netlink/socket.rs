@@ -290,6 +290,24 @@ fn error_offset(message: &[u8], flags: u16) -> Option<u32> {
 /// kernel answered ENOENT (no such table, chain, set or element).
 pub(super) fn exchange(
     request: &[u8],
+    on_message: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<bool, NetlinkError> {
+    exchange_until(request, false, on_message)
+}
+
+/// `exchange` for a request answered by one message that asks for no acknowledgement
+/// (no NLM_F_ACK): that message, or the error standing for it, ends the request, one read
+/// where an acknowledged request takes two.
+pub(super) fn ask(
+    request: &[u8],
+    on_answer: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
+) -> Result<bool, NetlinkError> {
+    exchange_until(request, true, on_answer)
+}
+
+fn exchange_until(
+    request: &[u8],
+    one_answer: bool,
     mut on_message: impl FnMut(&[u8]) -> Result<(), NetlinkError>,
 ) -> Result<bool, NetlinkError> {
     with_shared(request.len(), 1, |shared| {
@@ -322,7 +340,12 @@ pub(super) fn exchange(
                     }
                     // The acknowledgement that ends a request that is not a dump.
                     NLMSG_ERROR => return Ok(true),
-                    _ => on_message(reply.message)?,
+                    _ => {
+                        on_message(reply.message)?;
+                        if one_answer {
+                            return Ok(true);
+                        }
+                    }
                 }
             }
         }

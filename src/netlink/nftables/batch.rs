@@ -97,14 +97,15 @@ pub fn generation() -> Result<u32, NetlinkError> {
     const NFT_MSG_NEWGEN: u16 = 15;
     const NFTA_GEN_ID: u16 = 1;
     let kind = |message: u16| (NFNL_SUBSYS_NFTABLES << 8) | message;
+    // Not acknowledged: the NEWGEN answer, or an error, is the whole of it.
     let request = attributes::message(
         kind(NFT_MSG_GETGEN),
-        NLM_F_REQUEST | libc::NLM_F_ACK as u16,
+        NLM_F_REQUEST,
         1,
         &[libc::AF_UNSPEC as u8, NFNETLINK_V0, 0, 0],
     )?;
     let mut genid = None;
-    crate::netlink::socket::exchange(&request, |message| {
+    crate::netlink::socket::ask(&request, |message| {
         let kind_of = u16::from_ne_bytes([message[4], message[5]]);
         if kind_of == kind(NFT_MSG_NEWGEN) {
             genid = message
