@@ -366,7 +366,8 @@ fn set_names() -> impl Iterator<Item = &'static str> {
     family.chain([SET_INSIDE, SET_CLOSED]).chain(allow)
 }
 
-/// The sets and maps, declared in the order of [`set_names`].
+/// The sets and maps, declared in the order `nft list` shows them (that of `set_names`):
+/// each family's, then those of no family, then the allow-lists.
 pub fn sets() -> Vec<SetDef> {
     let mut sets: Vec<SetDef> = Vec::new();
     for v6 in [false, true] {
