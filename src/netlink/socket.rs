@@ -46,7 +46,10 @@ fn raw_fd(socket: &mnl::Socket) -> RawFd {
 /// Opens a netfilter socket able to send `send_bytes` at once and to queue `answers`
 /// acknowledgements without dropping any.
 pub(super) fn open(send_bytes: usize, answers: usize) -> Result<mnl::Socket, NetlinkError> {
-    let socket = mnl::Socket::new(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
+    // Not bound: the kernel binds a netlink socket to a port of its choosing on its first
+    // send, and answers are matched by sequence number, never by port (two system calls
+    // fewer, `bind` and the `getsockname` after it).
+    let socket = mnl::Socket::open(mnl::Bus::Netfilter).map_err(NetlinkError::Open)?;
     // SAFETY: the descriptor belongs to `socket`, which outlives this borrow.
     let fd = unsafe { BorrowedFd::borrow_raw(raw_fd(&socket)) };
     let set_error = |errno: nix::errno::Errno| NetlinkError::Open(errno.into());
