@@ -1,16 +1,19 @@
 //! The `nsport` command: parses arguments, calls the library, prints, and maps errors to
 //! exit codes (2 for bad input, 1 for everything else).
 
-use std::collections::HashMap;
 use std::io::{IsTerminal, Read, Write};
 use std::net::IpAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
 
+mod host_ports;
+mod listing;
 mod manual;
 use clap::{Args, CommandFactory, Parser, Subcommand};
-use nsport::{HostSpec, Listing, PublishOptions, PublishRequest, PublishSpec, Target, with_port};
+use host_ports::choose_host_ports;
+use listing::{Row, table};
+use nsport::{HostSpec, PublishOptions, PublishRequest, Target, with_port};
 
 #[derive(Parser)]
 #[command(
@@ -472,120 +475,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One mapping as `ls --json` prints it: the listing, its address family, and what stops
-/// one of its paths from working (with the fix), if anything.
-#[derive(serde::Serialize)]
-struct Row<'a> {
-    #[serde(flatten)]
-    listing: &'a Listing,
-    family: &'static str,
-    problem: Option<&'a nsport::doctor::Problem>,
-}
-
-/// The specs to publish, with a free host port put in where a request leaves it to
-/// nsport (`::80`, `127.0.0.1::80`), and those chosen. Chosen as Docker chooses: the first
-/// port (or run of ports) of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`)
-/// that no host socket holds on that address (a bind tells), that nsport has not
-/// published, that this command does not name, and that is not in `avoid`.
-fn choose_host_ports(
-    requests: &[PublishRequest],
-    avoid: &[(nsport::Proto, u16)],
-) -> anyhow::Result<(Vec<PublishSpec>, Vec<PublishSpec>)> {
-    if requests.iter().all(|r| r.host_ports.is_some()) {
-        return Ok((
-            requests.iter().filter_map(PublishRequest::spec).collect(),
-            Vec::new(),
-        ));
-    }
-    let (low, high) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| {
-            let mut parts = text.split_whitespace().map(|p| p.parse::<u16>().ok());
-            Some((parts.next()??, parts.next()??))
-        })
-        .unwrap_or((32768, 60999));
-    let mut taken: std::collections::HashSet<(nsport::Proto, u16)> =
-        avoid.iter().copied().collect();
-    for mapping in nsport::list()? {
-        taken.extend(mapping.host_ports().map(|port| (mapping.proto, port)));
-    }
-    for request in requests {
-        if let Some(spec) = request.spec() {
-            taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
-        }
-    }
-    // Rust has no SCTP socket to try a bind with, and the kernel may have no SCTP at all:
-    // the ports that host SCTP sockets listen on are read once, and taken on any address.
-    let sctp_held: std::collections::HashSet<u16> = if requests
-        .iter()
-        .any(|r| r.host_ports.is_none() && r.proto == nsport::Proto::Sctp)
-    {
-        nsport::netlink::sock_diag::bound_sockets(nsport::Proto::Sctp)
-            .context("cannot read the host's SCTP sockets")?
-            .into_iter()
-            .map(|socket| socket.port)
-            .collect()
-    } else {
-        Default::default()
-    };
-    let mut specs = Vec::new();
-    let mut chosen = Vec::new();
-    for request in requests {
-        if let Some(spec) = request.spec() {
-            specs.push(spec);
-            continue;
-        }
-        let len = request.ns_ports.len() as u16;
-        let free = |port: u16| {
-            !taken.contains(&(request.proto, port))
-                && match request.proto {
-                    nsport::Proto::Sctp => !sctp_held.contains(&port),
-                    proto => bindable(request.host_addr, proto, port),
-                }
-        };
-        let start = (low..=high.saturating_sub(len - 1))
-            .find(|&start| (start..start + len).all(free))
-            .with_context(|| {
-                format!(
-                    "no {len} free host ports for {request} in the ephemeral range {low}-{high}"
-                )
-            })?;
-        let spec = request.with_host_start(start);
-        taken.extend(spec.host_ports.ports().map(|port| (spec.proto, port)));
-        specs.push(spec);
-        chosen.push(spec);
-    }
-    Ok((specs, chosen))
-}
-
-/// Whether no host socket holds `port` on `addr` (every address when `None`): a bind
-/// succeeds. Only "in use" counts as taken; any other refusal (an address that is not the
-/// host's) is left for the publish to report.
-fn bindable(addr: Option<IpAddr>, proto: nsport::Proto, port: u16) -> bool {
-    let addrs: Vec<IpAddr> = match addr {
-        Some(addr) => vec![addr],
-        // [::] without IPV6_V6ONLY covers both families; 0.0.0.0 where IPv6 is off.
-        None => vec![
-            IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
-            IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
-        ],
-    };
-    for addr in addrs {
-        let bound = match proto {
-            nsport::Proto::Tcp => std::net::TcpListener::bind((addr, port)).map(drop),
-            nsport::Proto::Udp => std::net::UdpSocket::bind((addr, port)).map(drop),
-            // std has no SCTP socket; choose_host_ports asks sock_diag instead.
-            nsport::Proto::Sctp => Ok(()),
-        };
-        match bound {
-            Ok(()) => {}
-            Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => return false,
-            Err(_) => {}
-        }
-    }
-    true
-}
-
 /// Bad input found by the command itself rather than the library: exit code 2.
 #[derive(Debug)]
 struct UsageError(String);
@@ -661,177 +550,9 @@ impl log::Log for StderrLogger {
     fn flush(&self) {}
 }
 
-/// The names under /run/netns, by the inode of their namespace.
-fn netns_names() -> HashMap<u64, String> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::read_dir("/run/netns")
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|entry| {
-                    let inode = std::fs::metadata(entry.path()).ok()?.ino();
-                    Some((inode, entry.file_name().to_string_lossy().into_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// A cell as a terminal can show it: a name holding a control character (a newline that
-/// would fake a row, an escape sequence) is shown escaped, as Rust writes it.
-fn printable(cell: String) -> String {
-    if cell.chars().any(char::is_control) {
-        cell.escape_default().to_string()
-    } else {
-        cell
-    }
-}
-
-/// The human listing: one aligned row per mapping.
-fn table(listings: &[Listing], problems: &[Option<nsport::doctor::Problem>]) -> String {
-    let header = [
-        "PROTO", "HOST", "TARGET", "VIA", "NETNS", "PACKETS", "BYTES", "STATUS",
-    ]
-    .map(String::from);
-    // The sources column appears only when some port has an allow-list.
-    let limited = listings.iter().any(|l| !l.mapping.allow_from.is_empty());
-    let names = if listings.iter().any(|l| {
-        l.mapping
-            .netns
-            .as_deref()
-            .is_some_and(|n| n.starts_with('/'))
-    }) {
-        netns_names()
-    } else {
-        HashMap::new()
-    };
-    let rows: Vec<[String; 8]> = listings
-        .iter()
-        .zip(problems)
-        .map(|(listing, problem)| {
-            let m = &listing.mapping;
-            let mut status = match (&listing.shadows, listing.stale, problem) {
-                (_, true, _) => "stale: namespace gone".to_string(),
-                (Some(owner), false, _) => format!("shadows {owner}"),
-                (None, false, Some(problem)) => {
-                    format!("{} (fix: {})", problem.status, problem.fix)
-                }
-                (None, false, None) => "ok".to_string(),
-            };
-            // Mappings published over each other with --force: which takes whose traffic.
-            if !listing.shadows_mappings.is_empty() {
-                status.push_str(&format!(
-                    "; shadows {}",
-                    listing.shadows_mappings.join(", ")
-                ));
-            }
-            if !listing.shadowed_by.is_empty() {
-                status.push_str(&format!("; shadowed by {}", listing.shadowed_by.join(", ")));
-            }
-            // A range is one row: its first and last port.
-            let ports = m.host_ports_text();
-            let mut host = match m.host_addr {
-                Some(addr) => with_port(addr, &ports),
-                // Every address of the mapping's family; IPv6 ones never include [::1].
-                None if m.is_ipv6() => format!("[*]:{ports}"),
-                None => format!("*:{ports}"),
-            };
-            if let Some(on) = &m.on {
-                host.push_str(&format!(" on {on}"));
-            }
-            [
-                m.proto.to_string(),
-                host,
-                with_port(m.to_addr, m.to_ports_text()),
-                m.via.clone(),
-                match (&m.container, &m.netns) {
-                    // Container IDs are long; twelve characters name one, as Docker shows.
-                    (Some(id), _) => format!("cni:{}", id.chars().take(12).collect::<String>()),
-                    // A path such as /proc/PID/ns/net: the name, when the namespace has one.
-                    (None, Some(netns)) if netns.starts_with('/') => m
-                        .netns_inode
-                        .and_then(|inode| names.get(&inode).cloned())
-                        .unwrap_or_else(|| netns.clone()),
-                    (None, Some(netns)) => netns.clone(),
-                    (None, None) => "-".into(),
-                },
-                listing.packets.to_string(),
-                listing.bytes.to_string(),
-                status,
-            ]
-        })
-        .map(|row: [String; 8]| row.map(printable))
-        .collect();
-    let (header, rows) = if limited {
-        with_sources_column(header, rows, listings)
-    } else {
-        (
-            header.to_vec(),
-            rows.into_iter().map(|r| r.to_vec()).collect(),
-        )
-    };
-    let mut widths: Vec<usize> = header.iter().map(String::len).collect();
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.len());
-        }
-    }
-    let mut text = String::new();
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}", width = *width))
-            .collect();
-        text.push_str(line.join("  ").trim_end());
-        text.push('\n');
-    }
-    text
-}
-
-/// The table with a FROM column before STATUS: the sources allowed to use each mapping's
-/// host port, `*` for every source. A long list is shortened; `ls --json` gives it whole.
-fn with_sources_column(
-    header: [String; 8],
-    rows: Vec<[String; 8]>,
-    listings: &[Listing],
-) -> (Vec<String>, Vec<Vec<String>>) {
-    const SHOWN: usize = 3;
-    let insert = |row: &[String], cell: String| {
-        let mut row = row.to_vec();
-        row.insert(7, cell);
-        row
-    };
-    let rows = rows
-        .iter()
-        .zip(listings)
-        .map(|(row, listing)| {
-            let list = &listing.mapping.allow_from;
-            let mut cell: Vec<String> = list.iter().take(SHOWN).map(ToString::to_string).collect();
-            if list.len() > SHOWN {
-                cell.push(format!("+{} more", list.len() - SHOWN));
-            }
-            let cell = if list.is_empty() {
-                "*".into()
-            } else {
-                cell.join(",")
-            };
-            insert(row, cell)
-        })
-        .collect();
-    (insert(&header, "FROM".into()), rows)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_cannot_fake_rows_or_drive_the_terminal() {
-        assert_eq!(printable("ns1".into()), "ns1");
-        assert_eq!(printable("new\nline".into()), "new\\nline");
-        assert_eq!(printable("a\u{1b}[31mred".into()), "a\\u{1b}[31mred");
-    }
 
     #[test]
     fn clap_errors_fold_into_one_line() {
