@@ -22,7 +22,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
@@ -307,7 +307,7 @@ impl Lab {
 
     /// The same on a socket address, which may carry an IPv6 scope.
     pub fn serve_tcp_at(&self, role: &str, at: SocketAddr) -> Server {
-        let listener = self.run_in(role, || TcpListener::bind(at).expect("bind"));
+        let listener = self.run_in(role, || bind_again_while_in_use(at));
         listener.set_nonblocking(true).unwrap();
         Server::spawn(move |stop| {
             while !stop.load(Ordering::Relaxed) {
@@ -590,6 +590,26 @@ impl Lab {
         self.ip(role, &format!("route add 127.0.0.0/8 via {gateway}"));
         self.write_sysctl(role, "net/ipv4/conf/all/route_localnet", "1");
         self.write_sysctl(role, "net/ipv4/conf/eth0/route_localnet", "1");
+    }
+}
+
+/// Binds a listener on `at`, trying again for a while when the port is still in use. A
+/// server of a moment before on the same port may be closed and yet listening: a command
+/// another test thread is starting holds a copy of every descriptor between its fork and
+/// its exec (close-on-exec closes them only at the exec), which on a loaded machine lasts
+/// milliseconds. Seen once in CI, as `bind: AddrInUse` for 127.0.0.1:7000 (SECRET_PORT).
+fn bind_again_while_in_use(at: SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match TcpListener::bind(at) {
+            Ok(listener) => return listener,
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(error) => panic!("bind {at}: {error}"),
+        }
     }
 }
 
