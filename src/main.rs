@@ -55,7 +55,13 @@ fn main() -> ExitCode {
         let _ = log::set_logger(&StderrLogger);
         return cni_main(&command);
     }
-    let cli = match Cli::try_parse() {
+    // The commonest shapes of `add` skip building clap's command tree; anything else, and
+    // every error, is clap's to parse and report.
+    let parsed = match Cli::parse_common_add(std::env::args_os().skip(1)) {
+        Some(cli) => Ok(cli),
+        None => Cli::try_parse(),
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         // Help and version go to stdout with success.
         Err(error) if !error.use_stderr() => {
