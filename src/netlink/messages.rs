@@ -65,5 +65,41 @@ pub(super) fn errno(message: &Message) -> Result<i32, NetlinkError> {
         .payload
         .get(..4)
         .ok_or_else(|| malformed("a netlink error message without its code".to_string()))?;
-    Ok(-i32::from_ne_bytes(code.try_into().expect("four bytes")))
+    // The kernel sends a negated errno; i32::MIN has no positive counterpart.
+    i32::from_ne_bytes(code.try_into().expect("four bytes"))
+        .checked_neg()
+        .ok_or_else(|| malformed("a netlink error code out of range".to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error_message(code: i32) -> Vec<u8> {
+        code.to_ne_bytes().to_vec()
+    }
+
+    #[test]
+    fn an_error_code_reads_as_a_positive_errno() {
+        let payload = error_message(-libc::EEXIST);
+        let message = Message {
+            kind: libc::NLMSG_ERROR as u16,
+            seq: 1,
+            payload: &payload,
+        };
+        assert_eq!(errno(&message).unwrap(), libc::EEXIST);
+    }
+
+    /// Found by the damaged-answer fuzz: negating i32::MIN overflowed (a panic in a debug
+    /// build, a nonsense errno in a release one).
+    #[test]
+    fn an_error_code_without_a_positive_counterpart_is_malformed() {
+        let payload = error_message(i32::MIN);
+        let message = Message {
+            kind: libc::NLMSG_ERROR as u16,
+            seq: 1,
+            payload: &payload,
+        };
+        assert!(matches!(errno(&message), Err(NetlinkError::Receive(_))));
+    }
 }
