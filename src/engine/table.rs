@@ -374,30 +374,62 @@ impl Declarations {
 pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<(Element, Users)> {
     let mut index: HashMap<HelperKey, usize> = HashMap::new();
     let mut helpers: Vec<(Element, Users)> = Vec::new();
+    // The mappings of a range share their target, interface and options: a run of
+    // mappings that need the same helpers counts them again without building them.
+    let mut last: Option<(&Mapping, Vec<(usize, u32)>)> = None;
     for mapping in mappings {
-        let loopback = u32::from(mapping.serves_loopback());
-        let mut needed = vec![
-            (Element::hairpin(mapping.to_addr), 0),
-            (Element::reach(&mapping.via, mapping.to_addr), loopback),
-        ];
-        if !mapping.allow_direct {
-            needed.push((Element::target(mapping.to_addr), 0));
-        }
-        // The interface toward a namespace (not toward a host nsport only forwards to) is
-        // one that new forwarded connections may come from.
-        if mapping.netns.is_some() || mapping.container.is_some() {
-            needed.push((Element::inside(&mapping.via), 0));
-        }
-        for (element, loopback) in needed {
-            let at = *index
-                .entry((element.set, element.key.clone()))
-                .or_insert_with(|| {
-                    helpers.push((element, Users::default()));
-                    helpers.len() - 1
-                });
+        let uses = match &last {
+            Some((previous, uses)) if same_helpers(previous, mapping) => uses.clone(),
+            _ => {
+                let uses: Vec<(usize, u32)> = needed_helpers(mapping)
+                    .into_iter()
+                    .map(|(element, loopback)| {
+                        let at = *index
+                            .entry((element.set, element.key.clone()))
+                            .or_insert_with(|| {
+                                helpers.push((element, Users::default()));
+                                helpers.len() - 1
+                            });
+                        (at, loopback)
+                    })
+                    .collect();
+                last = Some((mapping, uses.clone()));
+                uses
+            }
+        };
+        for (at, loopback) in uses {
             helpers[at].1.mappings += 1;
             helpers[at].1.loopback += loopback;
         }
     }
     helpers
+}
+
+/// The helpers one mapping needs, each with whether the mapping serves the host's loopback
+/// through it (1 or 0).
+fn needed_helpers(mapping: &Mapping) -> Vec<(Element, u32)> {
+    let loopback = u32::from(mapping.serves_loopback());
+    let mut needed = vec![
+        (Element::hairpin(mapping.to_addr), 0),
+        (Element::reach(&mapping.via, mapping.to_addr), loopback),
+    ];
+    if !mapping.allow_direct {
+        needed.push((Element::target(mapping.to_addr), 0));
+    }
+    // The interface toward a namespace (not toward a host nsport only forwards to) is
+    // one that new forwarded connections may come from.
+    if mapping.netns.is_some() || mapping.container.is_some() {
+        needed.push((Element::inside(&mapping.via), 0));
+    }
+    needed
+}
+
+/// Whether two mappings need the same helpers: every field `needed_helpers` reads.
+fn same_helpers(a: &Mapping, b: &Mapping) -> bool {
+    a.to_addr == b.to_addr
+        && a.via == b.via
+        && a.allow_direct == b.allow_direct
+        && a.serves_loopback() == b.serves_loopback()
+        && (a.netns.is_some() || a.container.is_some())
+            == (b.netns.is_some() || b.container.is_some())
 }
