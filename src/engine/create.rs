@@ -28,13 +28,13 @@ pub fn create(
     force: bool,
     dry_run: bool,
 ) -> Result<Committed, Error> {
-    let mappings: Vec<Mapping> = mappings.iter().map(Mapping::as_recorded).collect();
+    let mappings = Mapping::all_recorded(mappings.to_vec());
     let merge = |current: &[Mapping]| merged(current, &mappings, force);
     if dry_run {
         return update(kernel, counts, true, merge);
     }
     let declarations = Declarations::new();
-    let elements: Vec<Element> = mappings.iter().map(Element::mapping).collect();
+    let elements = Element::mappings(&mappings);
     let needed = helpers_for(&mappings);
     // A list is checked against the port's other mappings, which only a full read knows.
     if mappings.iter().any(|m| !m.allow_from.is_empty()) {
@@ -55,13 +55,7 @@ pub fn create(
             // No range is bound to an interface: those ports are in exact maps only.
             false if mapping.on.is_some() => continue,
             true => mapping.part(mapping.host_port, mapping.host_port).set(),
-            false if lookups.is_empty() => {
-                let range_of = Mapping {
-                    host_port_end: Some(mapping.host_port),
-                    ..mapping.clone()
-                };
-                range_of.set()
-            }
+            false if lookups.is_empty() => mapping.range_set(),
             false => continue,
         };
         if !read.contains(&set) {
@@ -126,13 +120,16 @@ pub fn create(
         let last_mapping = changes.len();
         changes.extend(add.iter().map(Change::AddElement));
         warn_repairs(&snapshot);
+        let moved = Moved::of(&changes);
         match kernel.commit(&changes, Some(snapshot.genid)) {
+            // The plan's mapping elements are put in front of the helpers below, moved
+            // rather than copied: a range of 10,000 ports makes as many.
             Ok(()) => Ok(Try::Done(Some((
-                Moved::of(&changes),
+                moved,
                 Committed {
                     plan: Plan {
                         create_table: !snapshot.exists,
-                        add: elements.iter().chain(&add).cloned().collect(),
+                        add,
                         ..Plan::default()
                     },
                     added: mappings.clone(),
@@ -157,6 +154,8 @@ pub fn create(
     let Some((moved, mut committed)) = outcome else {
         return update(kernel, counts, false, merge);
     };
+    let helpers = std::mem::replace(&mut committed.plan.add, elements);
+    committed.plan.add.extend(helpers);
     // A first publish starts the counts; later ones carry them on while nothing else
     // changed the ruleset since nsport last wrote them.
     let base = match Counts::valid_at(counts, committed.genid) {

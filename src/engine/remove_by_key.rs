@@ -101,9 +101,9 @@ pub fn remove(
         let Some(unneeded) = after_removal.remove(&helpers_for(&cut.removed)) else {
             return Ok(Try::Done(None));
         };
-        let mut delete: Vec<Element> = cut.removed.iter().map(Element::mapping).collect();
+        let mut delete: Vec<Element> = Element::mappings(&cut.removed);
         delete.extend(unneeded);
-        let mut add: Vec<Element> = cut.rest.iter().map(Element::mapping).collect();
+        let mut add: Vec<Element> = Element::mappings(&cut.rest);
         add.extend(new_helpers);
         let changes = if cut.removed.is_empty() {
             Vec::new()

@@ -34,6 +34,17 @@ impl Mapping {
         }
     }
 
+    /// The map a range of this mapping's host side would be in (no range is bound to an
+    /// interface): where a single port looks for the range that could hold it.
+    pub fn range_set(&self) -> &'static str {
+        match (self.is_ipv6(), self.host_addr.is_some()) {
+            (false, false) => SET_RANGE4,
+            (false, true) => SET_ADDRRANGE4,
+            (true, false) => SET_RANGE6,
+            (true, true) => SET_ADDRRANGE6,
+        }
+    }
+
     /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes;
     /// for a range, the key of its first port.
     pub fn key(&self) -> Vec<u8> {
@@ -591,6 +602,23 @@ pub(super) mod tests {
         assert_eq!(one.data()[16..18], 53u16.to_be_bytes());
         assert_eq!(mapping6(None).set(), SET_ANY6);
         assert!(!mapping6(None).serves_loopback());
+    }
+
+    #[test]
+    fn a_single_ports_range_set_is_the_set_of_its_range() {
+        for single in [
+            mapping(None),
+            mapping(Some(Ipv4Addr::new(192, 0, 2, 1))),
+            mapping6(None),
+            mapping6(Some("2001:db8::1")),
+        ] {
+            let range = Mapping {
+                host_port_end: Some(single.host_port + 9),
+                ..single.clone()
+            };
+            assert!(range.is_range());
+            assert_eq!(single.range_set(), range.set(), "{single:?}");
+        }
     }
 
     #[test]
