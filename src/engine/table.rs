@@ -433,3 +433,85 @@ fn same_helpers(a: &Mapping, b: &Mapping) -> bool {
         && (a.netns.is_some() || a.container.is_some())
             == (b.netns.is_some() || b.container.is_some())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use super::*;
+
+    /// `helpers_for` one mapping at a time, merged: no run of mappings to reuse.
+    fn one_by_one(mappings: &[Mapping]) -> Vec<(Element, Users)> {
+        let mut merged: Vec<(Element, Users)> = Vec::new();
+        for mapping in mappings {
+            for (element, users) in helpers_for([mapping]) {
+                match merged.iter_mut().find(|(e, _)| *e == element) {
+                    Some((_, total)) => {
+                        total.mappings += users.mappings;
+                        total.loopback += users.loopback;
+                    }
+                    None => merged.push((element, users)),
+                }
+            }
+        }
+        merged
+    }
+
+    /// Each mapping differs from the one before it in one field that decides its
+    /// helpers, or in none (a port of the same range), so a run reused across a change
+    /// that matters counts a helper the mapping does not need.
+    #[test]
+    fn a_run_of_mappings_needs_what_each_needs() {
+        let base = Mapping {
+            netns: Some("ns1".into()),
+            ..Mapping::example()
+        };
+        let v6: IpAddr = "fd00::2".parse().unwrap();
+        let variants = [
+            base.clone(),
+            Mapping {
+                host_port: 8081,
+                ..base.clone()
+            },
+            Mapping {
+                to_addr: IpAddr::from([172, 18, 0, 3]),
+                ..base.clone()
+            },
+            Mapping {
+                via: "br1".into(),
+                ..base.clone()
+            },
+            Mapping {
+                allow_direct: true,
+                ..base.clone()
+            },
+            Mapping {
+                netns: None,
+                ..base.clone()
+            },
+            Mapping {
+                netns: None,
+                container: Some("c1".into()),
+                ..base.clone()
+            },
+            Mapping {
+                host_addr: Some(IpAddr::from([192, 0, 2, 1])),
+                ..base.clone()
+            },
+            Mapping {
+                on: Some("eth9".into()),
+                ..base.clone()
+            },
+            Mapping {
+                to_addr: v6,
+                ..base.clone()
+            },
+        ];
+        for first in &variants {
+            for second in &variants {
+                let pair = [first.clone(), second.clone(), first.clone()];
+                assert_eq!(helpers_for(&pair), one_by_one(&pair), "{first:?} {second:?}");
+            }
+        }
+    }
+}
