@@ -209,3 +209,26 @@ fn the_generation_after_a_commit_is_told_only_when_the_batch_must_have_moved_it(
     fake.generation = 9;
     assert_eq!(after(&mut fake, 7, Moved::Unknown), None);
 }
+
+/// A change that reads everything (`apply`, a publish that falls back to it) and only adds
+/// creates what it adds exclusively, every element being absent at the generation its
+/// batch is checked against: the generation the commit leaves is known without asking,
+/// so another writer's commit just after it cannot pass for nsport's own.
+#[test]
+fn an_update_that_only_adds_follows_its_commit_without_reading_it_back() {
+    let mut fake = Fake::default();
+    publish(&mut fake, &[mapping(8080)]).unwrap();
+    let reads = fake.generation_reads;
+    let before = fake.generation;
+    let mut counts = fake.counts.take();
+    transaction::update(&mut fake, &mut counts, false, |current| {
+        Ok(current.iter().cloned().chain([mapping(8081)]).collect())
+    })
+    .unwrap();
+    fake.counts = counts;
+    assert_eq!(fake.elements_of(SET_ANY4).len(), 2);
+    assert_ne!(fake.generation, before, "the update committed");
+    assert_eq!(facts(&fake).sizes.get(SET_ANY4), Some(&2));
+    // Once, for the read the batch is checked against; none after the commit.
+    assert_eq!(fake.generation_reads, reads + 1);
+}

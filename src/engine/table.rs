@@ -510,7 +510,11 @@ mod tests {
         for first in &variants {
             for second in &variants {
                 let pair = [first.clone(), second.clone(), first.clone()];
-                assert_eq!(helpers_for(&pair), one_by_one(&pair), "{first:?} {second:?}");
+                assert_eq!(
+                    helpers_for(&pair),
+                    one_by_one(&pair),
+                    "{first:?} {second:?}"
+                );
             }
         }
     }

@@ -264,6 +264,12 @@ pub(super) fn touches_limited(
 
 /// The table's repairs (or its creation), then the element changes: deletions first, so
 /// that an element deleted and added again in one batch ends up with its new comment.
+///
+/// Every element `add` holds was absent at the generation the batch is checked against
+/// (`Diff` leaves out what the full read found), so it is created exclusively: a batch
+/// that commits then provably moved the generation by one, and the counts follow it
+/// without asking the kernel, where a read afterwards could take another writer's commit
+/// in between for this one.
 pub(super) fn with_repairs<'a>(
     declarations: &'a Declarations,
     snapshot: &Snapshot,
@@ -277,7 +283,7 @@ pub(super) fn with_repairs<'a>(
     if snapshot.exists || !add.is_empty() {
         changes.extend(delete.iter().map(Change::DelElement));
     }
-    changes.extend(add.iter().map(Change::AddElement));
+    changes.extend(add.iter().map(Change::CreateElement));
     changes
 }
 
