@@ -604,14 +604,20 @@ pub(super) mod tests {
         assert!(!mapping6(None).serves_loopback());
     }
 
-    #[test]
-    fn a_single_ports_range_set_is_the_set_of_its_range() {
-        for single in [
+    /// A mapping of each host side a single port can have without an interface: any
+    /// address or one, in each family.
+    fn host_sides() -> [Mapping; 4] {
+        [
             mapping(None),
             mapping(Some(Ipv4Addr::new(192, 0, 2, 1))),
             mapping6(None),
             mapping6(Some("2001:db8::1")),
-        ] {
+        ]
+    }
+
+    #[test]
+    fn a_single_ports_range_set_is_the_set_of_its_range() {
+        for single in host_sides() {
             let range = Mapping {
                 host_port_end: Some(single.host_port + 9),
                 ..single.clone()
@@ -623,12 +629,7 @@ pub(super) mod tests {
 
     #[test]
     fn elements_round_trip_to_mappings() {
-        for original in [
-            mapping(None),
-            mapping(Some(Ipv4Addr::new(192, 0, 2, 1))),
-            mapping6(None),
-            mapping6(Some("2001:db8::1")),
-        ] {
+        for original in host_sides() {
             let element = Element::mapping(&original);
             let back = Mapping::from_element(
                 element.set,
