@@ -277,15 +277,37 @@ impl MappingsFile {
             let netns = m.netns.clone().filter(|name| !name.starts_with('#'));
             let via =
                 (default_via(m.to_addr).as_deref() != Some(m.via.as_str())).then(|| m.via.clone());
-            let host_addr = match (m.host_addr, &netns, &via) {
-                // A namespace's wildcard through a given interface stays in its family:
+            // A namespace's wildcard whose port the other family gives to another target
+            // (`add --to` over one family of a dual-stack namespace's mapping) stays in
+            // its family: written without an address, `apply` would publish it in both
+            // and refuse the file as asking for the port twice.
+            let other_family_elsewhere = m.host_addr.is_none()
+                && netns.is_some()
+                && m.host_ports().any(|port| {
+                    by_port
+                        .get(&(!m.is_ipv6(), m.proto, port))
+                        .into_iter()
+                        .flatten()
+                        .chain(ranges.iter().filter(|r| r.has_host_port(port)))
+                        .any(|other| {
+                            other.is_ipv6() != m.is_ipv6()
+                                && other.proto == m.proto
+                                && other.host_addr.is_none()
+                                && other.on == m.on
+                                && other.netns != m.netns
+                        })
+                });
+            let host_addr = match (m.host_addr, &netns) {
+                // A namespace's wildcard through a given interface stays in its family too:
                 // the interface is that family's.
-                (None, Some(_), Some(_)) => Some(if m.is_ipv6() {
-                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
-                } else {
-                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
-                }),
-                (addr, _, _) => addr,
+                (None, Some(_)) if via.is_some() || other_family_elsewhere => {
+                    Some(if m.is_ipv6() {
+                        IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                    } else {
+                        IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                    })
+                }
+                (addr, _) => addr,
             };
             let key = Key {
                 target: match netns.clone() {
@@ -426,6 +448,32 @@ mod tests {
         let file = MappingsFile::from_mappings(&[m], br0);
         assert_eq!(file.mappings[0].via.as_deref(), Some("br9"));
         assert_eq!(file.mappings[0].publish, "0.0.0.0:8080:80/tcp");
+    }
+
+    /// `add --netns ns1 8080:80` in a dual-stack namespace, then `add --to` of its IPv4
+    /// address over the IPv4 half: the namespace's entry keeps to IPv6, or `apply` of the
+    /// file would publish 8080 twice in IPv4. Found by an attack on export and apply.
+    #[test]
+    fn a_namespace_wildcard_whose_other_family_went_elsewhere_keeps_its_family() {
+        let v6 = mapping(None, 8080, "fd00::2", 80);
+        let v4_by_address = Mapping {
+            netns: None,
+            netns_inode: None,
+            ..mapping(None, 8080, "172.18.0.2", 80)
+        };
+        let file = MappingsFile::from_mappings(&[v6.clone(), v4_by_address.clone()], br0);
+        let published: Vec<(&str, Option<&str>)> = file
+            .mappings
+            .iter()
+            .map(|e| (e.publish.as_str(), e.netns.as_deref()))
+            .collect();
+        assert!(published.contains(&("[::]:8080:80/tcp", Some("ns1"))), "{published:?}");
+        assert!(published.contains(&("8080:80/tcp", None)), "{published:?}");
+        // Both halves the namespace's: one entry without an address, as before.
+        let v4 = mapping(None, 8080, "172.18.0.2", 80);
+        let file = MappingsFile::from_mappings(&[v6, v4], br0);
+        let published: Vec<&str> = file.mappings.iter().map(|e| e.publish.as_str()).collect();
+        assert_eq!(published, ["8080:80/tcp"]);
     }
 
     #[test]
