@@ -29,10 +29,8 @@ pub enum Error {
     IfaceTooLong(String),
     #[error("{0:?} is not a valid interface name (no /, :, whitespace or control characters)")]
     BadIfaceName(String),
-    #[error(
-        "network namespace name {0:?} is not accepted: names starting with # are reserved for the digests of long names"
-    )]
-    BadNetnsName(String),
+    #[error("network namespace name {0:?} is not accepted: {1}")]
+    BadNetnsName(String, &'static str),
     #[error("interface {0:?} is the host's loopback: give the interface toward the target")]
     LoopbackVia(String),
     #[error(
@@ -145,7 +143,7 @@ impl Error {
                 | Error::OnLoopback(_)
                 | Error::LoopbackOn { .. }
                 | Error::BadHostAddr { .. }
-                | Error::BadNetnsName(_)
+                | Error::BadNetnsName(..)
                 | Error::NoSuchIface(_)
                 | Error::TargetIsLocal(_)
                 | Error::BadTarget { .. }

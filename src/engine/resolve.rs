@@ -163,10 +163,16 @@ fn may_be_a_network_broadcast(v4: std::net::Ipv4Addr) -> bool {
 /// Refuses a namespace name nsport could not record exactly: one starting with `#`, the
 /// mark of a digest that stands for a name too long to record.
 pub fn check_netns_name(name: &str) -> Result<(), Error> {
-    if name.starts_with('#') || name.is_empty() || name.contains('\0') {
-        return Err(Error::BadNetnsName(name.to_string()));
-    }
-    Ok(())
+    let why = if name.is_empty() {
+        "it is empty"
+    } else if name.starts_with('#') {
+        "names starting with # are reserved for the digests of long names"
+    } else if name.contains('\0') {
+        "it holds a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(Error::BadNetnsName(name.to_string(), why))
 }
 
 /// Resolves the target in each address family it has: one address for `--to`, the
@@ -513,7 +519,18 @@ pub fn check_host_ports<'a>(
 
 #[cfg(test)]
 mod tests {
-    use super::may_be_a_network_broadcast;
+    use super::{check_netns_name, may_be_a_network_broadcast};
+
+    /// Each refused name is told why: an empty `--netns=` used to be told that names
+    /// starting with # are reserved.
+    #[test]
+    fn a_refused_namespace_name_says_why() {
+        for (name, why) in [("", "empty"), ("#ab", "reserved"), ("a\0b", "NUL")] {
+            let message = check_netns_name(name).unwrap_err().to_string();
+            assert!(message.contains(why), "{name:?}: {message}");
+        }
+        assert!(check_netns_name("ns 1=a/b").is_ok());
+    }
     use std::net::Ipv4Addr;
 
     /// The broadcast of the network of `addr` with a prefix of `len`.

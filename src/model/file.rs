@@ -467,7 +467,10 @@ mod tests {
             .iter()
             .map(|e| (e.publish.as_str(), e.netns.as_deref()))
             .collect();
-        assert!(published.contains(&("[::]:8080:80/tcp", Some("ns1"))), "{published:?}");
+        assert!(
+            published.contains(&("[::]:8080:80/tcp", Some("ns1"))),
+            "{published:?}"
+        );
         assert!(published.contains(&("8080:80/tcp", None)), "{published:?}");
         // Both halves the namespace's: one entry without an address, as before.
         let v4 = mapping(None, 8080, "172.18.0.2", 80);
