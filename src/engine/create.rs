@@ -28,14 +28,14 @@ pub fn create(
     force: bool,
     dry_run: bool,
 ) -> Result<Committed, Error> {
-    let mappings = Mapping::all_recorded(mappings.to_vec());
+    let mappings = Mapping::all_recorded_borrowed(mappings);
     let merge = |current: &[Mapping]| merged(current, &mappings, force);
     if dry_run {
         return update(kernel, counts, true, merge);
     }
     let declarations = Declarations::new();
-    let elements = Element::mappings(&mappings);
-    let needed = helpers_for(&mappings);
+    let elements = Element::mappings(mappings.iter());
+    let needed = helpers_for(&mappings[..]);
     // A list is checked against the port's other mappings, which only a full read knows.
     if mappings.iter().any(|m| !m.allow_from.is_empty()) {
         return update(kernel, counts, false, merge);
@@ -50,7 +50,7 @@ pub fn create(
     };
     // The exact maps a new range could clash with, and the range maps when not probing.
     let mut read: Vec<&'static str> = Vec::new();
-    for mapping in &mappings {
+    for mapping in mappings.iter() {
         let set = match mapping.is_range() {
             // No range is bound to an interface: those ports are in exact maps only.
             false if mapping.on.is_some() => continue,
@@ -132,7 +132,6 @@ pub fn create(
                         add,
                         ..Plan::default()
                     },
-                    added: mappings.clone(),
                     genid: snapshot.genid,
                     existed: snapshot.exists,
                     chains: snapshot.chains,
@@ -175,5 +174,6 @@ pub fn create(
         Some(base)
     });
     committed.still_needed = counts.as_ref().map(Counts::still_needed);
+    committed.added = mappings.into_owned();
     Ok(committed)
 }

@@ -3,6 +3,8 @@
 //! metadata (one target, one interface), so its comment is written, and read back, once
 //! for each run of mappings that share it, not once for each of 50,000 mappings.
 
+use std::borrow::Cow;
+
 use super::Element;
 use super::metadata::Metadata;
 use crate::model::Mapping;
@@ -13,25 +15,27 @@ impl Mapping {
     /// written and read back once, and a mapping whose names record as they are keeps them
     /// without a copy.
     pub fn all_recorded(mappings: Vec<Mapping>) -> Vec<Mapping> {
-        let mut last: Option<(Metadata, Metadata)> = None;
+        let mut runs = RecordedRuns::default();
         mappings
             .into_iter()
-            .map(|mut mapping| {
-                let same = last
-                    .as_ref()
-                    .is_some_and(|(written, _)| mapping.has_metadata(written));
-                if !same {
-                    let written = mapping.metadata();
-                    let recorded = Metadata::parse(&written.to_comment());
-                    last = Some((written, recorded));
-                }
-                let (written, recorded) = last.as_ref().expect("set above");
-                if written != recorded {
-                    mapping = mapping.with_metadata(recorded.clone());
-                }
-                mapping
+            .map(|mapping| match runs.changed(&mapping) {
+                Some(recorded) => mapping.with_metadata(recorded.clone()),
+                None => mapping,
             })
             .collect()
+    }
+
+    /// `all_recorded` of mappings that are only read: themselves, not a copy, when every
+    /// one records as it is, which all do but those with names a comment cannot carry.
+    pub fn all_recorded_borrowed(mappings: &[Mapping]) -> Cow<'_, [Mapping]> {
+        let mut runs = RecordedRuns::default();
+        match mappings
+            .iter()
+            .all(|mapping| runs.changed(mapping).is_none())
+        {
+            true => Cow::Borrowed(mappings),
+            false => Cow::Owned(Mapping::all_recorded(mappings.to_vec())),
+        }
     }
 
     /// Whether `metadata` is this mapping's, field for field (without copying them). Taken
@@ -53,6 +57,27 @@ impl Mapping {
             && self.container == *container
             && self.container_ifname == *container_ifname
             && self.network == *network
+    }
+}
+
+/// The metadata of the last run of mappings that shared it, as written to a comment and as
+/// read back from it.
+#[derive(Default)]
+struct RecordedRuns {
+    last: Option<(Metadata, Metadata)>,
+}
+
+impl RecordedRuns {
+    /// The metadata `mapping` records as, when that is not its own.
+    fn changed(&mut self, mapping: &Mapping) -> Option<&Metadata> {
+        let same = (self.last.as_ref()).is_some_and(|(written, _)| mapping.has_metadata(written));
+        if !same {
+            let written = mapping.metadata();
+            let recorded = Metadata::parse(&written.to_comment());
+            self.last = Some((written, recorded));
+        }
+        let (written, recorded) = self.last.as_ref().expect("set above");
+        (written != recorded).then_some(recorded)
     }
 }
 
@@ -119,6 +144,31 @@ mod tests {
         // The long names are recorded otherwise, so this compares something.
         assert_ne!(one_by_one, mappings);
         assert_eq!(Mapping::all_recorded(mappings), one_by_one);
+    }
+
+    #[test]
+    fn all_recorded_borrowed_copies_only_when_one_records_otherwise() {
+        let mixed = mixed();
+        let recorded = Mapping::all_recorded_borrowed(&mixed);
+        assert!(matches!(recorded, Cow::Owned(_)));
+        assert_eq!(*recorded, Mapping::all_recorded(mixed.clone()));
+        // Only the mappings whose names record as they are.
+        let plain: Vec<Mapping> = mixed
+            .iter()
+            .filter(|m| m.as_recorded() == **m)
+            .cloned()
+            .collect();
+        assert!(plain.len() > 1 && plain.len() < mixed.len());
+        assert!(matches!(
+            Mapping::all_recorded_borrowed(&plain),
+            Cow::Borrowed(_)
+        ));
+        // One that does not, last after a run of those that do, is still seen.
+        let mut last_odd = plain.clone();
+        last_odd.push(mixed[2].clone());
+        let recorded = Mapping::all_recorded_borrowed(&last_odd);
+        assert_eq!(*recorded, Mapping::all_recorded(last_odd.clone()));
+        assert_ne!(*recorded, last_odd);
     }
 
     #[test]
