@@ -376,6 +376,9 @@ pub fn mappings_for(
             )],
             false => spec.port_pairs().map(|(h, t)| (h, None, t)).collect(),
         };
+        // Sized once: a range of 10,000 ports would otherwise grow (and copy) the list a
+        // dozen times.
+        mappings.reserve(families.len() * pairs.len());
         for target in families {
             for &(host_port, host_port_end, to_port) in &pairs {
                 let mapping = Mapping {

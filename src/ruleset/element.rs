@@ -10,6 +10,7 @@ use super::{
     SET_ANY4, SET_ANY6, SET_CLOSED, SET_HAIRPIN4, SET_HAIRPIN6, SET_INSIDE, SET_LIMITED, SET_ON4,
     SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6, SET_REACH4, SET_REACH6,
     SET_TARGETS4, SET_TARGETS6, TABLE, addr_bytes, addr_from, declarations::set_id, ifname_bytes,
+    put_addr,
 };
 use crate::model::{Mapping, SourcePrefix};
 use crate::spec::Proto;
@@ -70,7 +71,9 @@ impl Mapping {
     /// The map data: `ip . port` of the target; for an (identity) range only the address,
     /// so that the NAT keeps each connection's destination port.
     pub fn data(&self) -> Vec<u8> {
-        let mut data = addr_bytes(self.to_addr);
+        // Sized once, as keys are (`host_key_on`).
+        let mut data = Vec::with_capacity(20);
+        put_addr(&mut data, self.to_addr);
         if !self.is_range() {
             data.extend_from_slice(&self.to_port.to_be_bytes());
             data.extend_from_slice(&[0, 0]);
@@ -242,10 +245,15 @@ pub fn host_key_on(
     host_addr: Option<IpAddr>,
     port: u16,
 ) -> Vec<u8> {
-    let mut key = on
-        .map(|name| ifname_bytes(name).to_vec())
-        .unwrap_or_default();
-    key.extend(host_addr.map(addr_bytes).unwrap_or_default());
+    // Sized once: a range of 10,000 ports builds as many keys, and growing each from
+    // nothing would allocate it up to four times.
+    let mut key = Vec::with_capacity(IFNAME_LEN + 16 + 8);
+    if let Some(name) = on {
+        key.extend_from_slice(&ifname_bytes(name));
+    }
+    if let Some(addr) = host_addr {
+        put_addr(&mut key, addr);
+    }
     key.extend_from_slice(&[proto.number(), 0, 0, 0]);
     key.extend_from_slice(&port.to_be_bytes());
     key.extend_from_slice(&[0, 0]);

@@ -209,9 +209,16 @@ pub fn ifname_bytes(name: &str) -> [u8; IFNAME_LEN] {
 
 /// An address's bytes as nftables compares them: network order.
 fn addr_bytes(addr: IpAddr) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(16);
+    put_addr(&mut bytes, addr);
+    bytes
+}
+
+/// Appends an address's bytes, as `addr_bytes` makes them, to a key or data being built.
+fn put_addr(out: &mut Vec<u8>, addr: IpAddr) {
     match addr {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+        IpAddr::V4(v4) => out.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => out.extend_from_slice(&v6.octets()),
     }
 }
 
