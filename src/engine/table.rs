@@ -378,26 +378,26 @@ pub fn helpers_for<'a>(mappings: impl IntoIterator<Item = &'a Mapping>) -> Vec<(
     // mappings that need the same helpers counts them again without building them.
     let mut last: Option<(&Mapping, Vec<(usize, u32)>)> = None;
     for mapping in mappings {
-        let uses = match &last {
-            Some((previous, uses)) if same_helpers(previous, mapping) => uses.clone(),
-            _ => {
-                let uses: Vec<(usize, u32)> = needed_helpers(mapping)
-                    .into_iter()
-                    .map(|(element, loopback)| {
-                        let at = *index
-                            .entry((element.set, element.key.clone()))
-                            .or_insert_with(|| {
-                                helpers.push((element, Users::default()));
-                                helpers.len() - 1
-                            });
-                        (at, loopback)
-                    })
-                    .collect();
-                last = Some((mapping, uses.clone()));
-                uses
-            }
-        };
-        for (at, loopback) in uses {
+        if !last
+            .as_ref()
+            .is_some_and(|(previous, _)| same_helpers(previous, mapping))
+        {
+            let uses: Vec<(usize, u32)> = needed_helpers(mapping)
+                .into_iter()
+                .map(|(element, loopback)| {
+                    let at = *index
+                        .entry((element.set, element.key.clone()))
+                        .or_insert_with(|| {
+                            helpers.push((element, Users::default()));
+                            helpers.len() - 1
+                        });
+                    (at, loopback)
+                })
+                .collect();
+            last = Some((mapping, uses));
+        }
+        let (_, uses) = last.as_ref().expect("set above");
+        for &(at, loopback) in uses {
             helpers[at].1.mappings += 1;
             helpers[at].1.loopback += loopback;
         }
