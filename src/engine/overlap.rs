@@ -12,6 +12,7 @@
 //! practice) are dumped whole, once per try.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use super::kernel::Kernel;
@@ -65,11 +66,16 @@ impl Hasher for PortHasher {
     }
 }
 
+type PortMap<V> = HashMap<u32, V, BuildHasherDefault<PortHasher>>;
+
 /// Mappings by port, protocol and family, where overlaps can be: single ports by port,
-/// ranges (few) searched.
+/// ranges (few) searched. A port's first mapping is kept apart from any others of it
+/// (other addresses, interfaces), which are few: a list for each port would be an
+/// allocation for each of a range's 10,000 ports.
 #[derive(Default)]
 pub struct ByPort<'a> {
-    ports: HashMap<u32, Vec<&'a Mapping>, BuildHasherDefault<PortHasher>>,
+    first: PortMap<&'a Mapping>,
+    more: PortMap<Vec<&'a Mapping>>,
     ranges: Vec<&'a Mapping>,
 }
 
@@ -87,10 +93,13 @@ impl<'a> ByPort<'a> {
             self.ranges.push(mapping);
             return;
         }
-        self.ports
-            .entry(port_key(mapping, mapping.host_port))
-            .or_default()
-            .push(mapping);
+        let key = port_key(mapping, mapping.host_port);
+        match self.first.entry(key) {
+            Entry::Vacant(vacant) => {
+                vacant.insert(mapping);
+            }
+            Entry::Occupied(_) => self.more.entry(key).or_default().push(mapping),
+        }
     }
 
     /// The mappings that overlap `mapping`.
@@ -100,7 +109,8 @@ impl<'a> ByPort<'a> {
     ) -> impl Iterator<Item = &'a Mapping> + 's {
         let singles = mapping.host_ports().flat_map(move |port| {
             let key = port_key(mapping, port);
-            self.ports.get(&key).into_iter().flatten().copied()
+            let more = self.more.get(&key).into_iter().flatten();
+            self.first.get(&key).into_iter().chain(more).copied()
         });
         singles
             .chain(self.ranges.iter().copied())
@@ -112,6 +122,7 @@ impl<'a> ByPort<'a> {
 /// `wanted`, naming the mapping it overlaps.
 pub fn check(others: &[Mapping], wanted: &[Mapping]) -> Result<(), Error> {
     let mut by_port = ByPort::new(others);
+    by_port.first.reserve(wanted.len());
     for mapping in wanted {
         if let Some(holder) = by_port.overlapping(mapping).next() {
             return Err(refused(mapping, holder));
