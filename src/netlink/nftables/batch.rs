@@ -268,7 +268,11 @@ fn messages<'a>(
                 continue;
             }
         };
-        let checked = CheckedElement::new(element)?;
+        let previous = match messages.last() {
+            Some((_, Part::Elements { elements, .. })) => elements.last(),
+            _ => None,
+        };
+        let checked = CheckedElement::new(element, previous)?;
         if let Some((
             _,
             Part::Elements {
@@ -327,6 +331,17 @@ pub(super) fn encode_batch(
     encode::name("table", table)?;
     let messages = messages(table, changes)?;
     let mut bytes = frame(NFNL_MSG_BATCH_BEGIN, begin_seq, genid)?;
+    // Room for the elements up front, by their estimates: a range of 10,000 ports is a
+    // megabyte of messages, which growing by doubling would copy twice over.
+    bytes.reserve(
+        messages
+            .iter()
+            .map(|(_, part)| match part {
+                Part::Elements { size, .. } => *size,
+                Part::Object(_) => 0,
+            })
+            .sum(),
+    );
     let mut buffer = MessageBuffer::new(MESSAGE_BUFFER);
     let mut seq = begin_seq;
     let mut offsets = Vec::with_capacity(messages.len());

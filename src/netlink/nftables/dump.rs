@@ -247,7 +247,7 @@ pub fn get_element(set: &str, key: &[u8]) -> Result<Option<ElementDump>, Netlink
         data: None,
         comment: None,
     };
-    encode::add_element(&handle, &CheckedElement::new(&probe)?);
+    encode::add_element(&handle, &CheckedElement::new(&probe, None)?);
     let request = build_request(libc::NFT_MSG_GETSETELEM, FAMILY_INET, false, |nlh| {
         // SAFETY: `handle` is live; two checked names and one checked key fit the buffer.
         unsafe { sys::nftnl_set_elems_nlmsg_build_payload(nlh, handle.ptr()) }
