@@ -210,7 +210,7 @@ mod tests {
                 .collect();
             assert_eq!(
                 deleted,
-                ["delete element inet nsport allow4 { tcp . 8080 . 192.0.2.7 }"]
+                ["delete element inet nsport allow4 { 192.0.2.7 . 8080 . tcp }"]
             );
             assert_eq!(fake.elements_of(SET_ANY4), before);
             for listed in listed(&mut fake) {

@@ -13,7 +13,7 @@ use crate::error::{Error, kernel};
 use crate::model::SourcePrefix;
 use crate::netlink::nftables::{ChainDump, Change, ElementDump};
 use crate::ruleset::{
-    self, ChainDef, Element, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
+    self, ChainDef, Element, KeyOrder, Mapping, RuleDef, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4,
     SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6, SET_ANY4, SET_ANY6, SET_HAIRPIN4, SET_HAIRPIN6,
     SET_INSIDE, SET_LIMITED, SET_ON4, SET_ON6, SET_ONADDR4, SET_ONADDR6, SET_RANGE4, SET_RANGE6,
     SET_REACH4, SET_REACH6, SET_TARGETS4, SET_TARGETS6, SetDef, TABLE,
@@ -83,10 +83,15 @@ pub type AllowLists = HashMap<(Proto, u16, u16), Vec<SourcePrefix>>;
 
 /// The allow-list elements of a table, and each limited span's list, from a dump of the
 /// allow sets: `limited` names the spans, `allow4`/`allow6` their prefixes.
-pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, AllowLists), Error> {
+/// A table of an older layout is read in its own key order, to be migrated.
+pub fn read_allow_lists(
+    kernel: &mut impl Kernel,
+    layout: u32,
+) -> Result<(Vec<Element>, AllowLists), Error> {
+    let order = KeyOrder::of_layout(layout);
     let mut elements = Vec::new();
     let mut lists = AllowLists::new();
-    let limited = limited_ports(kernel)?;
+    let limited = limited_ports_in(kernel, order)?;
     for &(proto, first, last) in &limited {
         lists.entry((proto, first, last)).or_default();
         elements.push(Element::limited(proto, first, last));
@@ -94,7 +99,7 @@ pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, Allow
     for set in [SET_ALLOW4, SET_ALLOW6] {
         for element in kernel.elements(set).map_err(self::kernel_error)? {
             if let Some((proto, first, last, source)) =
-                Element::allowed(&element.key, &element.key_end)
+                Element::allowed(&element.key, &element.key_end, order)
             {
                 elements.push(Element::allow(proto, first, last, source));
                 lists.entry((proto, first, last)).or_default().push(source);
@@ -113,11 +118,18 @@ pub fn read_allow_lists(kernel: &mut impl Kernel) -> Result<(Vec<Element>, Allow
 /// The spans of host ports that have an allow-list, read from `limited` alone: what a
 /// change that does not read every mapping must know to leave lists to a full read.
 pub fn limited_ports(kernel: &mut impl Kernel) -> Result<HashSet<(Proto, u16, u16)>, Error> {
+    limited_ports_in(kernel, KeyOrder::of_layout(ruleset::LAYOUT))
+}
+
+fn limited_ports_in(
+    kernel: &mut impl Kernel,
+    order: KeyOrder,
+) -> Result<HashSet<(Proto, u16, u16)>, Error> {
     Ok(kernel
         .elements(SET_LIMITED)
         .map_err(self::kernel_error)?
         .iter()
-        .filter_map(|element| Element::limited_ports(&element.key, &element.key_end))
+        .filter_map(|element| Element::limited_ports(&element.key, &element.key_end, order))
         .collect())
 }
 
@@ -227,7 +239,7 @@ pub fn read_trusting(
     }
     let mut allow_elements = Vec::new();
     if with_mappings && exists && layout.version >= ALLOW_LAYOUT {
-        let (elements, lists) = read_allow_lists(kernel)?;
+        let (elements, lists) = read_allow_lists(kernel, layout.version)?;
         allow_elements = elements;
         for (mapping, _) in &mut mappings {
             if let Some(list) = lists.get(&mapping.port_span()) {

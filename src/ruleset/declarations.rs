@@ -289,22 +289,23 @@ const FAMILY_SETS: &[FamilySet] = &[
 ];
 
 /// The source allow-lists (`--allow-from`), as sets of intervals so that a prefix is one
-/// element and a lookup costs the same whatever the number of ports and prefixes:
-/// `limited` holds the host ports that have a list (one set for both families), and
-/// `allow4`/`allow6` each port with each prefix of its list.
+/// element: `limited` holds the host ports that have a list (one set for both families),
+/// and `allow4`/`allow6` each prefix of a list with its port. Each key leads with the
+/// field that picks the fewest elements, which keeps a lookup short however many ports
+/// and prefixes there are (see `allow_list`).
 const ALLOW_SETS: &[FamilySet] = &[
-    // set limited { type inet_proto . inet_service; flags interval; }
+    // set limited { type inet_service . inet_proto; flags interval; }
     FamilySet {
         names: [SET_LIMITED, SET_LIMITED],
-        key: &[Proto, Service],
+        key: &[Service, Proto],
         data: &[],
         counter: false,
         interval: true,
     },
-    // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }
+    // set allow4 { type ipv4_addr . inet_service . inet_proto; flags interval; }
     FamilySet {
         names: [SET_ALLOW4, SET_ALLOW6],
-        key: &[Proto, Service, Addr],
+        key: &[Addr, Service, Proto],
         data: &[],
         counter: false,
         interval: true,
@@ -489,12 +490,12 @@ mod tests {
         assert_eq!(set(SET_ONADDR6).key_len, 16 + 16 + 8);
         let inside = sets.iter().find(|s| s.name == SET_INSIDE).unwrap();
         assert_eq!(inside.userdata, [0, 4, 1, 0, 0, 0]);
-        // set allow4 { type inet_proto . inet_service . ipv4_addr; flags interval; }, as
+        // set allow4 { type ipv4_addr . inet_service . inet_proto; flags interval; }, as
         // `nft --debug=mnl` writes it.
         let allow4 = sets.iter().find(|s| s.name == SET_ALLOW4).unwrap();
-        assert_eq!(allow4.key_type, 0xc347);
+        assert_eq!(allow4.key_type, 0x734c);
         assert_eq!(allow4.key_len, 12);
-        assert_eq!(allow4.fields, [1, 2, 4]);
+        assert_eq!(allow4.fields, [4, 2, 1]);
         assert!(allow4.interval);
         assert_eq!(
             allow4.userdata,
@@ -503,9 +504,9 @@ mod tests {
         let allow6 = sets.iter().find(|s| s.name == SET_ALLOW6).unwrap();
         assert_eq!(
             (allow6.key_len, &allow6.fields[..]),
-            (24, &[1u8, 2, 16][..])
+            (24, &[16u8, 2, 1][..])
         );
         let limited = sets.iter().find(|s| s.name == SET_LIMITED).unwrap();
-        assert_eq!((limited.key_len, &limited.fields[..]), (8, &[1u8, 2][..]));
+        assert_eq!((limited.key_len, &limited.fields[..]), (8, &[2u8, 1][..]));
     }
 }

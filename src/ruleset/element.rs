@@ -425,16 +425,19 @@ impl Element {
                 .map(|addr| addr.to_string())
                 .unwrap_or_default(),
             SET_LIMITED => service_text(&self.key, self.key_end.as_deref()),
+            // `SOURCE . PORT . PROTO`: the source's bytes, then the service's 8.
             SET_ALLOW4 | SET_ALLOW6 => {
                 let end = self.key_end.as_deref().unwrap_or(&self.key);
+                let at = self.key.len().saturating_sub(8);
                 let source = SourcePrefix::from_range(
-                    addr_from(&self.key[8..]).unwrap_or(IpAddr::from([0u8; 4])),
-                    addr_from(&end[8..]).unwrap_or(IpAddr::from([0u8; 4])),
+                    addr_from(&self.key[..at]).unwrap_or(IpAddr::from([0u8; 4])),
+                    addr_from(&end[..at.min(end.len())]).unwrap_or(IpAddr::from([0u8; 4])),
                 );
                 let source = source.map(|p| p.to_string()).unwrap_or_default();
+                let end_service = end.get(at..).unwrap_or_default();
                 format!(
-                    "{} . {source}",
-                    service_text(&self.key[..8], Some(&end[..8]))
+                    "{source} . {}",
+                    service_text(&self.key[at..], Some(end_service))
                 )
             }
             // A map key: `[IFNAME . ][ADDR . ]PROTO . PORT`, the service in its last 8

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! table inet nsport {
-//!   comment "nsport-layout=3"
+//!   comment "nsport-layout=4"
 //!   map any4  { type inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
@@ -27,7 +27,7 @@
 //! ```
 
 mod allow_list;
-pub use allow_list::allow_elements_for;
+pub use allow_list::{KeyOrder, allow_elements_for};
 mod declarations;
 mod element;
 mod element_batch;
@@ -69,7 +69,11 @@ pub const TABLE: &str = "nsport";
 ///   that return before DNAT for a source not on a port's list, and the guard against 127/8
 ///   sources from other interfaces than `lo` (a table without them is repaired by the next
 ///   change, as a damaged chain is).
-pub const LAYOUT: u32 = 3;
+/// - 4: the allow-lists' keys lead with their most selective field, `th dport . meta
+///   l4proto` in `limited` and `ip saddr . th dport . meta l4proto` in `allow4`/`allow6`:
+///   led by the protocol, a lookup in a list of 1,000 prefixes walked every one of them
+///   (see `allow_list`).
+pub const LAYOUT: u32 = 4;
 
 /// How the table's comment names its layout.
 pub const LAYOUT_KEY: &str = "nsport-layout=";

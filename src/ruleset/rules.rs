@@ -324,46 +324,48 @@ fn base_rules() -> Vec<RuleDef> {
 /// A port with a source allow-list, used from a source not on it and not the host's
 /// loopback, leaves the chain before any DNAT: the packet meets the host as it would if
 /// the port were not published (a reset, or an ICMP port unreachable). Two lookups in sets
-/// of intervals, whatever the number of ports and prefixes.
+/// of intervals, each keyed by its most selective field first (see `allow_list`).
 fn allow_list_return(v6: bool) -> RuleDef {
-    // The protocol in network order, as nft loads it for a set of intervals, so that
-    // `nft -f` of an export makes the very rule nsport writes.
-    let service = || {
+    // `th dport . meta l4proto` from register `port` on, the protocol in network order, as
+    // nft loads it for a set of intervals, so that `nft -f` of an export makes the very
+    // rule nsport writes.
+    let service = |port: u32, proto: u32| {
         [
-            meta(MetaKey::L4proto, REG_1),
+            th_port(TH_DPORT, port),
+            meta(MetaKey::L4proto, proto),
             Expr::Hton {
-                reg: REG_1,
+                reg: proto,
                 size: 2,
                 len: 1,
             },
-            th_port(TH_DPORT, REG32_01),
         ]
     };
-    let (nft, loopback, saddr, allow) = if v6 {
+    // The source fills register 1 (16 bytes) or its first 4-byte register; the service
+    // follows it.
+    let (nft, loopback, saddr, source, after_source, allow) = if v6 {
         (
-            "meta l4proto . th dport @limited ip6 saddr != ::1 meta l4proto . th dport . ip6 saddr != @allow6 return",
+            "th dport . meta l4proto @limited ip6 saddr != ::1 ip6 saddr . th dport . meta l4proto != @allow6 return",
             Ipv6Addr::LOCALHOST.octets().to_vec(),
             ipv6_field(IPV6_SADDR, REG_1),
+            ipv6_field(IPV6_SADDR, REG_1),
+            service(REG_2, REG32_05),
             SET_ALLOW6,
         )
     } else {
         (
-            "meta l4proto . th dport @limited ip saddr != 127.0.0.0/8 meta l4proto . th dport . ip saddr != @allow4 return",
+            "th dport . meta l4proto @limited ip saddr != 127.0.0.0/8 ip saddr . th dport . meta l4proto != @allow4 return",
             vec![127],
             ipv4_field(IPV4_SADDR, 1, REG_1),
+            ipv4_field(IPV4_SADDR, 4, REG_1),
+            service(REG32_01, REG32_02),
             SET_ALLOW4,
         )
-    };
-    let source = if v6 {
-        ipv6_field(IPV6_SADDR, REG32_02)
-    } else {
-        ipv4_field(IPV4_SADDR, 4, REG32_02)
     };
     RuleDef {
         chain: CHAIN_PUBLISH,
         nft,
         exprs: [
-            service().to_vec(),
+            service(REG_1, REG32_01).to_vec(),
             vec![lookup(SET_LIMITED, REG_1, None)],
             is_family(if v6 { NFPROTO_IPV6 } else { NFPROTO_IPV4 }).to_vec(),
             vec![
@@ -373,10 +375,10 @@ fn allow_list_return(v6: bool) -> RuleDef {
                     sreg: REG_1,
                     data: loopback,
                 },
-            ],
-            service().to_vec(),
-            vec![
                 source,
+            ],
+            after_source.to_vec(),
+            vec![
                 Expr::Lookup {
                     set: allow,
                     set_id: set_id(allow),
