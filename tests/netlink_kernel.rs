@@ -293,9 +293,18 @@ fn the_longest_comment_reads_back_from_every_set() {
     });
 }
 
-/// An element of `range4`: `tcp . start-end : 10.0.0.<target>`.
+/// The key of a TCP port in `range4`: `th dport . meta l4proto`.
+fn range_key(port: u16) -> Vec<u8> {
+    range_key_of(nsport::Proto::Tcp, port)
+}
+
+fn range_key_of(proto: nsport::Proto, port: u16) -> Vec<u8> {
+    ruleset::host_key_in(ruleset::SET_RANGE4, None, proto, None, port)
+}
+
+/// An element of `range4`: `start-end . tcp : 10.0.0.<target>`.
 fn range_element(start: u16, end: u16, target: u8) -> Element {
-    let key = |port: u16| ruleset::host_key(nsport::Proto::Tcp, None, port);
+    let key = range_key;
     Element {
         set: ruleset::SET_RANGE4,
         key: key(start),
@@ -323,8 +332,11 @@ fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
         let (chains, sets, rules) = (ruleset::chains(), ruleset::sets(), ruleset::rules());
         commit_table(&chains, &sets, &rules);
         let range = range_element(20000, 29999, 2);
-        let key = |port: u16| ruleset::host_key(nsport::Proto::Tcp, None, port);
+        let key = range_key;
         assert_eq!(refusal(&[Change::AddElement(&range)]), None);
+        // The protocol is a field of its own: no UDP port is inside a TCP range.
+        let udp = range_key_of(nsport::Proto::Udp, 20005);
+        assert_eq!(get_element(ruleset::SET_RANGE4, &udp).unwrap(), None);
         // The same interval with the same data again: accepted by an add only.
         assert_eq!(refusal(&[Change::AddElement(&range)]), None);
         let eexist = Some((libc::EEXIST, Some(0)));
@@ -380,7 +392,7 @@ fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
         // holding it in range4 is no clash to the kernel (hence the engine's probes).
         let single = Element {
             set: ruleset::SET_ANY4,
-            key: key(30005),
+            key: ruleset::host_key(nsport::Proto::Tcp, None, 30005),
             key_end: None,
             data: Some(vec![10, 0, 0, 4, 0, 80, 0, 0]),
             comment: None,
@@ -389,7 +401,7 @@ fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
         // nft reads the interval back as written.
         let listed = nft_output("list map inet nsport range4");
         assert!(
-            listed.contains("tcp . 30000-30010 counter packets 0 bytes 0 : 10.0.0.3"),
+            listed.contains("30000-30010 . tcp counter packets 0 bytes 0 : 10.0.0.3"),
             "{listed}"
         );
     });

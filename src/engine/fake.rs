@@ -40,9 +40,22 @@ impl FakeTable {
     /// `key..=end`.
     fn holding(&self, set: &str, key: &[u8], end: &[u8]) -> Option<Vec<u8>> {
         let ends = self.ends.get(set)?;
-        let (start, last) = ends.range(..=end.to_vec()).next_back()?;
-        (last.as_slice() >= key).then(|| start.clone())
+        let (start, last) = ends.range(..=compared(end)).next_back()?;
+        (*last >= compared(key)).then(|| compared(start))
     }
+}
+
+/// A range map's key as the fake compares it: the kernel compares each field of a
+/// concatenation by itself, and in nsport's intervals only the port varies, so comparing
+/// the protocol before the port, bytes after bytes, finds the intervals the kernel would.
+/// The keys put the port first (`key_order`): the two last 4-byte fields are swapped, and
+/// swapping them again gives the key back. `ends` is kept in this form.
+fn compared(key: &[u8]) -> Vec<u8> {
+    let mut out = key.to_vec();
+    if let Some(at) = key.len().checked_sub(8) {
+        out[at..].rotate_left(4);
+    }
+    out
 }
 
 type Meddler = Box<dyn FnMut(&mut Fake)>;
@@ -186,7 +199,7 @@ impl Fake {
                 match table.holding(element.set, &element.key, &end) {
                     Some(start) => {
                         let same = start == element.key
-                            && table.ends[element.set][&start] == end
+                            && table.ends[element.set][&compared(&start)] == compared(&end)
                             && table.sets[element.set][&start].0 == data;
                         if exclusive || !same {
                             return Err(libc::EEXIST);
@@ -196,7 +209,7 @@ impl Fake {
                         let elements = table.sets.get_mut(element.set).expect("checked");
                         elements.insert(element.key.clone(), (data, element.comment.clone()));
                         let ends = table.ends.entry(element.set.to_string()).or_default();
-                        ends.insert(element.key.clone(), end);
+                        ends.insert(compared(&element.key), compared(&end));
                     }
                 }
             }
@@ -214,7 +227,7 @@ impl Fake {
                     .ends
                     .get_mut(element.set)
                     .expect("held")
-                    .remove(&start);
+                    .remove(&compared(&start));
             }
             Change::AddElement(element) | Change::CreateElement(element) => {
                 set(table, element)?;
@@ -267,8 +280,8 @@ impl Fake {
         self.table
             .as_ref()
             .and_then(|t| t.ends.get(set))
-            .and_then(|ends| ends.get(key))
-            .cloned()
+            .and_then(|ends| ends.get(&compared(key)))
+            .map(|last| compared(last))
             .unwrap_or_default()
     }
 }

@@ -15,6 +15,7 @@ use crate::netlink::NetlinkError;
 use crate::netlink::nftables::Change;
 use crate::ruleset::{
     self, Element, Mapping, SET_ANY4, SET_ANY6, SET_RANGE4, SET_RANGE6, SetDef, host_key,
+    host_key_in,
 };
 use crate::spec::Proto;
 
@@ -40,8 +41,13 @@ fn publish(fake: &mut Fake, mappings: &[Mapping]) -> Result<Committed, Error> {
 /// `rm PORT` as `unpublish` does it: by key in the exact and the range map; of a range,
 /// only the port goes.
 fn remove_port(fake: &mut Fake, port: u16) -> Result<Committed, Error> {
-    let key = host_key(Proto::Tcp, None, port);
-    let keys = vec![(SET_ANY4, key.clone()), (SET_RANGE4, key)];
+    let keys = vec![
+        (SET_ANY4, host_key(Proto::Tcp, None, port)),
+        (
+            SET_RANGE4,
+            host_key_in(SET_RANGE4, None, Proto::Tcp, None, port),
+        ),
+    ];
     let mut counts = fake.counts.take();
     let result = transaction::remove(fake, &mut counts, &keys, false, |found| {
         let found: Vec<&Mapping> = found.iter().flatten().collect();
@@ -55,7 +61,7 @@ fn remove_port(fake: &mut Fake, port: u16) -> Result<Committed, Error> {
 }
 
 fn range_element(start: u16, end: u16, target: u8) -> Element {
-    let key = |port: u16| host_key(Proto::Tcp, None, port);
+    let key = |port: u16| host_key_in(SET_RANGE4, None, Proto::Tcp, None, port);
     Element {
         set: SET_RANGE4,
         key: key(start),
@@ -85,9 +91,12 @@ fn with_table() -> (Fake, Vec<SetDef>) {
 #[test]
 fn the_fake_keeps_interval_maps_as_the_kernel_does() {
     let (mut fake, _sets) = with_table();
-    let key = |port: u16| host_key(Proto::Tcp, None, port);
+    let key = |port: u16| host_key_in(SET_RANGE4, None, Proto::Tcp, None, port);
     let range = range_element(20000, 29999, 2);
     assert_eq!(refusal(&mut fake, &[Change::AddElement(&range)]), None);
+    // The protocol is a field of its own: no UDP port is inside a TCP range.
+    let udp = host_key_in(SET_RANGE4, None, Proto::Udp, None, 20005);
+    assert_eq!(fake.element(SET_RANGE4, &udp).unwrap(), None);
     assert_eq!(refusal(&mut fake, &[Change::AddElement(&range)]), None);
     let eexist = Some((libc::EEXIST, Some(0)));
     assert_eq!(refusal(&mut fake, &[Change::CreateElement(&range)]), eexist);
@@ -237,8 +246,8 @@ fn rm_of_a_port_inside_a_range_cuts_it_and_keeps_its_helpers() {
     assert_eq!(
         starts,
         [
-            host_key(Proto::Tcp, None, 20000),
-            host_key(Proto::Tcp, None, 20006)
+            host_key_in(SET_RANGE4, None, Proto::Tcp, None, 20000),
+            host_key_in(SET_RANGE4, None, Proto::Tcp, None, 20006)
         ]
     );
     // The target's helpers stay: the rest of the range needs them.

@@ -157,7 +157,7 @@ pub fn range_keys(mappings: &[Mapping]) -> Vec<(&'static str, Vec<u8>)> {
                 host_port_end: Some(mapping.host_port),
                 ..mapping.clone()
             };
-            (as_range.set(), mapping.key())
+            (as_range.set(), as_range.key())
         })
         .collect()
 }

@@ -81,7 +81,10 @@ pub fn unpublish_on(on: Option<&str>, specs: &[HostSpec], dry_run: bool) -> Resu
         let start = keys.len();
         for set in ruleset::host_sets_on(on.is_some(), spec.host_addr) {
             let host_addr = spec.host_addr.filter(|addr| !addr.is_unspecified());
-            keys.push((set, ruleset::host_key_on(on, spec.proto, host_addr, port)));
+            keys.push((
+                set,
+                ruleset::host_key_in(set, on, spec.proto, host_addr, port),
+            ));
         }
         sides.push((*spec, start..keys.len()));
     }

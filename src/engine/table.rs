@@ -220,7 +220,7 @@ pub fn read_trusting(
             for element in kernel.elements(set).map_err(self::kernel_error)? {
                 let mapping = match layout.version {
                     1 => layout::v1_mapping(set, &element),
-                    _ => mapping_of(set, &element),
+                    version => mapping_in(KeyOrder::of_layout(version), set, &element),
                 };
                 if let Some(mapping) = mapping {
                     mappings.push((mapping, element.counter.unwrap_or_default()));
@@ -264,7 +264,13 @@ fn kernel_error(error: crate::netlink::NetlinkError) -> Error {
 }
 
 pub fn mapping_of(set: &str, element: &ElementDump) -> Option<Mapping> {
-    Mapping::from_element(
+    mapping_in(KeyOrder::of_layout(ruleset::LAYOUT), set, element)
+}
+
+/// The same in a table whose range maps' keys are in `order` (an older layout's).
+fn mapping_in(order: KeyOrder, set: &str, element: &ElementDump) -> Option<Mapping> {
+    Mapping::from_element_in(
+        order,
         set,
         &element.key,
         &element.key_end,

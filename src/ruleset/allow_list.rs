@@ -2,76 +2,15 @@
 //! whose sources are limited, `allow4`/`allow6` the source prefix and port span pairs that
 //! may use them. Both are interval sets, so a range and a prefix are one element each.
 //!
-//! Their keys lead with the field that picks the fewest elements: `th dport . meta l4proto`
-//! and `ip saddr . th dport . meta l4proto` (layout 4). The kernel keeps such a set as a
-//! pipapo table, whose lookup walks every element that matches the fields it has looked at
-//! so far: led by the protocol, a lookup in a list of 1,000 prefixes walked all 1,000 at
-//! each of the first two fields, 4–5 µs on every new connection to the port, where led
-//! by the source it walks the one prefix that holds it. Layout 3 led with the protocol;
-//! its tables are read in their own order (`KeyOrder`) to be migrated.
+//! Their keys lead with the field that picks the fewest elements (layout 4, see
+//! `key_order`): `th dport . meta l4proto` and `ip saddr . th dport . meta l4proto`; layout
+//! 3's, protocol first and source last, are read in their own order to be migrated.
 
 use super::element::Element;
+use super::key_order::{KeyOrder, WRITTEN};
 use super::{SET_ALLOW4, SET_ALLOW6, SET_LIMITED, addr_bytes, addr_from};
 use crate::model::{Mapping, SourcePrefix};
 use crate::spec::Proto;
-
-/// The order of the fields in the keys of the allow-lists' sets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyOrder {
-    /// Layout 3: `meta l4proto . th dport [. saddr]`.
-    ProtoFirst,
-    /// Layout 4 on: `[saddr .] th dport . meta l4proto`.
-    SourceAndPortFirst,
-}
-
-impl KeyOrder {
-    /// The order a table of `layout` writes.
-    pub fn of_layout(layout: u32) -> KeyOrder {
-        match layout {
-            ..=3 => KeyOrder::ProtoFirst,
-            _ => KeyOrder::SourceAndPortFirst,
-        }
-    }
-
-    /// The 8 bytes of a protocol and port, in this order.
-    fn service(self, proto: Proto, port: u16) -> [u8; 8] {
-        let [hi, lo] = port.to_be_bytes();
-        match self {
-            KeyOrder::ProtoFirst => [proto.number(), 0, 0, 0, hi, lo, 0, 0],
-            KeyOrder::SourceAndPortFirst => [hi, lo, 0, 0, proto.number(), 0, 0, 0],
-        }
-    }
-
-    /// The protocol and port of 8 bytes in this order.
-    fn parse_service(self, bytes: &[u8]) -> Option<(Proto, u16)> {
-        let (proto, port) = match self {
-            KeyOrder::ProtoFirst => (bytes.first()?, bytes.get(4..6)?),
-            KeyOrder::SourceAndPortFirst => (bytes.get(4)?, bytes.get(..2)?),
-        };
-        Some((
-            Proto::from_number(*proto)?,
-            u16::from_be_bytes([port[0], port[1]]),
-        ))
-    }
-}
-
-/// The order this nsport writes.
-const WRITTEN: KeyOrder = KeyOrder::SourceAndPortFirst;
-
-/// `PORT . PROTO` or `FIRST-LAST . PROTO`, as nft lists an element of `limited` (and the
-/// end of one of `allow4`/`allow6`), from the 8 bytes of a key and of its end.
-pub(super) fn service_text(key: &[u8], end: Option<&[u8]>) -> String {
-    let Some((proto, first)) = WRITTEN.parse_service(key) else {
-        return String::new();
-    };
-    let last = end
-        .and_then(|end| WRITTEN.parse_service(end))
-        .map(|(_, last)| last);
-    match last.filter(|last| *last != first) {
-        Some(last) => format!("{first}-{last} . {proto}"),
-        None => format!("{first} . {proto}"),
-    }
-}
 
 /// The elements of the source allow-lists `mappings` carry: one `limited` element per host
 /// port (or range of ports) that has a list and one `allow4`/`allow6` element per prefix of
@@ -167,7 +106,7 @@ impl Element {
         }
         let (service, addr) = match order {
             KeyOrder::ProtoFirst => (0..8, 8..key.len()),
-            KeyOrder::SourceAndPortFirst => (key.len() - 8..key.len(), 0..key.len() - 8),
+            KeyOrder::PortFirst => (key.len() - 8..key.len(), 0..key.len() - 8),
         };
         let (proto, first, last) =
             Element::limited_ports(&key[service.clone()], &key_end[service], order)?;

@@ -246,18 +246,19 @@ const FAMILY_SETS: &[FamilySet] = &[
         counter: true,
         interval: false,
     },
-    // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; counter; }
+    // map range4 { type inet_service . inet_proto : ipv4_addr; flags interval; counter; }:
+    // the port first, which picks the one range that can hold it (`key_order`).
     FamilySet {
         names: [SET_RANGE4, SET_RANGE6],
-        key: &[Proto, Service],
+        key: &[Service, Proto],
         data: &[Addr],
         counter: true,
         interval: true,
     },
-    // map addrrange4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr; flags interval; … }
+    // map addrrange4 { type ipv4_addr . inet_service . inet_proto : ipv4_addr; flags interval; … }
     FamilySet {
         names: [SET_ADDRRANGE4, SET_ADDRRANGE6],
-        key: &[Addr, Proto, Service],
+        key: &[Addr, Service, Proto],
         data: &[Addr],
         counter: true,
         interval: true,
@@ -451,10 +452,11 @@ mod tests {
         assert_eq!(sets[1].key_type, 0x730d);
         assert_eq!(sets[0].data, Some((0x1cd, 8)));
         assert_eq!(sets[0].userdata.len(), 38);
-        // map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
-        assert_eq!(set(SET_RANGE4).key_type, 0x30d);
+        // map range4 { type inet_service . inet_proto : ipv4_addr; flags interval; }, as
+        // `nft --debug=mnl` writes it.
+        assert_eq!(set(SET_RANGE4).key_type, 0x34c);
         assert_eq!(set(SET_RANGE4).data, Some((7, 4)));
-        assert_eq!(set(SET_RANGE4).fields, [1, 2]);
+        assert_eq!(set(SET_RANGE4).fields, [2, 1]);
         assert_eq!(
             set(SET_RANGE4).userdata,
             [
@@ -463,9 +465,9 @@ mod tests {
         );
         assert_eq!(
             (set(SET_ADDRRANGE4).key_type, set(SET_ADDRRANGE4).key_len),
-            (0x730d, 12)
+            (0x734c, 12)
         );
-        assert_eq!(set(SET_ADDRRANGE4).fields, [4, 1, 2]);
+        assert_eq!(set(SET_ADDRRANGE4).fields, [4, 2, 1]);
         // set hairpin4 { type ipv4_addr . ipv4_addr; }
         assert_eq!(set(SET_HAIRPIN4).key_type, 0x1c7);
         assert_eq!(set(SET_HAIRPIN4).userdata.len(), 16);
@@ -480,10 +482,10 @@ mod tests {
         let range6 = sets.iter().find(|s| s.name == SET_ADDRRANGE6).unwrap();
         assert_eq!(
             range6.nft_type,
-            "ipv6_addr . inet_proto . inet_service : ipv6_addr"
+            "ipv6_addr . inet_service . inet_proto : ipv6_addr"
         );
         assert_eq!((range6.key_len, range6.data), (24, Some((8, 16))));
-        assert_eq!(range6.fields, [16, 1, 2]);
+        assert_eq!(range6.fields, [16, 2, 1]);
         // map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
         assert_eq!(set(SET_ON4).key_type, (41 << 12) | (12 << 6) | 13);
         assert_eq!(set(SET_ON4).key_len, 24);

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::allow_list::service_text;
+use super::key_order::{self, KeyOrder, service_text};
 use super::metadata::Metadata;
 use super::{
     IFNAME_LEN, SET_ADDR4, SET_ADDR6, SET_ADDRRANGE4, SET_ADDRRANGE6, SET_ALLOW4, SET_ALLOW6,
@@ -47,9 +47,11 @@ impl Mapping {
     }
 
     /// The map key: `[ip daddr .] meta l4proto . th dport`, each member padded to 4 bytes;
-    /// for a range, the key of its first port.
+    /// for a range, `[ip daddr .] th dport . meta l4proto` of its first port
+    /// (`host_key_in`).
     pub fn key(&self) -> Vec<u8> {
-        host_key_on(
+        host_key_in(
+            self.set(),
             self.on.as_deref(),
             self.proto,
             self.host_addr,
@@ -60,7 +62,8 @@ impl Mapping {
     /// For a range, the key of its last port: the end of the interval.
     pub fn key_end(&self) -> Option<Vec<u8>> {
         let end = self.host_port_end?;
-        Some(host_key_on(
+        Some(host_key_in(
+            self.set(),
             self.on.as_deref(),
             self.proto,
             self.host_addr,
@@ -161,6 +164,18 @@ impl Mapping {
         data: &[u8],
         comment: Option<&str>,
     ) -> Option<Mapping> {
+        Mapping::from_element_in(key_order::WRITTEN, set, key, key_end, data, comment)
+    }
+
+    /// The same for a table whose range maps' keys are in `order` (an older layout's).
+    pub fn from_element_in(
+        order: KeyOrder,
+        set: &str,
+        key: &[u8],
+        key_end: &[u8],
+        data: &[u8],
+        comment: Option<&str>,
+    ) -> Option<Mapping> {
         // A mapping on an interface: the interface's name, then the key of the map
         // without one.
         if let Some(plain) = without_interface(set) {
@@ -168,7 +183,7 @@ impl Mapping {
             let name = name.split(|b| *b == 0).next()?;
             let name = std::str::from_utf8(name).ok().filter(|n| !n.is_empty())?;
             let mut mapping =
-                Mapping::from_element(plain, &key[IFNAME_LEN..], key_end, data, comment)?;
+                Mapping::from_element_in(order, plain, &key[IFNAME_LEN..], key_end, data, comment)?;
             mapping.on = Some(name.to_string());
             return Some(mapping);
         }
@@ -191,14 +206,15 @@ impl Mapping {
             true => Some(addr_from(&key[..addr_len])?),
             false => None,
         };
-        let rest = &key[prefix..];
-        let host_port = u16::from_be_bytes([rest[4], rest[5]]);
+        // The exact maps are hash tables and keep the protocol first in every layout.
+        let order = if range { order } else { KeyOrder::ProtoFirst };
+        let (proto, host_port) = order.parse_service(&key[prefix..])?;
         // A range's end differs from its start in the port only.
         let host_port_end = match range {
-            true if key_end.len() == key.len() && key_end[..prefix + 4] == key[..prefix + 4] => {
-                let end = u16::from_be_bytes([key_end[prefix + 4], key_end[prefix + 5]]);
+            true if key_end.len() == key.len() && key_end[..prefix] == key[..prefix] => {
+                let (end_proto, end) = order.parse_service(&key_end[prefix..])?;
                 // An interval nsport did not write may end before it starts.
-                Some(Some(end).filter(|end| *end >= host_port)?)
+                Some(Some(end).filter(|end| *end >= host_port && end_proto == proto)?)
             }
             true => return None,
             false => None,
@@ -212,7 +228,7 @@ impl Mapping {
         };
         let metadata = Metadata::parse(comment.unwrap_or_default());
         Some(Mapping {
-            proto: Proto::from_number(rest[0])?,
+            proto,
             host_addr,
             on: None,
             host_port,
@@ -231,8 +247,29 @@ impl Mapping {
     }
 }
 
-/// The map key of a host side: `[ip daddr .] meta l4proto . th dport`, each member padded
-/// to 4 bytes.
+/// The key of a host port in map `set`: a range map's puts the port before the protocol
+/// (`[ip daddr .] th dport . meta l4proto`, see `key_order`), an exact map's the protocol
+/// first (`host_key_on`). No range is bound to an interface.
+pub fn host_key_in(
+    set: &str,
+    on: Option<&str>,
+    proto: Proto,
+    host_addr: Option<IpAddr>,
+    port: u16,
+) -> Vec<u8> {
+    if !is_range_set(set) {
+        return host_key_on(on, proto, host_addr, port);
+    }
+    let mut key = Vec::with_capacity(16 + 8);
+    if let Some(addr) = host_addr {
+        put_addr(&mut key, addr);
+    }
+    key.extend_from_slice(&key_order::WRITTEN.service(proto, port));
+    key
+}
+
+/// The map key of a host side in an exact map: `[ip daddr .] meta l4proto . th dport`,
+/// each member padded to 4 bytes.
 pub fn host_key(proto: Proto, host_addr: Option<IpAddr>, port: u16) -> Vec<u8> {
     host_key_on(None, proto, host_addr, port)
 }
@@ -320,15 +357,24 @@ pub fn is_range_set(set: &str) -> bool {
 }
 
 impl Mapping {
-    /// Whether it is in map `set` and publishes the host side `key` (`host_key`).
+    /// Whether it is in map `set` and publishes the host side `key` (`host_key_in`).
     pub fn holds(&self, set: &str, key: &[u8]) -> bool {
         if self.set() != set {
             return false;
         }
-        match self.key_end() {
-            Some(end) => self.key().as_slice() <= key && key <= end.as_slice(),
-            None => self.key() == key,
+        if !self.is_range() {
+            return self.key() == key;
         }
+        // The address and the protocol are the range's, the port inside it.
+        let Some(at) = key.len().checked_sub(8) else {
+            return false;
+        };
+        let service = key_order::WRITTEN.parse_service(&key[at..]);
+        key.len() == self.key().len()
+            && key[..at] == self.key()[..at]
+            && service.is_some_and(|(proto, port)| {
+                proto == self.proto && self.host_ports().contains(&port)
+            })
     }
 }
 
@@ -456,6 +502,11 @@ impl Element {
                 let host = addr_from(host)
                     .map(|addr| format!("{addr} . "))
                     .unwrap_or_default();
+                // A range map's key: `[ADDR . ]PORT-PORT . PROTO` (`key_order`).
+                if is_range_set(self.set) {
+                    let end = self.key_end.as_deref().and_then(|end| end.get(cut..));
+                    return format!("{on}{host}{}", service_text(service, end));
+                }
                 let proto = Proto::from_number(service[0]).map_or("?".into(), |p| p.to_string());
                 let port = u16::from_be_bytes([service[4], service[5]]);
                 match self

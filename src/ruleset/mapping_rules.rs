@@ -76,9 +76,9 @@ const MAPPING_MAPS: &[MappingMap] = &[
         with_addr: true,
         with_port: false,
         texts: [
-            "dnat ip to ip daddr . meta l4proto . th dport map @addrrange4",
-            "ip daddr . meta l4proto . th dport @addrrange4 return",
-            "ip saddr . meta l4proto . th sport @addrrange4 return",
+            "dnat ip to ip daddr . th dport . meta l4proto map @addrrange4",
+            "ip daddr . th dport . meta l4proto @addrrange4 return",
+            "ip saddr . th sport . meta l4proto @addrrange4 return",
         ],
     },
     MappingMap {
@@ -100,9 +100,9 @@ const MAPPING_MAPS: &[MappingMap] = &[
         with_addr: false,
         with_port: false,
         texts: [
-            "dnat ip to meta l4proto . th dport map @range4",
-            "meta nfproto ipv4 meta l4proto . th dport @range4 return",
-            "meta nfproto ipv4 meta l4proto . th sport @range4 return",
+            "dnat ip to th dport . meta l4proto map @range4",
+            "meta nfproto ipv4 th dport . meta l4proto @range4 return",
+            "meta nfproto ipv4 th sport . meta l4proto @range4 return",
         ],
     },
     MappingMap {
@@ -148,9 +148,9 @@ const MAPPING_MAPS: &[MappingMap] = &[
         with_addr: true,
         with_port: false,
         texts: [
-            "dnat ip6 to ip6 daddr . meta l4proto . th dport map @addrrange6",
-            "ip6 daddr . meta l4proto . th dport @addrrange6 return",
-            "ip6 saddr . meta l4proto . th sport @addrrange6 return",
+            "dnat ip6 to ip6 daddr . th dport . meta l4proto map @addrrange6",
+            "ip6 daddr . th dport . meta l4proto @addrrange6 return",
+            "ip6 saddr . th sport . meta l4proto @addrrange6 return",
         ],
     },
     MappingMap {
@@ -172,17 +172,18 @@ const MAPPING_MAPS: &[MappingMap] = &[
         with_addr: false,
         with_port: false,
         texts: [
-            "dnat ip6 to meta l4proto . th dport map @range6",
-            "meta nfproto ipv6 meta l4proto . th dport @range6 return",
-            "meta nfproto ipv6 meta l4proto . th sport @range6 return",
+            "dnat ip6 to th dport . meta l4proto map @range6",
+            "meta nfproto ipv6 th dport . meta l4proto @range6 return",
+            "meta nfproto ipv6 th sport . meta l4proto @range6 return",
         ],
     },
 ];
 
 /// Loads a mapping map's key into registers: `[ip daddr .] meta l4proto . th dport` (or the
-/// source side of a reply), with the family matched first where the key does not hold an
-/// address. An IPv6 address fills a whole 16-byte register, so what follows it moves to
-/// register 2 and its next 4-byte slot.
+/// source side of a reply), in an interval map `[ip daddr .] th dport . meta l4proto`
+/// (`key_order`), with the family matched first where the key does not hold an address.
+/// An IPv6 address fills a whole 16-byte register, so what follows it moves to register 2
+/// and its next 4-byte slot.
 fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr> {
     // An interval map's key gets the protocol in network order, as nft writes it.
     let l4proto = |reg: u32| {
@@ -195,6 +196,11 @@ fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr>
             });
         }
         exprs
+    };
+    // The protocol and the port from register `first` on, in the map's order.
+    let service = |first: u32, second: u32, port: u32| match map.with_port {
+        true => [l4proto(first), vec![th_port(port, second)]].concat(),
+        false => [vec![th_port(port, first)], l4proto(second)].concat(),
     };
     let (v4_addr, v6_addr, port) = if request {
         (IPV4_DADDR, IPV6_DADDR, TH_DPORT)
@@ -250,19 +256,17 @@ fn mapping_key(map: &MappingMap, request: bool, family_check: bool) -> Vec<Expr>
         (true, false) => [
             family.to_vec(),
             vec![ipv4_field(v4_addr, 4, REG_1)],
-            l4proto(REG32_01),
-            vec![th_port(port, REG32_02)],
+            service(REG32_01, REG32_02, port),
         ]
         .concat(),
         (true, true) => [
             family.to_vec(),
             vec![ipv6_field(v6_addr, REG_1)],
-            l4proto(REG_2),
-            vec![th_port(port, REG32_05)],
+            service(REG_2, REG32_05, port),
         ]
         .concat(),
         (false, _) => {
-            let key = [l4proto(REG_1), vec![th_port(port, REG32_01)]].concat();
+            let key = service(REG_1, REG32_01, port);
             match family_check {
                 true => [family.to_vec(), key].concat(),
                 false => key,

@@ -11,8 +11,8 @@
 //!   map addr4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map on4 { type ifname . inet_proto . inet_service : ipv4_addr . inet_service; }
 //!   map onaddr4 { type ifname . ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; }
-//!   map range4 { type inet_proto . inet_service : ipv4_addr; flags interval; }
-//!   map addrrange4 { type ipv4_addr . inet_proto . inet_service : ipv4_addr; flags interval; }
+//!   map range4 { type inet_service . inet_proto : ipv4_addr; flags interval; }
+//!   map addrrange4 { type ipv4_addr . inet_service . inet_proto : ipv4_addr; flags interval; }
 //!   map any6, addr6, on6, onaddr6, range6, addrrange6, set hairpin6, targets6: the same for IPv6
 //!   set hairpin4 { type ipv4_addr . ipv4_addr; }
 //!   set ifaces { type ifname; }
@@ -27,7 +27,9 @@
 //! ```
 
 mod allow_list;
-pub use allow_list::{KeyOrder, allow_elements_for};
+pub use allow_list::allow_elements_for;
+mod key_order;
+pub use key_order::KeyOrder;
 mod declarations;
 mod element;
 mod element_batch;
@@ -43,7 +45,9 @@ pub use declarations::{
     CHAIN_COUNT_REPLY, CHAIN_COUNT_REQUEST, CHAIN_FORWARD, CHAIN_GUARD, CHAIN_OUTPUT,
     CHAIN_POSTROUTING, CHAIN_PREROUTING, CHAIN_PUBLISH, chains, sets,
 };
-pub use element::{Element, host_key, host_key_on, host_sets, host_sets_on, is_range_set, map_of};
+pub use element::{
+    Element, host_key, host_key_in, host_key_on, host_sets, host_sets_on, is_range_set, map_of,
+};
 pub use expr::{
     ChainDef, ChainType, CmpOp, CtKey, Expr, Hook, MetaKey, PayloadBase, RuleDef, SetDef, Verdict,
 };
@@ -69,10 +73,11 @@ pub const TABLE: &str = "nsport";
 ///   that return before DNAT for a source not on a port's list, and the guard against 127/8
 ///   sources from other interfaces than `lo` (a table without them is repaired by the next
 ///   change, as a damaged chain is).
-/// - 4: the allow-lists' keys lead with their most selective field, `th dport . meta
-///   l4proto` in `limited` and `ip saddr . th dport . meta l4proto` in `allow4`/`allow6`:
-///   led by the protocol, a lookup in a list of 1,000 prefixes walked every one of them
-///   (see `allow_list`).
+/// - 4: the keys of the sets of intervals put the port before the protocol (`th dport .
+///   meta l4proto` in the range maps and `limited`, after the address in `addrrange4`),
+///   and the allow-lists the source first (`ip saddr . th dport . meta l4proto`): led by
+///   the protocol, a lookup walked every range of the protocol and every prefix of a
+///   port's list (see `key_order`).
 pub const LAYOUT: u32 = 4;
 
 /// How the table's comment names its layout.
