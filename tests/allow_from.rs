@@ -456,22 +456,10 @@ fn a_layout_2_table_migrates_when_a_list_is_first_added() {
     // The bridge scenario's table as the nsport before allow-lists wrote it (layout 2).
     let lab = Lab::new(BrNetfilter::On);
     let ns1 = lab.ns("ns1");
-    let fixture = std::fs::read_to_string(
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("nft/v2/bridge.nft"),
-    )
-    .unwrap()
-    .replace(
-        "netns=ns1 ino=INODE",
-        &format!("netns={ns1} ino={}", lab.netns_inode("ns1")),
+    assert!(
+        lab.load_fixture("nft/v2/bridge.nft")
+            .contains("nsport-layout=2")
     );
-    assert!(fixture.contains("nsport-layout=2") && !fixture.contains("INODE"));
-    let file = TempFile(lab.state_dir().with_extension("v2.nft"));
-    std::fs::write(
-        &file.0,
-        format!("table inet nsport\ndelete table inet nsport\n{fixture}"),
-    )
-    .unwrap();
-    lab.nft("host", &format!("-f {}", file.0.display()));
     lab.write_sysctl("host", "net/ipv4/ip_forward", "1");
     let _server = lab.serve_tcp("ns1", Ipv4Addr::UNSPECIFIED, 3000);
     assert!(matches!(
@@ -507,42 +495,12 @@ fn a_layout_2_table_migrates_when_a_list_is_first_added() {
 #[test]
 fn a_layout_3_table_keeps_its_lists_through_migration() {
     let lab = Lab::dual_stack(BrNetfilter::On);
-    let fixture = |path: &str| {
-        std::fs::read_to_string(std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path))
-            .unwrap()
-    };
-    let v3 = fixture("nft/v3/allow-from.nft").replace(
-        "netns=ns1 ino=INODE",
-        &format!("netns={} ino={}", lab.ns("ns1"), lab.netns_inode("ns1")),
-    );
-    assert!(v3.contains("nsport-layout=3") && !v3.contains("INODE"));
-    let file = TempFile(lab.state_dir().with_extension("v3.nft"));
-    std::fs::write(
-        &file.0,
-        format!("table inet nsport\ndelete table inet nsport\n{v3}"),
-    )
-    .unwrap();
-    lab.nft("host", &format!("-f {}", file.0.display()));
+    let v3 = lab.load_fixture("nft/v3/allow-from.nft");
+    assert!(v3.contains("nsport-layout=3"));
     lab.write_sysctl("host", "net/ipv4/ip_forward", "1");
     lab.write_sysctl("host", "net/ipv6/conf/all/forwarding", "1");
     let _server = lab.serve_tcp("ns1", ANY, 80);
-    // Each row whole but for its counters, which a migration starts again, and its
-    // problem: the migration turns route_localnet on, which loading the table did not.
-    let lists = |rows: Vec<serde_json::Value>| -> Vec<String> {
-        let mut lists: Vec<String> = rows
-            .into_iter()
-            .map(|mut row| {
-                let fields = row.as_object_mut().unwrap();
-                for field in ["packets", "bytes", "problem"] {
-                    fields.remove(field);
-                }
-                row.to_string()
-            })
-            .collect();
-        lists.sort();
-        lists
-    };
-    let before = lists(listing(&lab));
+    let before = lab.rows_but_counters();
     assert_eq!(before.len(), 5, "{before:?}");
     assert!(
         before
@@ -554,7 +512,7 @@ fn a_layout_3_table_keeps_its_lists_through_migration() {
     lab.nsport_ok(&["migrate"]);
     let table = lab.nft("host", "list table inet nsport");
     assert!(table.contains("nsport-layout=4"), "{table}");
-    assert_eq!(lists(listing(&lab)), before);
+    assert_eq!(lab.rows_but_counters(), before);
     // The server listens on both families: IPv4 clients show as mapped addresses.
     assert_eq!(
         connect(&lab, "out", HOST_OUT, 8080),
@@ -565,7 +523,7 @@ fn a_layout_3_table_keeps_its_lists_through_migration() {
     assert_eq!(connect(&lab, "ns2", v6::HOST_BR, 8080), Met::Refused);
     // Counters start again at a migration, and no packet went through a mapping of the
     // golden table: the rebuilt table is the golden one but for the refused packets.
-    let golden = fixture("nft/allow-from.nft");
+    let golden = read_fixture("nft/allow-from.nft");
     let now = without_counter_values(&sort_elements(&hide_inodes(&lab.normalize(&table))));
     assert_eq!(now, without_counter_values(&golden));
 }

@@ -476,6 +476,47 @@ impl Lab {
             .ino()
     }
 
+    /// Loads a table kept as a fixture (`nft/v3/ranges.nft`: as the golden files are, with
+    /// `netns=ns1 ino=INODE` for the lab's namespace) into the host, in place of any table
+    /// of the name, as an older nsport would have left it. Returns the table as loaded.
+    pub fn load_fixture(&self, path: &str) -> String {
+        let table = read_fixture(path).replace(
+            "netns=ns1 ino=INODE",
+            &format!("netns={} ino={}", self.ns("ns1"), self.netns_inode("ns1")),
+        );
+        assert!(!table.contains("INODE"), "{table}");
+        let file = TempFile(self.state_dir().with_extension("fixture.nft"));
+        std::fs::write(
+            &file.0,
+            format!("table inet nsport\ndelete table inet nsport\n{table}"),
+        )
+        .unwrap();
+        self.nft("host", &format!("-f {}", file.0.display()));
+        table
+    }
+
+    /// `ls --json`'s rows, each as text without what a migration starts again or changes
+    /// (the counters, and the problem: a migration turns route_localnet on), sorted.
+    pub fn rows_but_counters(&self) -> Vec<String> {
+        let listing: serde_json::Value =
+            serde_json::from_str(&self.nsport_ok(&["ls", "--json"])).unwrap();
+        let mut rows: Vec<String> = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .cloned()
+            .map(|mut row| {
+                let fields = row.as_object_mut().unwrap();
+                for field in ["packets", "bytes", "problem"] {
+                    fields.remove(field);
+                }
+                row.to_string()
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
     /// The command that runs a CNI plugin (nsport or one of Debian's) in the host
     /// namespace, as libcni would: CNI_* in the environment, the configuration on stdin
     /// (written by `cni_spawn`). `netns` is a namespace name under /run/netns.
@@ -614,6 +655,12 @@ fn bind_again_while_in_use(at: SocketAddr) -> TcpListener {
 }
 
 /// A file removed when dropped, even on panic.
+/// A file of the repository, by its path there (`nft/ranges.nft`).
+pub fn read_fixture(path: &str) -> String {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 pub struct TempFile(pub std::path::PathBuf);
 
 impl Drop for TempFile {
