@@ -341,6 +341,11 @@ fn interval_maps_refuse_overlaps_and_find_the_interval_holding_a_key() {
         assert_eq!(refusal(&[Change::AddElement(&range)]), None);
         let eexist = Some((libc::EEXIST, Some(0)));
         assert_eq!(refusal(&[Change::CreateElement(&range)]), eexist);
+        // One that encloses it whole is taken: only an interval that starts or ends inside
+        // another is refused.
+        let around = range_element(19000, 30005, 4);
+        assert_eq!(refusal(&[Change::CreateElement(&around)]), None);
+        assert_eq!(refusal(&[Change::DelElement(&around)]), None);
         // Other data, an interval inside, one across the end, a single key inside: EEXIST.
         for clash in [
             range_element(20000, 29999, 3),

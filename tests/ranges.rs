@@ -151,6 +151,11 @@ fn a_single_port_inside_a_range_is_refused_naming_the_range_and_the_reverse() {
         &["add", "--netns", &ns2, "20010-20020:20010-20020"],
         &["172.18.0.2:20000-20099"],
     );
+    // A range around another whole, which the kernel itself would take.
+    refused(
+        &["add", "--netns", &ns2, "19990-20120:19990-20120"],
+        &["19990-20120/tcp", "172.18.0.2:20000-20099"],
+    );
     // Two specs of one command that overlap.
     let output = lab.nsport(&["add", "--netns", &ns2, "9000-9010:9000-9010", "9005:80"]);
     assert_eq!(output.status.code(), Some(2));
@@ -167,6 +172,13 @@ fn a_single_port_inside_a_range_is_refused_naming_the_range_and_the_reverse() {
     lab.nsport_ok(&["add", "--netns", &ns2, "20100:80"]);
     // Publishing the same range again to the same namespace refreshes it.
     lab.nsport_ok(&["add", "--netns", &ns1, "20000-20099:20000-20099"]);
+    // Its ends removed and the whole published again: one element around what was left,
+    // not two, so that a port inside goes by `rm` as before.
+    lab.nsport_ok(&["rm", "127.0.0.1:20050", "20000", "20099"]);
+    lab.nsport_ok(&["add", "--netns", &ns1, "20000-20099:20000-20099"]);
+    let range4 = lab.nft("host", "list map inet nsport range4");
+    assert_eq!(range4.matches(" . tcp ").count(), 1, "{range4}");
+    lab.nsport_ok(&["rm", "20060"]);
 }
 
 #[test]

@@ -48,18 +48,26 @@ pub fn create(
         true => ranges::range_keys(&mappings),
         false => Vec::new(),
     };
-    // The exact maps a new range could clash with, and the range maps when not probing.
+    // The maps a new range could clash with: the exact map of its kind, and its own range
+    // map, where the kernel refuses an interval that starts or ends inside another but
+    // takes one that encloses another whole. For single ports, the range maps when not
+    // probing.
     let mut read: Vec<&'static str> = Vec::new();
     for mapping in mappings.iter() {
-        let set = match mapping.is_range() {
+        let sets = match mapping.is_range() {
             // No range is bound to an interface: those ports are in exact maps only.
             false if mapping.on.is_some() => continue,
-            true => mapping.part(mapping.host_port, mapping.host_port).set(),
-            false if lookups.is_empty() => mapping.range_set(),
+            true => [
+                mapping.part(mapping.host_port, mapping.host_port).set(),
+                mapping.set(),
+            ],
+            false if lookups.is_empty() => [mapping.range_set(); 2],
             false => continue,
         };
-        if !read.contains(&set) {
-            read.push(set);
+        for set in sets {
+            if !read.contains(&set) {
+                read.push(set);
+            }
         }
     }
     let outcome = retrying(|| {

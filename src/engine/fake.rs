@@ -3,9 +3,10 @@
 //! refused whole; an element added over one with other data is EEXIST, and so is any
 //! existing element created exclusively; deleting what is not there is ENOENT; a refusal
 //! names the index of the change. An interval map (`is_range_set`) refuses, as the kernel's
-//! pipapo sets do, an interval that overlaps another (EEXIST, unless it is the same one with
-//! the same data and not created exclusively); a lookup of one key finds the interval that
-//! holds it, and so does a deletion. `between_read_and_commit` lets a test play another writer
+//! pipapo sets do, an interval that starts or ends inside another (EEXIST, unless it is the
+//! same one with the same data and not created exclusively), and takes one that encloses
+//! another whole; a lookup of one key finds the interval that holds it, and so does a
+//! deletion. `between_read_and_commit` lets a test play another writer
 //! that gets in after the engine read and before it commits.
 
 use std::collections::BTreeMap;
@@ -196,7 +197,9 @@ impl Fake {
                     .clone()
                     .unwrap_or_else(|| element.key.clone());
                 let data = element.data.clone().unwrap_or_default();
-                match table.holding(element.set, &element.key, &end) {
+                let held = (table.holding(element.set, &element.key, &element.key))
+                    .or_else(|| table.holding(element.set, &end, &end));
+                match held {
                     Some(start) => {
                         let same = start == element.key
                             && table.ends[element.set][&compared(&start)] == compared(&end)

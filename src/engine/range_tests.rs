@@ -100,6 +100,11 @@ fn the_fake_keeps_interval_maps_as_the_kernel_does() {
     assert_eq!(refusal(&mut fake, &[Change::AddElement(&range)]), None);
     let eexist = Some((libc::EEXIST, Some(0)));
     assert_eq!(refusal(&mut fake, &[Change::CreateElement(&range)]), eexist);
+    // One that encloses it whole is taken: only an interval that starts or ends inside
+    // another is refused.
+    let around = range_element(19000, 30005, 4);
+    assert_eq!(refusal(&mut fake, &[Change::CreateElement(&around)]), None);
+    assert_eq!(refusal(&mut fake, &[Change::DelElement(&around)]), None);
     for clash in [
         range_element(20000, 29999, 3),
         range_element(20005, 20010, 2),
@@ -183,7 +188,14 @@ fn a_range_over_a_single_port_or_another_range_is_refused_naming_it() {
     assert!(text.contains("8000-8100/tcp"), "{text}");
     assert!(text.contains("10.0.0.3:80 via br0"), "{text}");
     assert!(text.contains("8080/tcp"), "{text}");
-    for (start, end) in [(20050, 20200), (19000, 20000), (20010, 20020)] {
+    // Across an end, at an end, inside, and around it whole: the kernel takes the last,
+    // so the publish must find it itself.
+    for (start, end) in [
+        (20050, 20200),
+        (19000, 20000),
+        (20010, 20020),
+        (19990, 20120),
+    ] {
         let error = publish(&mut fake, &[mapping(start, Some(end), "10.0.0.4")]).unwrap_err();
         assert!(
             error.to_string().contains("10.0.0.2:20000-20099"),

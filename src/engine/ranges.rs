@@ -2,9 +2,11 @@
 //! `rm` of some ports of a range cuts it, and how a publish of single ports asks the
 //! kernel itself whether a range holds one of them.
 //!
-//! The kernel refuses an interval that overlaps another of the same map (EEXIST, whether it
-//! lies inside, across an end or is the same interval with other data), and answers a
-//! lookup of one key (GETSETELEM) with the interval that holds it. A single port and a
+//! The kernel refuses an interval that starts or ends inside another of the same map
+//! (EEXIST, whether it lies inside, across an end or is the same interval with other data),
+//! but takes one that encloses another whole: a publish of a range reads its own range map
+//! and names such a clash itself. It answers a lookup of one key (GETSETELEM) with the
+//! interval that holds it. A single port and a
 //! range live in different maps (a hash and an interval map), so the kernel cannot see a
 //! clash between them by itself: a publish of single ports looks each up in the range map
 //! of its kind, at the generation its batch is committed against, and falls back to the
