@@ -44,6 +44,10 @@ pub use super::remove_by_key::remove;
 /// How many times a change is read, planned and committed before giving up.
 pub const TRIES: u32 = 10;
 
+/// The layout that brought the range maps: a table of an older one held a range as one
+/// element per port.
+const RANGES_LAYOUT: u32 = 3;
+
 /// What a committed (or, on a dry run, planned) change did.
 #[derive(Debug, Default)]
 pub struct Committed {
@@ -118,9 +122,10 @@ pub fn update(
         let current: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         let mut desired: Vec<Mapping> = Mapping::all_recorded(decide(&current)?);
         // An older table is rebuilt in the current layout by the very batch that changes it,
-        // its runs of identity ports (one element each before layout 3) as ranges.
+        // its runs of identity ports (one element each before layout 3) as ranges. Single
+        // ports published as such in a table of layout 3 stay single.
         let migrating = snapshot.exists && snapshot.layout.is_older();
-        if migrating {
+        if migrating && snapshot.layout.version < RANGES_LAYOUT {
             desired = ranges::coalesce(&desired);
         }
         allow::check_shared_lists(&current, &desired)?;
