@@ -325,14 +325,7 @@ fn layout() -> Result<Check, Error> {
 }
 
 fn route_localnet_guard() -> Result<Check, Error> {
-    let on: Vec<String> = fs::read_dir("/proc/sys/net/ipv4/conf")
-        .map(|dir| {
-            dir.flatten()
-                .map(|entry| entry.file_name().to_string_lossy().into_owned())
-                .filter(|iface| Sysctl::route_localnet(iface).read().is_ok_and(|v| v == "1"))
-                .collect()
-        })
-        .unwrap_or_default();
+    let on = Sysctl::route_localnet_on();
     if on.is_empty() {
         return Ok(pass("loopback guard", "route_localnet is off everywhere"));
     }

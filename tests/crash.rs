@@ -268,3 +268,44 @@ fn corrupt_record_does_not_stop_flush_or_later_commands() {
     violations.extend(invariants::check_state(&lab));
     invariants::assert_none(&violations, "a corrupt settings record");
 }
+
+/// A removal killed between its commit and putting its settings back leaves route_localnet
+/// on, recorded, where no mapping goes through any more (what the SIGKILL soak once ended
+/// on). The kernel's side of that moment is made here by deleting the element as the
+/// removal's batch did; an `add` that cannot trust the record does not know, and the next
+/// command that reads every mapping (`ls`) puts it back, saying so.
+#[test]
+fn route_localnet_left_on_by_a_killed_removal_is_put_back_by_ls() {
+    let lab = Lab::new(BrNetfilter::Off);
+    let ns1 = lab.ns("ns1");
+    lab.nsport_ok(&[
+        "add",
+        "--netns",
+        &ns1,
+        "127.0.0.1:4001:3000",
+        "192.0.2.1:4002:3000",
+    ]);
+    let localnet = || lab.read_sysctl("host", "net/ipv4/conf/br0/route_localnet");
+    assert_eq!(localnet(), "1");
+    // The removal's batch: 4002 still needs every helper of the target.
+    lab.nft(
+        "host",
+        "delete element inet nsport addr4 { 127.0.0.1 . tcp . 4001 }",
+    );
+    lab.nsport_ok(&["add", "--netns", &ns1, "192.0.2.1:4003:3000"]);
+    assert_eq!(localnet(), "1", "the add cannot know (control)");
+    let output = lab.nsport(&["ls"]);
+    assert!(output.status.success(), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("put back net.ipv4.conf.br0.route_localnet"),
+        "{stderr}"
+    );
+    assert_eq!(localnet(), "0");
+    // Put back once: the record no longer has it, and the next ls says nothing.
+    let output = lab.nsport(&["ls"]);
+    assert!(output.stderr.is_empty(), "{output:?}");
+    // A 127.0.0.1 mapping again turns it on again.
+    lab.nsport_ok(&["add", "--netns", &ns1, "127.0.0.1:4001:3000"]);
+    assert_eq!(localnet(), "1");
+}

@@ -61,19 +61,27 @@ pub fn list() -> Result<Vec<Mapping>, Error> {
 /// Repairs what a read found broken, without planning any other change: route_localnet
 /// left on for a table someone deleted is put back, and chains someone emptied or edited
 /// get nsport's rules again. A read-only command does this before it answers, so that what
-/// it reports is what protects the host.
+/// it reports is what protects the host. It reads every mapping, so it also sets right
+/// what a killed command left between its commit and its settings: route_localnet off
+/// where a mapping needs it, or on (and recorded) where none does any more.
 fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
     let still_needed = |snapshot: &Snapshot| {
         let mappings: Vec<Mapping> = snapshot.mappings.iter().map(|(m, _)| m.clone()).collect();
         StillNeeded::of_mappings(&mappings)
     };
-    let localnet_off = || {
-        still_needed(first_look)
-            .loopback_vias
+    // Without the lock, a hint only: route_localnet off where a mapping goes through, or
+    // on where none does (which nsport may have turned on; the record, read under the
+    // lock, says whether).
+    let localnet_astray = || {
+        let needed = still_needed(first_look).loopback_vias;
+        let off = needed
             .iter()
-            .any(|via| Sysctl::route_localnet(via).read().is_ok_and(|v| v != "1"))
+            .any(|via| Sysctl::route_localnet(via).read().is_ok_and(|v| v != "1"));
+        off || Sysctl::route_localnet_on()
+            .iter()
+            .any(|iface| !needed.contains(iface.as_str()))
     };
-    if first_look.exists && first_look.damaged.is_empty() && !localnet_off() {
+    if first_look.exists && first_look.damaged.is_empty() && !localnet_astray() {
         return Ok(());
     }
     // A table of another layout is not this nsport's to repair: an older one is migrated
@@ -105,8 +113,9 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
         return Ok(());
     }
     if snapshot.damaged.is_empty() {
-        // Intact: only settings an interrupted nsport left off to turn on.
-        settings.turn_on_missing(&still_needed(&snapshot), &[])?;
+        // Intact: only settings an interrupted nsport left off to turn on, or on to put
+        // back.
+        set_right(&mut settings, &still_needed(&snapshot))?;
         return Ok(());
     }
     let declarations = table::Declarations::new();
@@ -116,15 +125,28 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
         snapshot.damaged.join(", chain ")
     );
     match kernel.commit(&changes, Some(snapshot.genid)) {
-        Ok(()) => {
-            settings.turn_on_missing(&still_needed(&snapshot), &[])?;
-            Ok(())
-        }
+        Ok(()) => set_right(&mut settings, &still_needed(&snapshot)),
         // Someone outside nsport changed the ruleset since the read: the next command
         // repairs from a fresh read.
         Err(NetlinkError::Stale) => Ok(()),
         Err(error) => Err(kernel_error(error)),
     }
+}
+
+/// Turns on what the mappings need and an interrupted nsport left off, and puts back
+/// what it left on that none needs any more (route_localnet, hairpin mode; forwarding
+/// goes back with a change, in the batch that reopens its family).
+fn set_right(settings: &mut Settings<'_>, needed: &StillNeeded) -> Result<(), Error> {
+    settings.turn_on_missing(needed, &[])?;
+    let put_back = settings.put_back_unneeded_on_interfaces(needed)?;
+    if !put_back.is_empty() {
+        log::warn!(
+            "put back {}, which an earlier nsport was interrupted before putting back and no \
+             mapping needs any more",
+            put_back.join(", ")
+        );
+    }
+    Ok(())
 }
 
 /// Every mapping with its packet and byte counters, repairing what protects them first.

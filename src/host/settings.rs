@@ -247,9 +247,8 @@ impl<'a> Settings<'a> {
         Ok(true)
     }
 
-    /// Puts back what no remaining mapping needs any more: route_localnet on interfaces no
-    /// remaining loopback mapping goes through, hairpin mode of ports none of whose targets
-    /// is published.
+    /// Puts back what no remaining mapping needs any more: forwarding of a family none
+    /// needs, and what `put_back_unneeded_on_interfaces` puts back.
     /// Returns the families whose forwarding it put back.
     pub fn put_back_unneeded(&mut self, needed: &StillNeeded) -> Result<Vec<bool>, Error> {
         let mut families = Vec::new();
@@ -259,6 +258,20 @@ impl<'a> Settings<'a> {
                 families.push(ipv6);
             }
         }
+        if self.put_back_unneeded_on_interfaces(needed)?.is_empty() && !families.is_empty() {
+            self.save()?;
+        }
+        Ok(families)
+    }
+
+    /// Puts back route_localnet on interfaces no remaining loopback mapping goes through,
+    /// and hairpin mode of ports none of whose targets is published; forwarding stays as
+    /// it is (it goes back with its family's `closed` element, which takes a batch).
+    /// What it put back (and then saved), by name.
+    pub fn put_back_unneeded_on_interfaces(
+        &mut self,
+        needed: &StillNeeded,
+    ) -> Result<Vec<String>, Error> {
         let unneeded_localnet: Vec<(String, String)> = self
             .originals
             .route_localnet
@@ -273,22 +286,21 @@ impl<'a> Settings<'a> {
             .filter(|(_, change)| !change.needed_by(&needed.targets))
             .map(|(port, change)| (port.clone(), change.was_on))
             .collect();
-        if unneeded_localnet.is_empty() && unneeded_hairpin.is_empty() {
-            if !families.is_empty() {
-                self.save()?;
-            }
-            return Ok(families);
-        }
+        let mut put_back = Vec::new();
         for (iface, was) in &unneeded_localnet {
             restore_route_localnet(iface, was)?;
             self.originals.route_localnet.remove(iface);
+            put_back.push(Sysctl::route_localnet(iface).name());
         }
         for (port, was_on) in &unneeded_hairpin {
             restore_hairpin(port, *was_on)?;
             self.originals.hairpin.remove(port);
+            put_back.push(format!("hairpin mode of bridge port {port}"));
         }
-        self.save()?;
-        Ok(families)
+        if !put_back.is_empty() {
+            self.save()?;
+        }
+        Ok(put_back)
     }
 
     /// Puts one family's forwarding back when nsport turned it on (and, for IPv6, the

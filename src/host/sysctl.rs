@@ -30,6 +30,20 @@ impl Sysctl {
         )))
     }
 
+    /// The interfaces (and `all`, `default`) whose route_localnet is 1, sorted.
+    pub fn route_localnet_on() -> Vec<String> {
+        let Ok(dir) = fs::read_dir("/proc/sys/net/ipv4/conf") else {
+            return Vec::new();
+        };
+        let mut on: Vec<String> = dir
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|iface| Sysctl::route_localnet(iface).read().is_ok_and(|v| v == "1"))
+            .collect();
+        on.sort();
+        on
+    }
+
     /// `net.ipv6.conf.IFACE.accept_ra`: 2 keeps accepting router advertisements once
     /// IPv6 forwarding is on (1 stops).
     pub fn accept_ra(iface: &str) -> Sysctl {
