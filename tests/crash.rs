@@ -309,3 +309,41 @@ fn route_localnet_left_on_by_a_killed_removal_is_put_back_by_ls() {
     lab.nsport_ok(&["add", "--netns", &ns1, "127.0.0.1:4001:3000"]);
     assert_eq!(localnet(), "1");
 }
+
+/// `ls` takes the writer lock for the settings nsport recorded only: a route_localnet an
+/// administrator set (kube-proxy sets `all`) neither queues it behind a writer holding
+/// the lock nor is put back.
+#[test]
+fn an_administrators_route_localnet_takes_no_lock_and_stays() {
+    let lab = Lab::new(BrNetfilter::Off);
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns1"), "192.0.2.1:4002:3000"]);
+    lab.write_sysctl("host", "net/ipv4/conf/all/route_localnet", "1");
+    let lock = record_files(&lab.state_dir())
+        .into_iter()
+        .find(|path| path.extension().is_some_and(|e| e == "lock"))
+        .expect("the writer lock's file");
+    // Another nsport holds the lock far longer than `ls` is given.
+    let mut holder = std::process::Command::new("flock")
+        .arg(&lock)
+        .args(["sleep", "60"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let state = format!("NSPORT_STATE_DIR={}", lab.state_dir().display());
+    let output = std::process::Command::new("timeout")
+        .args(["10", "ip", "netns", "exec", &lab.ns("host"), "env", &state])
+        .args([env!("CARGO_BIN_EXE_nsport"), "ls"])
+        .output()
+        .unwrap();
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    assert!(
+        output.status.success(),
+        "ls waited for the lock: {output:?}"
+    );
+    assert!(output.stderr.is_empty(), "{output:?}");
+    assert_eq!(
+        lab.read_sysctl("host", "net/ipv4/conf/all/route_localnet"),
+        "1"
+    );
+}

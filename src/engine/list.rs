@@ -70,18 +70,22 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
         StillNeeded::of_mappings(&mappings)
     };
     // Without the lock, a hint only: route_localnet off where a mapping goes through, or
-    // on where none does (which nsport may have turned on; the record, read under the
-    // lock, says whether).
-    let localnet_astray = || {
-        let needed = still_needed(first_look).loopback_vias;
-        let off = needed
-            .iter()
+    // a setting the record says nsport turned on that no mapping needs any more. Only the
+    // record's own settings count: one an administrator set (kube-proxy sets `all`) takes
+    // no lock, and a record that cannot be read is left to a change to report.
+    let settings_astray = || {
+        let needed = still_needed(first_look);
+        let off = (needed.loopback_vias.iter())
             .any(|via| Sysctl::route_localnet(via).read().is_ok_and(|v| v != "1"));
-        off || Sysctl::route_localnet_on()
-            .iter()
-            .any(|iface| !needed.contains(iface.as_str()))
+        off || state::peek().is_some_and(|record| {
+            let localnet = record.route_localnet.keys().any(|iface| {
+                !needed.loopback_vias.contains(iface.as_str())
+                    && Sysctl::route_localnet(iface).read().is_ok_and(|v| v == "1")
+            });
+            localnet || (record.hairpin.values()).any(|change| !change.needed_by(&needed.targets))
+        })
     };
-    if first_look.exists && first_look.damaged.is_empty() && !localnet_astray() {
+    if first_look.exists && first_look.damaged.is_empty() && !settings_astray() {
         return Ok(());
     }
     // A table of another layout is not this nsport's to repair: an older one is migrated
@@ -134,10 +138,15 @@ fn repair_found(first_look: &Snapshot) -> Result<(), Error> {
 }
 
 /// Turns on what the mappings need and an interrupted nsport left off, and puts back
-/// what it left on that none needs any more (route_localnet, hairpin mode; forwarding
-/// goes back with a change, in the batch that reopens its family).
+/// what it recorded and left on that none needs any more (route_localnet, hairpin mode;
+/// forwarding goes back with a change, in the batch that reopens its family).
 fn set_right(settings: &mut Settings<'_>, needed: &StillNeeded) -> Result<(), Error> {
     settings.turn_on_missing(needed, &[])?;
+    // A read-only command acts on what nsport recorded, not on the assumption made for a
+    // record it could not read: that one is a change's to act on.
+    if settings.assumed {
+        return Ok(());
+    }
     let put_back = settings.put_back_unneeded_on_interfaces(needed)?;
     if !put_back.is_empty() {
         log::warn!(

@@ -60,6 +60,8 @@ impl StillNeeded {
 pub struct Settings<'a> {
     lock: &'a WriterLock,
     pub originals: Originals,
+    /// The record was unreadable, and `originals` is the safe assumption made for it.
+    pub assumed: bool,
 }
 
 impl<'a> Settings<'a> {
@@ -99,12 +101,20 @@ impl<'a> Settings<'a> {
                         ifaces.join(", ")
                     }
                 );
-                let mut settings = Settings { lock, originals };
+                let mut settings = Settings {
+                    lock,
+                    originals,
+                    assumed: true,
+                };
                 settings.save()?;
                 return Ok(settings);
             }
         };
-        Ok(Settings { lock, originals })
+        Ok(Settings {
+            lock,
+            originals,
+            assumed: false,
+        })
     }
 
     /// Writes the record as it is now.

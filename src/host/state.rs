@@ -112,6 +112,15 @@ pub fn dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DIR))
 }
 
+/// This namespace's record as it is now, read without the lock: a hint for a read-only
+/// command, which takes the lock and reads it again before it acts. `None` when there is
+/// none, or it cannot be read or parsed (a corrupt record is left to a change to report).
+pub fn peek() -> Option<Originals> {
+    let cookie = crate::netlink::netns_cookie().ok()?;
+    let text = fs::read(dir().join(format!("netns-{cookie}.json"))).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
 /// The writer lock of this network namespace, held until dropped.
 pub struct WriterLock {
     _file: Flock<File>,
