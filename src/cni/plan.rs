@@ -121,9 +121,9 @@ pub(super) fn wanted(
     Ok(mappings)
 }
 
-/// Who holds a mapping, for error messages.
+/// Who holds a mapping, for error messages: its target with every port of a range.
 fn holder(mapping: &Mapping) -> String {
-    let to = with_port(mapping.to_addr, mapping.to_port);
+    let to = with_port(mapping.to_addr, mapping.to_ports_text());
     match (&mapping.container, &mapping.network) {
         (Some(id), Some(network)) => format!(
             "{to} of container {id}/{} on network {network}",
@@ -414,6 +414,26 @@ mod tests {
         let after = del(&desired, &old);
         assert!(after.contains(&mapping(8080, "10.22.0.3", Some(new))));
         assert!(!after.iter().any(|m| m.host_port == 8081));
+    }
+
+    #[test]
+    fn a_range_holder_is_named_with_its_ports() {
+        let range = Mapping {
+            host_port_end: Some(8009),
+            to_port: 8000,
+            netns: Some("ns2".into()),
+            ..mapping(8000, "172.18.0.3", None)
+        };
+        assert_eq!(
+            holder(&range),
+            "172.18.0.3:8000-8009 (nsport add, netns ns2)"
+        );
+        let single = mapping(8080, "172.18.0.3", None);
+        assert!(
+            holder(&single).starts_with("172.18.0.3:80 "),
+            "{}",
+            holder(&single)
+        );
     }
 
     #[test]
