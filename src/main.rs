@@ -50,6 +50,9 @@ fn cni_main(command: &str) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // The main thread never changes network namespace: nsport enters others on threads of
+    // their own.
+    nsport::netlink::pin_thread_namespace();
     if let Ok(command) = std::env::var("CNI_COMMAND") {
         log::set_max_level(log::LevelFilter::Warn);
         let _ = log::set_logger(&StderrLogger);

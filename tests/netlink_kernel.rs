@@ -444,3 +444,24 @@ fn a_thread_that_changes_namespace_is_answered_by_the_new_one() {
         drop(listener);
     });
 }
+
+/// A thread pinned to its namespace (as nsport's main thread is) looks it up once and is
+/// answered by it; one that moves after all is caught in debug builds, which the tests use,
+/// rather than answered by the namespace its sockets were opened in.
+#[test]
+fn a_pinned_thread_that_moves_is_caught() {
+    in_fresh_netns(|| {
+        nsport::netlink::pin_thread_namespace();
+        commit_table(&[], &[], &[]);
+        assert!(table_exists().unwrap());
+        nsport::netlink::rtnetlink::links().unwrap();
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare again");
+        let moved = std::panic::catch_unwind(|| table_exists().unwrap_or(false));
+        let message = moved.expect_err("a pinned thread moved unnoticed");
+        let message = message
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .unwrap_or_default();
+        assert!(message.contains("moved to another"), "{message}");
+    });
+}

@@ -17,6 +17,8 @@ pub mod rtnetlink;
 pub mod sock_diag;
 mod socket;
 
+pub use socket::pin_thread_namespace;
+
 /// A netlink exchange that failed, by the stage at which it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
