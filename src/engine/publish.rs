@@ -30,6 +30,14 @@ pub fn publish(
     options: &PublishOptions,
     specs: &[PublishSpec],
 ) -> Result<Vec<Mapping>, Error> {
+    crate::netlink::pinned_for(|| publish_pinned(target, options, specs))
+}
+
+fn publish_pinned(
+    target: &Target,
+    options: &PublishOptions,
+    specs: &[PublishSpec],
+) -> Result<Vec<Mapping>, Error> {
     let (resolved, mappings) = prepare_publish(target, options, specs)?;
     let ports: HashMap<IpAddr, Option<rtnetlink::Link>> = resolved
         .into_iter()

@@ -31,6 +31,10 @@ pub fn unpublish(specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
 /// The same for host ports published on interface `on` (`add --on`), or on every
 /// interface when `None`.
 pub fn unpublish_on(on: Option<&str>, specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
+    crate::netlink::pinned_for(|| unpublish_pinned(on, specs, dry_run))
+}
+
+fn unpublish_pinned(on: Option<&str>, specs: &[HostSpec], dry_run: bool) -> Result<Plan, Error> {
     if let Some(name) = on {
         super::resolve::check_ifname(name)?;
     }

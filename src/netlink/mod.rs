@@ -17,7 +17,7 @@ pub mod rtnetlink;
 pub mod sock_diag;
 mod socket;
 
-pub use socket::pin_thread_namespace;
+pub use socket::{pin_thread_namespace, pinned_for};
 
 /// A netlink exchange that failed, by the stage at which it failed.
 #[derive(Debug, thiserror::Error)]

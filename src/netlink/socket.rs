@@ -152,6 +152,32 @@ pub fn pin_thread_namespace() {
     });
 }
 
+/// Runs `call` with the calling thread pinned to its network namespace for its length, as
+/// `pin_thread_namespace` pins it for good: a library call never moves its caller's thread
+/// (nsport enters other namespaces on threads of its own), so a publish looks the
+/// namespace up once rather than before each of its requests. The thread is as it was
+/// afterwards, and after a panic too.
+pub fn pinned_for<T>(call: impl FnOnce() -> T) -> T {
+    /// Unpins a thread the call pinned, when the call ends.
+    struct Unpin(bool);
+    impl Drop for Unpin {
+        fn drop(&mut self) {
+            if self.0 {
+                PIN.with(|pin| pin.set(NamespacePin::Unpinned));
+            }
+        }
+    }
+    let pinned_here = PIN.with(|pin| match pin.get() {
+        NamespacePin::Unpinned => {
+            pin.set(NamespacePin::Promised);
+            true
+        }
+        _ => false,
+    });
+    let _unpin = Unpin(pinned_here);
+    call()
+}
+
 /// The inode of the calling thread's network namespace.
 pub(super) fn current_netns() -> Result<u64, NetlinkError> {
     match PIN.with(std::cell::Cell::get) {
@@ -472,5 +498,36 @@ impl AlignedBuffer {
     pub(super) fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above, and the borrow is unique.
         unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 8) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pinned() -> bool {
+        !matches!(PIN.with(std::cell::Cell::get), NamespacePin::Unpinned)
+    }
+
+    /// A library call pins its thread for its length only, and leaves a thread pinned for
+    /// good as it was; a panic in the call unpins too.
+    #[test]
+    fn a_call_pins_its_thread_for_its_length() {
+        std::thread::spawn(|| {
+            assert!(!pinned());
+            assert!(pinned_for(pinned));
+            assert!(!pinned(), "a library call left its caller's thread pinned");
+            let panicked = std::panic::catch_unwind(|| pinned_for(|| panic!("in the call")));
+            assert!(panicked.is_err());
+            assert!(
+                !pinned(),
+                "a panicking call left its caller's thread pinned"
+            );
+            pin_thread_namespace();
+            pinned_for(|| ());
+            assert!(pinned(), "a call unpinned a thread pinned for good");
+        })
+        .join()
+        .unwrap();
     }
 }
