@@ -445,6 +445,24 @@ fn a_thread_that_changes_namespace_is_answered_by_the_new_one() {
     });
 }
 
+/// A library call pins its thread for its length only: a thread that moves between two
+/// calls is answered by its new namespace in the second.
+#[test]
+fn a_thread_that_moves_between_library_calls_is_answered_by_the_new_namespace() {
+    in_fresh_netns(|| {
+        nsport::netlink::pinned_for(|| {
+            commit_table(&[], &[], &[]);
+            assert!(table_exists().unwrap());
+        });
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare again");
+        let seen = std::panic::catch_unwind(|| nsport::netlink::pinned_for(table_exists));
+        assert!(
+            matches!(seen, Ok(Ok(false))),
+            "the second call was answered by the namespace left behind, or not at all"
+        );
+    });
+}
+
 /// A thread pinned to its namespace (as nsport's main thread is) looks it up once and is
 /// answered by it; one that moves after all is caught in debug builds, which the tests use,
 /// rather than answered by the namespace its sockets were opened in.
