@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::commands::{NSPORT, ROUNDS, per_port, run};
+use crate::commands::{NSPORT, ROUNDS, forget_tracked_flows, per_port, run};
 use crate::lab::{BrNetfilter, Lab};
 use crate::measure::{Row, median, ms, ratio, us};
 
@@ -92,27 +92,4 @@ pub fn library(rows: &mut Vec<Row>) {
         target: "(shown: the kernel's wait)".into(),
         met: true,
     });
-}
-
-/// Forgets the flows the calling thread's namespace tracks, once the lab's interfaces are
-/// quiet. A removal forgets the flows of what it removed, and when the namespace tracks any
-/// flow at all that means walking every bucket of the host's conntrack table (262,144
-/// here): 10 ms, after which the next publish runs with cold caches (0.29–0.34 ms against
-/// 0.13–0.18 ms, measured). The removal that resets each round is not what these rows
-/// measure. The lab's interfaces announce their multicast groups (IGMP reports, which
-/// conntrack keeps 10 minutes) for a few seconds after they come up.
-fn forget_tracked_flows() {
-    let tracked = || {
-        std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
-            .map(|count| count.trim() != "0")
-            .unwrap_or(false)
-    };
-    for _ in 0..10 {
-        nsport::netlink::conntrack::delete_flows(|_| true).unwrap();
-        std::thread::sleep(Duration::from_millis(1500));
-        if !tracked() {
-            return;
-        }
-    }
-    eprintln!("bench: the lab's host namespace still tracks flows; the library rows walk them");
 }
