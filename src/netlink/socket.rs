@@ -132,6 +132,8 @@ enum NamespacePin {
 thread_local! {
     static PIN: std::cell::Cell<NamespacePin> =
         const { std::cell::Cell::new(NamespacePin::Unpinned) };
+    /// Whether the thread was pinned for good, which no call's end undoes.
+    static PINNED_FOR_GOOD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Says that the calling thread stays in its network namespace for the rest of its life,
@@ -143,8 +145,12 @@ thread_local! {
 /// never calls setns, as nsport's own main thread (it enters other namespaces only on
 /// threads of their own, `netns::Namespace::run`), pins it once; the namespace is then
 /// looked up at the thread's first request only, and never by a command that sends none.
-/// Debug builds check the promise on every request.
+///
+/// The promise is the caller's to keep: a pinned thread that moves anyway is answered, in a
+/// release build, by the namespace it was pinned in, whose table it would then change.
+/// Debug builds check the promise on every request and panic when it is broken.
 pub fn pin_thread_namespace() {
+    PINNED_FOR_GOOD.with(|for_good| for_good.set(true));
     PIN.with(|pin| {
         if let NamespacePin::Unpinned = pin.get() {
             pin.set(NamespacePin::Promised);
@@ -155,14 +161,15 @@ pub fn pin_thread_namespace() {
 /// Runs `call` with the calling thread pinned to its network namespace for its length, as
 /// `pin_thread_namespace` pins it for good: a library call never moves its caller's thread
 /// (nsport enters other namespaces on threads of its own), so a publish looks the
-/// namespace up once rather than before each of its requests. The thread is as it was
-/// afterwards, and after a panic too.
+/// namespace up once rather than before each of its requests. Afterwards, and after a
+/// panic too, the thread is unpinned again unless it was, or was meanwhile, pinned for
+/// good. `call` must not move the thread (see `pin_thread_namespace`).
 pub fn pinned_for<T>(call: impl FnOnce() -> T) -> T {
     /// Unpins a thread the call pinned, when the call ends.
     struct Unpin(bool);
     impl Drop for Unpin {
         fn drop(&mut self) {
-            if self.0 {
+            if self.0 && !PINNED_FOR_GOOD.with(std::cell::Cell::get) {
                 PIN.with(|pin| pin.set(NamespacePin::Unpinned));
             }
         }
@@ -510,7 +517,7 @@ mod tests {
     }
 
     /// A library call pins its thread for its length only, and leaves a thread pinned for
-    /// good as it was; a panic in the call unpins too.
+    /// good (before or during the call) pinned; a panic in the call unpins too.
     #[test]
     fn a_call_pins_its_thread_for_its_length() {
         std::thread::spawn(|| {
@@ -523,7 +530,8 @@ mod tests {
                 !pinned(),
                 "a panicking call left its caller's thread pinned"
             );
-            pin_thread_namespace();
+            pinned_for(pin_thread_namespace);
+            assert!(pinned(), "a call undid a pin for good made during it");
             pinned_for(|| ());
             assert!(pinned(), "a call unpinned a thread pinned for good");
         })
