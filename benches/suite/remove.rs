@@ -56,8 +56,8 @@ pub fn scale(rows: &mut Vec<Row>) {
     let tracked = lab.run_in("host", || {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_server, _) = listener.accept().unwrap();
-        let count = std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count");
-        assert_ne!(count.unwrap().trim(), "0", "the connection is not tracked");
+        let tracked = nsport::netlink::conntrack::tracked_in_this_namespace();
+        assert!(tracked.unwrap() > 0, "the connection is not tracked");
         let mut samples = Vec::new();
         for _ in 0..ROUNDS {
             run(&lab, NSPORT, &["add", "--to", "10.77.0.2", "5"]);

@@ -117,8 +117,14 @@ pub fn dir() -> PathBuf {
 /// none, or it cannot be read or parsed (a corrupt record is left to a change to report).
 pub fn peek() -> Option<Originals> {
     let cookie = crate::netlink::netns_cookie().ok()?;
-    let text = fs::read(dir().join(format!("netns-{cookie}.json"))).ok()?;
+    let text = fs::read(file_of(&dir(), cookie, "json")).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+/// One of the files a namespace's cookie names in the state directory: its lock, its
+/// record, its inode.
+fn file_of(dir: &Path, cookie: u64, suffix: &str) -> PathBuf {
+    dir.join(format!("netns-{cookie}.{suffix}"))
 }
 
 /// The writer lock of this network namespace, held until dropped.
@@ -148,8 +154,8 @@ impl WriterLock {
     pub fn take() -> io::Result<WriterLock> {
         let dir = dir();
         let cookie = crate::netlink::netns_cookie()?;
-        let lock_path = dir.join(format!("netns-{cookie}.lock"));
-        let record_path = dir.join(format!("netns-{cookie}.json"));
+        let lock_path = file_of(&dir, cookie, "lock");
+        let record_path = file_of(&dir, cookie, "json");
         let open = || {
             OpenOptions::new()
                 .read(true)
@@ -313,7 +319,7 @@ pub fn remove_records_of_gone_namespaces(alive: &dyn Fn(u64) -> bool) -> io::Res
             continue;
         }
         for suffix in ["json", "json.next", "lock", "inode", "json.corrupt"] {
-            let _ = fs::remove_file(dir().join(format!("netns-{cookie}.{suffix}")));
+            let _ = fs::remove_file(file_of(&dir(), cookie, suffix));
         }
         removed += 1;
     }
@@ -337,7 +343,7 @@ fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 /// lock's, read once per command.
 pub fn note_namespace_inode(lock: &WriterLock) -> io::Result<()> {
     let cookie = lock.cookie;
-    let path = dir().join(format!("netns-{cookie}.inode"));
+    let path = file_of(&dir(), cookie, "inode");
     if path.exists() {
         return Ok(());
     }

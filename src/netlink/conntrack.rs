@@ -173,9 +173,9 @@ pub fn delete_flows(matches: impl Fn(&Flow) -> bool) -> Result<usize, NetlinkErr
     })
 }
 
-/// How many connections this network namespace tracks (`nf_conntrack_count` is kept per
-/// namespace); `None` when that cannot be read.
-fn tracked_in_this_namespace() -> Option<u64> {
+/// How many connections the calling thread's network namespace tracks
+/// (`nf_conntrack_count` is kept per namespace); `None` when that cannot be read.
+pub fn tracked_in_this_namespace() -> Option<u64> {
     std::fs::read_to_string("/proc/sys/net/netfilter/nf_conntrack_count")
         .ok()?
         .trim()
