@@ -24,7 +24,10 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Each subcommand's arguments are built only when it is the one parsed: building them all
+// took `--version`, `rm` and `ls` about 0.14 ms and 16 pages of heap before doing anything.
 #[derive(Subcommand, Debug)]
+#[command(defer = true)]
 pub enum Command {
     /// Publish ports: [HOST_ADDR:][HOST_PORT[-END]]:NS_PORT[-END][/PROTO]
     Add(AddArgs),
@@ -272,6 +275,14 @@ fn set_once<T>(slot: &mut Option<T>, value: T) -> Option<()> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// clap checks a command's definitions when it builds it, and each subcommand is built
+    /// only when parsed: this builds them all, so a mistake in any fails here.
+    #[test]
+    fn every_command_definition_holds() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     fn words(line: &[&str]) -> Vec<OsString> {
         line.iter().map(OsString::from).collect()

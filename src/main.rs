@@ -312,7 +312,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print(manual::completions(shell, &mut Cli::command()))?;
         }
         Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
-        Command::Man => print(manual::page(&Cli::command()))?,
+        Command::Man => {
+            // The subcommands' arguments are deferred until built (see cli::Command).
+            let mut command = Cli::command();
+            command.build();
+            print(manual::page(&command))?
+        }
         Command::Complete { kind } => print(manual::candidates(kind))?,
     }
     Ok(())

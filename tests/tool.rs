@@ -382,6 +382,15 @@ fn completions_and_manual_page() {
             "{command} missing"
         );
     }
+    // Each command's options, which clap builds only for the command parsed: the page
+    // builds them all first.
+    for option in [
+        "\\fB\\-\\-allow\\-from CIDR\\fR",
+        "\\fB\\-\\-skip\\-missing\\fR",
+        "\\fB\\-\\-json\\fR",
+    ] {
+        assert!(page.contains(option), "{option} missing");
+    }
     assert!(
         !page.contains("nsport-add(1)"),
         "no pages that do not exist"
