@@ -465,3 +465,39 @@ mod checker {
         assert!(v[0].starts_with("(f)"), "{v:?}");
     }
 }
+
+/// `rm --netns` and an `add` to the same namespace behind the bridge, started together a
+/// hundred times: whichever the writer lock lets in first, a namespace left with a mapping
+/// has its bridge port in hairpin mode, and one left without has it back off. The `add`
+/// reads the port before it waits for the lock, so it may have read the mode the `rm`
+/// is about to put back.
+#[test]
+fn an_add_racing_rm_netns_leaves_hairpin_mode_as_its_mapping_needs() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    let mut wrong = Vec::new();
+    let mut published = 0;
+    for round in 0..100 {
+        lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
+        let rm = lab.spawn_nsport(&["rm", "--netns", &ns1]);
+        let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
+        for (what, child) in [("rm", rm), ("add", add)] {
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "round {round}: {what}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        let left = lab.nsport_ok(&["ls"]).contains(":8001");
+        published += usize::from(left);
+        let mode = lab.hairpin_mode("v1");
+        let wanted = if left { "hairpin on" } else { "hairpin off" };
+        if mode != wanted {
+            wrong.push(format!("round {round}: 8001 published: {left}, {mode}"));
+        }
+        lab.nsport_ok(&["flush"]);
+    }
+    println!("8001 was left published in {published} of 100 rounds");
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}

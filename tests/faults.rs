@@ -18,20 +18,8 @@ fn kernel_state(lab: &Lab) -> String {
     ] {
         state.push_str(&format!("{key}={}\n", lab.read_sysctl("host", key)));
     }
-    state.push_str(&hairpin(lab, "v1"));
+    state.push_str(&lab.hairpin_mode("v1"));
     state
-}
-
-fn hairpin(lab: &Lab, port: &str) -> String {
-    let ns = lab.ns("host");
-    let output = sh(&["ip", "-n", &ns, "-d", "link", "show", port]);
-    let text = String::from_utf8(output.stdout).unwrap();
-    let at = text.find("hairpin ").expect("a bridge port");
-    text[at..]
-        .split_whitespace()
-        .take(2)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 #[test]
@@ -283,11 +271,11 @@ fn cleanup_puts_back_what_nsport_changed() {
     let localnet = "net/ipv4/conf/br0/route_localnet";
     // An administrator's own route_localnet on v3 is not nsport's to undo.
     lab.write_sysctl("host", "net/ipv4/conf/v3/route_localnet", "1");
-    assert_eq!(hairpin(&lab, "v1"), "hairpin off");
+    assert_eq!(lab.hairpin_mode("v1"), "hairpin off");
     lab.nsport_ok(&["add", "--netns", &ns1, "3000", "3001"]);
     lab.nsport_ok(&["add", "--to", "10.77.0.2", "3002"]);
     assert_eq!(lab.read_sysctl("host", localnet), "1");
-    assert_eq!(hairpin(&lab, "v1"), "hairpin on");
+    assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
     lab.nsport_ok(&["rm", "3000"]);
     assert_eq!(
         lab.read_sysctl("host", localnet),
@@ -296,11 +284,11 @@ fn cleanup_puts_back_what_nsport_changed() {
     );
     lab.nsport_ok(&["rm", "3001"]);
     assert_eq!(lab.read_sysctl("host", localnet), "0");
-    assert_eq!(hairpin(&lab, "v1"), "hairpin off");
+    assert_eq!(lab.hairpin_mode("v1"), "hairpin off");
     lab.nsport_ok(&["add", "--netns", &ns1, "3000"]);
     lab.nsport_ok(&["flush"]);
     assert_eq!(lab.read_sysctl("host", localnet), "0");
-    assert_eq!(hairpin(&lab, "v1"), "hairpin off");
+    assert_eq!(lab.hairpin_mode("v1"), "hairpin off");
     assert_eq!(
         lab.read_sysctl("host", "net/ipv4/conf/v3/route_localnet"),
         "1"

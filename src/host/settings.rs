@@ -180,7 +180,7 @@ impl<'a> Settings<'a> {
             let (Some(port), Some(mapping)) = (&need.bridge_port, need.mappings.first()) else {
                 continue;
             };
-            if port.hairpin != Some(true)
+            if !hairpin_on_now(port, &self.originals)?
                 && !hairpin
                     .iter()
                     .any(|p: &&rtnetlink::Link| p.index == port.index)
@@ -475,6 +475,24 @@ pub fn forwarding_of(mappings: &[Mapping]) -> Forwarding {
         }
     }
     found
+}
+
+/// Whether bridge port `port` is in hairpin mode now. The port was read before the writer
+/// lock was taken, and a removal that held the lock meanwhile may have put the mode back
+/// off: an `add` racing `rm --netns` on the same port left its mapping without hairpin
+/// mode in about half the rounds it came second. A port read as on is read again, unless
+/// the record (read under the lock) says nsport turned it on and still keeps it for a
+/// target, which no removal can have undone without taking that entry out.
+fn hairpin_on_now(port: &rtnetlink::Link, originals: &Originals) -> Result<bool, Error> {
+    if port.hairpin != Some(true) {
+        return Ok(false);
+    }
+    if originals.hairpin.contains_key(&port.name) {
+        return Ok(true);
+    }
+    // A port gone meanwhile (its namespace deleted) has no mode left to turn on.
+    let now = rtnetlink::link_by_index(port.index).map_err(kernel)?;
+    Ok(now.is_none_or(|link| link.hairpin == Some(true)))
 }
 
 fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {

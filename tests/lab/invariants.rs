@@ -18,6 +18,8 @@
 //!     mappings that serve the host's loopback, from the host through 127.0.0.1 too;
 //! (f) no two mappings overlap (Docker's rule: the wildcard and a specific host address or
 //!     interface on one port and protocol): the tests that check invariants never force.
+//! (g) a bridge port whose namespace a mapping names (`--netns`) is in hairpin mode, and
+//!     one no mapping names is back off, as the lab made it (`check_hairpin`).
 //!
 //! The probes of (e) need a server on each mapping's target port: the tests that use
 //! this module start a TCP and a UDP server (`Lab::serve_tcp`/`serve_udp`) on every port
@@ -306,6 +308,30 @@ impl Table {
         }
         None
     }
+}
+
+/// (g) for `ports`, pairs of a bridge port of br0 and the role of the namespace behind it.
+pub fn check_hairpin(lab: &Lab, ports: &[(&str, &str)]) -> Vec<String> {
+    let table = Table::read(lab);
+    let mappings = table.as_ref().map_or(&[][..], |t| &t.mappings[..]);
+    let mut violations = Vec::new();
+    for (port, role) in ports {
+        let ns = lab.ns(role);
+        let named = mappings.iter().any(|m| {
+            m.comment
+                .split(' ')
+                .any(|field| field.strip_prefix("netns=") == Some(ns.as_str()))
+        });
+        let wanted = if named { "hairpin on" } else { "hairpin off" };
+        let mode = lab.hairpin_mode(port);
+        if mode != wanted {
+            violations.push(format!(
+                "(g) bridge port {port} of {role}: {mode}, while {} mapping names {role}",
+                if named { "a" } else { "no" }
+            ));
+        }
+    }
+    violations
 }
 
 /// route_localnet of every interface of the host namespace (with `all` and `default`).

@@ -273,6 +273,18 @@ impl Lab {
         String::from_utf8_lossy(&sh(&full).stdout).into_owned()
     }
 
+    /// The hairpin mode of bridge port `port` in the host namespace, as `ip -d link`
+    /// shows it: "hairpin on" or "hairpin off".
+    pub fn hairpin_mode(&self, port: &str) -> String {
+        let text = self.ip_output("host", &format!("-d link show {port}"));
+        let at = text.find("hairpin ").expect("a bridge port");
+        text[at..]
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
     /// Runs nsport and asserts success; returns stdout.
     pub fn nsport_ok(&self, args: &[&str]) -> String {
         let output = self.nsport(args);

@@ -45,6 +45,8 @@ pub const FINAL_PORT: u16 = 4999;
 
 /// The CLI-published namespaces; each runs a TCP server on 3000 and a UDP one on 53.
 pub const NAMESPACES: [&str; 3] = ["ns1", "ns2", "ns4"];
+/// Their ports on br0.
+pub const BRIDGE_PORTS: [(&str, &str); 3] = [("v1", "ns1"), ("v2", "ns2"), ("v4", "ns4")];
 
 /// The CNI containers (container ID, role).
 pub const CONTAINERS: [(&str, &str); 3] = [("c1", "ctr1"), ("c2", "ctr2"), ("c3", "ctr3")];
@@ -409,6 +411,7 @@ pub fn finish(soak: &SoakLab, quiescent: bool) -> Vec<String> {
         violations.extend(
             invariants::check_state(lab)
                 .into_iter()
+                .chain(invariants::check_hairpin(lab, &BRIDGE_PORTS))
                 .map(|v| format!("at quiescence: {v}")),
         );
     }
