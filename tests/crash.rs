@@ -347,3 +347,67 @@ fn an_administrators_route_localnet_takes_no_lock_and_stays() {
         "1"
     );
 }
+
+/// A removal killed between putting hairpin mode back and saving the record leaves the
+/// mode off while the record still says nsport keeps it on (an `add` killed between
+/// saving its entry and setting the mode leaves the same). An `add` that read the port as
+/// on while it waited for the writer lock must read it again, not trust the record. Made
+/// here without a kill: the test holds the lock while the `add` waits, and turns the mode
+/// off as that removal did.
+#[test]
+fn an_add_that_waited_reads_hairpin_mode_again_whatever_the_record_says() {
+    use std::os::unix::fs::MetadataExt;
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
+    assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
+    let lock = record_files(&lab.state_dir())
+        .into_iter()
+        .find(|path| path.extension().is_some_and(|e| e == "lock"))
+        .expect("the writer lock's file");
+    let inode = std::fs::metadata(&lock).unwrap().ino();
+    let waiters = || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("->") && line.contains(&format!(":{inode} ")))
+            .count()
+    };
+    // `-o`: the lock stays with flock itself, which lets go when `cat` ends with its
+    // input.
+    let mut holder = std::process::Command::new("flock")
+        .arg("-o")
+        .arg(&lock)
+        .arg("cat")
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The holder first, then the add queued behind it: it has read the port by then.
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string("/proc/locks")
+        .unwrap()
+        .contains(&format!(":{inode} "))
+    {
+        assert!(
+            started.elapsed().as_secs() < 30,
+            "flock never took the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
+    while waiters() == 0 {
+        assert!(started.elapsed().as_secs() < 30, "the add never waited");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    lab.ip("host", "link set v1 type bridge_slave hairpin off");
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let output = add.wait_with_output().unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        lab.hairpin_mode("v1"),
+        "hairpin on",
+        "8001 published: {}",
+        lab.nsport_ok(&["ls"])
+    );
+}

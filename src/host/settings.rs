@@ -180,7 +180,7 @@ impl<'a> Settings<'a> {
             let (Some(port), Some(mapping)) = (&need.bridge_port, need.mappings.first()) else {
                 continue;
             };
-            if !hairpin_on_now(port, &self.originals)?
+            if !hairpin_on_now(port)?
                 && !hairpin
                     .iter()
                     .any(|p: &&rtnetlink::Link| p.index == port.index)
@@ -480,15 +480,13 @@ pub fn forwarding_of(mappings: &[Mapping]) -> Forwarding {
 /// Whether bridge port `port` is in hairpin mode now. The port was read before the writer
 /// lock was taken, and a removal that held the lock meanwhile may have put the mode back
 /// off: an `add` racing `rm --netns` on the same port left its mapping without hairpin
-/// mode in about half the rounds it came second. A port read as on is read again, unless
-/// the record (read under the lock) says nsport turned it on and still keeps it for a
-/// target, which no removal can have undone without taking that entry out.
-fn hairpin_on_now(port: &rtnetlink::Link, originals: &Originals) -> Result<bool, Error> {
+/// mode in about half the rounds it came second. So a port read as on is read again. The
+/// record cannot stand in for that read: a removal killed between putting the mode back
+/// and saving the record, or an `add` killed between saving its entry and setting the
+/// mode, leaves an entry that says nsport keeps the mode on while it is off.
+fn hairpin_on_now(port: &rtnetlink::Link) -> Result<bool, Error> {
     if port.hairpin != Some(true) {
         return Ok(false);
-    }
-    if originals.hairpin.contains_key(&port.name) {
-        return Ok(true);
     }
     // A port gone meanwhile (its namespace deleted) has no mode left to turn on.
     let now = rtnetlink::link_by_index(port.index).map_err(kernel)?;
