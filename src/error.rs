@@ -99,6 +99,12 @@ pub enum Error {
         "the nftables ruleset kept changing while nsport planned its change ({tries} tries); nothing was changed, try again"
     )]
     Busy { tries: u32 },
+    #[error("cannot set hairpin mode of bridge port {port}")]
+    Hairpin {
+        port: String,
+        #[source]
+        error: NetlinkError,
+    },
     #[error("cannot write {name}")]
     Sysctl {
         name: String,
@@ -113,10 +119,10 @@ pub enum Error {
     },
     /// The table was changed, a later step failed, and the change was taken back: the
     /// kernel holds what it held before the command.
-    #[error("nothing was changed: {0}")]
+    #[error("nothing was changed: {}", with_causes(.0))]
     RolledBack(Box<Error>),
     /// The table was changed and a later step failed; taking the change back failed too.
-    #[error("the table was changed, but {0}")]
+    #[error("the table was changed, but {}", with_causes(.0))]
     Unfinished(Box<Error>),
     /// The table was written by a newer nsport, in a layout this one does not know.
     #[error(
@@ -171,6 +177,20 @@ impl Error {
 }
 
 /// Turns EPERM from the kernel into the message a user can act on.
+/// An error and every cause after it, joined as `{:#}` joins an anyhow chain: a change
+/// taken back says what failed, not only at which step ("cannot set hairpin mode of
+/// bridge port v1: the kernel refused the change: No such device").
+fn with_causes(error: &Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
+}
+
 pub(crate) fn kernel(error: NetlinkError) -> Error {
     match error.errno() {
         Some(errno @ (libc::EPERM | libc::EACCES)) => {

@@ -356,52 +356,15 @@ fn an_administrators_route_localnet_takes_no_lock_and_stays() {
 /// off as that removal did.
 #[test]
 fn an_add_that_waited_reads_hairpin_mode_again_whatever_the_record_says() {
-    use std::os::unix::fs::MetadataExt;
     let lab = Lab::new(BrNetfilter::On);
     let ns1 = lab.ns("ns1");
     lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
-    let lock = record_files(&lab.state_dir())
-        .into_iter()
-        .find(|path| path.extension().is_some_and(|e| e == "lock"))
-        .expect("the writer lock's file");
-    let inode = std::fs::metadata(&lock).unwrap().ino();
-    let waiters = || {
-        std::fs::read_to_string("/proc/locks")
-            .unwrap()
-            .lines()
-            .filter(|line| line.contains("->") && line.contains(&format!(":{inode} ")))
-            .count()
-    };
-    // `-o`: the lock stays with flock itself, which lets go when `cat` ends with its
-    // input.
-    let mut holder = std::process::Command::new("flock")
-        .arg("-o")
-        .arg(&lock)
-        .arg("cat")
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The holder first, then the add queued behind it: it has read the port by then.
-    let started = std::time::Instant::now();
-    while !std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .contains(&format!(":{inode} "))
-    {
-        assert!(
-            started.elapsed().as_secs() < 30,
-            "flock never took the lock"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let holder = lab.hold_writer_lock();
     let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
-    while waiters() == 0 {
-        assert!(started.elapsed().as_secs() < 30, "the add never waited");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    holder.wait_for_a_waiter();
     lab.ip("host", "link set v1 type bridge_slave hairpin off");
-    drop(holder.stdin.take());
-    holder.wait().unwrap();
+    drop(holder);
     let output = add.wait_with_output().unwrap();
     assert!(output.status.success(), "{output:?}");
     assert_eq!(

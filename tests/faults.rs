@@ -436,3 +436,32 @@ fn a_first_publish_of_ten_thousand_ports_lands_whole() {
         "{stderr}"
     );
 }
+
+/// The target's bridge port goes away while an `add` waits for the writer lock (its veth
+/// deleted, as a namespace's deletion does a moment later): the add fails at setting
+/// hairpin mode, takes its mapping out again, and its one line says what failed, on
+/// which port, and why.
+#[test]
+fn a_bridge_port_gone_while_an_add_waits_is_named_and_nothing_changes() {
+    let lab = Lab::new(BrNetfilter::On);
+    let ns1 = lab.ns("ns1");
+    lab.nsport_ok(&["add", "--netns", &lab.ns("ns2"), "8000"]);
+    let before = lab.ruleset();
+    let holder = lab.hold_writer_lock();
+    let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
+    holder.wait_for_a_waiter();
+    lab.ip("host", "link del v1");
+    drop(holder);
+    let output = add.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    println!("{stderr}");
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "nsport: nothing was changed: cannot set hairpin mode of bridge port v1: "
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    assert_eq!(lab.ruleset(), before);
+}

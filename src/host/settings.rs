@@ -22,6 +22,13 @@ fn sysctl_error(sysctl: &Sysctl) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+fn hairpin_error(port: &str) -> impl FnOnce(crate::netlink::NetlinkError) -> Error + '_ {
+    move |error| Error::Hairpin {
+        port: port.to_string(),
+        error,
+    }
+}
+
 /// What one target of a change needs: the interface toward it, its bridge port (when it
 /// sits behind a bridge), and its mappings.
 pub struct TargetNeeds<'a> {
@@ -211,7 +218,7 @@ impl<'a> Settings<'a> {
         }
         for port in hairpin {
             log::info!("hairpin on for bridge port {}", port.name);
-            rtnetlink::set_hairpin(port.index, true).map_err(kernel)?;
+            rtnetlink::set_hairpin(port.index, true).map_err(hairpin_error(&port.name))?;
         }
         Ok(localnet_on)
     }
@@ -500,7 +507,7 @@ fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {
                 "hairpin {} for bridge port {port}",
                 if was_on { "on" } else { "off" }
             );
-            rtnetlink::set_hairpin(link.index, was_on).map_err(kernel)
+            rtnetlink::set_hairpin(link.index, was_on).map_err(hairpin_error(port))
         }
         _ => Ok(()),
     }

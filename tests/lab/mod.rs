@@ -273,6 +273,31 @@ impl Lab {
         String::from_utf8_lossy(&sh(&full).stdout).into_owned()
     }
 
+    /// Takes the host namespace's writer lock (made by the lab's first change) as another
+    /// nsport would, and holds it until the holder is dropped.
+    pub fn hold_writer_lock(&self) -> WriterLockHolder {
+        use std::os::unix::fs::MetadataExt;
+        let lock = std::fs::read_dir(self.state_dir())
+            .unwrap()
+            .flatten()
+            .map(|entry| entry.path())
+            .find(|path| path.extension().is_some_and(|e| e == "lock"))
+            .expect("the writer lock's file");
+        let inode = std::fs::metadata(&lock).unwrap().ino();
+        // `-o`: the lock stays with flock itself, which lets go when `cat` ends with its
+        // input.
+        let process = Command::new("flock")
+            .arg("-o")
+            .arg(&lock)
+            .arg("cat")
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let holder = WriterLockHolder { process, inode };
+        holder.wait_for(|line| !line.contains("->"), "flock never took the lock");
+        holder
+    }
+
     /// The hairpin mode of bridge port `port` in the host namespace, as `ip -d link`
     /// shows it: "hairpin on" or "hairpin off".
     pub fn hairpin_mode(&self, port: &str) -> String {
@@ -774,4 +799,42 @@ pub fn sort_elements(table: &str) -> String {
         ));
     }
     out
+}
+
+/// The writer lock held by a `flock` process (`Lab::hold_writer_lock`).
+pub struct WriterLockHolder {
+    process: std::process::Child,
+    inode: u64,
+}
+
+impl WriterLockHolder {
+    /// Waits until a process is queued for the lock: an nsport change that read what it
+    /// reads before the lock (targets, bridge ports) and now waits.
+    pub fn wait_for_a_waiter(&self) {
+        self.wait_for(
+            |line| line.contains("->"),
+            "nothing ever waited for the lock",
+        );
+    }
+
+    /// Waits until /proc/locks has a line of this lock that `matches`.
+    fn wait_for(&self, matches: impl Fn(&str) -> bool, never: &str) {
+        let started = Instant::now();
+        let of_this_lock = format!(":{} ", self.inode);
+        while !std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|line| line.contains(&of_this_lock) && matches(line))
+        {
+            assert!(started.elapsed() < Duration::from_secs(30), "{never}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for WriterLockHolder {
+    fn drop(&mut self) {
+        drop(self.process.stdin.take());
+        let _ = self.process.wait();
+    }
 }
