@@ -192,14 +192,22 @@ impl<'a> Settings<'a> {
                     .iter()
                     .any(|p: &&rtnetlink::Link| p.index == port.index)
             {
-                self.originals
-                    .hairpin
-                    .entry(port.name.clone())
-                    .or_insert(HairpinChange {
-                        targets: BTreeSet::new(),
-                        target: None,
-                        was_on: false,
-                    });
+                let change =
+                    self.originals
+                        .hairpin
+                        .entry(port.name.clone())
+                        .or_insert(HairpinChange {
+                            targets: BTreeSet::new(),
+                            target: None,
+                            was_on: false,
+                            index: Some(port.index),
+                        });
+                // An entry left for a port of this name that was made again since
+                // describes that old port; the mode turned on now is this one's.
+                if change.index.is_some_and(|index| index != port.index) {
+                    change.was_on = false;
+                    change.index = Some(port.index);
+                }
                 hairpin.push(port);
             }
             // Every target behind the port keeps it on, not only the first one published.
@@ -296,12 +304,12 @@ impl<'a> Settings<'a> {
             .filter(|(iface, _)| !needed.loopback_vias.contains(iface.as_str()))
             .map(|(iface, was)| (iface.clone(), was.clone()))
             .collect();
-        let unneeded_hairpin: Vec<(String, bool)> = self
+        let unneeded_hairpin: Vec<(String, HairpinChange)> = self
             .originals
             .hairpin
             .iter()
             .filter(|(_, change)| !change.needed_by(&needed.targets))
-            .map(|(port, change)| (port.clone(), change.was_on))
+            .map(|(port, change)| (port.clone(), change.clone()))
             .collect();
         let mut put_back = Vec::new();
         for (iface, was) in &unneeded_localnet {
@@ -309,8 +317,8 @@ impl<'a> Settings<'a> {
             self.originals.route_localnet.remove(iface);
             put_back.push(Sysctl::route_localnet(iface).name());
         }
-        for (port, was_on) in &unneeded_hairpin {
-            restore_hairpin(port, *was_on)?;
+        for (port, change) in &unneeded_hairpin {
+            restore_hairpin(port, change)?;
             self.originals.hairpin.remove(port);
             put_back.push(format!("hairpin mode of bridge port {port}"));
         }
@@ -355,7 +363,7 @@ impl<'a> Settings<'a> {
             restore_route_localnet(&iface, &was)?;
         }
         for (port, change) in std::mem::take(&mut self.originals.hairpin) {
-            restore_hairpin(&port, change.was_on)?;
+            restore_hairpin(&port, &change)?;
         }
         for ipv6 in [false, true] {
             self.put_back_forwarding(ipv6)?;
@@ -500,8 +508,16 @@ fn hairpin_on_now(port: &rtnetlink::Link) -> Result<bool, Error> {
     Ok(now.is_none_or(|link| link.hairpin == Some(true)))
 }
 
-fn restore_hairpin(port: &str, was_on: bool) -> Result<(), Error> {
+fn restore_hairpin(port: &str, change: &HairpinChange) -> Result<(), Error> {
+    let was_on = change.was_on;
     match rtnetlink::link_by_name(port).map_err(kernel)? {
+        Some(link) if change.index.is_some_and(|index| index != link.index) => {
+            log::info!(
+                "bridge port {port} was made again since nsport turned its hairpin mode on; \
+                 leaving it as it is"
+            );
+            Ok(())
+        }
         Some(link) if link.hairpin == Some(!was_on) => {
             log::info!(
                 "hairpin {} for bridge port {port}",

@@ -43,6 +43,10 @@ pub struct HairpinChange {
     #[serde(default, skip_serializing)]
     pub target: Option<IpAddr>,
     pub was_on: bool,
+    /// The index of the port nsport turned on (older records have none). A port of the
+    /// same name with another index was made again since, and is not nsport's to put back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<u32>,
 }
 
 impl HairpinChange {
