@@ -466,8 +466,22 @@ fn a_bridge_port_gone_while_an_add_waits_is_named_and_nothing_changes() {
     assert_eq!(lab.ruleset(), before);
 }
 
-/// A bridge port made again under the same name (the namespace's veth deleted and added
-/// back) is not the port nsport turned hairpin mode on: an administrator's hairpin mode on
+/// Deletes ns1's bridge port v1, which takes ns1's end with it, and makes both again as
+/// they were (172.18.0.2 in ns1): a port of the same name with another index.
+fn remake_v1(lab: &Lab) {
+    lab.ip("host", "link del v1");
+    let ns1 = lab.ns("ns1");
+    lab.ip(
+        "host",
+        &format!("link add v1 type veth peer name eth0 netns {ns1}"),
+    );
+    lab.ip("host", "link set v1 master br0");
+    lab.ip("host", "link set v1 up");
+    lab.ip("ns1", "addr add 172.18.0.2/24 dev eth0");
+    lab.ip("ns1", "link set eth0 up");
+}
+
+/// A bridge port made again under the same name (`remake_v1`) is not the port nsport turned hairpin mode on: an administrator's hairpin mode on
 /// the new one stays when nsport puts its settings back.
 #[test]
 fn hairpin_put_back_leaves_a_port_made_again_as_it_is() {
@@ -476,13 +490,7 @@ fn hairpin_put_back_leaves_a_port_made_again_as_it_is() {
     lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns2"), "8002"]);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
-    lab.ip("host", "link del v1");
-    lab.ip(
-        "host",
-        &format!("link add v1 type veth peer name eth1 netns {ns1}"),
-    );
-    lab.ip("host", "link set v1 master br0");
-    lab.ip("host", "link set v1 up");
+    remake_v1(&lab);
     lab.ip("host", "link set v1 type bridge_slave hairpin on");
     lab.nsport_ok(&["rm", "8000"]);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin on", "the administrator's");
@@ -500,15 +508,7 @@ fn hairpin_turned_on_for_a_port_made_again_is_put_back() {
     let lab = Lab::new(BrNetfilter::On);
     let ns1 = lab.ns("ns1");
     lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
-    lab.ip("host", "link del v1");
-    lab.ip(
-        "host",
-        &format!("link add v1 type veth peer name eth0 netns {ns1}"),
-    );
-    lab.ip("host", "link set v1 master br0");
-    lab.ip("host", "link set v1 up");
-    lab.ip("ns1", "addr add 172.18.0.2/24 dev eth0");
-    lab.ip("ns1", "link set eth0 up");
+    remake_v1(&lab);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin off");
     lab.nsport_ok(&["add", "--netns", &ns1, "8001"]);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
