@@ -176,7 +176,6 @@ impl Error {
     }
 }
 
-/// Turns EPERM from the kernel into the message a user can act on.
 /// An error and every cause after it, joined as `{:#}` joins an anyhow chain: a change
 /// taken back says what failed, not only at which step ("cannot set hairpin mode of
 /// bridge port v1: the kernel refused the change: No such device").
@@ -191,6 +190,7 @@ fn with_causes(error: &Error) -> String {
     text
 }
 
+/// Turns EPERM from the kernel into the message a user can act on.
 pub(crate) fn kernel(error: NetlinkError) -> Error {
     match error.errno() {
         Some(errno @ (libc::EPERM | libc::EACCES)) => {
