@@ -481,8 +481,9 @@ fn remake_v1(lab: &Lab) {
     lab.ip("ns1", "link set eth0 up");
 }
 
-/// A bridge port made again under the same name (`remake_v1`) is not the port nsport turned hairpin mode on: an administrator's hairpin mode on
-/// the new one stays when nsport puts its settings back.
+/// A bridge port made again under the same name (`remake_v1`) is not the port nsport
+/// turned hairpin mode on: an administrator's hairpin mode on the new one stays when
+/// nsport puts its settings back.
 #[test]
 fn hairpin_put_back_leaves_a_port_made_again_as_it_is() {
     let lab = Lab::new(BrNetfilter::On);
