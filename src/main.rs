@@ -89,7 +89,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    log::set_max_level(if cli.verbose {
+    log::set_max_level(if cli.verbose() {
         log::LevelFilter::Debug
     } else {
         log::LevelFilter::Warn
@@ -189,7 +189,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print(plan.nft())?;
             }
         }
-        Command::Ls { json } => {
+        Command::Ls { json, .. } => {
             let listings = nsport::list_status()?;
             let mappings: Vec<nsport::Mapping> =
                 listings.iter().map(|l| l.mapping.clone()).collect();
@@ -222,19 +222,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 text
             })?;
         }
-        Command::Migrate { dry_run } => {
+        Command::Migrate { dry_run, .. } => {
             let plan = nsport::migrate(dry_run)?;
             if dry_run {
                 print(plan.nft())?;
             }
         }
-        Command::Flush { dry_run } => {
+        Command::Flush { dry_run, .. } => {
             let plan = nsport::flush(dry_run)?;
             if dry_run {
                 print(plan.nft())?;
             }
         }
-        Command::Prune { dry_run } => {
+        Command::Prune { dry_run, .. } => {
             let (pruned, plan) = nsport::prune(dry_run)?;
             if dry_run {
                 print(plan.nft())?;
@@ -244,7 +244,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Command::Export { nft } => {
+        Command::Export { nft, .. } => {
             print(if nft {
                 nsport::export_nft()?
             } else {
@@ -255,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             file,
             dry_run,
             skip_missing,
+            ..
         } => {
             let text = if file == "-" {
                 let mut text = String::new();
@@ -282,7 +283,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Doctor { json } => {
+        Command::Doctor { json, .. } => {
             let checks = nsport::doctor::run();
             print(if json {
                 to_json(&checks)?
@@ -308,17 +309,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 );
             }
         }
-        Command::Completions { shell } => {
+        Command::Completions { shell, .. } => {
             print(manual::completions(shell, &mut Cli::command()))?;
         }
-        Command::Metrics => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
-        Command::Man => {
+        Command::Metrics { .. } => print(nsport::metrics::prometheus(&nsport::list_status()?))?,
+        Command::Man { .. } => {
             // The subcommands' arguments are deferred until built (see cli::Command).
             let mut command = Cli::command();
             command.build();
             print(manual::page(&command))?
         }
-        Command::Complete { kind } => print(manual::candidates(kind))?,
+        Command::Complete { kind, .. } => print(manual::candidates(kind))?,
     }
     Ok(())
 }
