@@ -22,6 +22,7 @@ mod list;
 mod measure;
 mod overlap;
 mod publish;
+mod quiet;
 mod ranges;
 mod remove;
 mod report;
@@ -66,6 +67,7 @@ fn main() {
         if only.as_deref().is_some_and(|only| !name.contains(only)) {
             continue;
         }
+        quiet::wait_for_a_quiet_machine();
         eprintln!("bench: {name}…");
         scenario(&mut rows);
     }

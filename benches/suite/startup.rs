@@ -5,17 +5,42 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::commands::NSPORT;
-use crate::measure::{Row, at_most, median};
+use crate::measure::{Row, at_most, median, ms, ratio};
 
 /// A hello world compiled by the same rustc with the release profile's settings (one
 /// codegen unit, LTO, panic=abort) and linked as nsport is (GCC's static unwinder in
 /// place of libgcc_s.so, see build.rs), printing a version line as `--version` does.
 pub fn hello_world() -> PathBuf {
+    build_hello("hello", "fn main() { println!(\"hello 0.1.0\"); }\n")
+}
+
+/// The same hello world, linked to libmnl as nsport is: the shared library, since Debian
+/// and Ubuntu ship no archive of it (see build.rs). A call the program never makes keeps
+/// the library among the ones it loads.
+fn hello_world_with_libmnl() -> PathBuf {
+    build_hello(
+        "hello-mnl",
+        r#"#[link(name = "mnl")]
+unsafe extern "C" { fn mnl_socket_get_portid(socket: *const u8) -> u32; }
+fn main() {
+    if std::env::args().count() > 9 {
+        // SAFETY: never reached, the bench starts this program without arguments; the call
+        // is only there so that the linker keeps libmnl.
+        unsafe { mnl_socket_get_portid(std::ptr::null()) };
+    }
+    println!("hello 0.1.0");
+}
+"#,
+    )
+}
+
+/// Compiles `source` into `name` as described on `hello_world`.
+fn build_hello(name: &str, source_text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nsport-bench-hello-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let source = dir.join("hello.rs");
-    std::fs::write(&source, "fn main() { println!(\"hello 0.1.0\"); }\n").unwrap();
-    let binary = dir.join("hello");
+    let source = dir.join(format!("{name}.rs"));
+    std::fs::write(&source, source_text).unwrap();
+    let binary = dir.join(name);
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let mut rustc = Command::new(rustc);
     if let Some(unwinder) = static_unwinder(&dir) {
@@ -52,7 +77,11 @@ fn static_unwinder(dir: &std::path::Path) -> Option<PathBuf> {
     }
     let unwinder = dir.join("unwinder");
     std::fs::create_dir_all(&unwinder).ok()?;
-    std::os::unix::fs::symlink(&archive, unwinder.join("libgcc_s.a")).ok()?;
+    let link = unwinder.join("libgcc_s.a");
+    // Both hello worlds are built in one directory; the second finds the link made.
+    if !link.exists() {
+        std::os::unix::fs::symlink(&archive, &link).ok()?;
+    }
     Some(unwinder)
 }
 
@@ -70,19 +99,46 @@ pub fn start(program: &PathBuf, args: &[&str]) -> Duration {
 
 pub fn startup(rows: &mut Vec<Row>) {
     let hello = hello_world();
+    let hello_mnl = hello_world_with_libmnl();
     let nsport = PathBuf::from(NSPORT);
-    let mut samples: [Vec<Duration>; 2] = Default::default();
+    let mut samples: [Vec<Duration>; 3] = Default::default();
     // Short commands on a noisy machine: many rounds, alternating.
     for _ in 0..201 {
         samples[0].push(start(&nsport, &["--version"]));
         samples[1].push(start(&hello, &[]));
+        samples[2].push(start(&hello_mnl, &[]));
     }
     let _ = std::fs::remove_dir_all(hello.parent().unwrap());
-    let [version, hello] = samples;
+    let [version, hello, hello_mnl] = samples.map(median);
     rows.push(at_most(
         "`nsport --version` vs a Rust hello world built the same way".into(),
-        median(version),
-        median(hello),
+        version,
+        hello,
         1.2,
     ));
+    // Where the difference goes: loading the shared libmnl, and the rest.
+    rows.push(shown(
+        "the same hello world linked to the shared libmnl, as nsport must be, vs without it",
+        hello_mnl,
+        hello,
+        "(shown: loading libmnl)",
+    ));
+    rows.push(shown(
+        "`nsport --version` vs the hello world linked to libmnl",
+        version,
+        hello_mnl,
+        "(shown: the rest)",
+    ));
+}
+
+/// A row that shows a ratio and sets no target.
+fn shown(scenario: &str, nsport: Duration, baseline: Duration, target: &str) -> Row {
+    Row {
+        scenario: scenario.into(),
+        nsport: ms(nsport),
+        baseline: ms(baseline),
+        ratio: ratio(nsport, baseline),
+        target: target.into(),
+        met: true,
+    }
 }
