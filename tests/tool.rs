@@ -498,9 +498,11 @@ fn verbose_logs_netlink_and_sysctl_changes() {
     // After the command too, where each command declares `-v` itself (rm is parsed by
     // clap, the add by nsport's own parser of the common shapes).
     let after = lab.nsport(&["add", "--netns", &lab.ns("ns1"), "5000:3000", "-v"]);
+    assert!(after.status.success());
     let stderr = String::from_utf8_lossy(&after.stderr);
     assert!(stderr.contains("add element inet nsport any4"), "{stderr}");
     let after = lab.nsport(&["rm", "127.0.0.1:4000", "-v"]);
+    assert!(after.status.success());
     let stderr = String::from_utf8_lossy(&after.stderr);
     assert!(
         stderr.contains("delete element inet nsport addr4"),

@@ -10,26 +10,34 @@ use std::time::{Duration, Instant};
 /// How long one look at the machine's load lasts.
 const LOOK: Duration = Duration::from_millis(200);
 
-/// The share of all cores' time that may be busy for the machine to count as quiet: this
-/// process's own threads and a shared machine's background stay under it.
-const QUIET: f64 = 0.10;
+/// How many cores' worth of busy time the machine may show and still count as quiet: this
+/// process's own threads and a shared machine's background stay under it, a worker that
+/// keeps one core busy does not, however many cores there are.
+const QUIET_CORES: f64 = 0.2;
 
 /// The longest wait; a machine that is never quiet is measured as it is, and said so.
 const PATIENCE: Duration = Duration::from_secs(20);
 
-/// Busy and total time of all cores so far, in clock ticks, from `/proc/stat`.
-fn cpu_ticks() -> (u64, u64) {
+/// Busy and total time of all cores so far, in clock ticks, and the number of cores, from
+/// `/proc/stat`.
+fn cpu_ticks() -> (u64, u64, usize) {
     let stat = std::fs::read_to_string("/proc/stat").expect("read /proc/stat");
     let line = stat.lines().next().expect("/proc/stat has a cpu line");
+    // user nice system idle iowait irq softirq steal; the guest times after them are
+    // counted in user and nice already.
     let ticks: Vec<u64> = line
         .split_whitespace()
         .skip(1)
+        .take(8)
         .map(|t| t.parse().expect("a tick count"))
         .collect();
     let total: u64 = ticks.iter().sum();
-    // idle and iowait are the fourth and fifth fields.
     let idle = ticks[3] + ticks.get(4).copied().unwrap_or(0);
-    (total - idle, total)
+    let cores = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && !l.starts_with("cpu "))
+        .count();
+    (total.saturating_sub(idle), total, cores.max(1))
 }
 
 /// Returns once the machine has been quiet for one look, or after `PATIENCE`; says on
@@ -37,11 +45,15 @@ fn cpu_ticks() -> (u64, u64) {
 pub fn wait_for_a_quiet_machine() {
     let started = Instant::now();
     loop {
-        let (busy, total) = cpu_ticks();
+        let (busy, total, _) = cpu_ticks();
         std::thread::sleep(LOOK);
-        let (busy_after, total_after) = cpu_ticks();
-        let share = (busy_after - busy) as f64 / (total_after - total).max(1) as f64;
-        if share <= QUIET {
+        let (busy_after, total_after, cores) = cpu_ticks();
+        // Ticks can step back when a core goes offline: such a look counts as busy.
+        let share = match (busy_after.checked_sub(busy), total_after.checked_sub(total)) {
+            (Some(busy), Some(total)) if total > 0 => busy as f64 / total as f64,
+            _ => 1.0,
+        };
+        if share * cores as f64 <= QUIET_CORES {
             let waited = started.elapsed();
             if waited > LOOK * 2 {
                 eprintln!("bench: waited {waited:.1?} for the machine to go quiet");
@@ -50,8 +62,8 @@ pub fn wait_for_a_quiet_machine() {
         }
         if started.elapsed() >= PATIENCE {
             eprintln!(
-                "bench: the machine stayed busy ({:.0}% of its cores) for {PATIENCE:?}; measuring anyway",
-                share * 100.0
+                "bench: the machine stayed busy ({:.1} cores' worth) for {PATIENCE:?}; measuring anyway",
+                share * cores as f64
             );
             return;
         }

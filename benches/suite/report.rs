@@ -50,16 +50,27 @@ pub fn table(rows: &[Row], took: Duration) -> (String, String) {
             row.baseline,
             row.ratio,
             row.target,
-            if row.met { "yes" } else { "**no**" }
+            match (shown(row), row.met) {
+                (true, _) => "—",
+                (false, true) => "yes",
+                (false, false) => "**no**",
+            }
         );
     }
-    let met = rows.iter().filter(|r| r.met).count();
+    let targets: Vec<&Row> = rows.iter().filter(|r| !shown(r)).collect();
+    let met = targets.iter().filter(|r| r.met).count();
     let summary = format!(
-        "{met} of {} targets met; the suite took {:.0} s.",
-        rows.len(),
+        "{met} of {} targets met, and {} rows shown without a target; the suite took {:.0} s.",
+        targets.len(),
+        rows.len() - targets.len(),
         took.as_secs_f64()
     );
     (table, summary)
+}
+
+/// A row that only shows a ratio, its "target" in parentheses: it is neither met nor missed.
+fn shown(row: &Row) -> bool {
+    row.target.starts_with('(')
 }
 
 /// Replaces the results between the markers of BENCHMARKS.md.
