@@ -11,31 +11,36 @@ use crate::measure::{Row, at_most, median, ms, ratio};
 /// codegen unit, LTO, panic=abort) and linked as nsport is (GCC's static unwinder in
 /// place of libgcc_s.so, see build.rs), printing a version line as `--version` does.
 pub fn hello_world() -> PathBuf {
-    build_hello("hello", "fn main() { println!(\"hello 0.1.0\"); }\n")
+    build_hello("hello", HELLO, &[])
 }
+
+/// The hello world's source: a version line, as `--version` prints.
+const HELLO: &str = "fn main() { println!(\"hello 0.1.0\"); }\n";
 
 /// The same hello world, linked to libmnl as nsport is: the shared library, since Debian
-/// and Ubuntu ship no archive of it (see build.rs). A call the program never makes keeps
-/// the library among the ones it loads.
+/// and Ubuntu ship no archive of it (see build.rs). The linker keeps a library that
+/// nothing calls only outside `--as-needed`, which rustc passes.
 fn hello_world_with_libmnl() -> PathBuf {
-    build_hello(
+    let binary = build_hello(
         "hello-mnl",
-        r#"#[link(name = "mnl")]
-unsafe extern "C" { fn mnl_socket_get_portid(socket: *const u8) -> u32; }
-fn main() {
-    if std::env::args().count() > 9 {
-        // SAFETY: never reached, the bench starts this program without arguments; the call
-        // is only there so that the linker keeps libmnl.
-        unsafe { mnl_socket_get_portid(std::ptr::null()) };
-    }
-    println!("hello 0.1.0");
-}
-"#,
-    )
+        HELLO,
+        &[
+            "-C",
+            "link-arg=-Wl,--push-state,--no-as-needed,-lmnl,--pop-state",
+        ],
+    );
+    // The library's name among the ones the program needs (its dynamic string table).
+    let bytes = std::fs::read(&binary).unwrap();
+    assert!(
+        bytes.windows(11).any(|w| w == b"libmnl.so.0"),
+        "the hello world was not linked to libmnl"
+    );
+    binary
 }
 
-/// Compiles `source` into `name` as described on `hello_world`.
-fn build_hello(name: &str, source_text: &str) -> PathBuf {
+/// Compiles `source_text` into `name` as described on `hello_world`, with `extra`
+/// arguments for rustc.
+fn build_hello(name: &str, source_text: &str, extra: &[&str]) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("nsport-bench-hello-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let source = dir.join(format!("{name}.rs"));
@@ -56,7 +61,9 @@ fn build_hello(name: &str, source_text: &str) -> PathBuf {
             "-C",
             "codegen-units=1",
         ])
-        .args(["-C", "lto=fat", "-C", "panic=abort", "-o"])
+        .args(["-C", "lto=fat", "-C", "panic=abort"])
+        .args(extra)
+        .arg("-o")
         .arg(&binary)
         .arg(&source)
         .status()
