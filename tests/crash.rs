@@ -360,12 +360,9 @@ fn an_add_that_waited_reads_hairpin_mode_again_whatever_the_record_says() {
     let ns1 = lab.ns("ns1");
     lab.nsport_ok(&["add", "--netns", &ns1, "8000"]);
     assert_eq!(lab.hairpin_mode("v1"), "hairpin on");
-    let holder = lab.hold_writer_lock();
-    let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
-    holder.wait_for_a_waiter();
-    lab.ip("host", "link set v1 type bridge_slave hairpin off");
-    drop(holder);
-    let output = add.wait_with_output().unwrap();
+    let output = lab.nsport_waiting_on_lock(&["add", "--netns", &ns1, "8001"], || {
+        lab.ip("host", "link set v1 type bridge_slave hairpin off");
+    });
     assert!(output.status.success(), "{output:?}");
     assert_eq!(
         lab.hairpin_mode("v1"),

@@ -447,12 +447,9 @@ fn a_bridge_port_gone_while_an_add_waits_is_named_and_nothing_changes() {
     let ns1 = lab.ns("ns1");
     lab.nsport_ok(&["add", "--netns", &lab.ns("ns2"), "8000"]);
     let before = lab.ruleset();
-    let holder = lab.hold_writer_lock();
-    let add = lab.spawn_nsport(&["add", "--netns", &ns1, "8001"]);
-    holder.wait_for_a_waiter();
-    lab.ip("host", "link del v1");
-    drop(holder);
-    let output = add.wait_with_output().unwrap();
+    let output = lab.nsport_waiting_on_lock(&["add", "--netns", &ns1, "8001"], || {
+        lab.ip("host", "link del v1");
+    });
     let stderr = String::from_utf8_lossy(&output.stderr);
     println!("{stderr}");
     assert_eq!(output.status.code(), Some(1), "{stderr}");

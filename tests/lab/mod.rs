@@ -298,6 +298,18 @@ impl Lab {
         holder
     }
 
+    /// Runs nsport with `args` while the writer lock is held, runs `meanwhile` once the
+    /// command waits on the lock (it has read what it reads before taking it), then lets
+    /// the lock go and returns the command's output.
+    pub fn nsport_waiting_on_lock(&self, args: &[&str], meanwhile: impl FnOnce()) -> Output {
+        let holder = self.hold_writer_lock();
+        let waiting = self.spawn_nsport(args);
+        holder.wait_for_a_waiter();
+        meanwhile();
+        drop(holder);
+        waiting.wait_with_output().unwrap()
+    }
+
     /// The hairpin mode of bridge port `port` in the host namespace, as `ip -d link`
     /// shows it: "hairpin on" or "hairpin off".
     pub fn hairpin_mode(&self, port: &str) -> String {
