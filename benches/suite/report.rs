@@ -59,10 +59,12 @@ pub fn table(rows: &[Row], took: Duration) -> (String, String) {
     }
     let targets: Vec<&Row> = rows.iter().filter(|r| !shown(r)).collect();
     let met = targets.iter().filter(|r| r.met).count();
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
     let summary = format!(
-        "{met} of {} targets met, and {} rows shown without a target; the suite took {:.0} s.",
-        targets.len(),
-        rows.len() - targets.len(),
+        "{met} of {} met, and {} shown without a target; the suite took {:.0} s.",
+        plural(targets.len(), "target", "targets"),
+        plural(rows.len() - targets.len(), "row", "rows"),
         took.as_secs_f64()
     );
     (table, summary)
