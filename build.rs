@@ -92,20 +92,27 @@ fn static_unwinder() {
 /// file, when the linker takes it: `release.txt` (the binary `cargo build --release` makes)
 /// first, then `bench.txt` (the one `cargo bench` makes, whose symbols hash differently).
 /// A function a list names that the binary does not have (renamed since the list was
-/// written, or the other build's) is skipped without a warning. The file is named after
-/// its contents, so that new lists link the binary again.
+/// written, or the other build's) is skipped without a warning. Cargo compiles the crate
+/// again whenever this script runs again, so changed lists link anew.
 fn start_up_order() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let dir = manifest.join("link").join("start-up-order");
+    // Only paths that exist: cargo takes a missing one as changed, and would build the
+    // crate again on every build. The directory's own line catches lists added to it.
+    if !dir.is_dir() {
+        return;
+    }
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut names = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for list in ["release.txt", "bench.txt"] {
         let path = dir.join(list);
-        println!("cargo:rerun-if-changed={}", path.display());
-        let Ok(text) = std::fs::read_to_string(&path) else {
+        let Ok(bytes) = std::fs::read(&path) else {
             continue;
         };
+        println!("cargo:rerun-if-changed={}", path.display());
+        // Symbol names are ASCII; a stray byte costs its own line, not the list.
+        let text = String::from_utf8_lossy(&bytes);
         for name in text.lines().map(str::trim).filter(|name| !name.is_empty()) {
             if seen.insert(name.to_string()) {
                 names.push(name.to_string());
@@ -115,23 +122,23 @@ fn start_up_order() {
     if names.is_empty() {
         return;
     }
-    let contents = names.join("\n") + "\n";
-    // FNV-1a: any change of the lists gives the file another name.
-    let hash = contents
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-        });
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let order = out.join(format!("start-up-order-{hash:016x}.txt"));
-    if std::fs::write(&order, contents).is_err() {
+    let order = out.join("start-up-order.txt");
+    if std::fs::write(&order, names.join("\n") + "\n").is_err() {
         return;
     }
+    // Each option its own argument after -Xlinker: `-Wl,` would split a path at a comma.
     let args = [
-        format!("-Wl,--symbol-ordering-file={}", order.display()),
-        "-Wl,--no-warn-symbol-ordering".to_string(),
+        "-Xlinker".to_string(),
+        format!("--symbol-ordering-file={}", order.display()),
+        "-Xlinker".to_string(),
+        "--no-warn-symbol-ordering".to_string(),
     ];
     if !linker_takes(&args) {
+        println!(
+            "cargo:warning=the linker takes no symbol ordering file (GNU ld?): the functions \
+             start-up runs keep the compiler's order (see build.rs)"
+        );
         return;
     }
     for arg in args {
@@ -139,8 +146,8 @@ fn start_up_order() {
     }
 }
 
-/// Whether a program linked as nsport will be (the same rustc, target and flags) links
-/// with `args`: GNU ld refuses `--symbol-ordering-file`.
+/// Whether a program linked as nsport will be (the same rustc, target, flags and linker)
+/// links with `args`: GNU ld refuses `--symbol-ordering-file`.
 fn linker_takes(args: &[String]) -> bool {
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let dir = out.join("linker-probe");
@@ -154,9 +161,15 @@ fn linker_takes(args: &[String]) -> bool {
     if let Ok(target) = std::env::var("TARGET") {
         command.args(["--target", &target]);
     }
-    // The flags cargo passes every crate (a linker of one's own among them).
+    // The flags cargo passes every crate, and the linker configured for the target
+    // (`target.<triple>.linker`), which cargo passes apart from them.
     if let Ok(flags) = std::env::var("CARGO_ENCODED_RUSTFLAGS") {
         command.args(flags.split('\x1f').filter(|flag| !flag.is_empty()));
+    }
+    if let Some(linker) = std::env::var_os("RUSTC_LINKER") {
+        let mut arg = std::ffi::OsString::from("linker=");
+        arg.push(linker);
+        command.arg("-C").arg(arg);
     }
     for arg in args {
         command.arg("-C").arg(format!("link-arg={arg}"));
