@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::commands::NSPORT;
+use crate::lab::start_up_order::Placement;
 use crate::measure::{Row, at_most, median, ms, ratio};
 
 /// A hello world compiled by the same rustc with the release profile's settings (one
@@ -145,48 +146,17 @@ pub fn startup(rows: &mut Vec<Row>) {
 /// word, and another linker leaves the order out. Below nine in ten found,
 /// `scripts/start-up-order` should write the lists again.
 fn start_up_order_found() -> Row {
-    let order = concat!(env!("CARGO_MANIFEST_DIR"), "/link/start-up-order/bench.txt");
-    let listed: std::collections::HashSet<String> = std::fs::read_to_string(order)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect();
-    let output = Command::new("nm")
-        .args(["--defined-only", "--print-size", "--numeric-sort", NSPORT])
-        .output()
-        .expect("nm, from binutils");
-    assert!(output.status.success(), "nm could not read {NSPORT}");
-    // The functions, by address: (address, size, listed).
-    let mut functions: Vec<(u64, u64, bool)> = Vec::new();
-    for line in std::str::from_utf8(&output.stdout).unwrap().lines() {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if let [address, size, kind, name] = fields[..]
-            && matches!(kind, "t" | "T" | "w" | "W")
-        {
-            let hex = |s: &str| u64::from_str_radix(s, 16).unwrap();
-            functions.push((hex(address), hex(size), listed.contains(name)));
-        }
-    }
-    functions.sort();
-    let start = functions.first().map_or(0, |f| f.0);
-    let found: Vec<&(u64, u64, bool)> = functions.iter().filter(|f| f.2).collect();
-    let end = found
-        .iter()
-        .map(|(a, s, _)| a + s - start)
-        .max()
-        .unwrap_or(0);
-    let total: u64 = found.iter().map(|(_, s, _)| s).sum();
-    // Within twice their own size and one 64 KiB window (tests/start_up_order.rs).
-    let side_by_side = !found.is_empty() && end <= 2 * total + 64 * 1024;
-    let share = found.len() as f64 / listed.len().max(1) as f64;
+    let placement = Placement::of(NSPORT, &["bench.txt"]);
+    let side_by_side = placement.side_by_side();
+    let share = placement.found as f64 / placement.listed.max(1) as f64;
     Row {
         scenario: "functions of link/start-up-order/bench.txt the binary defines, and whether they come first in its text".into(),
         nsport: format!(
             "{}, {}",
-            found.len(),
+            placement.found,
             if side_by_side { "side by side" } else { "scattered" }
         ),
-        baseline: listed.len().to_string(),
+        baseline: placement.listed.to_string(),
         ratio: share,
         target: "≥ 0.9, side by side (else write the lists again)".into(),
         met: share >= 0.9 && side_by_side,

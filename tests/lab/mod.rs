@@ -14,6 +14,7 @@
 
 pub mod invariants;
 pub mod soak;
+pub mod start_up_order;
 
 use std::fs::File;
 use std::io::{Read, Write};
